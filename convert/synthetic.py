@@ -1,0 +1,118 @@
+"""Random-weight checkpoints written in the real on-disk layouts (HF `config.json` +
+safetensors, Mistral `params.json` + `consolidated.safetensors`), one tensor at a time.
+
+They feed the embedded demo, the tests and the benchmarks through exactly the code
+paths a downloaded checkpoint takes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from mlxspec.config import ModelArgs
+
+from .mapping import mistral_to_hf_name, permute_half_to_interleaved
+
+
+def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(HF name, shape) of every tensor of a model with `args`, in checkpoint order."""
+    d, f, hd = args.hidden_size, args.intermediate_size, args.head_dim
+    q, kv = args.num_attention_heads * hd, args.num_key_value_heads * hd
+    yield "model.embed_tokens.weight", (args.vocab_size, d)
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}."
+        yield p + "input_layernorm.weight", (d,)
+        yield p + "self_attn.q_proj.weight", (q, d)
+        yield p + "self_attn.k_proj.weight", (kv, d)
+        yield p + "self_attn.v_proj.weight", (kv, d)
+        yield p + "self_attn.o_proj.weight", (d, q)
+        yield p + "post_attention_layernorm.weight", (d,)
+        yield p + "mlp.gate_proj.weight", (f, d)
+        yield p + "mlp.up_proj.weight", (f, d)
+        yield p + "mlp.down_proj.weight", (d, f)
+    yield "model.norm.weight", (d,)
+    if not args.tie_word_embeddings:
+        yield "lm_head.weight", (args.vocab_size, d)
+
+
+def random_tensor(rng: np.random.Generator, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Norm weights near 1, other weights ~N(0, 1/fan_in) so activations stay O(1)."""
+    if name.endswith("norm.weight"):
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(dtype)
+    scale = 1.0 if "embed_tokens" in name else shape[-1] ** -0.5
+    return (scale * rng.standard_normal(shape, dtype=np.float32)).astype(dtype)
+
+
+def write_random_hf_checkpoint(
+    out: Path, args: ModelArgs, seed: int = 0, dtype: str = "float32",
+    tokenizer_file: Path | None = None, shard_bytes: int | None = None,
+) -> Path:
+    """Write `config.json` + `model.safetensors` (or shards + index) with random weights."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards: list[dict[str, mx.array]] = [{}]
+    size = 0
+    for name, shape in hf_tensor_shapes(args):
+        tensor = random_tensor(rng, name, shape, dtype)
+        if shard_bytes is not None and size and size + tensor.nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = mx.array(tensor)
+        size += tensor.nbytes
+    if len(shards) == 1:
+        mx.save_safetensors(str(out / "model.safetensors"), shards[0], metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            mx.save_safetensors(str(out / fname), shard, metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    config = args.to_hf_config()
+    config.update(torch_dtype=dtype, bos_token_id=1, eos_token_id=2)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer_file is not None:
+        shutil.copy(tokenizer_file, out / "tokenizer.model")
+    return out
+
+
+def write_mistral_checkpoint_from_hf(hf_dir: Path, out: Path, args: ModelArgs) -> Path:
+    """Re-save an HF-layout checkpoint in Mistral's layout: `params.json`, Mistral names and
+    q/k rows in the interleaved RoPE order (the inverse of the HF conversion permutation)."""
+    out.mkdir(parents=True, exist_ok=True)
+    to_mistral = {}
+    weights = {}
+    for file in sorted(hf_dir.glob("model*.safetensors")):
+        weights.update(mx.load(str(file)))
+    names = {mistral_to_hf_name(n): n for n in _mistral_names(args)}
+    for hf_name, tensor in weights.items():
+        if hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = args.num_attention_heads if "q_proj" in hf_name else args.num_key_value_heads
+            tensor = mx.array(permute_half_to_interleaved(np.array(tensor), heads))
+        to_mistral[names[hf_name]] = tensor
+    mx.save_safetensors(str(out / "consolidated.safetensors"), to_mistral)
+    params = {
+        "dim": args.hidden_size, "n_layers": args.num_hidden_layers, "hidden_dim": args.intermediate_size,
+        "n_heads": args.num_attention_heads, "n_kv_heads": args.num_key_value_heads, "head_dim": args.head_dim,
+        "norm_eps": args.rms_norm_eps, "vocab_size": args.vocab_size, "rope_theta": args.rope_theta,
+    }
+    if args.sliding_window is not None:
+        params["sliding_window"] = args.sliding_window
+    (out / "params.json").write_text(json.dumps(params, indent=2))
+    for tok in hf_dir.glob("tokenizer.model*"):
+        shutil.copy(tok, out / tok.name)
+    return out
+
+
+def _mistral_names(args: ModelArgs) -> Iterator[str]:
+    yield from ("tok_embeddings.weight", "norm.weight", "output.weight")
+    modules = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
+               "feed_forward.w2", "feed_forward.w3", "attention_norm", "ffn_norm")
+    for i in range(args.num_hidden_layers):
+        yield from (f"layers.{i}.{m}.weight" for m in modules)
+

@@ -1,0 +1,21 @@
+"""mlxspec: speculative decoding for Mistral-class models on MLX.
+
+    import mlxspec
+    model, tokenizer = mlxspec.load("path/or/hf-repo-id")
+    print(mlxspec.generate(model, tokenizer, "Hello", max_tokens=32))
+"""
+
+from .config import ModelArgs
+from .errors import CheckpointError, ConfigError, InputError, MlxspecError, TokenizerError
+from .generate import GenerationStats, GenerationStep, generate, stream_generate
+from .load import load
+from .model import Model
+from .tokenizer import Tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "ConfigError", "GenerationStats", "GenerationStep", "InputError",
+    "MlxspecError", "Model", "ModelArgs", "Tokenizer", "TokenizerError",
+    "generate", "load", "stream_generate",
+]

@@ -1,0 +1,190 @@
+"""Key/value caches that can be rolled back: a rolling buffer for sliding-window
+attention and a growing buffer for full attention, with one interface.
+
+Rolling buffer
+--------------
+With a window of W keys a query at position i attends to positions i-W+1 .. i. The
+buffer holds ``capacity = W + max_rollback`` slots and position p always lives in slot
+``p % capacity``. The spare ``max_rollback`` slots are what make rollback safe: the
+positions a speculative round rolls back overwrote only slots whose history had
+already left the window.
+
+Worked example, W=3, max_rollback=2, so capacity 5 (slot contents = positions)::
+
+    feed 0..6            slots [5 6 2 3 4]   offset 7   (p % 5; 0 and 1 overwritten)
+    verify 7,8,9         slots [5 6 7 8 9]   offset 10  (writes 3 <= capacity-W+1 slots in place)
+    reject 8,9           offset 8            slot 3 and 4 now count as positions 3 and 4:
+                                             outside the window of query 8 (6,7,8), so masked
+    feed 8'              slots [5 6 7 8' 9]  offset 9
+
+Because rotary embeddings are applied before keys enter the cache, attention does not
+care in which order the slots hold them: the mask is computed from the position each
+slot holds, never from its index. A chunk longer than ``capacity - W + 1`` (prefill) is
+attended against the old slots concatenated with the chunk, then the newest
+``capacity`` positions are written back.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+Mask = mx.array | str | None
+
+
+class KVCache:
+    """Growing cache for full attention: position p lives at index p; grows in steps."""
+
+    step = 256
+
+    def __init__(self) -> None:
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def make_mask(self, n: int) -> Mask:
+        """Mask for the next `n` queries against everything cached plus themselves."""
+        return None if n == 1 else "causal"
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Append `[B, H, n, D]` keys/values; return all cached keys/values in order."""
+        prev, n = self.offset, keys.shape[2]
+        if self.keys is None or prev + n > self.keys.shape[2]:
+            self._grow(keys, values, prev + n)
+        self.keys[..., prev : prev + n, :] = keys
+        self.values[..., prev : prev + n, :] = values
+        self.offset += n
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+    def _grow(self, keys: mx.array, values: mx.array, needed: int) -> None:
+        """Re-allocate to the next multiple of `step` >= `needed`, keeping what is cached."""
+        size = -(-needed // self.step) * self.step
+
+        def grown(buf: mx.array | None, like: mx.array) -> mx.array:
+            B, H, _, D = like.shape
+            if buf is None:
+                return mx.zeros((B, H, size, D), like.dtype)
+            fresh = mx.zeros((B, H, size - self.offset, D), like.dtype)
+            return mx.concatenate([buf[..., : self.offset, :], fresh], axis=2)
+
+        self.keys, self.values = grown(self.keys, keys), grown(self.values, values)
+
+    @property
+    def max_rollback(self) -> int:
+        """How many of the newest positions `rollback` may remove."""
+        return self.offset
+
+    def rollback(self, n: int) -> None:
+        """Forget the newest `n` positions, as if they had never been fed."""
+        if not 0 <= n <= self.max_rollback:
+            raise ValueError(f"cannot roll back {n} positions (at most {self.max_rollback})")
+        self.offset -= n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the key/value buffers."""
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+class RollingKVCache:
+    """Fixed-capacity rolling buffer for sliding-window attention (see module docstring)."""
+
+    step = 256
+
+    def __init__(self, window: int, max_rollback: int = 0) -> None:
+        if window <= 0 or max_rollback < 0:
+            raise ValueError(f"window must be > 0 and max_rollback >= 0, got {window}, {max_rollback}")
+        self.window = window
+        self.capacity = window + max_rollback
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+        self._rollbackable = 0
+
+    def _in_place(self, n: int) -> bool:
+        return self.offset + n <= self.capacity or n <= self.capacity - self.window + 1
+
+    def _slot_positions(self, offset: int, size: int) -> mx.array:
+        """Position held by each of the first `size` slots after `offset` positions (<0: empty)."""
+        last = offset - 1
+        return last - (last - mx.arange(size)) % self.capacity
+
+    def make_mask(self, n: int) -> Mask:
+        """Boolean `[n, keys]` mask for the next `n` queries, matching `update_and_fetch`'s keys."""
+        end = self.offset + n
+        if end <= self.window:
+            return None if n == 1 else "causal"
+        if self._in_place(n):
+            key_pos = self._slot_positions(end, min(end, self._size_for(end)))
+        else:
+            old = self._slot_positions(self.offset, self._size())
+            key_pos = mx.concatenate([old, mx.arange(self.offset, end)])
+        query_pos = mx.arange(self.offset, end)[:, None]
+        key_pos = key_pos[None, :]
+        return (key_pos >= 0) & (key_pos <= query_pos) & (key_pos > query_pos - self.window)
+
+    def _size(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def _size_for(self, end: int) -> int:
+        """Buffer size once `end` positions have been written in place."""
+        if end >= self.capacity:
+            return self.capacity
+        return max(self._size(), min(self.capacity, -(-end // self.step) * self.step))
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Store `[B, H, n, D]` keys/values; return the keys/values the new queries attend to."""
+        n = keys.shape[2]
+        if self._in_place(n):
+            self._resize(keys, values, self._size_for(self.offset + n))
+            self._write(keys, values, self.offset)
+            self.offset += n
+            self._rollbackable = min(self._rollbackable + n, self.capacity - self.window)
+            size = min(self.offset, self._size())
+            return self.keys[..., :size, :], self.values[..., :size, :]
+        # Too long to write in place without clobbering keys the chunk itself needs.
+        out_k = keys if self.keys is None else mx.concatenate([self.keys, keys], axis=2)
+        out_v = values if self.values is None else mx.concatenate([self.values, values], axis=2)
+        self._resize(keys, values, self.capacity)
+        keep = min(n, self.capacity)
+        self._write(keys[..., n - keep :, :], values[..., n - keep :, :], self.offset + n - keep)
+        self.offset += n
+        self._rollbackable = min(self._rollbackable + n, self.capacity - self.window)
+        return out_k, out_v
+
+    def _resize(self, keys: mx.array, values: mx.array, size: int) -> None:
+        old = self._size()
+        if size <= old:
+            return
+        B, H, _, D = keys.shape
+        new_k = mx.zeros((B, H, size - old, D), keys.dtype)
+        new_v = mx.zeros((B, H, size - old, values.shape[3]), values.dtype)
+        self.keys = new_k if self.keys is None else mx.concatenate([self.keys, new_k], axis=2)
+        self.values = new_v if self.values is None else mx.concatenate([self.values, new_v], axis=2)
+
+    def _write(self, keys: mx.array, values: mx.array, first_pos: int) -> None:
+        """Write consecutive positions starting at `first_pos` into their slots (wrapping)."""
+        n = keys.shape[2]
+        start = first_pos % self.capacity
+        head = min(n, self.capacity - start)
+        self.keys[..., start : start + head, :] = keys[..., :head, :]
+        self.values[..., start : start + head, :] = values[..., :head, :]
+        if head < n:
+            self.keys[..., : n - head, :] = keys[..., head:, :]
+            self.values[..., : n - head, :] = values[..., head:, :]
+
+    @property
+    def max_rollback(self) -> int:
+        """How many of the newest positions `rollback` may remove without losing window history."""
+        return min(self._rollbackable, self.offset)
+
+    def rollback(self, n: int) -> None:
+        """Forget the newest `n` positions, as if they had never been fed."""
+        if not 0 <= n <= self.max_rollback:
+            raise ValueError(f"cannot roll back {n} positions (at most {self.max_rollback})")
+        self.offset -= n
+        self._rollbackable -= n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the key/value buffers (constant once the buffer is full)."""
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes

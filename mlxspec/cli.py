@@ -1,0 +1,113 @@
+"""`mlxspec` command line: parse options, call the library, print, map errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .errors import MlxspecError
+
+app = typer.Typer(
+    help="Speculative decoding for Mistral-class models on MLX.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Turn mlxspec's errors into one `error:` line on stderr and a non-zero exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MlxspecError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _stream(model, tokenizer, prompt: str, as_json: bool, **options) -> None:
+    from .generate import stream_generate
+
+    text, stats = [], None
+    for step in stream_generate(model, tokenizer, prompt, **options):
+        stats = step.stats
+        text.append(step.text)
+        if not as_json:
+            sys.stdout.write(step.text)
+            sys.stdout.flush()
+    if as_json:
+        payload = {"text": "".join(text), **(stats.as_dict() if stats else {})}
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo("")
+    if stats is not None:
+        typer.echo(
+            f"prompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tok/s | "
+            f"generation: {stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s | "
+            f"peak memory: {stats.peak_memory_gb:.3f} GB",
+            err=True,
+        )
+
+
+@app.command()
+@friendly_errors
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text; '-' reads it from standard input."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="Sampling temperature; 0 is greedy (argmax)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass (1 disables)."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens (0 disables)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; makes sampling reproducible."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template ([INST] ... [/INST] for Mistral)."),
+    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
+) -> None:
+    """Generate text autoregressively, streaming it to stdout; stats go to stderr."""
+    from .load import load
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if prefill_chunk is not None and prefill_chunk <= 0:
+        raise MlxspecError(f"--prefill-chunk must be positive, got {prefill_chunk}")
+    loaded_model, tokenizer = load(model)
+    _stream(
+        loaded_model, tokenizer, prompt, as_json, max_tokens=max_tokens, temperature=temperature,
+        top_p=top_p, top_k=top_k, seed=seed, chat=chat, prefill_chunk=prefill_chunk,
+    )
+
+
+@app.command()
+@friendly_errors
+def demo(
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Most tokens to generate."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text (default: a built-in one)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where to write the demo checkpoint (default: a temporary folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
+) -> None:
+    """Run the whole path on the embedded default: write a small random-weight Mistral
+    checkpoint (HF layout, real Mistral tokenizer), load it and generate from it."""
+    from .demo import DEMO_PROMPT, build_demo_checkpoint
+    from .load import load
+
+    with tempfile.TemporaryDirectory(prefix="mlxspec-demo-") as tmp:
+        folder = build_demo_checkpoint((workdir or Path(tmp)) / "demo-model")
+        typer.echo(f"demo checkpoint (random weights, real Mistral tokenizer): {folder}", err=True)
+        model, tokenizer = load(folder)
+        _stream(model, tokenizer, prompt or DEMO_PROMPT, as_json, max_tokens=max_tokens, chat=True)
+
+
+def main() -> None:
+    """Entry point for `python -m mlxspec`."""
+    app()

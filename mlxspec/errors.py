@@ -1,0 +1,28 @@
+"""Errors raised at mlxspec's edges: each says what went wrong and where.
+
+The CLI turns any `MlxspecError` into one line on stderr and a non-zero exit code.
+"""
+
+
+class MlxspecError(Exception):
+    """Base class of every error mlxspec raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(MlxspecError):
+    """A model configuration is missing, unreadable or describes something unsupported."""
+
+
+class CheckpointError(MlxspecError):
+    """Weights are missing, truncated, or do not match the configuration."""
+
+
+class TokenizerError(MlxspecError):
+    """No usable tokenizer was found next to the weights."""
+
+
+class InputError(MlxspecError):
+    """A request to the library or CLI is invalid (empty prompt, negative budget, ...)."""
+
+    exit_code = 2

@@ -1,0 +1,166 @@
+"""Autoregressive generation: chunked prefill, one decode step, the streaming generator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import mlx.core as mx
+
+from .errors import InputError
+from .model import Cache, Model
+from .sampling import SamplingParams, sample
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class GenerationStats:
+    """Running statistics of one generation (times in seconds, memory in GB)."""
+
+    prompt_tokens: int = 0
+    prompt_time: float = 0.0
+    generation_tokens: int = 0
+    generation_time: float = 0.0
+    peak_memory_gb: float = 0.0
+    finish_reason: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def prompt_tps(self) -> float:
+        """Prompt (prefill) tokens per second."""
+        return self.prompt_tokens / self.prompt_time if self.prompt_time else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        """Generated tokens per second, first token excluded from neither count nor time."""
+        return self.generation_tokens / self.generation_time if self.generation_time else 0.0
+
+    def as_dict(self) -> dict:
+        """Plain dictionary for `--json` output."""
+        out = asdict(self)
+        extra = out.pop("extra")
+        out.update(prompt_tps=self.prompt_tps, generation_tps=self.generation_tps, **extra)
+        return out
+
+
+@dataclass
+class GenerationStep:
+    """One generated token: its id, the text it completed, and the stats so far."""
+
+    token: int
+    text: str
+    stats: GenerationStats
+    from_draft: bool = False
+
+
+def prepare_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
+    """Token ids for a prompt given as text (optionally wrapped in the chat format) or ids."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InputError("prompt is empty")
+        return tokenizer.apply_chat(prompt) if chat else tokenizer.encode(prompt)
+    ids = [int(t) for t in prompt]
+    if not ids:
+        raise InputError("prompt is empty")
+    return ids
+
+
+def prefill(model: Model, tokens: Sequence[int], cache: list[Cache], chunk_size: int) -> mx.array:
+    """Feed the prompt through the cache `chunk_size` tokens at a time; logits of the last one."""
+    prompt = mx.array(tokens)[None]
+    n = prompt.shape[1]
+    for start in range(0, n - 1, chunk_size):
+        end = min(start + chunk_size, n - 1)
+        model(prompt[:, start:end], cache)
+        mx.eval([c.keys for c in cache])
+    return model(prompt[:, n - 1 :], cache)[:, -1, :]
+
+
+def decode_step(model: Model, token: mx.array, cache: list[Cache]) -> mx.array:
+    """Logits `[1, vocab]` after feeding one token `[1]`."""
+    return model(token[:, None], cache)[:, -1, :]
+
+
+def default_chunk_size(model: Model) -> int:
+    """Prefill chunk: the sliding window when there is one, else 2048 tokens."""
+    return model.args.sliding_window or 2048
+
+
+def peak_memory_gb() -> float:
+    """Peak memory MLX has allocated since the last reset, in GB."""
+    return mx.get_peak_memory() / 1e9
+
+
+def check_request(model: Model, prompt_ids: Sequence[int], max_tokens: int) -> None:
+    """Raise `InputError` for a negative budget or a prompt longer than the model's context."""
+    if max_tokens < 0:
+        raise InputError(f"max_tokens must be >= 0, got {max_tokens}")
+    context = model.args.max_position_embeddings
+    if context is not None and len(prompt_ids) > context:
+        raise InputError(f"prompt has {len(prompt_ids)} tokens, more than the model's context of {context}")
+    if any(not 0 <= t < model.args.vocab_size for t in prompt_ids):
+        raise InputError(f"prompt holds token ids outside the vocabulary (0..{model.args.vocab_size - 1})")
+
+
+def stream_generate(
+    model: Model,
+    tokenizer: Tokenizer,
+    prompt: str | Sequence[int],
+    *,
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    chat: bool = False,
+    prefill_chunk: int | None = None,
+) -> Iterator[GenerationStep]:
+    """Generate autoregressively, yielding one `GenerationStep` per token.
+
+    Stops at an end-of-sequence token, after `max_tokens`, or at the model's context
+    length; the last step's `stats.finish_reason` says which ("stop" or "length")."""
+    params = SamplingParams(temperature, top_p, top_k)
+    prompt_ids = prepare_prompt(tokenizer, prompt, chat)
+    check_request(model, prompt_ids, max_tokens)
+    if max_tokens == 0:
+        return
+    if seed is not None:
+        mx.random.seed(seed)
+    budget = max_tokens
+    if model.args.max_position_embeddings is not None:
+        budget = min(budget, model.args.max_position_embeddings - len(prompt_ids) + 1)
+
+    mx.reset_peak_memory()
+    stats = GenerationStats(prompt_tokens=len(prompt_ids))
+    detok = tokenizer.detokenizer()
+    cache = model.make_cache()
+    start = time.perf_counter()
+    token = sample(prefill(model, prompt_ids, cache, prefill_chunk or default_chunk_size(model)), params)
+    mx.eval(token)
+    stats.prompt_time = time.perf_counter() - start
+    start = time.perf_counter()
+    for n in range(1, budget + 1):
+        if n < budget:  # queue the next step before waiting on this one
+            next_token = sample(decode_step(model, token, cache), params)
+            mx.async_eval(next_token)
+        tok = token.item()
+        stats.generation_tokens = n
+        stats.generation_time = time.perf_counter() - start
+        stats.peak_memory_gb = peak_memory_gb()
+        if tok in tokenizer.eos_ids:
+            stats.finish_reason = "stop"
+            yield GenerationStep(tok, detok.finalize(), stats)
+            return
+        text = detok.add(tok)
+        if n == budget:
+            stats.finish_reason = "length"
+            text += detok.finalize()
+        yield GenerationStep(tok, text, stats)
+        if n < budget:
+            token = next_token
+
+
+def generate(model: Model, tokenizer: Tokenizer, prompt: str | Sequence[int], **options) -> str:
+    """Generate and return the whole completion text (options as in `stream_generate`)."""
+    return "".join(step.text for step in stream_generate(model, tokenizer, prompt, **options))

@@ -1,0 +1,152 @@
+"""Reading a model folder: mlxspec's/mlx-lm's MLX layout (quantized or not), HF
+safetensors checkpoints and Mistral's `params.json` + `consolidated.safetensors`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .config import ModelArgs, load_model_args
+from .convert.mapping import mistral_to_hf_name
+from .errors import CheckpointError, ConfigError
+from .model import Model
+from .tokenizer import Tokenizer, load_tokenizer
+
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+_IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face repo id fetched into the HF cache
+    (honours `HF_HUB_OFFLINE` and `HF_HOME`)."""
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConfigError(f"{path} is a file; expected a model folder")
+    if not _REPO_ID.match(str(path_or_repo_id)) or str(path_or_repo_id).startswith("."):
+        raise ConfigError(f"{path}: no such folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(path_or_repo_id), revision=revision, allow_patterns=_HUB_FILES))
+    except LocalEntryNotFoundError:
+        raise ConfigError(
+            f"{path_or_repo_id}: not a local folder and not in the Hugging Face cache (offline?)"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise ConfigError(f"{path_or_repo_id}: Hugging Face Hub error: {str(exc).splitlines()[0]}") from None
+
+
+def weight_files(model_dir: Path) -> tuple[list[Path], bool]:
+    """The safetensors files holding the weights, and whether they use Mistral's names."""
+    hf = sorted(p for p in model_dir.glob("*.safetensors") if not p.name.startswith("consolidated"))
+    if (model_dir / "config.json").is_file() and hf:
+        return hf, False
+    mistral = sorted(model_dir.glob("consolidated*.safetensors"))
+    if (model_dir / "params.json").is_file() and mistral:
+        return mistral, True
+    if list(model_dir.glob("pytorch_model*.bin")) or list(model_dir.glob("consolidated*.pth")):
+        raise CheckpointError(
+            f"{model_dir}: only PyTorch pickles found; convert them first with `mlxspec convert`"
+        )
+    raise CheckpointError(f"{model_dir}: no *.safetensors weights found")
+
+
+def read_weights(files: list[Path], mistral_names: bool) -> dict[str, mx.array]:
+    """Load every tensor of `files` (lazily), renamed to mlxspec's module names."""
+    weights: dict[str, mx.array] = {}
+    for file in files:
+        try:
+            tensors = mx.load(str(file))
+        except Exception as exc:  # MLX raises bare RuntimeError/ValueError for bad files
+            raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
+        for name, tensor in tensors.items():
+            if mistral_names:
+                new = mistral_to_hf_name(name)
+                if new is None:
+                    raise CheckpointError(f"{file}: unexpected tensor {name!r}")
+                name = new
+            weights[name] = tensor
+    return weights
+
+
+def _quantize_skeleton(model: Model, quant: dict[str, Any], weights: dict[str, mx.array]) -> None:
+    """Turn the layers that the checkpoint stores quantized into quantized layers (mlx-lm's
+    `quantization` block: defaults plus optional per-layer overrides)."""
+
+    def predicate(path: str, module: nn.Module) -> bool | dict[str, Any]:
+        if f"{path}.scales" not in weights:
+            return False
+        override = quant.get(path)
+        return override if isinstance(override, dict) else True
+
+    nn.quantize(
+        model, group_size=quant.get("group_size", 64), bits=quant.get("bits", 4),
+        mode=quant.get("mode", "affine"), class_predicate=predicate,
+    )
+
+
+def check_weights(model: Model, weights: dict[str, mx.array], where: Path) -> None:
+    """Raise `CheckpointError` naming the first missing, unexpected or mis-shaped tensor."""
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(f"{where}: missing tensor {missing[0]!r} ({len(missing)} missing)")
+    unexpected = sorted(set(weights) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected tensor {unexpected[0]!r}")
+    for name, param in expected.items():
+        if weights[name].shape != param.shape:
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(weights[name].shape)}, "
+                f"config implies {tuple(param.shape)}"
+            )
+
+
+def load_model(model_dir: Path, dtype: mx.Dtype | None = None) -> Model:
+    """Build the model that `model_dir` describes and load its weights.
+
+    `dtype` casts unquantized floating-point weights (e.g. `mx.float32` on CPU backends
+    where half-precision matmuls are slow)."""
+    args = load_model_args(model_dir)
+    files, mistral_names = weight_files(model_dir)
+    weights = read_weights(files, mistral_names)
+    weights = {k: v for k, v in weights.items() if not _IGNORED_KEYS.search(k)}
+    if args.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    model = Model(args)
+    if args.quantization:
+        _quantize_skeleton(model, args.quantization, weights)
+    check_weights(model, weights, model_dir)
+    if dtype is not None:
+        weights = {
+            k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()
+        }
+    model.load_weights(list(weights.items()), strict=True)
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None) -> tuple[Model, Tokenizer]:
+    """Load a model and its tokenizer from a folder or a Hugging Face repo id.
+
+    Reads the MLX layout written by `mlxspec convert` or mlx-lm (quantized or not), HF
+    safetensors checkpoints and Mistral's `params.json` + `consolidated.safetensors`."""
+    model_dir = resolve(path_or_repo_id)
+    model = load_model(model_dir, dtype=dtype)
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer.vocab_size > model.args.vocab_size:
+        raise ConfigError(
+            f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{model.args.vocab_size}"
+        )
+    return model, tokenizer

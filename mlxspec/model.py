@@ -1,0 +1,147 @@
+"""The Mistral decoder in MLX (Jiang et al. 2023, "Mistral 7B").
+
+Pre-norm transformer blocks: RMSNorm -> grouped-query attention with rotary position
+embeddings (real arithmetic, `mx.fast.rope`) and an optional sliding window -> residual,
+RMSNorm -> SwiGLU feed-forward -> residual; a final RMSNorm and the output head.
+Module names are the HF / mlx-lm checkpoint keys, so weights load without a mapping.
+No I/O and no device choice here.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import KVCache, Mask, RollingKVCache
+from .config import ModelArgs
+
+Cache = KVCache | RollingKVCache
+
+
+def full_pass_mask(n: int, window: int | None) -> Mask:
+    """Causal (and, with a window, banded) mask for `n` tokens attended in one pass."""
+    if n == 1:
+        return None
+    if window is None or n <= window:
+        return "causal"
+    pos = mx.arange(n)
+    q, k = pos[:, None], pos[None, :]
+    return (k <= q) & (k > q - window)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention: n_kv_heads key/value heads shared by n_heads queries."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads = args.num_attention_heads
+        self.n_kv_heads = args.num_key_value_heads
+        self.head_dim = args.head_dim
+        self.scale = self.head_dim**-0.5
+        self.rope_theta = args.rope_theta
+        self.rope_traditional = args.rope_traditional
+        dim = args.hidden_size
+        self.q_proj = nn.Linear(dim, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
+
+    def rope(self, x: mx.array, offset: int) -> mx.array:
+        """Rotate pairs of channels by position-dependent angles theta^(-2i/d) * position."""
+        return mx.fast.rope(
+            x, self.head_dim, traditional=self.rope_traditional,
+            base=self.rope_theta, scale=1.0, offset=offset,
+        )
+
+    def __call__(self, x: mx.array, mask: Mask, cache: Cache | None) -> mx.array:
+        B, L, _ = x.shape
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        offset = 0 if cache is None else cache.offset
+        q, k = self.rope(q, offset), self.rope(k, offset)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerBlock(nn.Module):
+    """x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.mlp = MLP(args)
+        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, mask: Mask, cache: Cache | None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class MistralModel(nn.Module):
+    """Embedding, the stack of blocks and the final norm (the checkpoint's `model.*`)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.sliding_window = args.sliding_window
+
+    def __call__(self, tokens: mx.array, cache: list[Cache] | None) -> mx.array:
+        h = self.embed_tokens(tokens)
+        if cache is None:
+            mask = full_pass_mask(tokens.shape[1], self.sliding_window)
+            cache = [None] * len(self.layers)
+        else:
+            mask = cache[0].make_mask(tokens.shape[1])
+        for layer, layer_cache in zip(self.layers, cache):
+            h = layer(h, mask, layer_cache)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    """A Mistral/Llama-family causal LM: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.model = MistralModel(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, tokens: mx.array, cache: list[Cache] | None = None) -> mx.array:
+        """Logits for every position of `tokens`; with `cache`, continues after what it holds."""
+        h = self.model(tokens, cache)
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    @property
+    def layers(self) -> list[TransformerBlock]:
+        """The transformer blocks (mlx-lm convention)."""
+        return self.model.layers
+
+    def make_cache(self, max_rollback: int = 0) -> list[Cache]:
+        """One cache per layer: rolling (window + `max_rollback` slots) with a sliding window,
+        growing without one. `max_rollback` is the most positions a caller will roll back at once."""
+        window = self.args.sliding_window
+        if window is None:
+            return [KVCache() for _ in self.layers]
+        return [RollingKVCache(window, max_rollback) for _ in self.layers]

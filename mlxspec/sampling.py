@@ -1,0 +1,78 @@
+"""Pure functions from logits to a next token: temperature, top-k, top-p, draw.
+
+`process_logits` returns the log-probabilities of the distribution actually sampled
+from; the speculative loop applies it to both target and draft so that rejection
+sampling preserves the target's *processed* distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. temperature 0 means greedy (argmax); top_k 0 and top_p 1 disable them."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when sampling reduces to argmax."""
+        return self.temperature == 0 or self.top_k == 1
+
+
+def top_k_mask(logits: mx.array, k: int) -> mx.array:
+    """True for the k largest logits on the last axis."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return mx.ones(logits.shape, dtype=mx.bool_)
+    kth = mx.sort(logits, axis=-1)[..., -k][..., None]
+    return logits >= kth
+
+
+def top_p_mask(logprobs: mx.array, p: float) -> mx.array:
+    """True for the smallest set of most likely tokens whose probability reaches p (nucleus)."""
+    if p >= 1.0:
+        return mx.ones(logprobs.shape, dtype=mx.bool_)
+    order = mx.argsort(-logprobs, axis=-1)
+    sorted_probs = mx.exp(mx.take_along_axis(logprobs, order, axis=-1))
+    mass_before = mx.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep_sorted = mass_before < p
+    return mx.put_along_axis(mx.zeros(logprobs.shape, dtype=mx.bool_), order, keep_sorted, axis=-1)
+
+
+def process_logits(logits: mx.array, params: SamplingParams) -> mx.array:
+    """Log-probabilities after temperature, top-k and top-p (masked tokens get -inf).
+
+    For greedy parameters the result is a one-hot distribution on the argmax."""
+    logits = logits.astype(mx.float32)
+    if params.greedy:
+        top = mx.argmax(logits, axis=-1, keepdims=True)
+        hot = mx.arange(logits.shape[-1]) == top
+        return mx.where(hot, 0.0, -mx.inf)
+    logits = logits / params.temperature
+    logits = mx.where(top_k_mask(logits, params.top_k), logits, -mx.inf)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    logprobs = mx.where(top_p_mask(logprobs, params.top_p), logprobs, -mx.inf)
+    return logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+
+
+def sample(logits: mx.array, params: SamplingParams) -> mx.array:
+    """Draw one token id per row of `logits` ([..., vocab] -> [...])."""
+    if params.greedy:
+        return mx.argmax(logits, axis=-1)
+    return mx.random.categorical(process_logits(logits, params), axis=-1)
