@@ -70,9 +70,11 @@ class ModelArgs:
         if model_type is None:
             archs = config.get("architectures") or ["<none>"]
             raise ConfigError(f"config.json has no model_type (architectures: {archs[0]})")
-        scaling = config.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-            raise ConfigError(f"unsupported rope_scaling {scaling!r}")
+        # transformers >= 5 writes RoPE settings as `rope_parameters`, older ones as top-level keys.
+        rope = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
+        if rope.get("rope_type", rope.get("type")) not in (None, "default"):
+            raise ConfigError(f"unsupported RoPE scaling {rope!r}")
+        rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
         try:
             return cls(
                 hidden_size=config["hidden_size"],
@@ -83,7 +85,7 @@ class ModelArgs:
                 num_key_value_heads=config.get("num_key_value_heads"),
                 head_dim=config.get("head_dim"),
                 rms_norm_eps=config.get("rms_norm_eps", 1e-5),
-                rope_theta=config.get("rope_theta", 10000.0),
+                rope_theta=rope_theta,
                 rope_traditional=config.get("rope_traditional", False),
                 sliding_window=config.get("sliding_window"),
                 max_position_embeddings=config.get("max_position_embeddings"),

@@ -1,0 +1,86 @@
+"""Seeded tiny checkpoints in the real layouts, shared by the tests.
+
+HF checkpoints are written by transformers' `MistralForCausalLM.save_pretrained` (the
+oracle's own writer) with an HF tokenizer converted from the real Mistral-7B
+SentencePiece model that ships in `mistral-common`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mlxspec.demo import mistral_tokenizer_file
+
+TINY = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, vocab_size=32000, max_position_embeddings=512, rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+)
+
+
+@pytest.fixture(scope="session")
+def sp_model_file() -> Path:
+    """The real Mistral-7B SentencePiece model."""
+    return mistral_tokenizer_file()
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory, sp_model_file) -> Path:
+    """tokenizer.json + tokenizer_config.json (+ tokenizer.model) made from the real SP model."""
+    from transformers import LlamaTokenizerFast
+
+    out = tmp_path_factory.mktemp("hf-tokenizer")
+    shutil.copy(sp_model_file, out / "tokenizer.model")
+    tok = LlamaTokenizerFast(vocab_file=str(out / "tokenizer.model"), legacy=True, add_prefix_space=None)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+        "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+    )
+    tok.save_pretrained(str(out))
+    return out
+
+
+def reinit_(model, seed: int) -> None:
+    """Weights ~N(0, 1/fan_in) and norms near 1: logits O(1), so attention patterns matter."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=gen))
+            else:
+                fan_in = param.shape[-1] if "embed_tokens" not in name else 1
+                param.copy_(torch.randn(param.shape, generator=gen) * fan_in**-0.5)
+
+
+def make_hf_checkpoint(out: Path, tokenizer_dir: Path | None, seed: int = 0, **overrides) -> Path:
+    """A random MistralForCausalLM saved by transformers in HF layout (fp32 safetensors)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MistralConfig(**{**TINY, **overrides}, tie_word_embeddings=False, attn_implementation="eager")
+    model = MistralForCausalLM(config).eval()
+    reinit_(model, seed)
+    model.save_pretrained(str(out), safe_serialization=True)
+    if tokenizer_dir is not None:
+        for f in tokenizer_dir.iterdir():
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_window_dir(tmp_path_factory, hf_tokenizer_dir) -> Path:
+    """Tiny Mistral with a 16-token sliding window."""
+    return make_hf_checkpoint(tmp_path_factory.mktemp("hf-window"), hf_tokenizer_dir, seed=1, sliding_window=16)
+
+
+@pytest.fixture(scope="session")
+def hf_full_dir(tmp_path_factory, hf_tokenizer_dir) -> Path:
+    """Tiny Mistral without a sliding window (v0.2/v0.3 style, rope_theta 1e6)."""
+    return make_hf_checkpoint(
+        tmp_path_factory.mktemp("hf-full"), hf_tokenizer_dir, seed=2, sliding_window=None, rope_theta=1e6
+    )

@@ -1,0 +1,66 @@
+"""The MLX port against the oracle: transformers' MistralForCausalLM, fp32."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxspec
+from mlxspec.config import ModelArgs
+from mlxspec.convert.mapping import permute_half_to_interleaved
+from mlxspec.model import Model
+
+SEQ = 100
+
+
+def torch_logits(model_dir, tokens: np.ndarray) -> np.ndarray:
+    import torch
+    from transformers import MistralForCausalLM
+
+    model = MistralForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager", dtype=torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor(tokens)).logits.numpy()
+
+
+@pytest.mark.parametrize("fixture", ["hf_window_dir", "hf_full_dir"])
+def test_logits_equal_transformers(request, fixture):
+    model_dir = request.getfixturevalue(fixture)
+    tokens = np.random.default_rng(0).integers(0, 32000, size=(1, SEQ))
+    model, _ = mlxspec.load(model_dir)
+    ours = np.array(model(mx.array(tokens)))
+    ref = torch_logits(model_dir, tokens)
+    assert ours.shape == ref.shape == (1, SEQ, 32000)
+    assert np.abs(ours - ref).max() <= 1e-4
+    # and through the cache, token by token, past several windows
+    cache = model.make_cache()
+    steps = [np.array(model(mx.array(tokens[:, i : i + 1]), cache)) for i in range(SEQ)]
+    assert np.abs(np.concatenate(steps, axis=1) - ref).max() <= 1e-4
+
+
+def test_sliding_window_changes_logits(hf_window_dir):
+    """Proof the oracle test can fail: ignoring the window (as mlx-lm does) gives other logits."""
+    model, _ = mlxspec.load(hf_window_dir)
+    tokens = mx.array(np.random.default_rng(0).integers(0, 32000, size=(1, SEQ)))
+    windowed = model(tokens)
+    model.model.sliding_window = None
+    full = model(tokens)
+    assert mx.abs(windowed[:, :16] - full[:, :16]).max().item() < 1e-5
+    assert mx.abs(windowed[:, 16:] - full[:, 16:]).max().item() > 1e-2
+
+
+def test_rope_layouts_give_equal_logits():
+    """HF rotate-half q/k layout == Mistral interleaved layout with traditional RoPE."""
+    args = ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=96, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=50, sliding_window=8)
+    half = Model(args)
+    inter_args = ModelArgs(**{**args.__dict__, "rope_traditional": True})
+    inter = Model(inter_args)
+    weights = dict(tree for tree in __import__("mlx.utils").utils.tree_flatten(half.parameters()))
+    for name, w in list(weights.items()):
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = args.num_attention_heads if "q_proj" in name else args.num_key_value_heads
+            weights[name] = mx.array(permute_half_to_interleaved(np.array(w), heads))
+    inter.load_weights(list(weights.items()))
+    tokens = mx.array(np.random.default_rng(1).integers(0, 50, size=(2, 30)))
+    assert mx.abs(half(tokens) - inter(tokens)).max().item() < 1e-5
