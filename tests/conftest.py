@@ -6,6 +6,7 @@ SentencePiece model that ships in `mistral-common`."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,11 +30,12 @@ def sp_model_file() -> Path:
 @pytest.fixture(scope="session")
 def hf_tokenizer_dir(tmp_path_factory, sp_model_file) -> Path:
     """tokenizer.json + tokenizer_config.json (+ tokenizer.model) made from the real SP model."""
-    from transformers import LlamaTokenizerFast
+    from transformers import LlamaTokenizer
 
     out = tmp_path_factory.mktemp("hf-tokenizer")
     shutil.copy(sp_model_file, out / "tokenizer.model")
-    tok = LlamaTokenizerFast(vocab_file=str(out / "tokenizer.model"), legacy=True, add_prefix_space=None)
+    tok = LlamaTokenizer.from_pretrained(str(out), legacy=True)
+    assert len(tok) == 32000
     tok.chat_template = (
         "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
         "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
@@ -66,6 +68,11 @@ def make_hf_checkpoint(out: Path, tokenizer_dir: Path | None, seed: int = 0, **o
     model = MistralForCausalLM(config).eval()
     reinit_(model, seed)
     model.save_pretrained(str(out), safe_serialization=True)
+    # Hub checkpoints (written before transformers 5) keep rope_theta top-level, and mlx-lm
+    # reads only that; transformers 5 nests it in rope_parameters. Keep both, as on the Hub.
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["rope_theta"] = config.rope_parameters["rope_theta"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
     if tokenizer_dir is not None:
         for f in tokenizer_dir.iterdir():
             shutil.copy(f, out / f.name)
