@@ -50,7 +50,8 @@ class StreamingDetokenizer:
         seen = self._context + self._pending
         self._pending = []
         # Keep the shortest clean suffix (decodes without U+FFFD) of at least `context` tokens.
-        for n in range(self._context_len, min(len(seen), self._context_len + 4) + 1):
+        shortest = min(self._context_len, len(seen))
+        for n in range(shortest, min(len(seen), shortest + 4) + 1):
             self._context = seen[-n:]
             self._context_text = self._decode(self._context)
             if REPLACEMENT not in self._context_text:
@@ -187,7 +188,8 @@ class HFTokenizer(Tokenizer):
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def _config_chat_template(model_dir: Path) -> str | None:
+def read_chat_template(model_dir: Path) -> str | None:
+    """The chat template shipped beside a SentencePiece model (chat_template.jinja or tokenizer_config.json)."""
     for name in ("chat_template.jinja",):
         if (model_dir / name).is_file():
             return (model_dir / name).read_text()
@@ -208,5 +210,5 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
         return HFTokenizer(model_dir)
     sp_files = sorted(model_dir.glob("tokenizer.model*"))
     if sp_files:
-        return SentencePieceTokenizer(sp_files[0], _config_chat_template(model_dir))
+        return SentencePieceTokenizer(sp_files[0], read_chat_template(model_dir))
     raise TokenizerError(f"{model_dir}: no tokenizer.json or tokenizer.model found")
