@@ -15,7 +15,7 @@ from .errors import MlxspecError
 
 app = typer.Typer(
     help="Speculative decoding for Mistral-class models on MLX.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
 
 

@@ -70,6 +70,10 @@ class ModelArgs:
         if model_type is None:
             archs = config.get("architectures") or ["<none>"]
             raise ConfigError(f"config.json has no model_type (architectures: {archs[0]})")
+        if model_type not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"unsupported architecture {model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
         # transformers >= 5 writes RoPE settings as `rope_parameters`, older ones as top-level keys.
         rope = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
         if rope.get("rope_type", rope.get("type")) not in (None, "default"):
@@ -148,8 +152,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def load_model_args(model_dir: Path) -> ModelArgs:
     """Read `config.json` (HF / mlx-lm) or `params.json` (Mistral) from `model_dir`."""
-    if (model_dir / "config.json").is_file():
-        return ModelArgs.from_hf_config(read_json(model_dir / "config.json"))
-    if (model_dir / "params.json").is_file():
-        return ModelArgs.from_mistral_params(read_json(model_dir / "params.json"))
+    for name, parse in (("config.json", ModelArgs.from_hf_config), ("params.json", ModelArgs.from_mistral_params)):
+        path = model_dir / name
+        if path.is_file():
+            config = read_json(path)
+            try:
+                return parse(config)
+            except ConfigError as exc:
+                raise ConfigError(f"{model_dir}: {exc}") from None
     raise ConfigError(f"{model_dir}: no config.json or params.json found")

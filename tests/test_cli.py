@@ -1,0 +1,73 @@
+"""The `mlxspec` command as a user runs it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlxspec", *args], capture_output=True, text=True, input=stdin,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+
+
+def test_generate_streams_text_and_stats(hf_window_dir):
+    res = run("generate", "--model", str(hf_window_dir), "--prompt", "Hello", "--max-tokens", "8")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip()
+    assert "generation: 8 tokens" in res.stderr and "peak memory" in res.stderr
+
+
+def test_generate_json(hf_window_dir):
+    res = run("generate", "-m", str(hf_window_dir), "-p", "-", "-n", "5", "--json", "--chat",
+              "--temperature", "0.8", "--top-p", "0.9", "--top-k", "40", "--seed", "3", stdin="Hi")
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout)
+    assert stats["generation_tokens"] == 5 and stats["prompt_tokens"] > 5
+    assert {"text", "prompt_tps", "generation_tps", "peak_memory_gb", "finish_reason"} <= set(stats)
+
+
+@pytest.mark.parametrize(
+    "case, args, message",
+    [
+        ("missing config", ["--prompt", "hi"], "no config.json or params.json"),
+        ("no folder", ["--prompt", "hi"], "no such folder"),
+        ("unknown arch", ["--prompt", "hi"], "unsupported architecture 'gpt2'"),
+        ("empty prompt", ["--prompt", ""], "prompt is empty"),
+        ("negative max", ["--prompt", "hi", "--max-tokens", "-3"], "max_tokens must be >= 0"),
+        ("long prompt", ["--prompt", "word " * 600], "more than the model's context of 512"),
+    ],
+)
+def test_bad_input_is_one_clear_line(hf_window_dir, tmp_path, case, args, message):
+    model = {"missing config": tmp_path, "no folder": tmp_path / "absent"}.get(case, hf_window_dir)
+    if case == "unknown arch":
+        model = tmp_path / "gpt2"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    res = run("generate", "--model", str(model), *args)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_help_documents_every_option():
+    res = run("generate", "--help")
+    assert res.returncode == 0
+    for option in ("--model", "--prompt", "--max-tokens", "--temperature", "--top-p", "--top-k",
+                   "--seed", "--chat", "--json", "--prefill-chunk"):
+        assert option in res.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    res = run("demo", "--max-tokens", "6", "--workdir", str(tmp_path), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["generation_tokens"] == 6
+    assert (tmp_path / "demo-model" / "model.safetensors").is_file()
+    assert (tmp_path / "demo-model" / "tokenizer.model").is_file()
