@@ -22,7 +22,8 @@ from common import environment, median, rates, timed_tokens, write_report  # noq
 
 import mlxspec  # noqa: E402
 from mlxspec.config import ModelArgs  # noqa: E402
-from mlxspec.convert.synthetic import write_random_hf_checkpoint  # noqa: E402
+from mlxspec.convert.synthetic import hf_tensor_shapes, write_random_hf_checkpoint  # noqa: E402
+from mlxspec.demo import mistral_tokenizer_file  # noqa: E402
 
 # Mistral-shaped, ~283M parameters: 16 layers, GQA 16/4 heads of 64, SwiGLU 3584, vocab 32000.
 ARGS = ModelArgs(hidden_size=1024, num_hidden_layers=16, intermediate_size=3584, num_attention_heads=16,
@@ -103,7 +104,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         fp32 = work / "mistral-300m"
         if not (fp32 / "config.json").exists():
-            write_random_hf_checkpoint(fp32, ARGS, seed=0)
+            write_random_hf_checkpoint(fp32, ARGS, seed=0, tokenizer_file=mistral_tokenizer_file())
         q4 = work / "mistral-300m-4bit"
         if not (q4 / "config.json").exists():
             convert(str(fp32), mlx_path=str(q4), quantize=True, q_bits=4, q_group_size=64, dtype="float32")
@@ -111,7 +112,7 @@ def main() -> None:
             "fp32": measure("fp32", fp32, args.prompt, args.tokens, args.runs),
             "4-bit": measure("4-bit", q4, args.q_prompt, args.q_tokens, args.runs),
         }
-    params = sum(int(np.prod(s)) for _, s in __import__("mlxspec.convert.synthetic", fromlist=["x"]).hf_tensor_shapes(ARGS))
+    params = sum(int(np.prod(shape)) for _, shape in hf_tensor_shapes(ARGS))
     table = [
         f"Mistral-shaped model, {params / 1e6:.0f}M parameters, batch 1, greedy; median of {args.runs} runs.",
         "",

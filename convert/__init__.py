@@ -1,8 +1,24 @@
-"""mlxspec's converter: checkpoint layout readers and weight-name mapping.
+"""mlxspec's converter: checkpoint layout readers, weight-name mapping, the streaming
+quantizing writer and Hub download.
 
-Installed as the subpackage `mlxspec.convert` (see the package-dir mapping in pyproject.toml).
+Installed as the subpackage `mlxspec.convert` (see the package-dir mapping in
+pyproject.toml). The subpackage is itself callable, so the Python API reads
+`mlxspec.convert(src, out, bits=4, group_size=64)` while `mlxspec.convert.<module>`
+imports keep working (a plain function of that name would shadow the package).
 """
 
-from .mapping import mistral_to_hf_name, permute_half_to_interleaved, permute_interleaved_to_half
+import sys
+import types
 
-__all__ = ["mistral_to_hf_name", "permute_half_to_interleaved", "permute_interleaved_to_half"]
+from .converter import convert
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        """See `mlxspec.convert.converter.convert`."""
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["convert"]

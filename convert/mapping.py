@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import re
 
+from typing import TypeVar
+
+import mlx.core as mx
 import numpy as np
+
+Array = TypeVar("Array", np.ndarray, mx.array)  # both have reshape/transpose with the same meaning
 
 _TOP_LEVEL = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
@@ -43,7 +48,7 @@ def mistral_to_hf_name(name: str) -> str | None:
     return None
 
 
-def permute_interleaved_to_half(weight: np.ndarray, n_heads: int) -> np.ndarray:
+def permute_interleaved_to_half(weight: Array, n_heads: int) -> Array:
     """Reorder q/k projection rows from interleaved RoPE pairs (x0,x1),(x2,x3).. to the
     rotate-half layout HF uses (x0..x_{d/2-1} paired with x_{d/2}..), head by head.
 
@@ -58,7 +63,7 @@ def permute_interleaved_to_half(weight: np.ndarray, n_heads: int) -> np.ndarray:
     )
 
 
-def permute_half_to_interleaved(weight: np.ndarray, n_heads: int) -> np.ndarray:
+def permute_half_to_interleaved(weight: Array, n_heads: int) -> Array:
     """Inverse of `permute_interleaved_to_half`: rotate-half rows back to interleaved pairs."""
     out_dim, in_dim = weight.shape
     head_dim = out_dim // n_heads

@@ -78,6 +78,11 @@ def write_random_hf_checkpoint(
     (out / "config.json").write_text(json.dumps(config, indent=2))
     if tokenizer_file is not None:
         shutil.copy(tokenizer_file, out / "tokenizer.model")
+        # what Mistral's Hub repos carry beside tokenizer.model, so transformers/mlx-lm load it too
+        (out / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+            "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": True,
+        }, indent=2))
     return out
 
 

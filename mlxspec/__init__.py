@@ -6,6 +6,7 @@
 """
 
 from .config import ModelArgs
+from . import convert  # callable: mlxspec.convert(src, out, bits=..., group_size=...)
 from .errors import CheckpointError, ConfigError, InputError, MlxspecError, TokenizerError
 from .generate import GenerationStats, GenerationStep, generate, stream_generate
 from .load import load
@@ -17,5 +18,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "GenerationStats", "GenerationStep", "InputError",
     "MlxspecError", "Model", "ModelArgs", "Tokenizer", "TokenizerError",
-    "generate", "load", "stream_generate",
+    "convert", "generate", "load", "stream_generate",
 ]

@@ -108,6 +108,81 @@ def demo(
         _stream(model, tokenizer, prompt or DEMO_PROMPT, as_json, max_tokens=max_tokens, chat=True)
 
 
+def _progress_bars(quiet: bool, labels: list[str]) -> tuple[dict, Callable[[], None]]:
+    """Per-label byte progress bars on a terminal's stderr (none with --quiet or when piped)."""
+    if quiet or not sys.stderr.isatty():
+        return {}, lambda: None
+    bars: dict[str, object] = {}
+
+    def make(label: str):
+        def update(done: int, total: int, name: str) -> None:
+            if label not in bars:
+                bars[label] = typer.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
+                bars[label].__enter__()
+            bar = bars[label]
+            bar.update(done - bar.pos)
+
+        return update
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.__exit__(None, None, None)
+
+    return {label: make(label) for label in labels}, close
+
+
+@app.command()
+@friendly_errors
+def convert(
+    src: Optional[str] = typer.Argument(None, help="Checkpoint to convert: a local folder (HF or Mistral layout) or a Hugging Face repo id."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (mlx-lm layout). With --target/--draft: the pair folder."),
+    bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Quantize projections and embeddings to 2, 3, 4, 6 or 8 bits (default: no quantization)."),
+    group_size: int = typer.Option(64, "--group-size", "-g", help="Columns per quantization scale: 32, 64 or 128."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32 for unquantized weights and scales (default: as stored)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (repo ids only)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Pair mode: the target checkpoint (folder or repo id)."),
+    draft: Optional[str] = typer.Option(None, "--draft", help="Pair mode: the draft checkpoint (folder or repo id)."),
+    draft_bits: Optional[int] = typer.Option(None, "--draft-bits", help="Pair mode: bits for the draft (default: same as --bits)."),
+    max_shard_gb: float = typer.Option(2.0, "--max-shard-size", help="Largest output shard, in GB."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Convert a checkpoint to MLX weights, optionally quantized; or a target + draft pair.
+
+    Streams one tensor at a time (memory stays near one tensor's size) and writes the
+    output atomically: it appears complete or not at all."""
+    from .convert.converter import convert as convert_one
+    from .convert.pair import convert_pair
+
+    shard = int(max_shard_gb * 1024**3)
+    if shard <= 0:
+        raise MlxspecError("--max-shard-size must be positive")
+    if (target is None) != (draft is None):
+        raise MlxspecError("pair mode needs both --target and --draft")
+    if target is not None:
+        if src is not None:
+            raise MlxspecError("give either SRC or --target/--draft, not both")
+        bars, close = _progress_bars(quiet, ["target", "draft"])
+        try:
+            manifest = convert_pair(target, draft, out, bits=bits, draft_bits=draft_bits if draft_bits is not None else bits,
+                                    group_size=group_size, dtype=dtype, force=force, revision=revision,
+                                    max_shard_bytes=shard, progress=bars)
+        finally:
+            close()
+        typer.echo(f"wrote {out}/target, {out}/draft and {out}/pair.json", err=True)
+        typer.echo(f"tokenizers: {manifest['tokenizers']} ({manifest['tokenizers_detail']})", err=True)
+        return
+    if src is None:
+        raise MlxspecError("missing SRC (a folder or repo id), or --target and --draft")
+    bars, close = _progress_bars(quiet, ["converting"])
+    try:
+        convert_one(src, out, bits=bits, group_size=group_size, dtype=dtype, force=force, revision=revision,
+                    max_shard_bytes=shard, progress=bars.get("converting"))
+    finally:
+        close()
+    typer.echo(f"wrote {out}", err=True)
+
+
 def main() -> None:
     """Entry point for `python -m mlxspec`."""
     app()

@@ -18,7 +18,6 @@ from .model import Model
 from .tokenizer import Tokenizer, load_tokenizer
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
 _IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
 
 
@@ -32,17 +31,9 @@ def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
         raise ConfigError(f"{path} is a file; expected a model folder")
     if not _REPO_ID.match(str(path_or_repo_id)) or str(path_or_repo_id).startswith("."):
         raise ConfigError(f"{path}: no such folder")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from .convert.hub import fetch
 
-    try:
-        return Path(snapshot_download(str(path_or_repo_id), revision=revision, allow_patterns=_HUB_FILES))
-    except LocalEntryNotFoundError:
-        raise ConfigError(
-            f"{path_or_repo_id}: not a local folder and not in the Hugging Face cache (offline?)"
-        ) from None
-    except HfHubHTTPError as exc:
-        raise ConfigError(f"{path_or_repo_id}: Hugging Face Hub error: {str(exc).splitlines()[0]}") from None
+    return fetch(str(path_or_repo_id), revision=revision)
 
 
 def weight_files(model_dir: Path) -> tuple[list[Path], bool]:

@@ -1,0 +1,180 @@
+"""Checkpoint readers: every supported input layout becomes one `Source` — a config and
+a list of tensors under mlxspec's (HF) names, each loaded only when asked for.
+
+Layouts: HF (`config.json` + `model.safetensors`, sharded with an index, or
+`pytorch_model*.bin` when torch is installed) and Mistral's (`params.json` +
+`consolidated.safetensors` or `consolidated.00.pth`). Mistral's q/k rows are permuted
+to the rotate-half layout here, so every output is an ordinary HF-layout model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import mlx.core as mx
+
+from mlxspec.config import ModelArgs, load_model_args, read_json
+from mlxspec.errors import CheckpointError
+
+from .mapping import mistral_to_hf_name, permute_interleaved_to_half
+from .safetensors_io import SafetensorsReader
+from .synthetic import hf_tensor_shapes
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json", "tokenizer.model")
+_IGNORED = ("rotary_emb.inv_freq",)
+
+
+@dataclass
+class TensorRef:
+    """One input tensor: its HF name, shape, where it lives and how to load it."""
+
+    name: str
+    shape: tuple[int, ...]
+    nbytes: int
+    where: Path
+    load: Callable[[], mx.array]
+
+
+@dataclass
+class Source:
+    """A checkpoint ready to convert."""
+
+    root: Path
+    args: ModelArgs
+    config: dict[str, Any]
+    tensors: list[TensorRef]
+    tokenizer_files: list[Path] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def open_source(root: Path) -> Source:
+    """Read the layout of `root` (headers only; no tensor data is loaded)."""
+    args = load_model_args(root)
+    if args.quantization:
+        raise CheckpointError(f"{root}: already quantized; convert from the full-precision checkpoint")
+    if (root / "config.json").is_file():
+        config = read_json(root / "config.json")
+        refs = _hf_tensors(root)
+    else:
+        config = args.to_hf_config()
+        refs = _mistral_tensors(root, args)
+        args.rope_traditional = False  # permuted to rotate-half on load
+        config["rope_traditional"] = False
+    refs = [r for r in refs if not r.name.endswith(_IGNORED)]
+    if args.tie_word_embeddings:
+        refs = [r for r in refs if r.name != "lm_head.weight"]
+    _check_tensors(refs, args, root)
+    tok_files = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
+    tok_files += [p for p in sorted(root.glob("tokenizer.model.*")) if p.is_file()]
+    return Source(root, args, config, refs, tok_files)
+
+
+def _check_tensors(refs: list[TensorRef], args: ModelArgs, root: Path) -> None:
+    expected = dict(hf_tensor_shapes(args))
+    seen = {}
+    for ref in refs:
+        if ref.name not in expected:
+            raise CheckpointError(f"{ref.where}: unexpected tensor {ref.name!r} for a {args.model_type} model")
+        if ref.shape != expected[ref.name]:
+            raise CheckpointError(
+                f"{ref.where}: tensor {ref.name!r} has shape {ref.shape}, config implies {expected[ref.name]}"
+            )
+        seen[ref.name] = ref
+    missing = [n for n in expected if n not in seen]
+    if missing:
+        raise CheckpointError(f"{root}: missing tensor {missing[0]!r} ({len(missing)} missing)")
+
+
+def _safetensors_refs(files: list[Path], rename: Callable[[str, Path], str],
+                      transform: Callable[[str, mx.array], mx.array] | None = None) -> list[TensorRef]:
+    refs = []
+    for file in files:
+        reader = SafetensorsReader(file)
+        for name in reader.names():
+            new = rename(name, file)
+
+            def load(reader=reader, name=name, new=new) -> mx.array:
+                arr = reader.read(name)
+                return transform(new, arr) if transform else arr
+
+            refs.append(TensorRef(new, reader.shape(name), reader.nbytes(name), file, load))
+    return refs
+
+
+def _hf_tensors(root: Path) -> list[TensorRef]:
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no weight_map")
+        files = [root / f for f in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{index}: lists shard {f.name}, which is missing")
+        return _safetensors_refs(files, lambda n, f: n)
+    files = sorted(p for p in root.glob("*.safetensors") if not p.name.startswith("consolidated"))
+    if files:
+        return _safetensors_refs(files, lambda n, f: n)
+    bins = sorted(root.glob("pytorch_model*.bin"))
+    if bins:
+        return _torch_refs(bins, lambda n, f: n)
+    raise CheckpointError(f"{root}: no model*.safetensors or pytorch_model*.bin weights found")
+
+
+def _mistral_tensors(root: Path, args: ModelArgs) -> list[TensorRef]:
+    def rename(name: str, file: Path) -> str:
+        new = mistral_to_hf_name(name)
+        if new is None:
+            raise CheckpointError(f"{file}: unexpected tensor {name!r} in a Mistral checkpoint")
+        return new
+
+    def to_rotate_half(name: str, arr: mx.array) -> mx.array:
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = args.num_attention_heads if "q_proj" in name else args.num_key_value_heads
+            return permute_interleaved_to_half(arr, heads)
+        return arr
+
+    safetensors = sorted(root.glob("consolidated*.safetensors"))
+    if safetensors:
+        return _safetensors_refs(safetensors, rename, to_rotate_half)
+    pth = sorted(root.glob("consolidated*.pth"))
+    if len(pth) > 1:
+        raise CheckpointError(f"{root}: {len(pth)} model-parallel consolidated.*.pth shards; use the HF layout instead")
+    if pth:
+        return _torch_refs(pth, rename, to_rotate_half)
+    raise CheckpointError(f"{root}: params.json but no consolidated.safetensors or consolidated.00.pth")
+
+
+def _torch_refs(files: list[Path], rename: Callable[[str, Path], str],
+                transform: Callable[[str, mx.array], mx.array] | None = None) -> list[TensorRef]:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{files[0]}: PyTorch pickle checkpoints need torch (pip install torch); "
+            "safetensors checkpoints do not"
+        ) from None
+    refs = []
+    for file in files:
+        try:
+            state = torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
+        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError...
+            raise CheckpointError(f"{file}: unreadable PyTorch checkpoint ({type(exc).__name__})") from None
+        for name, tensor in state.items():
+            new = rename(name, file)
+
+            def load(tensor=tensor, new=new) -> mx.array:
+                if tensor.dtype == torch.bfloat16:
+                    arr = mx.array(tensor.view(torch.uint16).numpy()).view(mx.bfloat16)
+                else:
+                    arr = mx.array(tensor.numpy())
+                return transform(new, arr) if transform else arr
+
+            refs.append(TensorRef(new, tuple(tensor.shape), tensor.numel() * tensor.element_size(), file, load))
+    return refs
+
