@@ -30,6 +30,7 @@ _DTYPES: dict[str, tuple[np.dtype, mx.Dtype]] = {
     "I64": (np.dtype("<i8"), mx.int64),
 }
 _NAMES = {mx_dtype: name for name, (_, mx_dtype) in _DTYPES.items()}
+_NP_NAMES = {np_dtype: name for name, (np_dtype, _) in _DTYPES.items() if name != "BF16"}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -102,8 +103,9 @@ class ShardedWriter:
     Tensor bytes go straight to a spool file; the header is written when a shard is
     closed, so memory holds only the tensor being written."""
 
-    def __init__(self, out_dir: Path, max_shard_bytes: int = 2 * 1024**3) -> None:
+    def __init__(self, out_dir: Path, max_shard_bytes: int = 2 * 1024**3, metadata: dict[str, str] | None = None) -> None:
         self.out_dir = out_dir
+        self.metadata = metadata or {"format": "mlx"}
         self.max_shard_bytes = max_shard_bytes
         self._shards: list[tuple[Path, list[str]]] = []
         self._spool: object | None = None
@@ -111,16 +113,20 @@ class ShardedWriter:
         self._offset = 0
         self.total_bytes = 0
 
-    def add(self, name: str, arr: mx.array) -> None:
+    def add(self, name: str, arr: mx.array | np.ndarray) -> None:
         """Append one tensor (evaluated now) to the current shard."""
-        data = _raw_bytes(arr)
+        if isinstance(arr, np.ndarray):
+            dtype = _NP_NAMES[arr.dtype.newbyteorder("<")]
+            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        else:
+            dtype, data = _NAMES[arr.dtype], _raw_bytes(arr)
         if self._spool is not None and self._offset and self._offset + len(data) > self.max_shard_bytes:
             self._close_shard()
         if self._spool is None:
             self._spool = (self.out_dir / f".shard-{len(self._shards)}.spool").open("wb")
         self._spool.write(data)
         self._entries[name] = {
-            "dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
+            "dtype": dtype, "shape": list(arr.shape),
             "data_offsets": [self._offset, self._offset + len(data)],
         }
         self._offset += len(data)
@@ -130,7 +136,7 @@ class ShardedWriter:
         spool_path = Path(self._spool.name)
         self._spool.close()
         final = self.out_dir / f".shard-{len(self._shards)}.safetensors"
-        header = json.dumps({"__metadata__": {"format": "mlx"}, **self._entries}, separators=(",", ":")).encode()
+        header = json.dumps({"__metadata__": self.metadata, **self._entries}, separators=(",", ":")).encode()
         header += b" " * (-len(header) % 8)
         with final.open("wb") as out, spool_path.open("rb") as spool:
             out.write(struct.pack("<Q", len(header)))

@@ -17,6 +17,7 @@ import numpy as np
 from mlxspec.config import ModelArgs
 
 from .mapping import mistral_to_hf_name, permute_half_to_interleaved
+from .safetensors_io import ShardedWriter
 
 
 def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -52,27 +53,14 @@ def write_random_hf_checkpoint(
     out: Path, args: ModelArgs, seed: int = 0, dtype: str = "float32",
     tokenizer_file: Path | None = None, shard_bytes: int | None = None,
 ) -> Path:
-    """Write `config.json` + `model.safetensors` (or shards + index) with random weights."""
+    """Write `config.json` + `model.safetensors` (or shards + index) with random weights,
+    one tensor in memory at a time (so a 7B-shaped checkpoint fits in little RAM)."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    shards: list[dict[str, mx.array]] = [{}]
-    size = 0
+    writer = ShardedWriter(out, shard_bytes or 2**62, metadata={"format": "pt"})
     for name, shape in hf_tensor_shapes(args):
-        tensor = random_tensor(rng, name, shape, dtype)
-        if shard_bytes is not None and size and size + tensor.nbytes > shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = mx.array(tensor)
-        size += tensor.nbytes
-    if len(shards) == 1:
-        mx.save_safetensors(str(out / "model.safetensors"), shards[0], metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            mx.save_safetensors(str(out / fname), shard, metadata={"format": "pt"})
-            weight_map.update({k: fname for k in shard})
-        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+        writer.add(name, random_tensor(rng, name, shape, dtype))
+    writer.finish()
     config = args.to_hf_config()
     config.update(torch_dtype=dtype, bos_token_id=1, eos_token_id=2)
     (out / "config.json").write_text(json.dumps(config, indent=2))
