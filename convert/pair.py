@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mlxspec.errors import MlxspecError
-from mlxspec.tokenizer import load_tokenizer
+from mlxspec.tokenizer import compare_vocabularies, load_tokenizer
 
 from .atomic import atomic_dir, check_writable
 from .converter import DTYPES, Progress, check_options, resolve_source, write_model
@@ -17,22 +17,12 @@ MANIFEST = "pair.json"
 
 
 def compare_tokenizers(target_dir: Path, draft_dir: Path) -> tuple[str, str]:
-    """("identical" | "compatible" | "different", why). Compatible: same special ids and the
-    same piece for every id both have (e.g. one vocabulary padded)."""
+    """Verdict on the tokenizers stored in two model folders (see `compare_vocabularies`)."""
     try:
         a, b = load_tokenizer(target_dir), load_tokenizer(draft_dir)
     except MlxspecError as exc:
         return "different", f"a tokenizer could not be loaded ({exc})"
-    if (a.bos_id, a.eos_ids) != (b.bos_id, b.eos_ids):
-        return "different", f"special ids differ (bos {a.bos_id} vs {b.bos_id}, eos {sorted(a.eos_ids)} vs {sorted(b.eos_ids)})"
-    pa, pb = a.pieces(), b.pieces()
-    shared = min(len(pa), len(pb))
-    mismatch = next((i for i in range(shared) if pa[i] != pb[i]), None)
-    if mismatch is not None:
-        return "different", f"token {mismatch} is {pa[mismatch]!r} in the target, {pb[mismatch]!r} in the draft"
-    if len(pa) != len(pb):
-        return "compatible", f"same pieces for the {shared} shared ids; vocab sizes {len(pa)} vs {len(pb)}"
-    return "identical", f"same {len(pa)} pieces and special ids"
+    return compare_vocabularies(a, b)
 
 
 def convert_pair(

@@ -8,9 +8,10 @@
 from .config import ModelArgs
 from . import convert  # callable: mlxspec.convert(src, out, bits=..., group_size=...)
 from .errors import CheckpointError, ConfigError, InputError, MlxspecError, TokenizerError
-from .generate import GenerationStats, GenerationStep, generate, stream_generate
-from .load import load
+from .generate import generate, stream_generate
+from .load import load, load_pair
 from .model import Model
+from .stats import GenerationStats, GenerationStep
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "GenerationStats", "GenerationStep", "InputError",
     "MlxspecError", "Model", "ModelArgs", "Tokenizer", "TokenizerError",
-    "convert", "generate", "load", "stream_generate",
+    "convert", "generate", "load", "load_pair", "stream_generate",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,35 +38,56 @@ def friendly_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _stream(model, tokenizer, prompt: str, as_json: bool, **options) -> None:
+DRAFT_COLOUR, RESET = "\033[32m", "\033[0m"
+
+
+def _stats_line(stats) -> str:
+    line = (f"prompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tok/s | "
+            f"generation: {stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s | "
+            f"peak memory: {stats.peak_memory_gb:.3f} GB")
+    if hasattr(stats, "acceptance_rate"):
+        line += (f"\nspeculative: acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens/round, "
+                 f"{stats.rounds} rounds, draft {stats.draft_time:.2f} s / target {stats.target_time:.2f} s, "
+                 f"draft lengths {dict(sorted(stats.k_counts.items()))}")
+    return line
+
+
+def _stream(model, tokenizer, prompt: str, as_json: bool, verbose: bool = False, **options) -> None:
     from .generate import stream_generate
 
+    colour = verbose and not os.environ.get("NO_COLOR")
     text, stats = [], None
     for step in stream_generate(model, tokenizer, prompt, **options):
         stats = step.stats
         text.append(step.text)
         if not as_json:
-            sys.stdout.write(step.text)
+            piece = f"{DRAFT_COLOUR}{step.text}{RESET}" if colour and step.from_draft and step.text else step.text
+            sys.stdout.write(piece)
             sys.stdout.flush()
     if as_json:
         payload = {"text": "".join(text), **(stats.as_dict() if stats else {})}
         typer.echo(json.dumps(payload, indent=2))
         return
     typer.echo("")
+    if colour:
+        typer.echo(f"(green: accepted draft tokens; plain: tokens from the target)", err=True)
     if stats is not None:
-        typer.echo(
-            f"prompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tok/s | "
-            f"generation: {stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s | "
-            f"peak memory: {stats.peak_memory_gb:.3f} GB",
-            err=True,
-        )
+        typer.echo(_stats_line(stats), err=True)
+
+
+def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 @app.command()
 @friendly_errors
 def generate(
-    model: str = typer.Option(..., "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text; '-' reads it from standard input."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
+    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft model for speculative decoding (same tokenizer as the target)."),
+    pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D` (instead of --model/--draft)."),
+    num_draft_tokens: int = typer.Option(6, "--num-draft-tokens", "-k", help="Most tokens drafted per round (with --no-adaptive: exactly this many)."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding when drafting does not pay)."),
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="Sampling temperature; 0 is greedy (argmax)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass (1 disables)."),
@@ -72,19 +95,35 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; makes sampling reproducible."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template ([INST] ... [/INST] for Mistral)."),
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour each token by origin: green = accepted draft token."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
 ) -> None:
-    """Generate text autoregressively, streaming it to stdout; stats go to stderr."""
-    from .load import load
+    """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
+    decode speculatively (the output follows the target's distribution exactly)."""
+    from .load import check_same_vocabulary, load, load_pair
 
+    warnings.showwarning = _warn_line
     if prompt == "-":
         prompt = sys.stdin.read()
     if prefill_chunk is not None and prefill_chunk <= 0:
         raise MlxspecError(f"--prefill-chunk must be positive, got {prefill_chunk}")
-    loaded_model, tokenizer = load(model)
+    if pair is not None:
+        if model is not None or draft is not None:
+            raise MlxspecError("give either --pair or --model/--draft, not both")
+        target, tokenizer, draft_model = load_pair(pair)
+    elif model is None:
+        raise MlxspecError("missing --model (or --pair)")
+    else:
+        target, tokenizer = load(model)
+        draft_model = None
+        if draft is not None:
+            loaded_draft = load(draft)
+            check_same_vocabulary((target, tokenizer), loaded_draft)
+            draft_model = loaded_draft[0]
     _stream(
-        loaded_model, tokenizer, prompt, as_json, max_tokens=max_tokens, temperature=temperature,
+        target, tokenizer, prompt, as_json, verbose, max_tokens=max_tokens, temperature=temperature,
         top_p=top_p, top_k=top_k, seed=seed, chat=chat, prefill_chunk=prefill_chunk,
+        draft=draft_model, num_draft_tokens=num_draft_tokens, adaptive=adaptive,
     )
 
 
@@ -97,13 +136,13 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
 ) -> None:
     """Run the whole path on the embedded default: write a small random-weight Mistral
-    checkpoint (HF layout, real Mistral tokenizer), load it and generate from it."""
+    checkpoint (HF layout, real Mistral tokenizer), convert it, load it and generate."""
     from .demo import DEMO_PROMPT, build_demo_checkpoint
     from .load import load
 
     with tempfile.TemporaryDirectory(prefix="mlxspec-demo-") as tmp:
         folder = build_demo_checkpoint((workdir or Path(tmp)) / "demo-model")
-        typer.echo(f"demo checkpoint (random weights, real Mistral tokenizer): {folder}", err=True)
+        typer.echo(f"demo checkpoint (random weights, real Mistral tokenizer), converted: {folder}", err=True)
         model, tokenizer = load(folder)
         _stream(model, tokenizer, prompt or DEMO_PROMPT, as_json, max_tokens=max_tokens, chat=True)
 

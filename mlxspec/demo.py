@@ -1,7 +1,7 @@
 """The embedded default behind `mlxspec demo`: a small Mistral-shaped checkpoint with
-random weights and the real Mistral-7B tokenizer, written in HF layout and then loaded
-through the same path as a downloaded model. (A real pretrained demo pair replaces it
-once one ships with mlxspec.)"""
+random weights and the real Mistral-7B tokenizer, written in HF layout, converted by
+`mlxspec.convert` and loaded through the same path as a downloaded model. (A real
+pretrained demo pair replaces it once one ships with mlxspec.)"""
 
 from __future__ import annotations
 
@@ -27,10 +27,15 @@ def mistral_tokenizer_file() -> Path:
     return Path(str(data))
 
 
-def build_demo_checkpoint(out: Path, seed: int = 0) -> Path:
-    """Write the demo checkpoint (HF layout) into `out` unless it is already there."""
+def build_demo_checkpoint(workdir: Path, seed: int = 0) -> Path:
+    """Write the demo checkpoint (HF layout) to `workdir/hf`, convert it to `workdir/mlx`
+    (each step skipped when already done) and return the converted folder."""
+    from .convert import convert
     from .convert.synthetic import write_random_hf_checkpoint
 
-    if not (out / "config.json").is_file():
-        write_random_hf_checkpoint(out, DEMO_ARGS, seed=seed, tokenizer_file=mistral_tokenizer_file())
-    return out
+    hf, mlx = workdir / "hf", workdir / "mlx"
+    if not (hf / "config.json").is_file():
+        write_random_hf_checkpoint(hf, DEMO_ARGS, seed=seed, tokenizer_file=mistral_tokenizer_file())
+    if not (mlx / "config.json").is_file():
+        convert(hf, mlx, force=True)
+    return mlx

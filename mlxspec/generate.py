@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 import mlx.core as mx
@@ -11,47 +10,8 @@ import mlx.core as mx
 from .errors import InputError
 from .model import Cache, Model
 from .sampling import SamplingParams, sample
+from .stats import GenerationStats, GenerationStep
 from .tokenizer import Tokenizer
-
-
-@dataclass
-class GenerationStats:
-    """Running statistics of one generation (times in seconds, memory in GB)."""
-
-    prompt_tokens: int = 0
-    prompt_time: float = 0.0
-    generation_tokens: int = 0
-    generation_time: float = 0.0
-    peak_memory_gb: float = 0.0
-    finish_reason: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def prompt_tps(self) -> float:
-        """Prompt (prefill) tokens per second."""
-        return self.prompt_tokens / self.prompt_time if self.prompt_time else 0.0
-
-    @property
-    def generation_tps(self) -> float:
-        """Generated tokens per second, first token excluded from neither count nor time."""
-        return self.generation_tokens / self.generation_time if self.generation_time else 0.0
-
-    def as_dict(self) -> dict:
-        """Plain dictionary for `--json` output."""
-        out = asdict(self)
-        extra = out.pop("extra")
-        out.update(prompt_tps=self.prompt_tps, generation_tps=self.generation_tps, **extra)
-        return out
-
-
-@dataclass
-class GenerationStep:
-    """One generated token: its id, the text it completed, and the stats so far."""
-
-    token: int
-    text: str
-    stats: GenerationStats
-    from_draft: bool = False
 
 
 def prepare_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
@@ -103,6 +63,24 @@ def check_request(model: Model, prompt_ids: Sequence[int], max_tokens: int) -> N
         raise InputError(f"prompt holds token ids outside the vocabulary (0..{model.args.vocab_size - 1})")
 
 
+def autoregressive_tokens(model: Model, prompt_ids: list[int], params: SamplingParams, budget: int,
+                          chunk: int, stats: GenerationStats) -> Iterator[tuple[int, bool]]:
+    """Plain decoding: prefill, then one target step per token (the next step is queued
+    with `mx.async_eval` before the current token is read back)."""
+    cache = model.make_cache()
+    start = time.perf_counter()
+    token = sample(prefill(model, prompt_ids, cache, chunk), params)
+    mx.eval(token)
+    stats.prompt_time = time.perf_counter() - start
+    for n in range(1, budget + 1):
+        if n < budget:
+            next_token = sample(decode_step(model, token, cache), params)
+            mx.async_eval(next_token)
+        yield token.item(), False
+        if n < budget:
+            token = next_token
+
+
 def stream_generate(
     model: Model,
     tokenizer: Tokenizer,
@@ -115,14 +93,25 @@ def stream_generate(
     seed: int | None = None,
     chat: bool = False,
     prefill_chunk: int | None = None,
+    draft: Model | None = None,
+    num_draft_tokens: int = 6,
+    adaptive: bool = True,
+    draft_schedule: str = "cost",
 ) -> Iterator[GenerationStep]:
-    """Generate autoregressively, yielding one `GenerationStep` per token.
+    """Generate, yielding one `GenerationStep` per token.
 
-    Stops at an end-of-sequence token, after `max_tokens`, or at the model's context
-    length; the last step's `stats.finish_reason` says which ("stop" or "length")."""
+    With `draft`, decodes speculatively: up to `num_draft_tokens` drafted per round, the
+    length chosen by a cost model measured on this device (`adaptive=False` pins it;
+    `draft_schedule="heuristic"` uses transformers' +2/-1 rule instead). Stops at an
+    end-of-sequence token, after `max_tokens`, or at the model's context length; the last
+    step's `stats.finish_reason` says which ("stop" or "length")."""
     params = SamplingParams(temperature, top_p, top_k)
     prompt_ids = prepare_prompt(tokenizer, prompt, chat)
     check_request(model, prompt_ids, max_tokens)
+    if draft is not None:
+        from .speculative import check_pair
+
+        check_pair(model, draft, num_draft_tokens)
     if max_tokens == 0:
         return
     if seed is not None:
@@ -130,35 +119,50 @@ def stream_generate(
     budget = max_tokens
     if model.args.max_position_embeddings is not None:
         budget = min(budget, model.args.max_position_embeddings - len(prompt_ids) + 1)
-
+    chunk = prefill_chunk or default_chunk_size(model)
     mx.reset_peak_memory()
-    stats = GenerationStats(prompt_tokens=len(prompt_ids))
+    if draft is None:
+        stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        tokens = autoregressive_tokens(model, prompt_ids, params, budget, chunk, stats)
+    else:
+        tokens, stats = _speculative(model, draft, prompt_ids, params, budget, chunk,
+                                     num_draft_tokens, adaptive, draft_schedule)
+    yield from _emit(tokens, tokenizer, stats, budget)
+
+
+def _speculative(model, draft, prompt_ids, params, budget, chunk, k_max, adaptive, schedule):
+    from .costmodel import calibrate
+    from .speculative import SpeculativeDecoder, speculative_tokens
+
+    timings = None
+    if adaptive and schedule == "cost":
+        start = time.perf_counter()
+        timings = calibrate(model, draft, k_max)
+        calibration = time.perf_counter() - start
+    decoder = SpeculativeDecoder(model, draft, params, k_max, adaptive, timings, schedule, chunk)
+    decoder.stats.prompt_tokens = len(prompt_ids)
+    if timings is not None:
+        decoder.stats.extra["calibration_time"] = calibration
+    return speculative_tokens(decoder, prompt_ids, budget), decoder.stats
+
+
+def _emit(tokens, tokenizer: Tokenizer, stats: GenerationStats, budget: int) -> Iterator[GenerationStep]:
+    """Detokenize, time and stop: the part every decoding strategy shares."""
     detok = tokenizer.detokenizer()
-    cache = model.make_cache()
-    start = time.perf_counter()
-    token = sample(prefill(model, prompt_ids, cache, prefill_chunk or default_chunk_size(model)), params)
-    mx.eval(token)
-    stats.prompt_time = time.perf_counter() - start
-    start = time.perf_counter()
-    for n in range(1, budget + 1):
-        if n < budget:  # queue the next step before waiting on this one
-            next_token = sample(decode_step(model, token, cache), params)
-            mx.async_eval(next_token)
-        tok = token.item()
+    start = time.perf_counter()  # the token generators time their own prefill into prompt_time
+    for n, (tok, from_draft) in enumerate(tokens, 1):
         stats.generation_tokens = n
-        stats.generation_time = time.perf_counter() - start
+        stats.generation_time = time.perf_counter() - start - stats.prompt_time
         stats.peak_memory_gb = peak_memory_gb()
         if tok in tokenizer.eos_ids:
             stats.finish_reason = "stop"
-            yield GenerationStep(tok, detok.finalize(), stats)
+            yield GenerationStep(tok, detok.finalize(), stats, from_draft)
             return
         text = detok.add(tok)
         if n == budget:
             stats.finish_reason = "length"
             text += detok.finalize()
-        yield GenerationStep(tok, text, stats)
-        if n < budget:
-            token = next_token
+        yield GenerationStep(tok, text, stats, from_draft)
 
 
 def generate(model: Model, tokenizer: Tokenizer, prompt: str | Sequence[int], **options) -> str:

@@ -11,11 +11,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .config import ModelArgs, load_model_args
+from .config import ModelArgs, load_model_args, read_json
 from .convert.mapping import mistral_to_hf_name
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, InputError
 from .model import Model
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer, compare_vocabularies, load_tokenizer
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
@@ -141,3 +141,30 @@ def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None) -> tuple[Mo
             f"{model.args.vocab_size}"
         )
     return model, tokenizer
+
+
+def check_same_vocabulary(target: tuple[Model, Tokenizer], draft: tuple[Model, Tokenizer]) -> str:
+    """Raise `InputError` unless the draft can propose tokens the target understands:
+    identical tokenizers, or compatible ones over equally sized (padded) embeddings."""
+    verdict, why = compare_vocabularies(target[1], draft[1])
+    usable = verdict == "identical" or (verdict == "compatible" and target[0].args.vocab_size == draft[0].args.vocab_size)
+    if not usable:
+        raise InputError(f"the draft's tokenizer does not match the target's: {why} "
+                         "(drafts with another vocabulary are not supported yet)")
+    return verdict
+
+
+def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None) -> tuple[Model, Tokenizer, Model]:
+    """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer, draft)."""
+    folder = Path(pair_dir)
+    manifest_path = folder / "pair.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"{folder}: no pair.json (write one with `mlxspec convert --target T --draft D -o {folder}`)")
+    manifest = read_json(manifest_path)
+    try:
+        target = load(folder / manifest["target"], dtype=dtype)
+        draft = load(folder / manifest["draft"], dtype=dtype)
+    except KeyError as missing:
+        raise ConfigError(f"{manifest_path}: lacks {missing}") from None
+    check_same_vocabulary(target, draft)
+    return target[0], target[1], draft[0]

@@ -212,3 +212,19 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     if sp_files:
         return SentencePieceTokenizer(sp_files[0], read_chat_template(model_dir))
     raise TokenizerError(f"{model_dir}: no tokenizer.json or tokenizer.model found")
+
+
+def compare_vocabularies(a: Tokenizer, b: Tokenizer) -> tuple[str, str]:
+    """("identical" | "compatible" | "different", why) for two tokenizers. Compatible: same
+    special ids and the same piece for every id both have (one vocabulary padded)."""
+    if (a.bos_id, a.eos_ids) != (b.bos_id, b.eos_ids):
+        return "different", (f"special ids differ (bos {a.bos_id} vs {b.bos_id}, "
+                              f"eos {sorted(a.eos_ids)} vs {sorted(b.eos_ids)})")
+    pa, pb = a.pieces(), b.pieces()
+    shared = min(len(pa), len(pb))
+    mismatch = next((i for i in range(shared) if pa[i] != pb[i]), None)
+    if mismatch is not None:
+        return "different", f"token {mismatch} is {pa[mismatch]!r} in one, {pb[mismatch]!r} in the other"
+    if len(pa) != len(pb):
+        return "compatible", f"same pieces for the {shared} shared ids; vocabulary sizes {len(pa)} vs {len(pb)}"
+    return "identical", f"same {len(pa)} pieces and special ids"

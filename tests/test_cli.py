@@ -69,5 +69,6 @@ def test_demo_runs_end_to_end(tmp_path):
     res = run("demo", "--max-tokens", "6", "--workdir", str(tmp_path), "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["generation_tokens"] == 6
-    assert (tmp_path / "demo-model" / "model.safetensors").is_file()
-    assert (tmp_path / "demo-model" / "tokenizer.model").is_file()
+    assert (tmp_path / "demo-model" / "hf" / "model.safetensors").is_file()
+    assert (tmp_path / "demo-model" / "mlx" / "model.safetensors").is_file()
+    assert (tmp_path / "demo-model" / "mlx" / "tokenizer.model").is_file()

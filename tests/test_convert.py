@@ -223,7 +223,7 @@ def test_pair(hf_full_dir, hf_window_dir, sp_model_file, tmp_path):
 
     manifest = convert_pair(hf_full_dir, other, tmp_path / "pair2")
     assert manifest["tokenizers"] == "different"
-    assert manifest["tokenizers_detail"] == "token 3 is '<0x00>' in the target, '[INST]' in the draft"
+    assert manifest["tokenizers_detail"] == "token 3 is '<0x00>' in one, '[INST]' in the other"
 
 
 def test_hub_fetch_asks_only_for_needed_files(monkeypatch, tmp_path):

@@ -1,0 +1,147 @@
+"""How many tokens to draft: a cost model measured on the running device.
+
+Leviathan et al. 2023: with per-token acceptance rate alpha, a round that drafts k tokens
+yields E = (1 - alpha^(k+1)) / (1 - alpha) tokens and costs k * t_draft + t_verify(k+1).
+We pick the k (0 = plain decoding) with the most expected tokens per second. On Apple
+GPUs t_verify(k+1) grows with k, so the best k can be 0: a useless draft must not slow
+the user down."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .model import Model
+
+
+@dataclass
+class Timings:
+    """Seconds for one draft step, and for a target pass over n tokens (n=1: plain decode)."""
+
+    draft_step: float
+    target_pass: dict[int, float] = field(default_factory=dict)
+
+    def verify(self, n: int) -> float:
+        """Time of a target pass over n tokens (interpolated beyond what was measured)."""
+        if n in self.target_pass:
+            return self.target_pass[n]
+        known = sorted(self.target_pass)
+        lo = max((k for k in known if k < n), default=known[0])
+        hi = min((k for k in known if k > n), default=known[-1])
+        if lo == hi:
+            return self.target_pass[lo] * n / lo if n > lo else self.target_pass[lo]
+        w = (n - lo) / (hi - lo)
+        return (1 - w) * self.target_pass[lo] + w * self.target_pass[hi]
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens per round drafting k tokens at acceptance rate alpha."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def tokens_per_second(alpha: float, k: int, timings: Timings) -> float:
+    """Predicted throughput of drafting k tokens per round (k=0: plain decoding)."""
+    return expected_tokens(alpha, k) / (k * timings.draft_step + timings.verify(k + 1))
+
+
+def best_k(alpha: float, timings: Timings, k_max: int) -> int:
+    """The draft length in 0..k_max with the highest predicted tokens per second."""
+    return max(range(k_max + 1), key=lambda k: tokens_per_second(alpha, k, timings))
+
+
+class AcceptanceEstimate:
+    """Running estimate of the per-token acceptance rate, forgetting old rounds slowly.
+
+    Each round tests tokens until the first rejection, so `tested` = accepted (+1 if a
+    rejection ended it); accepted / tested is the geometric MLE of alpha."""
+
+    def __init__(self, prior: float = 0.6, weight: float = 2.0, decay: float = 0.95) -> None:
+        self.accepted, self.tested, self.decay = prior * weight, weight, decay
+
+    @property
+    def alpha(self) -> float:
+        return self.accepted / self.tested
+
+    def update(self, accepted: int, drafted: int) -> None:
+        """Record a round that drafted `drafted` tokens and accepted the first `accepted`."""
+        tested = accepted + (1 if accepted < drafted else 0)
+        self.accepted = self.decay * self.accepted + accepted
+        self.tested = self.decay * self.tested + tested
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up (compiles kernels, allocates)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return sorted(samples)[len(samples) // 2]
+
+
+def measure(target: Model, draft: Model, k_max: int, repeats: int = 3, context: int = 64) -> Timings:
+    """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens."""
+    tokens = mx.array([[(7 * i + 3) % min(target.args.vocab_size, draft.args.vocab_size) for i in range(context + k_max + 1)]])
+
+    def pass_over(model: Model, n: int):
+        cache = model.make_cache(max_rollback=k_max + 1)
+        model(tokens[:, :context], cache)
+        mx.eval([c.keys for c in cache])
+
+        def run():
+            mx.eval(model(tokens[:, context : context + n], cache))
+            for c in cache:
+                c.rollback(n)
+
+        return run
+
+    draft_step = _time(pass_over(draft, 1), repeats)
+    target_pass = {n: _time(pass_over(target, n), repeats) for n in range(1, k_max + 2)}
+    return Timings(draft_step, target_pass)
+
+
+def _fingerprint(target: Model, draft: Model, k_max: int) -> str:
+    def describe(model: Model) -> dict:
+        params = sorted((k, str(v.dtype), v.shape) for k, v in tree_flatten(model.parameters()))
+        return {"args": asdict(model.args), "params": params[:4], "n": len(params)}
+
+    key = json.dumps([describe(target), describe(draft), str(mx.default_device()), mx.__version__, k_max],
+                     sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where calibrations are kept: $MLXSPEC_CACHE, else ~/.cache/mlxspec."""
+    return Path(os.environ.get("MLXSPEC_CACHE") or Path.home() / ".cache" / "mlxspec")
+
+
+def calibrate(target: Model, draft: Model, k_max: int) -> Timings:
+    """Timings for this model pair on this device, measured once and cached on disk."""
+    path = cache_dir() / "calibration.json"
+    key = _fingerprint(target, draft, k_max)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        stored = {}
+    if key in stored:
+        entry = stored[key]
+        return Timings(entry["draft_step"], {int(n): t for n, t in entry["target_pass"].items()})
+    timings = measure(target, draft, k_max)
+    stored[key] = asdict(timings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(stored, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs a re-measurement next time
+    return timings

@@ -1,0 +1,229 @@
+"""Speculative decoding (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023, Algorithm 2).
+
+Each round the draft proposes k tokens autoregressively, keeping its distributions q;
+the target scores all k+1 positions in one pass (distributions p); draft token i is
+accepted with probability min(1, p_i(x)/q_i(x)); at the first rejection a token is drawn
+from norm(max(0, p - q)), and if all k pass a bonus token is drawn from p_{k+1}. The
+output then follows the target's (processed) distribution exactly. Everything stays in
+MLX arrays; one `tolist()` per round brings back the accepted count and the tokens.
+
+Loop invariant: `last` is the newest token, fed to neither model yet; the target's cache
+holds every token before it; the draft's cache lacks only `draft_pending` (tokens it
+has not seen yet, fed together with `last` at the start of its next proposal).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .costmodel import AcceptanceEstimate, Timings, best_k
+from .errors import InputError
+from .stats import GenerationStats
+from .model import Model
+from .sampling import SamplingParams, process_logits
+
+
+def verify(target_logprobs: mx.array, draft_logprobs: mx.array, draft_tokens: mx.array,
+           greedy: bool = False) -> tuple[mx.array, mx.array]:
+    """Rejection-sample one round. Shapes: p [B, k+1, V], q [B, k, V] (log-probabilities
+    after temperature/top-k/top-p), tokens [B, k]. Returns (accepted count [B], next token [B]):
+    the correction at the first rejected position, or the bonus token when all k pass."""
+    B, k = draft_tokens.shape
+    if greedy:
+        choice = mx.argmax(target_logprobs, axis=-1)  # [B, k+1]
+        n = mx.cumprod((choice[:, :k] == draft_tokens).astype(mx.int32), axis=-1).sum(axis=-1)
+        return n, mx.take_along_axis(choice, n[:, None], axis=1)[:, 0]
+    idx = draft_tokens[..., None]
+    log_ratio = (mx.take_along_axis(target_logprobs[:, :k], idx, axis=-1)
+                 - mx.take_along_axis(draft_logprobs, idx, axis=-1))[..., 0]
+    accepted = mx.log(mx.random.uniform(shape=(B, k))) < log_ratio
+    n = mx.cumprod(accepted.astype(mx.int32), axis=-1).sum(axis=-1)
+    p = mx.exp(target_logprobs)
+    q = mx.concatenate([mx.exp(draft_logprobs), mx.zeros((B, 1, p.shape[-1]), p.dtype)], axis=1)
+    row = lambda a: mx.take_along_axis(a, n[:, None, None], axis=1)[:, 0]  # noqa: E731
+    residual = mx.maximum(row(p) - row(q), 0.0)
+    # p == q at a rejected row has probability zero; fall back to p rather than divide by zero
+    residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, row(p))
+    return n, mx.random.categorical(mx.log(residual), axis=-1)
+
+
+@dataclass
+class SpeculativeStats(GenerationStats):
+    """Generation stats plus what speculation did."""
+
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    draft_time: float = 0.0
+    target_time: float = 0.0
+    accepted_per_position: list[int] = field(default_factory=list)
+    drafted_per_position: list[int] = field(default_factory=list)
+    k_counts: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted draft tokens over drafted tokens."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Generated tokens per target pass."""
+        return self.generation_tokens / self.rounds if self.rounds else 0.0
+
+    def as_dict(self) -> dict:
+        out = super().as_dict()
+        out.update(acceptance_rate=self.acceptance_rate, tokens_per_round=self.tokens_per_round)
+        return out
+
+
+class SpeculativeDecoder:
+    """The state of one speculative generation: both caches, the pending tokens, the
+    acceptance estimate and the draft-length policy. Batch size 1 for now; the state
+    lives here so that batching can extend it."""
+
+    def __init__(self, target: Model, draft: Model, params: SamplingParams, k_max: int,
+                 adaptive: bool = True, timings: Timings | None = None, schedule: str = "cost",
+                 prefill_chunk: int = 512, probe_every: int = 16) -> None:
+        self.target, self.draft, self.params = target, draft, params
+        self.k_max, self.adaptive, self.timings, self.schedule = k_max, adaptive, timings, schedule
+        self.prefill_chunk, self.probe_every = prefill_chunk, probe_every
+        self.target_cache = target.make_cache(max_rollback=k_max)
+        self.draft_cache = draft.make_cache(max_rollback=k_max)
+        self.alpha = AcceptanceEstimate()
+        self.k = k_max if schedule != "heuristic" else min(k_max, 5)
+        self.plain_streak = 0
+        self.last: int | None = None
+        self.draft_pending: list[int] = []
+        self.stats = SpeculativeStats(accepted_per_position=[0] * k_max, drafted_per_position=[0] * k_max)
+
+    def prefill(self, prompt: list[int]) -> None:
+        """Feed the prompt (all but its last token) to the target; the draft catches up lazily."""
+        *head, self.last = prompt
+        for start in range(0, len(head), self.prefill_chunk):
+            self.target(mx.array([head[start : start + self.prefill_chunk]]), self.target_cache)
+            mx.eval([c.keys for c in self.target_cache])
+        self.draft_pending = list(head)
+
+    def choose_k(self, budget: int) -> int:
+        """Draft length for the next round, at most budget - 1 (a round yields up to k+1 tokens)."""
+        limit = max(0, min(self.k_max, budget - 1))
+        if not self.adaptive:
+            return limit
+        if self.schedule == "heuristic":
+            return min(self.k, limit)
+        k = best_k(self.alpha.alpha, self.timings, limit)
+        if k == 0 and limit > 0:
+            self.plain_streak += 1
+            if self.plain_streak >= self.probe_every:  # re-check whether drafting pays again
+                self.plain_streak = 0
+                return 1
+        else:
+            self.plain_streak = 0
+        return k
+
+    def _draft(self, k: int) -> tuple[mx.array, mx.array]:
+        """Propose k tokens; returns (tokens [1, k], log-probabilities [1, k, V])."""
+        feed = self.draft_pending + [self.last]
+        for start in range(0, len(feed) - 1, self.prefill_chunk):  # catch up in chunks
+            chunk = feed[start : min(start + self.prefill_chunk, len(feed) - 1)]
+            self.draft(mx.array([chunk]), self.draft_cache)
+        token = mx.array([[self.last]])
+        tokens, logprobs = [], []
+        for i in range(k):
+            lp = process_logits(self.draft(token, self.draft_cache)[:, -1], self.params)
+            token = (mx.argmax(lp, axis=-1) if self.params.greedy else mx.random.categorical(lp))[:, None]
+            tokens.append(token)
+            logprobs.append(lp)
+        self.draft_pending = []
+        return mx.concatenate(tokens, axis=1), mx.stack(logprobs, axis=1)
+
+    def round(self, k: int) -> list[tuple[int, bool]]:
+        """One round drafting k tokens (k=0: a plain decoding step); returns (token, from_draft)."""
+        s = self.stats
+        start = time.perf_counter()
+        if k == 0:
+            logits = self.target(mx.array([[self.last]]), self.target_cache)[:, -1]
+            lp = process_logits(logits, self.params)
+            token = (mx.argmax(lp, axis=-1) if self.params.greedy else mx.random.categorical(lp)).item()
+            s.target_time += time.perf_counter() - start
+            self.draft_pending.append(self.last)
+            self.last = token
+            s.rounds += 1
+            s.k_counts[0] = s.k_counts.get(0, 0) + 1
+            return [(token, False)]
+        draft_tokens, draft_lp = self._draft(k)
+        mx.eval(draft_tokens)
+        mid = time.perf_counter()
+        verify_in = mx.concatenate([mx.array([[self.last]]), draft_tokens], axis=1)
+        target_lp = process_logits(self.target(verify_in, self.target_cache), self.params)
+        n, nxt = verify(target_lp, draft_lp, draft_tokens, self.params.greedy)
+        n, *values = mx.concatenate([n, draft_tokens[0], nxt]).tolist()
+        s.draft_time += mid - start
+        s.target_time += time.perf_counter() - mid
+        drafted, correction = values[:k], values[k]
+        for c in self.target_cache:
+            c.rollback(k - n)
+        if n < k:
+            for c in self.draft_cache:
+                c.rollback(k - 1 - n)
+        else:
+            self.draft_pending = [drafted[-1]]
+        self._record(k, n)
+        self.last = correction
+        return [(t, True) for t in drafted[:n]] + [(correction, False)]
+
+    def _record(self, k: int, n: int) -> None:
+        s = self.stats
+        s.rounds += 1
+        s.drafted += k
+        s.accepted += n
+        s.k_counts[k] = s.k_counts.get(k, 0) + 1
+        for i in range(k):
+            s.drafted_per_position[i] += 1
+            s.accepted_per_position[i] += int(i < n)
+        self.alpha.update(n, k)
+        if self.schedule == "heuristic":  # transformers' schedule: +2 on full acceptance, else -1
+            self.k = min(self.k_max, self.k + 2) if n == k else max(1, self.k - 1)
+
+
+def check_pair(target: Model, draft: Model, num_draft_tokens: int) -> None:
+    """Raise `InputError` for a draft that cannot verify against this target; warn when
+    the draft is not smaller than the target (speculation would only slow things down)."""
+    if num_draft_tokens <= 0:
+        raise InputError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+    if draft.args.vocab_size != target.args.vocab_size:
+        raise InputError(
+            f"draft vocabulary size {draft.args.vocab_size} differs from the target's {target.args.vocab_size}; "
+            "drafts with another vocabulary are not supported yet"
+        )
+    if parameter_count(draft) >= parameter_count(target):
+        warnings.warn(
+            f"the draft ({parameter_count(draft) / 1e6:.0f}M parameters) is not smaller than the target "
+            f"({parameter_count(target) / 1e6:.0f}M); speculation will not pay off", stacklevel=3,
+        )
+
+
+def parameter_count(model: Model) -> int:
+    """Number of weights as stored (quantized weights count packed elements)."""
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+def speculative_tokens(decoder: SpeculativeDecoder, prompt: list[int], budget: int) -> Iterator[tuple[int, bool]]:
+    """Prefill, then run rounds until `budget` tokens were produced (the caller stops
+    earlier at EOS). Yields (token, came from the draft)."""
+    start = time.perf_counter()
+    decoder.prefill(prompt)
+    decoder.stats.prompt_time = time.perf_counter() - start
+    produced = 0
+    while produced < budget:
+        for token, from_draft in decoder.round(decoder.choose_k(budget - produced)):
+            produced += 1
+            yield token, from_draft
+            if produced == budget:
+                return

@@ -1,0 +1,234 @@
+"""Speculative decoding: greedy output == the target's greedy output token for token;
+sampled output follows the target's distribution (chi-square tests that can fail);
+acceptance reaches sum(min(p, q)); rollback leaves caches as a fresh pass would."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxspec import stream_generate
+from mlxspec.config import ModelArgs
+from mlxspec.errors import InputError
+from mlxspec.model import Model
+from mlxspec.sampling import SamplingParams, process_logits
+from mlxspec.speculative import SpeculativeDecoder, verify
+
+WINDOW = 8
+
+
+class IdsOnly:
+    """A tokenizer stand-in for id-level tests: no text, no end-of-sequence."""
+
+    eos_ids: set[int] = set()
+
+    def detokenizer(self):
+        class Silent:
+            def add(self, token: int) -> str:
+                return ""
+
+            def finalize(self) -> str:
+                return ""
+
+        return Silent()
+
+
+def tiny(seed: int, vocab: int = 64, window: int | None = WINDOW, layers: int = 2) -> Model:
+    mx.random.seed(seed)
+    args = ModelArgs(hidden_size=64, num_hidden_layers=layers, intermediate_size=128, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=vocab, sliding_window=window)
+    model = Model(args)
+    # larger logits than the default init, so distributions are far from uniform
+    model.update({"lm_head": {"weight": model.lm_head.weight * 6}})
+    mx.eval(model.parameters())
+    return model
+
+
+def perturbed(model: Model, scale: float, seed: int) -> Model:
+    """A copy of `model` with Gaussian noise on every weight: agrees partly."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    mx.random.seed(seed)
+    copy = Model(model.args)
+    noisy = [(k, v + scale * mx.random.normal(v.shape) * mx.abs(v).mean()) for k, v in tree_flatten(model.parameters())]
+    copy.update(tree_unflatten(noisy))
+    mx.eval(copy.parameters())
+    return copy
+
+
+def tokens(model, prompt, n, **options):
+    steps = list(stream_generate(model, IdsOnly(), prompt, max_tokens=n, **options))
+    return [s.token for s in steps], steps[-1].stats if steps else None
+
+
+TARGET = tiny(0)
+DRAFTS = {"random": tiny(1), "copy": TARGET, "half": perturbed(TARGET, 0.6, 2)}
+PROMPT = list(range(3, 13))
+
+
+@pytest.mark.parametrize("draft", list(DRAFTS))
+def test_greedy_speculative_equals_greedy_autoregressive(draft):
+    expected, _ = tokens(TARGET, PROMPT, 48)
+    assert len(PROMPT) + 48 > 6 * WINDOW
+    rates = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the copy is not smaller than the target
+        for k in range(1, 9):
+            got, stats = tokens(TARGET, PROMPT, 48, draft=DRAFTS[draft], num_draft_tokens=k, adaptive=False)
+            assert got == expected, f"k={k}"
+            rates.append(stats.acceptance_rate)
+    rate = float(np.mean(rates))
+    assert {"random": rate < 0.2, "copy": rate == 1.0, "half": 0.25 < rate < 0.85}[draft], rate
+
+
+def test_greedy_with_adaptive_length_and_heuristic_schedule(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path))
+    expected, _ = tokens(TARGET, PROMPT, 40)
+    for schedule in ("cost", "heuristic"):
+        got, stats = tokens(TARGET, PROMPT, 40, draft=DRAFTS["half"], num_draft_tokens=6, draft_schedule=schedule)
+        assert got == expected and stats.rounds > 0
+    assert (tmp_path / "calibration.json").is_file()
+
+
+# ---- distribution exactness -------------------------------------------------------------
+
+def chi2_critical(df: int, z: float = 3.719) -> float:
+    """Upper quantile of chi-square (Wilson-Hilferty); z=3.719 is the 1e-4 level."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def chi2_stat(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
+    """Pearson's statistic, pooling cells with expected count < 5 into one."""
+    expected = probs * counts.sum()
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    keep = exp > 0
+    return float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()), int(keep.sum() - 1)
+
+
+def broken_verify(p_lp, q_lp, draft_tokens, greedy=False):
+    """The classic mistake: after a rejection, resample from p instead of max(0, p - q)."""
+    n, _ = verify(p_lp, q_lp, draft_tokens)
+    row = mx.take_along_axis(p_lp, n[:, None, None], axis=1)[:, 0]
+    return n, mx.random.categorical(row, axis=-1)
+
+
+def first_token_counts(rule, p_lp, q_lp, samples: int, seed: int) -> np.ndarray:
+    """Run `rule` on `samples` independent rounds at once; histogram of the first emitted token."""
+    mx.random.seed(seed)
+    B = samples
+    k = q_lp.shape[0]
+    q_b = mx.broadcast_to(q_lp, (B, *q_lp.shape))
+    p_b = mx.broadcast_to(p_lp, (B, *p_lp.shape))
+    drafts = mx.random.categorical(q_b, axis=-1)
+    n, nxt = rule(p_b, q_b, drafts)
+    first = mx.where(n > 0, drafts[:, 0], nxt)
+    return np.bincount(np.array(first), minlength=p_lp.shape[-1])
+
+
+@pytest.mark.parametrize("params", [SamplingParams(1.0), SamplingParams(0.7, top_p=0.9), SamplingParams(1.0, top_k=5)])
+def test_verify_preserves_the_target_distribution_and_broken_rule_fails(params):
+    rng = np.random.default_rng(0)
+    V, k = 12, 3
+    p_lp = process_logits(mx.array(rng.normal(size=(k + 1, V)).astype(np.float32) * 1.5), params)
+    q_lp = process_logits(mx.array(rng.normal(size=(k, V)).astype(np.float32) * 1.5), params)
+    target = np.exp(np.array(p_lp[0]))
+    good = first_token_counts(verify, p_lp, q_lp, 40000, seed=1)
+    stat, df = chi2_stat(good, target)
+    assert stat < chi2_critical(df), (stat, df)
+    bad = first_token_counts(broken_verify, p_lp, q_lp, 40000, seed=1)
+    stat, df = chi2_stat(bad, target)
+    assert stat > chi2_critical(df), (stat, df)
+
+
+def exact_joint(model: Model, prompt: list[int], params: SamplingParams, n: int) -> dict[tuple[int, ...], float]:
+    """P(first n tokens) under the target's processed distribution, by enumeration."""
+    dist = {(): 1.0}
+    for _ in range(n):
+        nxt = {}
+        for prefix, prob in dist.items():
+            if prob < 1e-9:
+                continue
+            lp = process_logits(model(mx.array([prompt + list(prefix)]))[:, -1], params)
+            for t, pt in enumerate(np.exp(np.array(lp[0]))):
+                if pt > 0:
+                    nxt[prefix + (t,)] = prob * pt
+        dist = nxt
+    return dist
+
+
+@pytest.mark.parametrize("params, length, k", [(SamplingParams(1.0), 2, 2), (SamplingParams(0.7, top_p=0.9), 3, 2)])
+def test_sampled_speculative_output_has_the_target_distribution(params, length, k):
+    """End to end through both models and caches: the first `length` tokens."""
+    target, draft = tiny(10, vocab=6, window=None, layers=1), tiny(11, vocab=6, window=None, layers=1)
+    prompt = [1, 2, 3]
+    exact = exact_joint(target, prompt, params, length)
+    keys = sorted(exact)
+    index = {key: i for i, key in enumerate(keys)}
+    counts = np.zeros(len(keys))
+    for seed in range(2500):
+        mx.random.seed(seed)
+        decoder = SpeculativeDecoder(target, draft, params, k_max=k, adaptive=False)
+        decoder.prefill(prompt)
+        out: list[int] = []
+        while len(out) < length:
+            out += [t for t, _ in decoder.round(min(k, length - len(out) - 1))]
+        counts[index[tuple(out[:length])]] += 1
+    stat, df = chi2_stat(counts, np.array([exact[key] for key in keys]))
+    assert stat < chi2_critical(df), (stat, df)
+
+
+def test_acceptance_rate_reaches_sum_of_min():
+    """Acceptance of a drafted token is sum_x min(p(x), q(x)) (mlx-lm's loop gets sum p*q)."""
+    rng = np.random.default_rng(3)
+    V = 10
+    p_lp = process_logits(mx.array(rng.normal(size=(2, V)).astype(np.float32)), SamplingParams(1.0))
+    q_lp = process_logits(mx.array(rng.normal(size=(1, V)).astype(np.float32)), SamplingParams(1.0))
+    p, q = np.exp(np.array(p_lp[0])), np.exp(np.array(q_lp[0]))
+    analytic = np.minimum(p, q).sum()
+    assert analytic > (p * q).sum() + 0.2
+    N = 40000
+    mx.random.seed(0)
+    drafts = mx.random.categorical(mx.broadcast_to(q_lp, (N, 1, V)), axis=-1)
+    n, _ = verify(mx.broadcast_to(p_lp, (N, 2, V)), mx.broadcast_to(q_lp, (N, 1, V)), drafts)
+    measured = float(np.array(n).mean())
+    assert abs(measured - analytic) < 4 * math.sqrt(analytic * (1 - analytic) / N)
+
+
+def test_rollback_leaves_caches_as_a_fresh_pass():
+    target, draft = TARGET, DRAFTS["half"]
+    params = SamplingParams(1.0)
+    mx.random.seed(5)
+    decoder = SpeculativeDecoder(target, draft, params, k_max=5, adaptive=False)
+    decoder.prefill(PROMPT)
+    emitted = []
+    rejected_rounds = 0
+    while len(emitted) < 6 * WINDOW:
+        new = decoder.round(5)
+        rejected_rounds += len(new) < 6
+        emitted += [t for t, _ in new]
+    assert rejected_rounds > 0
+    history = PROMPT + emitted[:-1]  # everything before decoder.last
+    assert decoder.last == emitted[-1]
+    fresh_t = target(mx.array([history + [decoder.last]]))[:, -1]
+    cached_t = target(mx.array([[decoder.last]]), decoder.target_cache)[:, -1]
+    assert mx.abs(fresh_t - cached_t).max().item() < 1e-4
+    fresh_d = draft(mx.array([history + [decoder.last]]))[:, -1]
+    cached_d = draft(mx.array([decoder.draft_pending + [decoder.last]]), decoder.draft_cache)[:, -1]
+    assert mx.abs(fresh_d - cached_d).max().item() < 1e-4
+
+
+def test_bad_pairs():
+    with pytest.raises(InputError, match="num_draft_tokens"):
+        tokens(TARGET, PROMPT, 4, draft=DRAFTS["random"], num_draft_tokens=0)
+    with pytest.raises(InputError, match="vocabulary size 32 differs"):
+        tokens(TARGET, PROMPT, 4, draft=tiny(3, vocab=32))
+    with pytest.raises(InputError, match="temperature"):
+        tokens(TARGET, PROMPT, 4, draft=DRAFTS["random"], temperature=-1.0)
+    with pytest.warns(UserWarning, match="not smaller than the target"):
+        tokens(TARGET, PROMPT, 4, draft=tiny(4, layers=3), adaptive=False)
