@@ -113,14 +113,20 @@ def write_model(source: Source, folder: Path, bits: int | None, group_size: int,
                 max_shard_bytes: int, progress: Progress | None = None) -> None:
     """Stream every tensor of `source` into `folder`, then the config and tokenizer files."""
     check_group_size(source, bits, group_size)
-    writer = ShardedWriter(folder, max_shard_bytes)
+    writer = ShardedWriter(folder, max_shard_bytes, max_tensors=3 * len(source.tensors))
     done, total = 0, source.total_bytes
-    for ref in source.tensors:
-        for name, arr in convert_tensor(ref, bits, group_size, dtype).items():
-            writer.add(name, arr)
-        done += ref.nbytes
-        if progress is not None:
-            progress(done, total, ref.name)
+    previous: tuple[TensorRef, dict[str, mx.array]] | None = None
+    for ref in [*source.tensors, None]:
+        if ref is not None:  # start converting this tensor while the previous one is written
+            converted = convert_tensor(ref, bits, group_size, dtype)
+            mx.async_eval(list(converted.values()))
+        if previous is not None:
+            for name, arr in previous[1].items():
+                writer.add(name, arr)
+            done += previous[0].nbytes
+            if progress is not None:
+                progress(done, total, previous[0].name)
+        previous = (ref, converted) if ref is not None else None
     writer.finish()
     (folder / "config.json").write_text(json.dumps(output_config(source, bits, group_size), indent=2))
     for file in source.tokenizer_files:

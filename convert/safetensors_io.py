@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -54,6 +53,7 @@ class SafetensorsReader:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{path}: corrupt safetensors header") from None
         self.metadata = header.pop("__metadata__", {}) or {}
+        self._lazy: dict[str, mx.array] | None = None
         self.header: dict[str, dict] = header
         self._data_start = 8 + n
         for name, info in header.items():
@@ -78,37 +78,46 @@ class SafetensorsReader:
         return end - begin
 
     def read(self, name: str) -> mx.array:
-        """Load one tensor into memory as an mlx array of its stored dtype."""
-        info = self.header[name]
-        np_dtype, mx_dtype = _DTYPES[info["dtype"]]
-        begin, _ = info["data_offsets"]
-        count = int(np.prod(info["shape"], dtype=np.int64))
-        data = np.fromfile(self.path, dtype=np_dtype, count=count, offset=self._data_start + begin)
-        if data.size != count:
-            raise CheckpointError(f"{self.path}: truncated while reading tensor {name!r}")
-        arr = mx.array(data.reshape(info["shape"]))
-        return arr.view(mx_dtype) if mx_dtype == mx.bfloat16 else arr
+        """One tensor as an mlx array of its stored dtype. MLX maps the file lazily: only
+        this tensor's bytes are read, when it is evaluated (the header was validated above)."""
+        if self._lazy is None or name not in self._lazy:
+            try:
+                self._lazy = mx.load(str(self.path))
+            except Exception as exc:  # MLX raises bare RuntimeError for unreadable files
+                raise CheckpointError(f"{self.path}: unreadable safetensors file ({exc})") from None
+        # hand the array over: kept here, every tensor read would stay resident
+        return self._lazy.pop(name)
 
 
-def _raw_bytes(arr: mx.array) -> bytes:
+def _raw_bytes(arr: mx.array) -> memoryview:
+    """The array's bytes without a copy where it is contiguous (bf16 viewed as uint16)."""
     if arr.dtype == mx.bfloat16:
         arr = arr.view(mx.uint16)
-    return np.ascontiguousarray(np.array(arr)).tobytes()
+    mx.eval(arr)
+    view = memoryview(arr)
+    return view if view.c_contiguous else memoryview(np.ascontiguousarray(arr))
 
 
 class ShardedWriter:
     """Writes tensors into shards of at most `max_shard_bytes`, mlx-lm style names
     (`model.safetensors`, or `model-0000i-of-0000n.safetensors` + index).
 
-    Tensor bytes go straight to a spool file; the header is written when a shard is
-    closed, so memory holds only the tensor being written."""
+    Each shard starts with a reserved header region (room for `max_tensors` entries);
+    tensor bytes are written straight after it as they come, and the real header,
+    padded with spaces as the format allows, fills the region when the shard closes.
+    Memory holds only the tensor being written and nothing is copied twice."""
 
-    def __init__(self, out_dir: Path, max_shard_bytes: int = 2 * 1024**3, metadata: dict[str, str] | None = None) -> None:
+    ENTRY_BYTES = 320  # generous bound on one header entry: name, dtype, shape, offsets
+
+    def __init__(self, out_dir: Path, max_shard_bytes: int = 2 * 1024**3, metadata: dict[str, str] | None = None,
+                 max_tensors: int = 4096) -> None:
         self.out_dir = out_dir
         self.metadata = metadata or {"format": "mlx"}
         self.max_shard_bytes = max_shard_bytes
+        self.reserve = 256 + self.ENTRY_BYTES * max_tensors
+        self.reserve += -self.reserve % 8
         self._shards: list[tuple[Path, list[str]]] = []
-        self._spool: object | None = None
+        self._file = None
         self._entries: dict[str, dict] = {}
         self._offset = 0
         self.total_bytes = 0
@@ -117,38 +126,36 @@ class ShardedWriter:
         """Append one tensor (evaluated now) to the current shard."""
         if isinstance(arr, np.ndarray):
             dtype = _NP_NAMES[arr.dtype.newbyteorder("<")]
-            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            data = memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")))
         else:
             dtype, data = _NAMES[arr.dtype], _raw_bytes(arr)
-        if self._spool is not None and self._offset and self._offset + len(data) > self.max_shard_bytes:
+        size = data.nbytes
+        if self._file is not None and self._offset and self._offset + size > self.max_shard_bytes:
             self._close_shard()
-        if self._spool is None:
-            self._spool = (self.out_dir / f".shard-{len(self._shards)}.spool").open("wb")
-        self._spool.write(data)
-        self._entries[name] = {
-            "dtype": dtype, "shape": list(arr.shape),
-            "data_offsets": [self._offset, self._offset + len(data)],
-        }
-        self._offset += len(data)
-        self.total_bytes += len(data)
+        if self._file is None:
+            self._file = (self.out_dir / f".shard-{len(self._shards)}.safetensors").open("wb")
+            self._file.seek(8 + self.reserve)
+        self._file.write(data)
+        self._entries[name] = {"dtype": dtype, "shape": list(arr.shape),
+                               "data_offsets": [self._offset, self._offset + size]}
+        self._offset += size
+        self.total_bytes += size
 
     def _close_shard(self) -> None:
-        spool_path = Path(self._spool.name)
-        self._spool.close()
-        final = self.out_dir / f".shard-{len(self._shards)}.safetensors"
         header = json.dumps({"__metadata__": self.metadata, **self._entries}, separators=(",", ":")).encode()
-        header += b" " * (-len(header) % 8)
-        with final.open("wb") as out, spool_path.open("rb") as spool:
-            out.write(struct.pack("<Q", len(header)))
-            out.write(header)
-            shutil.copyfileobj(spool, out, 16 * 1024 * 1024)
-        spool_path.unlink()
-        self._shards.append((final, list(self._entries)))
-        self._spool, self._entries, self._offset = None, {}, 0
+        if len(header) > self.reserve:
+            raise CheckpointError(f"{self._file.name}: header needs {len(header)} bytes, {self.reserve} reserved "
+                                  "(more tensors than max_tensors)")
+        self._file.seek(0)
+        self._file.write(struct.pack("<Q", self.reserve))
+        self._file.write(header + b" " * (self.reserve - len(header)))
+        self._file.close()
+        self._shards.append((Path(self._file.name), list(self._entries)))
+        self._file, self._entries, self._offset = None, {}, 0
 
     def finish(self) -> list[Path]:
         """Close the last shard, give shards their final names and write the index."""
-        if self._spool is not None:
+        if self._file is not None:
             self._close_shard()
         n = len(self._shards)
         paths, weight_map = [], {}

@@ -57,7 +57,8 @@ def write_random_hf_checkpoint(
     one tensor in memory at a time (so a 7B-shaped checkpoint fits in little RAM)."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    writer = ShardedWriter(out, shard_bytes or 2**62, metadata={"format": "pt"})
+    writer = ShardedWriter(out, shard_bytes or 2**62, metadata={"format": "pt"},
+                           max_tensors=len(list(hf_tensor_shapes(args))))
     for name, shape in hf_tensor_shapes(args):
         writer.add(name, random_tensor(rng, name, shape, dtype))
     writer.finish()

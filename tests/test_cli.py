@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from mlxspec.demo import mistral_tokenizer_file
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -72,3 +76,39 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo-model" / "hf" / "model.safetensors").is_file()
     assert (tmp_path / "demo-model" / "mlx" / "model.safetensors").is_file()
     assert (tmp_path / "demo-model" / "mlx" / "tokenizer.model").is_file()
+
+
+def test_speculative_generation_from_the_cli(hf_window_dir, tmp_path):
+    res = run("convert", "--target", str(hf_window_dir), "--draft", str(hf_window_dir), "-o", str(tmp_path / "pair"))
+    assert res.returncode == 0, res.stderr
+    plain = run("generate", "-m", str(hf_window_dir), "-p", "Hello", "-n", "12", "--json")
+    spec = run("generate", "--pair", str(tmp_path / "pair"), "-p", "Hello", "-n", "12", "--json", "-k", "3", "--no-adaptive")
+    assert spec.returncode == 0, spec.stderr
+    assert json.loads(spec.stdout)["text"] == json.loads(plain.stdout)["text"]
+    assert json.loads(spec.stdout)["acceptance_rate"] == 1.0
+    verbose = run("generate", "-m", str(hf_window_dir), "--draft", str(hf_window_dir), "-p", "Hello", "-n", "8", "-v",
+                  "--no-adaptive")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "\x1b[32m" in verbose.stdout and "speculative: acceptance 1.00" in verbose.stderr
+    assert "warning: the draft" in verbose.stderr  # same size as the target
+
+
+def test_speculative_bad_input(hf_window_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(hf_window_dir, other)
+    for f in other.glob("tokenizer*"):
+        f.unlink()
+    v2 = Path(mistral_tokenizer_file()).with_name("mistral_instruct_tokenizer_240216.model.v2")
+    shutil.copy(v2, other / "tokenizer.model")
+    cases = [
+        (["--draft", str(other)], "the draft's tokenizer does not match the target's"),
+        (["--draft", str(hf_window_dir), "-k", "0"], "num_draft_tokens must be >= 1"),
+        (["--draft", str(hf_window_dir), "--temperature", "-1"], "temperature must be >= 0"),
+        (["--pair", str(tmp_path)], "no pair.json"),
+    ]
+    for extra, message in cases:
+        args = ["generate", "-p", "hi", *extra] if "--pair" in extra else ["generate", "-m", str(hf_window_dir), "-p", "hi", *extra]
+        res = run(*args)
+        lines = [l for l in res.stderr.strip().splitlines() if not l.startswith("warning:")]
+        assert res.returncode != 0 and len(lines) == 1 and message in lines[0], res.stderr
+        assert "Traceback" not in res.stderr
