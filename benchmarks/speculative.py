@@ -113,18 +113,20 @@ def predicted_speedup(alpha: float, k: int, timings) -> float:
     return expected_tokens(alpha, k) * timings.verify(1) / cost
 
 
-def bench_pair(name, target, draft, prompt, args, rows, payload):
+def bench_pair(name, target, draft, their_target, their_draft, prompt, args, rows, payload):
+    """`target`/`draft`: mlxspec models; `their_*`: the same folders loaded by mlx-lm."""
     timings = calibrate(target, draft, 6)
     for temp in (0.0, 1.0):
         plain = {lib: [] for lib in ("mlxspec", "mlx-lm")}
         for _ in range(args.runs):
             plain["mlxspec"].append(run_mlxspec(target, None, prompt, args.tokens, temp, 0, False))
-            plain["mlx-lm"].append(run_mlx_lm(target, None, prompt, args.tokens, temp, 0))
+            plain["mlx-lm"].append(run_mlx_lm(their_target, None, prompt, args.tokens, temp, 0))
         base = {lib: median([r["tokens_per_s"] for r in runs]) for lib, runs in plain.items()}
         for k in (2, 4, 6, "adaptive"):
             kk = 6 if k == "adaptive" else k
             ours = [run_mlxspec(target, draft, prompt, args.tokens, temp, kk, k == "adaptive") for _ in range(args.runs)]
-            theirs = [run_mlx_lm(target, draft, prompt, args.tokens, temp, kk) for _ in range(args.runs)] if k != "adaptive" else None
+            theirs = ([run_mlx_lm(their_target, their_draft, prompt, args.tokens, temp, kk) for _ in range(args.runs)]
+                      if k != "adaptive" else None)
             tps = median([r["tokens_per_s"] for r in ours])
             alpha = median([r["acceptance"] for r in ours])
             pred = predicted_speedup(alpha, kk, timings) if k != "adaptive" else None
@@ -183,15 +185,19 @@ def main() -> None:
         work = Path(tmp)
         tfolder = write_random_hf_checkpoint(work / "target", TARGET, seed=0, tokenizer_file=mistral_tokenizer_file())
         dfolder = truncated(tfolder, work / "draft", layers=2)
+        import mlx_lm
+
         target, _ = mlxspec.load(tfolder)
         draft, _ = mlxspec.load(dfolder)
+        their_target, _ = mlx_lm.load(str(tfolder))
+        their_draft, _ = mlx_lm.load(str(dfolder))
         prompt = np.random.default_rng(0).integers(3, 32000, size=32).tolist()
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            bench_pair("same", target, target, prompt, args, rows, payload)
-        bench_pair("layers", target, draft, prompt, args, rows, payload)
+            bench_pair("same", target, target, their_target, their_target, prompt, args, rows, payload)
+        bench_pair("layers", target, draft, their_target, their_draft, prompt, args, rows, payload)
         payload["window_check"] = window_check(work)
     payload["rows"] = rows
     table = [

@@ -29,11 +29,12 @@ from .model import Model
 from .sampling import SamplingParams, process_logits
 
 
-def verify(target_logprobs: mx.array, draft_logprobs: mx.array, draft_tokens: mx.array,
+def verify(target_logprobs: mx.array, draft_logprobs: mx.array | None, draft_tokens: mx.array,
            greedy: bool = False) -> tuple[mx.array, mx.array]:
     """Rejection-sample one round. Shapes: p [B, k+1, V], q [B, k, V] (log-probabilities
     after temperature/top-k/top-p), tokens [B, k]. Returns (accepted count [B], next token [B]):
-    the correction at the first rejected position, or the bonus token when all k pass."""
+    the correction at the first rejected position, or the bonus token when all k pass.
+    With `greedy`, p may be raw logits and q is unused: acceptance is argmax agreement."""
     B, k = draft_tokens.shape
     if greedy:
         choice = mx.argmax(target_logprobs, axis=-1)  # [B, k+1]
@@ -97,7 +98,8 @@ class SpeculativeDecoder:
         self.draft_cache = draft.make_cache(max_rollback=k_max)
         self.alpha = AcceptanceEstimate()
         self.k = k_max if schedule != "heuristic" else min(k_max, 5)
-        self.plain_streak = 0
+        self.plain_run = probe_every  # length of the next run of plain decoding
+        self.ran_plain = False
         self.last: int | None = None
         self.draft_pending: list[int] = []
         self.stats = SpeculativeStats(accepted_per_position=[0] * k_max, drafted_per_position=[0] * k_max)
@@ -111,59 +113,61 @@ class SpeculativeDecoder:
         self.draft_pending = list(head)
 
     def choose_k(self, budget: int) -> int:
-        """Draft length for the next round, at most budget - 1 (a round yields up to k+1 tokens)."""
+        """Draft length for the next round, at most budget - 1 (a round yields up to k+1 tokens).
+        0 means a run of plain decoding; after each such run one k=1 round re-checks whether
+        drafting pays again, and the runs grow while it keeps not paying."""
         limit = max(0, min(self.k_max, budget - 1))
         if not self.adaptive:
             return limit
         if self.schedule == "heuristic":
             return min(self.k, limit)
         k = best_k(self.alpha.alpha, self.timings, limit)
-        if k == 0 and limit > 0:
-            self.plain_streak += 1
-            if self.plain_streak >= self.probe_every:  # re-check whether drafting pays again
-                self.plain_streak = 0
-                return 1
-        else:
-            self.plain_streak = 0
-        return k
+        if k > 0:
+            self.plain_run = self.probe_every
+            return k
+        if self.ran_plain and limit > 0:
+            self.ran_plain = False
+            self.plain_run = min(2 * self.plain_run, 256)
+            return 1
+        return 0
 
-    def _draft(self, k: int) -> tuple[mx.array, mx.array]:
-        """Propose k tokens; returns (tokens [1, k], log-probabilities [1, k, V])."""
+    def _pick(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
+        """Next token [B, 1] from logits [B, V], and the processed log-probabilities
+        (None when greedy: argmax needs no distribution)."""
+        if self.params.greedy:
+            return mx.argmax(logits, axis=-1)[:, None], None
+        lp = process_logits(logits, self.params)
+        return mx.random.categorical(lp)[:, None], lp
+
+    def _draft(self, k: int) -> tuple[mx.array, mx.array | None]:
+        """Propose k tokens; returns (tokens [1, k], log-probabilities [1, k, V] or None)."""
         feed = self.draft_pending + [self.last]
         for start in range(0, len(feed) - 1, self.prefill_chunk):  # catch up in chunks
             chunk = feed[start : min(start + self.prefill_chunk, len(feed) - 1)]
             self.draft(mx.array([chunk]), self.draft_cache)
         token = mx.array([[self.last]])
         tokens, logprobs = [], []
-        for i in range(k):
-            lp = process_logits(self.draft(token, self.draft_cache)[:, -1], self.params)
-            token = (mx.argmax(lp, axis=-1) if self.params.greedy else mx.random.categorical(lp))[:, None]
+        for _ in range(k):
+            token, lp = self._pick(self.draft(token, self.draft_cache)[:, -1])
+            mx.async_eval(token)  # compute this step while the next one is being built
             tokens.append(token)
             logprobs.append(lp)
         self.draft_pending = []
-        return mx.concatenate(tokens, axis=1), mx.stack(logprobs, axis=1)
+        return mx.concatenate(tokens, axis=1), None if self.params.greedy else mx.stack(logprobs, axis=1)
 
     def round(self, k: int) -> list[tuple[int, bool]]:
-        """One round drafting k tokens (k=0: a plain decoding step); returns (token, from_draft)."""
+        """One round drafting k >= 1 tokens; returns the new (token, from_draft) pairs."""
         s = self.stats
         start = time.perf_counter()
-        if k == 0:
-            logits = self.target(mx.array([[self.last]]), self.target_cache)[:, -1]
-            lp = process_logits(logits, self.params)
-            token = (mx.argmax(lp, axis=-1) if self.params.greedy else mx.random.categorical(lp)).item()
-            s.target_time += time.perf_counter() - start
-            self.draft_pending.append(self.last)
-            self.last = token
-            s.rounds += 1
-            s.k_counts[0] = s.k_counts.get(0, 0) + 1
-            return [(token, False)]
         draft_tokens, draft_lp = self._draft(k)
-        mx.eval(draft_tokens)
+        logits = self.target(mx.concatenate([mx.array([[self.last]]), draft_tokens], axis=1), self.target_cache)
+        target_lp = logits if self.params.greedy else process_logits(logits, self.params)
+        n, correction = verify(target_lp, draft_lp, draft_tokens, self.params.greedy)
+        result = mx.concatenate([n, draft_tokens[0], correction])
+        mx.async_eval(result)
+        mx.eval(draft_tokens)  # only to split the time between draft and target
         mid = time.perf_counter()
-        verify_in = mx.concatenate([mx.array([[self.last]]), draft_tokens], axis=1)
-        target_lp = process_logits(self.target(verify_in, self.target_cache), self.params)
-        n, nxt = verify(target_lp, draft_lp, draft_tokens, self.params.greedy)
-        n, *values = mx.concatenate([n, draft_tokens[0], nxt]).tolist()
+        n, *values = result.tolist()
         s.draft_time += mid - start
         s.target_time += time.perf_counter() - mid
         drafted, correction = values[:k], values[k]
@@ -177,6 +181,28 @@ class SpeculativeDecoder:
         self._record(k, n)
         self.last = correction
         return [(t, True) for t in drafted[:n]] + [(correction, False)]
+
+    def plain(self, count: int) -> Iterator[tuple[int, bool]]:
+        """k = 0: `count` plain decoding steps, pipelined like autoregressive decoding
+        (the next step is queued before the current token is read back)."""
+        s = self.stats
+        step = lambda tok: self._pick(self.target(tok, self.target_cache)[:, -1])[0]  # noqa: E731
+        nxt = step(mx.array([[self.last]]))
+        mx.async_eval(nxt)
+        for i in range(count):
+            start = time.perf_counter()
+            current = nxt
+            if i < count - 1:
+                nxt = step(current)
+                mx.async_eval(nxt)
+            token = current.item()
+            s.target_time += time.perf_counter() - start
+            s.rounds += 1
+            s.k_counts[0] = s.k_counts.get(0, 0) + 1
+            self.draft_pending.append(self.last)
+            self.last = token
+            yield token, False
+        self.ran_plain = True
 
     def _record(self, k: int, n: int) -> None:
         s = self.stats
@@ -222,7 +248,9 @@ def speculative_tokens(decoder: SpeculativeDecoder, prompt: list[int], budget: i
     decoder.stats.prompt_time = time.perf_counter() - start
     produced = 0
     while produced < budget:
-        for token, from_draft in decoder.round(decoder.choose_k(budget - produced)):
+        k = decoder.choose_k(budget - produced)
+        new = decoder.round(k) if k else decoder.plain(min(decoder.plain_run, budget - produced))
+        for token, from_draft in new:
             produced += 1
             yield token, from_draft
             if produced == budget:
