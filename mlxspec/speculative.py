@@ -142,13 +142,15 @@ class SpeculativeDecoder:
     def _draft(self, k: int) -> tuple[mx.array, mx.array | None]:
         """Propose k tokens; returns (tokens [1, k], log-probabilities [1, k, V] or None)."""
         feed = self.draft_pending + [self.last]
-        for start in range(0, len(feed) - 1, self.prefill_chunk):  # catch up in chunks
-            chunk = feed[start : min(start + self.prefill_chunk, len(feed) - 1)]
+        chunks = [feed[i : i + self.prefill_chunk] for i in range(0, len(feed), self.prefill_chunk)]
+        for chunk in chunks[:-1]:  # catch up on tokens the draft has not seen, in chunks
             self.draft(mx.array([chunk]), self.draft_cache)
-        token = mx.array([[self.last]])
+        logits = self.draft(mx.array([chunks[-1]]), self.draft_cache)[:, -1]  # ends with `last`
         tokens, logprobs = [], []
-        for _ in range(k):
-            token, lp = self._pick(self.draft(token, self.draft_cache)[:, -1])
+        for i in range(k):
+            if i:
+                logits = self.draft(tokens[-1], self.draft_cache)[:, -1]
+            token, lp = self._pick(logits)
             mx.async_eval(token)  # compute this step while the next one is being built
             tokens.append(token)
             logprobs.append(lp)
