@@ -25,6 +25,7 @@ test: $(VENV)/.test blas
 
 bench: $(VENV)/.test blas
 	$(RUN) $(BIN)/python benchmarks/decode.py
+	$(RUN) $(BIN)/python benchmarks/speculative.py
 
 blas:
 ifeq ($(UNAME),Linux)

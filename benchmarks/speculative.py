@@ -114,35 +114,44 @@ def predicted_speedup(alpha: float, k: int, timings) -> float:
 
 
 def bench_pair(name, target, draft, their_target, their_draft, prompt, args, rows, payload):
-    """`target`/`draft`: mlxspec models; `their_*`: the same folders loaded by mlx-lm."""
+    """`target`/`draft`: mlxspec models; `their_*`: the same folders loaded by mlx-lm.
+    Every configuration runs once per pass, passes repeat `args.runs` times (interleaved,
+    so slow phases of the machine hit all configurations alike); medians are reported."""
     timings = calibrate(target, draft, 6)
+    ks = (2, 4, 6, "adaptive")
     for temp in (0.0, 1.0):
-        plain = {lib: [] for lib in ("mlxspec", "mlx-lm")}
-        for _ in range(args.runs):
-            plain["mlxspec"].append(run_mlxspec(target, None, prompt, args.tokens, temp, 0, False))
-            plain["mlx-lm"].append(run_mlx_lm(their_target, None, prompt, args.tokens, temp, 0))
-        base = {lib: median([r["tokens_per_s"] for r in runs]) for lib, runs in plain.items()}
-        for k in (2, 4, 6, "adaptive"):
+        configs = {("mlxspec", 0): lambda: run_mlxspec(target, None, prompt, args.tokens, temp, 0, False),
+                   ("mlx-lm", 0): lambda: run_mlx_lm(their_target, None, prompt, args.tokens, temp, 0)}
+        for k in ks:
             kk = 6 if k == "adaptive" else k
-            ours = [run_mlxspec(target, draft, prompt, args.tokens, temp, kk, k == "adaptive") for _ in range(args.runs)]
-            theirs = ([run_mlx_lm(their_target, their_draft, prompt, args.tokens, temp, kk) for _ in range(args.runs)]
-                      if k != "adaptive" else None)
-            tps = median([r["tokens_per_s"] for r in ours])
-            alpha = median([r["acceptance"] for r in ours])
-            pred = predicted_speedup(alpha, kk, timings) if k != "adaptive" else None
-            row = {"pair": name, "temperature": temp, "k": k, "plain_tps": base["mlxspec"], "spec_tps": tps,
-                   "speedup": tps / base["mlxspec"], "predicted": pred, "acceptance": alpha,
-                   "tokens_per_round": median([r["tokens_per_round"] for r in ours]),
-                   "k_counts": ours[-1]["k_counts"], "per_position": ours[-1]["per_position"]}
-            if theirs:
-                row.update(mlx_lm_plain_tps=base["mlx-lm"], mlx_lm_spec_tps=median([r["tokens_per_s"] for r in theirs]),
-                           mlx_lm_acceptance=median([r["acceptance"] for r in theirs]))
+            configs[("mlxspec", k)] = (lambda kk=kk, k=k: run_mlxspec(target, draft, prompt, args.tokens, temp, kk,
+                                                                      k == "adaptive"))
+            if k != "adaptive":
+                configs[("mlx-lm", k)] = lambda kk=kk: run_mlx_lm(their_target, their_draft, prompt, args.tokens, temp, kk)
+        results = {key: [] for key in configs}
+        for _ in range(args.runs):
+            for key, fn in configs.items():
+                results[key].append(fn())
+        med = lambda key, field: median([r[field] for r in results[key]])  # noqa: E731
+        base = med(("mlxspec", 0), "tokens_per_s")
+        for k in ks:
+            kk = 6 if k == "adaptive" else k
+            ours = results[("mlxspec", k)]
+            alpha = med(("mlxspec", k), "acceptance")
+            row = {"pair": name, "temperature": temp, "k": k, "plain_tps": base, "spec_tps": med(("mlxspec", k), "tokens_per_s"),
+                   "predicted": predicted_speedup(alpha, kk, timings) if k != "adaptive" else None,
+                   "acceptance": alpha, "tokens_per_round": med(("mlxspec", k), "tokens_per_round"),
+                   "k_counts": ours[-1]["k_counts"], "per_position": ours[-1]["per_position"],
+                   "mlx_lm_plain_tps": med(("mlx-lm", 0), "tokens_per_s")}
+            row["speedup"] = row["spec_tps"] / base
+            if ("mlx-lm", k) in results:
+                row.update(mlx_lm_spec_tps=med(("mlx-lm", k), "tokens_per_s"), mlx_lm_acceptance=med(("mlx-lm", k), "acceptance"))
             if temp == 0:
-                row["greedy_equal"] = ours[-1]["tokens"] == plain["mlxspec"][-1]["tokens"]
+                row["greedy_equal"] = all(r["tokens"] == results[("mlxspec", 0)][0]["tokens"] for r in ours)
             rows.append(row)
-            print(f"  {name} T={temp} k={k}: {tps:.2f} tok/s (plain {base['mlxspec']:.2f}), "
-                  f"acceptance {alpha:.2f}" + (f", mlx-lm {row['mlx_lm_spec_tps']:.2f} tok/s acc {row['mlx_lm_acceptance']:.2f}" if theirs else ""),
-                  flush=True)
+            print(f"  {name} T={temp} k={k}: {row['spec_tps']:.2f} tok/s (plain {base:.2f}), acceptance {alpha:.2f}"
+                  + (f", mlx-lm {row['mlx_lm_spec_tps']:.2f} tok/s acc {row['mlx_lm_acceptance']:.2f}"
+                     if "mlx_lm_spec_tps" in row else ""), flush=True)
     payload["timings"][name] = {"draft_step": timings.draft_step, "target_pass": timings.target_pass}
 
 

@@ -125,7 +125,8 @@ class SpeculativeDecoder:
         if k > 0:
             self.plain_run = self.probe_every
             return k
-        if self.ran_plain and limit > 0:
+        if self.ran_plain and limit > 0 and best_k(1.0, self.timings, limit) > 0:
+            # probe only if drafting could pay at all (not when even perfect acceptance loses)
             self.ran_plain = False
             self.plain_run = min(2 * self.plain_run, 256)
             return 1
