@@ -53,9 +53,12 @@ def tokens_per_second(alpha: float, k: int, timings: Timings) -> float:
     return expected_tokens(alpha, k) / (k * timings.draft_step + timings.verify(k + 1))
 
 
-def best_k(alpha: float, timings: Timings, k_max: int) -> int:
-    """The draft length in 0..k_max with the highest predicted tokens per second."""
-    return max(range(k_max + 1), key=lambda k: tokens_per_second(alpha, k, timings))
+def best_k(alpha: float, timings: Timings, k_max: int, margin: float = 0.05) -> int:
+    """The draft length in 0..k_max with the highest predicted tokens per second; drafting
+    must beat plain decoding by `margin`, since a round also costs what the model leaves out
+    (sampling both distributions, the accept test, a host sync)."""
+    k = max(range(k_max + 1), key=lambda k: tokens_per_second(alpha, k, timings))
+    return k if tokens_per_second(alpha, k, timings) > (1 + margin) * tokens_per_second(alpha, 0, timings) else 0
 
 
 class AcceptanceEstimate:
@@ -64,7 +67,7 @@ class AcceptanceEstimate:
     Each round tests tokens until the first rejection, so `tested` = accepted (+1 if a
     rejection ended it); accepted / tested is the geometric MLE of alpha."""
 
-    def __init__(self, prior: float = 0.6, weight: float = 2.0, decay: float = 0.95) -> None:
+    def __init__(self, prior: float = 0.5, weight: float = 1.0, decay: float = 0.95) -> None:
         self.accepted, self.tested, self.decay = prior * weight, weight, decay
 
     @property

@@ -90,7 +90,7 @@ class SpeculativeDecoder:
 
     def __init__(self, target: Model, draft: Model, params: SamplingParams, k_max: int,
                  adaptive: bool = True, timings: Timings | None = None, schedule: str = "cost",
-                 prefill_chunk: int = 512, probe_every: int = 16) -> None:
+                 prefill_chunk: int = 512, probe_every: int = 32) -> None:
         self.target, self.draft, self.params = target, draft, params
         self.k_max, self.adaptive, self.timings, self.schedule = k_max, adaptive, timings, schedule
         self.prefill_chunk, self.probe_every = prefill_chunk, probe_every
@@ -128,7 +128,7 @@ class SpeculativeDecoder:
         if self.ran_plain and limit > 0 and best_k(1.0, self.timings, limit) > 0:
             # probe only if drafting could pay at all (not when even perfect acceptance loses)
             self.ran_plain = False
-            self.plain_run = min(2 * self.plain_run, 256)
+            self.plain_run = min(2 * self.plain_run, 512)
             return 1
         return 0
 

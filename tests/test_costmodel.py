@@ -1,0 +1,54 @@
+"""The draft-length cost model: Leviathan et al.'s expectation, the choice of k, calibration cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlxspec.costmodel import AcceptanceEstimate, Timings, best_k, calibrate, expected_tokens, tokens_per_second
+
+
+def test_expected_tokens_matches_the_geometric_series():
+    for alpha in (0.0, 0.3, 0.8, 0.99):
+        for k in range(0, 8):
+            assert expected_tokens(alpha, k) == pytest.approx(sum(alpha**i for i in range(k + 1)))
+    assert expected_tokens(1.0, 5) == 6
+
+
+def test_best_k_weighs_acceptance_against_cost():
+    cheap = Timings(draft_step=0.002, target_pass={n: 0.02 + 0.001 * n for n in range(1, 10)})
+    assert best_k(0.0, cheap, 8) == 0  # a useless draft: plain decoding
+    assert best_k(0.95, cheap, 8) == 8  # a good cheap draft: draft as much as allowed
+    k = best_k(0.6, cheap, 8)
+    assert 0 < k < 8 and tokens_per_second(0.6, k, cheap) > tokens_per_second(0.6, 0, cheap)
+    # on Apple GPUs a verify pass grows with k; an expensive draft never pays, even at alpha = 1
+    costly = Timings(draft_step=0.02, target_pass={n: 0.02 * (1 + 0.3 * (n - 1)) for n in range(1, 10)})
+    assert best_k(1.0, costly, 8) == 0
+
+
+def test_timings_interpolate_between_measurements():
+    t = Timings(0.001, {1: 1.0, 3: 3.0})
+    assert t.verify(2) == pytest.approx(2.0)
+    assert t.verify(6) == pytest.approx(6.0)
+
+
+def test_acceptance_estimate_tracks_rounds():
+    est = AcceptanceEstimate(prior=0.5, weight=1.0, decay=1.0)
+    est.update(accepted=4, drafted=4)  # all accepted: 4 tested
+    est.update(accepted=1, drafted=4)  # first rejection at position 2: 2 tested
+    assert est.alpha == pytest.approx((0.5 + 5) / (1 + 6))
+
+
+def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from test_speculative import DRAFTS, TARGET
+
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path))
+    first = calibrate(TARGET, DRAFTS["random"], 3)
+    assert sorted(first.target_pass) == [1, 2, 3, 4] and first.draft_step > 0
+    stored = json.loads((tmp_path / "calibration.json").read_text())
+    assert len(stored) == 1
+    key = next(iter(stored))
+    stored[key]["draft_step"] = 123.0  # a cached value is read back, not re-measured
+    (tmp_path / "calibration.json").write_text(json.dumps(stored))
+    assert calibrate(TARGET, DRAFTS["random"], 3).draft_step == 123.0
