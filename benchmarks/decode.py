@@ -31,8 +31,7 @@ ARGS = ModelArgs(hidden_size=1024, num_hidden_layers=16, intermediate_size=3584,
 
 
 def mlxspec_tokens(model, prompt: list[int], n: int):
-    model_tok = _NoEosTokenizer()
-    for step in mlxspec.stream_generate(model, model_tok, prompt, max_tokens=n):
+    for step in mlxspec.stream_generate(model, None, prompt, max_tokens=n):  # ids only, no EOS stop
         yield step.token
 
 
@@ -43,21 +42,6 @@ def mlx_lm_tokens(model, prompt: list[int], n: int):
         yield int(token)
 
 
-class _NoEosTokenizer:
-    """Token ids in, nothing to stop on, no text: measures the model and loop alone,
-    like mlx-lm's `generate_step`."""
-
-    eos_ids: set[int] = set()
-
-    def detokenizer(self):
-        class _Null:
-            def add(self, token: int) -> str:
-                return ""
-
-            def finalize(self) -> str:
-                return ""
-
-        return _Null()
 
 
 def measure(name: str, folder: Path, prompt_len: int, gen: int, runs: int) -> dict:

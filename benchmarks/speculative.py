@@ -38,20 +38,6 @@ TARGET = ModelArgs(hidden_size=768, num_hidden_layers=16, intermediate_size=2048
                    num_key_value_heads=4, vocab_size=32000, max_position_embeddings=32768)
 
 
-class IdsOnly:
-    eos_ids: set[int] = set()
-
-    def detokenizer(self):
-        class Silent:
-            def add(self, token: int) -> str:
-                return ""
-
-            def finalize(self) -> str:
-                return ""
-
-        return Silent()
-
-
 def truncated(folder: Path, out: Path, layers: int) -> Path:
     """A self-draft: the first `layers` blocks of the checkpoint in `folder`, same head."""
     import json
@@ -71,7 +57,7 @@ def truncated(folder: Path, out: Path, layers: int) -> Path:
 
 def run_mlxspec(target, draft, prompt, n, temp, k, adaptive):
     start = time.perf_counter()
-    steps = list(mlxspec.stream_generate(target, IdsOnly(), prompt, max_tokens=n, temperature=temp, seed=0,
+    steps = list(mlxspec.stream_generate(target, None, prompt, max_tokens=n, temperature=temp, seed=0,
                                          draft=draft, num_draft_tokens=k or 1, adaptive=adaptive))
     wall = time.perf_counter() - start
     stats = steps[-1].stats
@@ -166,8 +152,8 @@ def window_check(work: Path) -> dict:
     prompt = list(range(100, 110))
     n = 160  # five windows past the prompt
     ours, _ = mlxspec.load(folder)
-    plain = [s.token for s in mlxspec.stream_generate(ours, IdsOnly(), prompt, max_tokens=n)]
-    spec = [s.token for s in mlxspec.stream_generate(ours, IdsOnly(), prompt, max_tokens=n, draft=ours,
+    plain = [s.token for s in mlxspec.stream_generate(ours, None, prompt, max_tokens=n)]
+    spec = [s.token for s in mlxspec.stream_generate(ours, None, prompt, max_tokens=n, draft=ours,
                                                      num_draft_tokens=4, adaptive=False)]
     theirs, _ = mlx_lm.load(str(folder))
     their_plain = [int(t) for (t, _), _ in zip(generate_step(mx.array(prompt), theirs, max_tokens=n), range(n))]

@@ -70,7 +70,7 @@ def _stream(model, tokenizer, prompt: str, as_json: bool, verbose: bool = False,
         return
     typer.echo("")
     if colour:
-        typer.echo(f"(green: accepted draft tokens; plain: tokens from the target)", err=True)
+        typer.echo("(green: accepted draft tokens; plain: tokens from the target)", err=True)
     if stats is not None:
         typer.echo(_stats_line(stats), err=True)
 

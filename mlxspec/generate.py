@@ -11,14 +11,16 @@ from .errors import InputError
 from .model import Cache, Model
 from .sampling import SamplingParams, sample
 from .stats import GenerationStats, GenerationStep
-from .tokenizer import Tokenizer
+from .tokenizer import StreamingDetokenizer, Tokenizer
 
 
-def prepare_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
+def prepare_prompt(tokenizer: Tokenizer | None, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
     """Token ids for a prompt given as text (optionally wrapped in the chat format) or ids."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise InputError("prompt is empty")
+        if tokenizer is None:
+            raise InputError("a text prompt needs a tokenizer (or pass token ids)")
         return tokenizer.apply_chat(prompt) if chat else tokenizer.encode(prompt)
     ids = [int(t) for t in prompt]
     if not ids:
@@ -83,7 +85,7 @@ def autoregressive_tokens(model: Model, prompt_ids: list[int], params: SamplingP
 
 def stream_generate(
     model: Model,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | None,
     prompt: str | Sequence[int],
     *,
     max_tokens: int = 256,
@@ -104,7 +106,8 @@ def stream_generate(
     length chosen by a cost model measured on this device (`adaptive=False` pins it;
     `draft_schedule="heuristic"` uses transformers' +2/-1 rule instead). Stops at an
     end-of-sequence token, after `max_tokens`, or at the model's context length; the last
-    step's `stats.finish_reason` says which ("stop" or "length")."""
+    step's `stats.finish_reason` says which ("stop" or "length"). With `tokenizer=None` the
+    prompt must be token ids and steps carry ids only (empty text, no end-of-sequence stop)."""
     params = SamplingParams(temperature, top_p, top_k)
     prompt_ids = prepare_prompt(tokenizer, prompt, chat)
     check_request(model, prompt_ids, max_tokens)
@@ -146,15 +149,16 @@ def _speculative(model, draft, prompt_ids, params, budget, chunk, k_max, adaptiv
     return speculative_tokens(decoder, prompt_ids, budget), decoder.stats
 
 
-def _emit(tokens, tokenizer: Tokenizer, stats: GenerationStats, budget: int) -> Iterator[GenerationStep]:
+def _emit(tokens, tokenizer: Tokenizer | None, stats: GenerationStats, budget: int) -> Iterator[GenerationStep]:
     """Detokenize, time and stop: the part every decoding strategy shares."""
-    detok = tokenizer.detokenizer()
+    detok = tokenizer.detokenizer() if tokenizer is not None else StreamingDetokenizer(lambda ids: "")
+    eos_ids = tokenizer.eos_ids if tokenizer is not None else set()
     start = time.perf_counter()  # the token generators time their own prefill into prompt_time
     for n, (tok, from_draft) in enumerate(tokens, 1):
         stats.generation_tokens = n
         stats.generation_time = time.perf_counter() - start - stats.prompt_time
         stats.peak_memory_gb = peak_memory_gb()
-        if tok in tokenizer.eos_ids:
+        if tok in eos_ids:
             stats.finish_reason = "stop"
             yield GenerationStep(tok, detok.finalize(), stats, from_draft)
             return
@@ -165,6 +169,6 @@ def _emit(tokens, tokenizer: Tokenizer, stats: GenerationStats, budget: int) -> 
         yield GenerationStep(tok, text, stats, from_draft)
 
 
-def generate(model: Model, tokenizer: Tokenizer, prompt: str | Sequence[int], **options) -> str:
+def generate(model: Model, tokenizer: Tokenizer | None, prompt: str | Sequence[int], **options) -> str:
     """Generate and return the whole completion text (options as in `stream_generate`)."""
     return "".join(step.text for step in stream_generate(model, tokenizer, prompt, **options))

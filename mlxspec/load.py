@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .config import ModelArgs, load_model_args, read_json
+from .config import load_model_args, read_json
 from .convert.mapping import mistral_to_hf_name
 from .errors import CheckpointError, ConfigError, InputError
 from .model import Model

@@ -21,22 +21,6 @@ from mlxspec.speculative import SpeculativeDecoder, verify
 WINDOW = 8
 
 
-class IdsOnly:
-    """A tokenizer stand-in for id-level tests: no text, no end-of-sequence."""
-
-    eos_ids: set[int] = set()
-
-    def detokenizer(self):
-        class Silent:
-            def add(self, token: int) -> str:
-                return ""
-
-            def finalize(self) -> str:
-                return ""
-
-        return Silent()
-
-
 def tiny(seed: int, vocab: int = 64, window: int | None = WINDOW, layers: int = 2) -> Model:
     mx.random.seed(seed)
     args = ModelArgs(hidden_size=64, num_hidden_layers=layers, intermediate_size=128, num_attention_heads=4,
@@ -61,7 +45,7 @@ def perturbed(model: Model, scale: float, seed: int) -> Model:
 
 
 def tokens(model, prompt, n, **options):
-    steps = list(stream_generate(model, IdsOnly(), prompt, max_tokens=n, **options))
+    steps = list(stream_generate(model, None, prompt, max_tokens=n, **options))
     return [s.token for s in steps], steps[-1].stats if steps else None
 
 
@@ -122,7 +106,6 @@ def first_token_counts(rule, p_lp, q_lp, samples: int, seed: int) -> np.ndarray:
     """Run `rule` on `samples` independent rounds at once; histogram of the first emitted token."""
     mx.random.seed(seed)
     B = samples
-    k = q_lp.shape[0]
     q_b = mx.broadcast_to(q_lp, (B, *q_lp.shape))
     p_b = mx.broadcast_to(p_lp, (B, *p_lp.shape))
     drafts = mx.random.categorical(q_b, axis=-1)
