@@ -102,7 +102,6 @@ def convert(
     out = Path(out)
     check_writable(out, force)
     source = open_source(resolve_source(src, revision))
-    check_group_size(source, bits, group_size)
     target_dtype = DTYPES[dtype] if dtype else None
     with atomic_dir(out, force) as tmp:
         write_model(source, tmp, bits, group_size, target_dtype, max_shard_bytes, progress)

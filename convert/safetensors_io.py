@@ -10,7 +10,6 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterator
 
 import mlx.core as mx
 import numpy as np
@@ -168,11 +167,3 @@ class ShardedWriter:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
             (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         return paths
-
-
-def iter_tensors(files: list[Path]) -> Iterator[tuple[SafetensorsReader, str]]:
-    """(reader, name) for every tensor of `files`, validating each header first."""
-    readers = [SafetensorsReader(f) for f in files]
-    for reader in readers:
-        for name in reader.names():
-            yield reader, name
