@@ -26,8 +26,14 @@ Progress = Callable[[int, int, str], None]  # (bytes done so far, total bytes, t
 
 
 def resolve_source(src: str | Path, revision: str | None = None) -> Path:
-    """A local folder, or a Hugging Face repo id fetched with only the needed files."""
+    """A local folder or GGUF file, or a Hugging Face repo id fetched with only the needed files."""
     from mlxspec.load import resolve
+
+    if Path(src).expanduser().suffix == ".gguf":
+        path = Path(src).expanduser()
+        if not path.is_file():
+            raise InputError(f"{path}: no such GGUF file")
+        return path
 
     return resolve(src, revision=revision)
 
@@ -46,9 +52,20 @@ def check_options(bits: int | None, group_size: int, dtype: str | None) -> None:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
 
 
+def keeps_quantization(ref: TensorRef, bits: int | None, dtype: mx.Dtype | None) -> bool:
+    """A tensor stored quantized (GGUF) is copied as it is unless --bits or --dtype asks otherwise."""
+    return ref.quant is not None and bits is None and dtype is None
+
+
 def convert_tensor(ref: TensorRef, bits: int | None, group_size: int, dtype: mx.Dtype | None) -> dict[str, mx.array]:
     """The output tensors for one input tensor: cast, and quantized where it applies."""
+    if keeps_quantization(ref, bits, dtype) and ref.load_packed is not None:
+        base = ref.name[: -len(".weight")]
+        weight, scales, biases = ref.load_packed()
+        return {f"{base}.weight": weight, f"{base}.scales": scales, f"{base}.biases": biases}
     arr = ref.load()
+    if ref.quant is not None and dtype is None:
+        dtype = mx.float16  # dequantized from a GGUF block format, whose scales are f16
     if dtype is not None and mx.issubdtype(arr.dtype, mx.floating):
         arr = arr.astype(dtype)
     if bits is None or not quantizable(ref.name):
@@ -69,14 +86,30 @@ def check_group_size(source: Source, bits: int | None, group_size: int) -> None:
             )
 
 
-def output_config(source: Source, bits: int | None, group_size: int) -> dict[str, Any]:
-    """The input's config updated for what was written (mlx-lm reads the same keys)."""
+def output_config(source: Source, bits: int | None, group_size: int,
+                  dtype: mx.Dtype | None = None) -> dict[str, Any]:
+    """The input's config updated for what was written (mlx-lm reads the same keys).
+
+    Quantization kept from a GGUF file is recorded per layer where it differs from the
+    most common (bits, group size), as mlx-lm's per-layer `quantization` entries."""
     config = dict(source.config)
     config.update(source.args.to_hf_config())
     config.pop("quantization", None)
     config.pop("quantization_config", None)
+    quant: dict[str, Any] | None = None
     if bits is not None:
         quant = {"group_size": group_size, "bits": bits, "mode": "affine"}
+    else:
+        kept = {ref.name[: -len(".weight")]: ref.quant for ref in source.tensors
+                if ref.quant is not None and keeps_quantization(ref, bits, dtype)}
+        if kept:
+            values = list(kept.values())
+            common = max(set(values), key=values.count)
+            quant = {"group_size": common[1], "bits": common[0], "mode": "affine"}
+            for path, (b, g) in kept.items():
+                if (b, g) != common:
+                    quant[path] = {"group_size": g, "bits": b}
+    if quant is not None:
         config["quantization"] = quant
         config["quantization_config"] = dict(quant)
     return config
@@ -127,6 +160,8 @@ def write_model(source: Source, folder: Path, bits: int | None, group_size: int,
                 progress(done, total, previous[0].name)
         previous = (ref, converted) if ref is not None else None
     writer.finish()
-    (folder / "config.json").write_text(json.dumps(output_config(source, bits, group_size), indent=2))
+    (folder / "config.json").write_text(json.dumps(output_config(source, bits, group_size, dtype), indent=2))
     for file in source.tokenizer_files:
         shutil.copy(file, folder / file.name)
+    for name, text in source.generated_files.items():
+        (folder / name).write_text(text)

@@ -2,9 +2,10 @@
 a list of tensors under mlxspec's (HF) names, each loaded only when asked for.
 
 Layouts: HF (`config.json` + `model.safetensors`, sharded with an index, or
-`pytorch_model*.bin` when torch is installed) and Mistral's (`params.json` +
-`consolidated.safetensors` or `consolidated.00.pth`). Mistral's q/k rows are permuted
-to the rotate-half layout here, so every output is an ordinary HF-layout model."""
+`pytorch_model*.bin` when torch is installed), Mistral's (`params.json` +
+`consolidated.safetensors` or `consolidated.00.pth`) and single GGUF files. Mistral's and
+llama.cpp's q/k rows are permuted to the rotate-half layout here, so every output is an
+ordinary HF-layout model."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import mlx.core as mx
 from mlxspec.config import ModelArgs, load_model_args, read_json
 from mlxspec.errors import CheckpointError
 
+from . import gguf as gguf_format
+from .gguf_tokenizer import tokenizer_files_from_gguf
 from .mapping import mistral_to_hf_name, permute_interleaved_to_half
 from .safetensors_io import SafetensorsReader
 from .synthetic import hf_tensor_shapes
@@ -35,6 +38,10 @@ class TensorRef:
     nbytes: int
     where: Path
     load: Callable[[], mx.array]
+    # Tensors stored quantized (GGUF): (bits, group size) and a loader of the packed
+    # (weight, scales, biases) in MLX's affine format; `load` then dequantizes.
+    quant: tuple[int, int] | None = None
+    load_packed: Callable[[], tuple[mx.array, mx.array, mx.array]] | None = None
 
 
 @dataclass
@@ -46,6 +53,7 @@ class Source:
     config: dict[str, Any]
     tensors: list[TensorRef]
     tokenizer_files: list[Path] = field(default_factory=list)
+    generated_files: dict[str, str] = field(default_factory=dict)  # file name -> text (GGUF tokenizer)
 
     @property
     def total_bytes(self) -> int:
@@ -54,6 +62,8 @@ class Source:
 
 def open_source(root: Path) -> Source:
     """Read the layout of `root` (headers only; no tensor data is loaded)."""
+    if root.is_file() and root.suffix == ".gguf":
+        return _gguf_source(root)
     args = load_model_args(root)
     if args.quantization:
         raise CheckpointError(f"{root}: already quantized; convert from the full-precision checkpoint")
@@ -178,3 +188,23 @@ def _torch_refs(files: list[Path], rename: Callable[[str, Path], str],
             refs.append(TensorRef(new, tuple(tensor.shape), tensor.numel() * tensor.element_size(), file, load))
     return refs
 
+
+
+def _gguf_source(path: Path) -> Source:
+    header = gguf_format.read_header(path)
+    args = gguf_format.model_args(header)
+    refs = []
+    for name, tensor, load in gguf_format.tensor_loaders(header, args):
+        if tensor.type_name in gguf_format.QUANT_BITS:
+            bits = gguf_format.QUANT_BITS[tensor.type_name]
+
+            def dequantized(load=load, bits=bits) -> mx.array:
+                w, s, b = load()
+                return mx.dequantize(w, s, b, group_size=gguf_format.GROUP_SIZE, bits=bits)
+
+            refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, dequantized,
+                                  (bits, gguf_format.GROUP_SIZE), load))
+        else:
+            refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, load))
+    _check_tensors(refs, args, path)
+    return Source(path, args, args.to_hf_config(), refs, [], tokenizer_files_from_gguf(header))

@@ -170,8 +170,9 @@ class HFTokenizer(Tokenizer):
         self.chat_template = getattr(self._tok, "chat_template", None)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False)
-        return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
+        """With `add_bos`, the tokenizer's own rule decides (its post-processor: Llama and
+        Mistral add BOS, SmolLM2 and other GPT-2-style tokenizers do not)."""
+        return list(self._tok.encode(text, add_special_tokens=add_bos))
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
