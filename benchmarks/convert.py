@@ -26,7 +26,7 @@ from common import environment, median, write_report  # noqa: E402
 from mlxspec.config import ModelArgs  # noqa: E402
 from mlxspec.convert.safetensors_io import SafetensorsReader  # noqa: E402
 from mlxspec.convert.synthetic import write_random_hf_checkpoint  # noqa: E402
-from mlxspec.demo import mistral_tokenizer_file  # noqa: E402
+from mlxspec.convert.synthetic import mistral_tokenizer_file  # noqa: E402
 
 MISTRAL_7B = ModelArgs(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=32000, sliding_window=4096, rope_theta=10000.0,

@@ -23,7 +23,7 @@ from common import environment, median, rates, timed_tokens, write_report  # noq
 import mlxspec  # noqa: E402
 from mlxspec.config import ModelArgs  # noqa: E402
 from mlxspec.convert.synthetic import hf_tensor_shapes, write_random_hf_checkpoint  # noqa: E402
-from mlxspec.demo import mistral_tokenizer_file  # noqa: E402
+from mlxspec.convert.synthetic import mistral_tokenizer_file  # noqa: E402
 
 # Mistral-shaped, ~283M parameters: 16 layers, GQA 16/4 heads of 64, SwiGLU 3584, vocab 32000.
 ARGS = ModelArgs(hidden_size=1024, num_hidden_layers=16, intermediate_size=3584, num_attention_heads=16,

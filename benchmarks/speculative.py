@@ -32,7 +32,7 @@ import mlxspec  # noqa: E402
 from mlxspec.config import ModelArgs  # noqa: E402
 from mlxspec.convert.synthetic import write_random_hf_checkpoint  # noqa: E402
 from mlxspec.costmodel import calibrate, expected_tokens  # noqa: E402
-from mlxspec.demo import mistral_tokenizer_file  # noqa: E402
+from mlxspec.convert.synthetic import mistral_tokenizer_file  # noqa: E402
 
 TARGET = ModelArgs(hidden_size=768, num_hidden_layers=16, intermediate_size=2048, num_attention_heads=12,
                    num_key_value_heads=4, vocab_size=32000, max_position_embeddings=32768)

@@ -199,8 +199,9 @@ def _gguf_source(path: Path) -> Source:
             bits = gguf_format.QUANT_BITS[tensor.type_name]
 
             def dequantized(load=load, bits=bits) -> mx.array:
-                w, s, b = load()
-                return mx.dequantize(w, s, b, group_size=gguf_format.GROUP_SIZE, bits=bits)
+                w, s, b = load()  # expanded in float32: exact for f16 scales and biases
+                return mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32),
+                                     group_size=gguf_format.GROUP_SIZE, bits=bits)
 
             refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, dequantized,
                                   (bits, gguf_format.GROUP_SIZE), load))

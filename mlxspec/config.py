@@ -32,6 +32,8 @@ class ModelArgs:
     max_position_embeddings: int | None = None
     tie_word_embeddings: bool = False
     model_type: str = "mistral"
+    # Drafts only: the head scores this many tokens (`lm_head.token_ids`), see SubsetHead.
+    head_vocab_size: int | None = None
     quantization: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,8 @@ class ModelArgs:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.head_vocab_size is not None and not 0 < self.head_vocab_size <= self.vocab_size:
+            raise ConfigError(f"head_vocab_size must be in 1..vocab_size, got {self.head_vocab_size}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ConfigError(f"sliding_window must be positive, got {self.sliding_window}")
 
@@ -95,6 +99,7 @@ class ModelArgs:
                 max_position_embeddings=config.get("max_position_embeddings"),
                 tie_word_embeddings=config.get("tie_word_embeddings", False),
                 model_type=model_type,
+                head_vocab_size=config.get("head_vocab_size"),
                 quantization=config.get("quantization"),
             )
         except KeyError as missing:

