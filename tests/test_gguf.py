@@ -183,7 +183,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
 # Recorded once from the converted model (greedy, fp32 expansion of the Q4_1 weights),
 # and checked against mlx-lm on the same folder in the test below.
 GOLDEN_PROMPT = "What is the capital of France?"
-GOLDEN_IDS = None
+GOLDEN_IDS = [504, 3575, 282, 4649, 314, 7042, 30, 2, 198, 2, 1, 9690]  # "The capital of France is Paris."
 
 
 def test_smollm2_tokenizer_matches_llama_cpp_and_special_tokens(smollm2_dir):

@@ -1,0 +1,170 @@
+"""Drafts with a subset head, and `mlxspec bench`: exactness with zero-mass tokens, the
+mlx-lm adapter, the report's schema, and bad input as one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mlxspec import stream_generate
+from mlxspec.bench import SCHEMA_VERSION, mlx_lm_models, parse_ks
+from mlxspec.config import ModelArgs
+from mlxspec.errors import InputError
+from mlxspec.load import load
+from mlxspec.model import Model
+from mlxspec.sampling import SamplingParams, process_logits
+from mlxspec.speculative import verify
+
+from conftest import make_hf_checkpoint
+from test_cli import run
+from test_speculative import chi2_critical, chi2_stat, first_token_counts
+
+ARGS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=96, model_type="llama")
+
+
+def subset_draft(target: Model, n: int, seed: int) -> Model:
+    """The target's first block under a head over `n` of its tokens (ids spread out)."""
+    args = ModelArgs(**{**ARGS, "num_hidden_layers": 1, "head_vocab_size": n})
+    draft = Model(args)
+    ids = mx.array(np.sort(np.random.default_rng(seed).choice(args.vocab_size, n, replace=False)).astype(np.int32))
+    params = {k: v for k, v in tree_flatten(target.parameters())
+              if k.startswith(("model.embed_tokens", "model.norm", "model.layers.0."))}
+    params["lm_head.out_proj.weight"] = target.lm_head.weight[ids]
+    params["lm_head.token_ids"] = ids
+    draft.load_weights(list(params.items()))
+    mx.eval(draft.parameters())
+    return draft
+
+
+@pytest.fixture(scope="module")
+def pair():
+    mx.random.seed(3)
+    target = Model(ModelArgs(**ARGS))
+    target.update({"lm_head": {"weight": target.lm_head.weight * 5}})
+    mx.eval(target.parameters())
+    return target, subset_draft(target, 40, 0)
+
+
+def test_subset_head_scores_only_its_tokens(pair):
+    _, draft = pair
+    tokens = mx.array([[1, 5, 9, 2]])
+    full = draft(tokens)
+    ids = np.array(draft.lm_head.token_ids)
+    assert np.isinf(np.array(full)).sum(-1).tolist() == [[96 - 40] * 4]
+    sub = draft.lm_head.subset_logits(draft.model(tokens, None))
+    assert mx.allclose(full[..., mx.array(ids)], sub).item()
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_greedy_speculation_with_a_subset_draft_is_exact(pair, k):
+    target, draft = pair
+    prompt = list(range(4, 14))
+    plain = [s.token for s in stream_generate(target, None, prompt, max_tokens=40)]
+    spec = list(stream_generate(target, None, prompt, max_tokens=40, draft=draft, num_draft_tokens=k, adaptive=False))
+    assert [s.token for s in spec] == plain
+    outside = set(range(96)) - set(np.array(draft.lm_head.token_ids).tolist())
+    assert any(t in outside for t in plain)  # the target produced tokens the draft cannot propose
+    assert spec[-1].stats.accepted > 0
+
+
+def test_verify_with_zero_mass_draft_tokens_keeps_the_target_distribution():
+    """A subset draft puts probability 0 on some tokens; they must still come out at p's rate."""
+    rng = np.random.default_rng(0)
+    V, k = 10, 2
+    params = SamplingParams(1.0)
+    p_lp = process_logits(mx.array(rng.normal(size=(k + 1, V)).astype(np.float32) * 1.5), params)
+    q = rng.normal(size=(k, V)).astype(np.float32) * 1.5
+    q[:, [0, 3, 7]] = -np.inf
+    q_lp = process_logits(mx.array(q), params)
+    counts = first_token_counts(verify, p_lp, q_lp, 40000, seed=4)
+    stat, df = chi2_stat(counts, np.exp(np.array(p_lp[0])))
+    assert stat < chi2_critical(df), (stat, df)
+    assert counts[[0, 3, 7]].sum() > 1000
+
+
+def test_mlx_lm_adapter_runs_the_same_weights(pair):
+    target, draft = pair
+    theirs_t, theirs_d = mlx_lm_models(target, draft)
+    tokens = mx.array([[3, 8, 1, 40, 7]])
+    assert mx.allclose(theirs_t(tokens), target(tokens), atol=1e-5).item()
+    a, b = theirs_d(tokens), draft(tokens)
+    finite = mx.isfinite(b)
+    assert mx.array_equal(mx.isfinite(a), finite).item()
+    assert mx.allclose(mx.where(finite, a, 0), mx.where(finite, b, 0), atol=1e-5).item()
+
+
+def test_parse_ks():
+    assert parse_ks("1..4,6,8") == [1, 2, 3, 4, 6, 8]
+    for bad in ("0", "a", "", "2..1,0"):
+        with pytest.raises(InputError):
+            parse_ks(bad)
+
+
+@pytest.fixture(scope="module")
+def small_draft_dir(tmp_path_factory, hf_tokenizer_dir) -> Path:
+    return make_hf_checkpoint(tmp_path_factory.mktemp("draft"), hf_tokenizer_dir, seed=9, sliding_window=None,
+                              rope_theta=1e6, num_hidden_layers=1)
+
+
+def test_bench_writes_schema_checked_reports(hf_full_dir, small_draft_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello there\n\nWrite a poem\n")
+    out = tmp_path / "report"
+    res = run("bench", "--model", str(hf_full_dir), "--draft", str(small_draft_dir), "--prompts", str(prompts),
+              "-n", "6", "--temperatures", "0,1", "-k", "1,2", "--repeats", "1", "--compare-mlx-lm", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == SCHEMA_VERSION and len(report["prompts"]) == 2
+    assert set(report["timings"]) == {"draft_step_s", "target_pass_s"}
+    rows = report["rows"]
+    assert len(rows) == 2 * (1 + 2 + 1 + 1 + 2)  # per T: plain, k=1,2, adaptive; mlx-lm plain, k=1,2
+    for row in rows:
+        assert {"engine", "k", "temperature", "tokens_per_s", "speedup", "ttft_s", "peak_memory_gb"} <= set(row)
+        assert row["tokens_per_s"] > 0 and row["peak_memory_gb"] > 0
+        if isinstance(row["k"], int) and row["k"] > 0:  # adaptive may never draft here
+            assert 0 <= row["acceptance"] <= 1 and row["tokens_per_round"] >= 1
+            assert len(row["acceptance_per_position"]) >= 1
+        if row["engine"] == "mlxspec" and isinstance(row["k"], int) and row["k"] > 0:
+            assert row["predicted_speedup"] > 0
+    md = (out / "report.md").read_text()
+    assert md.count("\n| mlx-lm |") == 6 and "acceptance per position" in md
+    try:
+        import matplotlib  # noqa: F401
+        assert (out / "tokens_per_s.png").is_file() and (out / "acceptance.png").is_file()
+    except ImportError:
+        assert "pip install 'mlxspec[plots]'" in res.stderr
+    again = run("bench", "--model", str(hf_full_dir), "--draft", str(small_draft_dir), "--prompts", str(prompts),
+                "-o", str(out))
+    assert again.returncode != 0 and "--force" in again.stderr  # nothing overwritten without --force
+
+
+def test_bench_bad_input(hf_full_dir, small_draft_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    other = tmp_path / "other"
+    shutil.copytree(small_draft_dir, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["▁the"], vocab["▁a"] = vocab["▁a"], vocab["▁the"]
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    base = ["bench", "--model", str(hf_full_dir), "-o", str(tmp_path / "out")]
+    cases = [
+        ([*base, "--draft", str(small_draft_dir), "--prompts", str(empty)], "no prompts"),
+        ([*base, "--draft", str(small_draft_dir), "-k", "0"], "every k must be >= 1"),
+        ([*base, "--draft", str(other)], "the draft's tokenizer does not match the target's"),
+        (["bench", "--pair", str(tmp_path), "-o", str(tmp_path / "out")], "no pair.json"),
+        ([*base], "--model and --draft go together"),
+        ([*base, "--draft", str(small_draft_dir), "--temperatures", "x"], "--temperatures"),
+    ]
+    for args, message in cases:
+        res = run(*args)
+        lines = [l for l in res.stderr.strip().splitlines() if not l.startswith("warning:")]
+        assert res.returncode != 0 and len(lines) == 1 and message in lines[0], (args, res.stderr)
+    assert not (tmp_path / "out").exists()
