@@ -24,6 +24,7 @@ test: $(VENV)/.test blas
 	$(RUN) $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test blas
+	$(RUN) $(BIN)/mlxspec bench --demo --compare-mlx-lm --out benchmarks/results/demo-pair --force
 	$(RUN) $(BIN)/python benchmarks/decode.py
 	$(RUN) $(BIN)/python benchmarks/speculative.py
 

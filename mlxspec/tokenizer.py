@@ -168,11 +168,13 @@ class HFTokenizer(Tokenizer):
         eos = self._tok.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.chat_template = getattr(self._tok, "chat_template", None)
+        self.adds_bos = self.bos_id is not None and _adds_bos(self._tok, model_dir)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """With `add_bos`, the tokenizer's own rule decides (its post-processor: Llama and
-        Mistral add BOS, SmolLM2 and other GPT-2-style tokenizers do not)."""
-        return list(self._tok.encode(text, add_special_tokens=add_bos))
+        """With `add_bos`, BOS is prepended if this tokenizer adds one (`add_bos_token` or its
+        post-processor: Llama and Mistral do, SmolLM2 and other GPT-2-style ones do not)."""
+        ids = self._tok.encode(text, add_special_tokens=False)
+        return [self.bos_id, *ids] if add_bos and self.adds_bos else ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -187,6 +189,24 @@ class HFTokenizer(Tokenizer):
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
         )
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def _adds_bos(tok: Any, model_dir: Path) -> bool:
+    """Whether encoding starts with BOS: `add_bos_token` in tokenizer_config.json when set,
+    else the post-processor's behaviour, else the Llama/Mistral convention (yes)."""
+    config: dict[str, Any] = {}
+    config_file = model_dir / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    if isinstance(config.get("add_bos_token"), bool):
+        return config["add_bos_token"]
+    probe = tok.encode("a", add_special_tokens=True)
+    if probe and probe[0] == tok.bos_token_id:
+        return True
+    return str(config.get("tokenizer_class") or type(tok).__name__).startswith("Llama")
 
 
 def read_chat_template(model_dir: Path) -> str | None:
