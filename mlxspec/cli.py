@@ -96,29 +96,30 @@ def generate(
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour each token by origin: green = accepted draft token."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where half-precision and quantized matmuls are slow)."),
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
-    from .load import check_same_vocabulary, load, load_pair
 
     warnings.showwarning = _warn_line
     if prompt == "-":
         prompt = sys.stdin.read()
     if prefill_chunk is not None and prefill_chunk <= 0:
         raise MlxspecError(f"--prefill-chunk must be positive, got {prefill_chunk}")
-    if pair is not None:
-        if model is not None or draft is not None:
-            raise MlxspecError("give either --pair or --model/--draft, not both")
-        target, tokenizer, draft_model = load_pair(pair)
-    elif model is None:
+    dequantize = _auto_dequantize(dequantize)
+    if pair is not None and (model is not None or draft is not None):
+        raise MlxspecError("give either --pair or --model/--draft, not both")
+    if pair is None and model is None:
         raise MlxspecError("missing --model (or --pair)")
-    else:
-        target, tokenizer = load(model)
+    if pair is None and draft is None:
+        import mlx.core as mx
+
+        from .load import load
+
+        target, tokenizer = load(model, dtype=mx.float32 if dequantize else None, dequantize=dequantize)
         draft_model = None
-        if draft is not None:
-            loaded_draft = load(draft)
-            check_same_vocabulary((target, tokenizer), loaded_draft)
-            draft_model = loaded_draft[0]
+    else:
+        target, tokenizer, draft_model = _load_for_speculation(model, draft, pair, False, dequantize)
     _stream(
         target, tokenizer, prompt, as_json, verbose, max_tokens=max_tokens, temperature=temperature,
         top_p=top_p, top_k=top_k, seed=seed, chat=chat, prefill_chunk=prefill_chunk,
@@ -261,7 +262,7 @@ def bench(
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also measure the cost model's adaptive draft length (up to the largest k)."),
     repeats: int = typer.Option(3, "--repeats", help="Runs of every configuration; the report gives medians."),
     compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also run mlx-lm's plain and speculative loops on the same weights."),
-    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Expand quantized weights to float32 at load (default: on for MLX's CPU backend)."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where half-precision and quantized matmuls are slow)."),
     out: Path = typer.Option(Path("mlxspec-bench"), "--out", "-o", help="Report folder: report.json, report.md and PNG plots."),
     force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),

@@ -20,7 +20,7 @@ def distill(teacher: Path, work: Path, out: Path, steps: int) -> subprocess.Comp
     args = ["--teacher", str(teacher), "--workdir", str(work), "--out", str(out), "--prompts", "6",
             "--batch-prompts", "3", "--held-out-batches", "1", "--max-new", "10", "--stdlib-chunks", "12",
             "--seq-len", "64", "--layers", "1", "--head-vocab", "512", "--steps", str(steps),
-            "--eval-every", "20", "--warmup", "5", "--batch", "4", "--lr", "3e-3"]
+            "--eval-every", "20", "--warmup", "5", "--batch", "4", "--lr", "3e-3", "--run", "tiny"]
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "MLXSPEC_CACHE": str(work / "cache")})
 

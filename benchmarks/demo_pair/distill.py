@@ -317,7 +317,7 @@ def train(args: argparse.Namespace, draft: Model, data: dict, to_sub: mx.array, 
         [optim.linear_schedule(1e-6, args.lr, args.warmup), optim.cosine_decay(args.lr, args.steps - args.warmup, args.lr * 0.05)],
         [args.warmup])
     opt = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
-    ckpt, state_file = work / "draft_ckpt.safetensors", work / "train_state.json"
+    ckpt, state_file = work / "draft.safetensors", work / "train_state.json"
     step, log = 0, []
     if ckpt.is_file() and state_file.is_file():
         state = json.loads(state_file.read_text())
@@ -340,14 +340,15 @@ def train(args: argparse.Namespace, draft: Model, data: dict, to_sub: mx.array, 
 
     rng = random.Random(args.seed * 7 + step)
     stream = batches(data["train"], args.batch, rng)
-    start, running = time.time(), None
+    start, running, first_step = time.time(), None, step
     while step < args.steps:
         loss = step_fn(*next(stream))
         mx.eval(loss, draft.trainable_parameters(), opt.state)
         step += 1
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        rate = step and (time.time() - start)
-        progress("distilling", step, args.steps, f"step {step} loss {running:.3f} ({rate:.0f} s)")
+        elapsed = time.time() - start
+        progress("distilling", step, args.steps, f"loss {running:.3f}, {elapsed:.0f} s, "
+                 f"{elapsed / (step - first_step):.2f} s/step")
         if step % args.eval_every == 0 or step == args.steps:
             entry = {"step": step, "train_loss": running, **evaluate(draft, data, to_sub, quick=True)}
             log.append(entry)
@@ -448,6 +449,8 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=4, help="Export quantization.")
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--data-only", action="store_true", help="Stop after phase 1.")
+    p.add_argument("--run", help="Name of this training run (checkpoints in WORKDIR/runs/NAME; "
+                                 "default from --layers, --head-vocab, --steps).")
     args = p.parse_args()
 
     work = Path(args.workdir)
@@ -469,7 +472,9 @@ def main() -> None:
     mx.random.seed(args.seed)
     draft = make_draft(teacher, args.layers, head_ids)
     initial = evaluate(draft, data, mx.array(to_sub))
-    log = train(args, draft, data, mx.array(to_sub), work)
+    run_dir = work / "runs" / (args.run or f"L{args.layers}-V{args.head_vocab}-S{args.steps}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = train(args, draft, data, mx.array(to_sub), run_dir)
     final = evaluate(draft, data, mx.array(to_sub))
     from mlxspec.costmodel import measure
     timings = measure(teacher, draft, 8, repeats=5)
@@ -481,7 +486,7 @@ def main() -> None:
             "cost": {"draft_step_s": timings.draft_step, "target_pass_s": timings.target_pass,
                      "ratio": timings.draft_step / timings.verify(1)},
             "predicted_speedup_by_k": speedups}
-    (work / "eval.json").write_text(json.dumps(info, indent=2))
+    (run_dir / "eval.json").write_text(json.dumps(info, indent=2))
     print(json.dumps({"initial": initial, "final": final, "cost_ratio": info["cost"]["ratio"],
                       "predicted_speedup": speedups}, indent=1), file=sys.stderr)
     if args.out:
