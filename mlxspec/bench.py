@@ -232,7 +232,7 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Model, prompts: list[t
                     log(f"[{done}/{total}] T={temp:g} {kind} prompt {p + 1}: {config.label}: "
                         f"{run.tokens - 1} tokens in {run.decode_time:.2f} s")
     rows = summarise(configs, temperatures, results, timings)
-    return {"schema": SCHEMA_VERSION, "weights": weights, "max_tokens": max_tokens, "repeats": repeats,
+    return {"comparison": compare(rows, temperatures),"schema": SCHEMA_VERSION, "weights": weights, "max_tokens": max_tokens, "repeats": repeats,
             "prompts": [{"kind": k, "text": t, "tokens": len(i)} for k, t, i in encoded],
             "timings": {"draft_step_s": timings.draft_step,
                         "target_pass_s": {str(n): t for n, t in timings.target_pass.items()}},
@@ -290,6 +290,33 @@ def summarise(configs: list[Config], temperatures: Sequence[float],
     return rows
 
 
+def compare(rows: list[dict], temperatures: Sequence[float]) -> list[dict]:
+    """Per temperature: the best fixed k of each engine, the adaptive rate, and the
+    mlxspec / mlx-lm ratio at equal k."""
+    out = []
+    for temp in temperatures:
+        here = [r for r in rows if r["temperature"] == temp]
+        entry: dict[str, Any] = {"temperature": temp}
+        for engine in ("mlxspec", "mlx-lm"):
+            fixed = [r for r in here if r["engine"] == engine and isinstance(r["k"], int) and r["k"] > 0]
+            if fixed:
+                best = max(fixed, key=lambda r: r["tokens_per_s"])
+                entry[f"{engine}_best"] = {"k": best["k"], "tokens_per_s": best["tokens_per_s"],
+                                          "speedup": best["speedup"], "acceptance": best.get("acceptance")}
+        adaptive = next((r for r in here if r["k"] == "adaptive"), None)
+        if adaptive:
+            entry["mlxspec_adaptive"] = {"tokens_per_s": adaptive["tokens_per_s"], "speedup": adaptive["speedup"]}
+        theirs = {r["k"]: r for r in here if r["engine"] == "mlx-lm"}
+        entry["same_k_ratio"] = {str(r["k"]): r["tokens_per_s"] / theirs[r["k"]]["tokens_per_s"]
+                                 for r in here if r["engine"] == "mlxspec" and r["k"] in theirs}
+        if "mlx-lm_best" in entry:
+            ours = max([entry.get("mlxspec_best", {}).get("tokens_per_s", 0.0),
+                        entry.get("mlxspec_adaptive", {}).get("tokens_per_s", 0.0)])
+            entry["best_vs_best"] = ours / entry["mlx-lm_best"]["tokens_per_s"]
+        out.append(entry)
+    return out
+
+
 def markdown(report: dict) -> str:
     """The report as a Markdown table (one row per configuration and temperature)."""
     def f(x: Any, nd: int = 2) -> str:
@@ -305,6 +332,21 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['engine']} | {r['temperature']:g} | {r['k']} | {f(r['tokens_per_s'])} | {f(r['speedup'])} | "
                      f"{f(r.get('predicted_speedup'))} | {f(r.get('acceptance'))} | {f(r.get('tokens_per_round'))} | "
                      f"{f(r['ttft_s'], 3)} | {f(r['peak_memory_gb'], 3)} | {per_pos} |")
+    if report.get("comparison"):
+        lines.append("")
+    for c in report.get("comparison", []):
+        parts = [f"T={c['temperature']:g}:"]
+        if "mlxspec_best" in c:
+            b = c["mlxspec_best"]
+            parts.append(f"mlxspec best k={b['k']} {b['tokens_per_s']:.2f} tok/s ({b['speedup']:.2f}x plain)")
+        if "mlxspec_adaptive" in c:
+            parts.append(f"adaptive {c['mlxspec_adaptive']['tokens_per_s']:.2f} tok/s")
+        if "mlx-lm_best" in c:
+            b = c["mlx-lm_best"]
+            parts.append(f"mlx-lm best k={b['k']} {b['tokens_per_s']:.2f} tok/s; mlxspec best / mlx-lm best "
+                         f"{c['best_vs_best']:.2f}; same k: "
+                         + ", ".join(f"k={k} {v:.2f}" for k, v in c["same_k_ratio"].items()))
+        lines.append(f"- {parts[0]} " + "; ".join(parts[1:]))
     return "\n".join(lines) + "\n"
 
 

@@ -133,6 +133,9 @@ def test_bench_writes_schema_checked_reports(hf_full_dir, small_draft_dir, tmp_p
             assert len(row["acceptance_per_position"]) >= 1
         if row["engine"] == "mlxspec" and isinstance(row["k"], int) and row["k"] > 0:
             assert row["predicted_speedup"] > 0
+    for entry in report["comparison"]:
+        assert {"mlxspec_best", "mlx-lm_best", "mlxspec_adaptive", "same_k_ratio", "best_vs_best"} <= set(entry)
+        assert set(entry["same_k_ratio"]) == {"0", "1", "2"}
     md = (out / "report.md").read_text()
     assert md.count("\n| mlx-lm |") == 6 and "acceptance per position" in md
     try:
