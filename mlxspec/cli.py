@@ -321,11 +321,11 @@ def _progress_bars(quiet: bool, labels: list[str]) -> tuple[dict, Callable[[], N
 @app.command()
 @friendly_errors
 def convert(
-    src: Optional[str] = typer.Argument(None, help="Checkpoint to convert: a local folder (HF or Mistral layout) or a Hugging Face repo id."),
+    src: Optional[str] = typer.Argument(None, help="Checkpoint to convert: a local folder (HF or Mistral layout), a .gguf file (llama.cpp/Ollama) or a Hugging Face repo id."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mlx-lm layout). With --target/--draft: the pair folder."),
-    bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Quantize projections and embeddings to 2, 3, 4, 6 or 8 bits (default: no quantization)."),
+    bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Quantize projections and embeddings to 2, 3, 4, 6 or 8 bits (default: no quantization; a GGUF file's Q4_0/Q4_1/Q8_0 tensors are kept as they are)."),
     group_size: int = typer.Option(64, "--group-size", "-g", help="Columns per quantization scale: 32, 64 or 128."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32 for unquantized weights and scales (default: as stored)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32 for unquantized weights (default: as stored); with a GGUF file, expands its quantized tensors to this type."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (repo ids only)."),
     target: Optional[str] = typer.Option(None, "--target", help="Pair mode: the target checkpoint (folder or repo id)."),
