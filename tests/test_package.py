@@ -1,4 +1,5 @@
-"""The wheel installs the converter as `mlxspec.convert`, never as a top-level `convert`."""
+"""The wheel installs the converter as `mlxspec.convert`, never as a top-level `convert`,
+and carries the demo draft."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def test_wheel_maps_convert_into_mlxspec(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "mlxspec/convert/mapping.py" in names and "mlxspec/model.py" in names
     assert not any(n.startswith("convert/") for n in names)
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):  # the demo draft ships
+        assert f"mlxspec/assets/smollm2-draft/{f}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
     target = tmp_path / "site"
