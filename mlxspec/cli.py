@@ -170,6 +170,7 @@ def demo(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Your own prompt instead of the built-in chat, code and summary prompts."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
     num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per round."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose the draft length per round with the cost model measured on this device (--no-adaptive: always draft -k tokens)."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Expand the 4-bit weights to float32 at load (default: on for MLX's CPU backend, where quantized matmuls are slow)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour the speculative text: green = accepted draft token."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answers and stats) instead of text and a table."),
@@ -195,7 +196,7 @@ def demo(
             for step in stream_generate(target, tokenizer, text, chat=True, max_tokens=max_tokens,
                                         temperature=temperature, seed=0,
                                         draft=draft if mode == "speculative" else None,
-                                        num_draft_tokens=num_draft_tokens, adaptive=False):
+                                        num_draft_tokens=num_draft_tokens, adaptive=adaptive):
                 stats = step.stats
                 pieces.append(step.text)
                 if mode == "speculative" and not as_json:
@@ -215,6 +216,8 @@ def demo(
     if colour:
         typer.echo("(green: accepted draft tokens; plain: tokens from the target)", err=True)
     typer.echo(_render_table(table), err=True)
+    typer.echo(f"draft lengths per round (k: rounds; 0 = plain step chosen by the cost model): "
+               f"{table[1]['draft_lengths']}", err=True)
     typer.echo(f"weights: {_weights_label(dequantize)}; target SmolLM2-135M-Instruct, draft: distilled, "
                f"{draft.args.num_hidden_layers} blocks, head over {draft.args.head_vocab_size} tokens", err=True)
 
@@ -229,8 +232,13 @@ def _demo_table(totals: dict, dequantize: bool) -> list[dict]:
         if mode == "speculative":
             drafted = sum(s.drafted for s in stats)
             rounds = sum(s.rounds for s in stats)
+            k_counts: dict[int, int] = {}
+            for s in stats:
+                for k, n in s.k_counts.items():
+                    k_counts[k] = k_counts.get(k, 0) + n
             row.update(acceptance=sum(s.accepted for s in stats) / drafted if drafted else 0.0,
-                       tokens_per_round=tokens / rounds if rounds else 0.0)
+                       tokens_per_round=tokens / rounds if rounds else 0.0,
+                       draft_lengths={str(k): n for k, n in sorted(k_counts.items())})
         rows.append(row)
     for row in rows:
         row["speedup"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
