@@ -193,7 +193,7 @@ class HFTokenizer(Tokenizer):
 
 def _adds_bos(tok: Any, model_dir: Path) -> bool:
     """Whether encoding starts with BOS: `add_bos_token` in tokenizer_config.json when set,
-    else the post-processor's behaviour, else the Llama/Mistral convention (yes)."""
+    else what the tokenizer's post-processor does (Mistral's and Llama's add it)."""
     config: dict[str, Any] = {}
     config_file = model_dir / "tokenizer_config.json"
     if config_file.is_file():
@@ -204,9 +204,7 @@ def _adds_bos(tok: Any, model_dir: Path) -> bool:
     if isinstance(config.get("add_bos_token"), bool):
         return config["add_bos_token"]
     probe = tok.encode("a", add_special_tokens=True)
-    if probe and probe[0] == tok.bos_token_id:
-        return True
-    return str(config.get("tokenizer_class") or type(tok).__name__).startswith("Llama")
+    return bool(probe) and probe[0] == tok.bos_token_id
 
 
 def read_chat_template(model_dir: Path) -> str | None:

@@ -41,6 +41,17 @@ def hf_tokenizer_dir(tmp_path_factory, sp_model_file) -> Path:
         "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
     )
     tok.save_pretrained(str(out))
+    # Mistral's Hub tokenizer.json adds BOS in its post-processor; transformers 5 saves this
+    # slow-converted one without it, so put it back as the Hub files have it.
+    spec = json.loads((out / "tokenizer.json").read_text())
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+    }
+    (out / "tokenizer.json").write_text(json.dumps(spec))
     return out
 
 
