@@ -26,6 +26,7 @@ from .model import Model
 from .tokenizer import Tokenizer
 
 SCHEMA_VERSION = 1
+PLOT_FILES = ("tokens_per_s.png", "acceptance.png")  # written by write_report with matplotlib
 
 
 @dataclass
@@ -383,7 +384,7 @@ def _plots(report: dict, out_dir: Path) -> list[Path]:
         ax.set(title=f"T = {temp:g}", xlabel="draft tokens k (0 = plain)", ylabel="tokens/s")
         ax.legend()
     fig.tight_layout()
-    paths.append(out_dir / "tokens_per_s.png")
+    paths.append(out_dir / PLOT_FILES[0])
     fig.savefig(paths[-1], dpi=100)
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in report["rows"]:
@@ -394,7 +395,7 @@ def _plots(report: dict, out_dir: Path) -> list[Path]:
     ax.set(xlabel="draft position", ylabel="P(accepted through this position)", ylim=(0, 1))
     ax.legend()
     fig.tight_layout()
-    paths.append(out_dir / "acceptance.png")
+    paths.append(out_dir / PLOT_FILES[1])
     fig.savefig(paths[-1], dpi=100)
     plt.close("all")
     return paths

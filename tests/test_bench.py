@@ -13,7 +13,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlxspec import stream_generate
-from mlxspec.bench import SCHEMA_VERSION, mlx_lm_models, parse_ks
+from mlxspec.bench import PLOT_FILES, SCHEMA_VERSION, mlx_lm_models, parse_ks
 from mlxspec.config import ModelArgs
 from mlxspec.errors import InputError
 from mlxspec.model import Model
@@ -24,6 +24,7 @@ from conftest import make_hf_checkpoint
 from test_cli import run
 from test_speculative import chi2_critical, chi2_stat, first_token_counts
 
+ROW_KEYS = {"engine", "k", "temperature", "tokens_per_s", "speedup", "ttft_s", "peak_memory_gb"}
 ARGS = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=96, model_type="llama")
 
@@ -125,7 +126,7 @@ def test_bench_writes_schema_checked_reports(hf_full_dir, small_draft_dir, tmp_p
     rows = report["rows"]
     assert len(rows) == 2 * (1 + 2 + 1 + 1 + 2)  # per T: plain, k=1,2, adaptive; mlx-lm plain, k=1,2
     for row in rows:
-        assert {"engine", "k", "temperature", "tokens_per_s", "speedup", "ttft_s", "peak_memory_gb"} <= set(row)
+        assert ROW_KEYS <= set(row)
         assert row["peak_memory_gb"] > 0 and row["ttft_s"] is not None
         if isinstance(row["k"], int) and row["k"] > 0:  # adaptive may never draft here
             assert 0 <= row["acceptance"] <= 1 and row["tokens_per_round"] >= 1
@@ -139,7 +140,8 @@ def test_bench_writes_schema_checked_reports(hf_full_dir, small_draft_dir, tmp_p
     assert md.count("\n| mlx-lm |") == 6 and "acceptance per position" in md
     try:
         import matplotlib  # noqa: F401
-        assert (out / "tokens_per_s.png").is_file() and (out / "acceptance.png").is_file()
+        plots = {p.name for p in out.glob("*.png")}
+        assert plots == set(PLOT_FILES)
     except ImportError:
         assert "pip install 'mlxspec[plots]'" in res.stderr
     again = run("bench", "--model", str(hf_full_dir), "--draft", str(small_draft_dir), "--prompts", str(prompts),
