@@ -9,7 +9,8 @@ from .config import ModelArgs
 from . import convert  # callable: mlxspec.convert(src, out, bits=..., group_size=...)
 from .errors import CheckpointError, ConfigError, InputError, MlxspecError, TokenizerError
 from .generate import generate, stream_generate
-from .load import load, load_pair
+from .feature_draft import FeatureDraft
+from .load import load, load_draft, load_pair
 from .model import Model
 from .stats import GenerationStats, GenerationStep
 from .tokenizer import Tokenizer
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ConfigError", "GenerationStats", "GenerationStep", "InputError",
-    "MlxspecError", "Model", "ModelArgs", "Tokenizer", "TokenizerError",
-    "convert", "generate", "load", "load_pair", "stream_generate",
+    "FeatureDraft", "MlxspecError", "Model", "ModelArgs", "Tokenizer", "TokenizerError",
+    "convert", "generate", "load", "load_draft", "load_pair", "stream_generate",
 ]

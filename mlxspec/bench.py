@@ -22,10 +22,11 @@ import mlx.core as mx
 
 from .costmodel import Timings, calibrate
 from .errors import InputError
+from .feature_draft import FeatureDraft
 from .model import Model
 from .tokenizer import Tokenizer
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "drafts" (what each engine drafted with)
 PLOT_FILES = ("tokens_per_s.png", "acceptance.png")  # written by write_report with matplotlib
 
 
@@ -194,11 +195,26 @@ def predicted_speedup(drafted: Sequence[int], accepted: Sequence[int], k: int, t
     return expected / (k * timings.draft_step + timings.verify(k + 1)) * timings.verify(1)
 
 
-def run_bench(target: Model, tokenizer: Tokenizer, draft: Model, prompts: list[tuple[str, str]], *,
+def describe_draft(draft: Model | FeatureDraft) -> str:
+    """One line saying what kind of draft this is."""
+    a = draft.args
+    head = f", head over {a.head_vocab_size} tokens" if a.head_vocab_size else ""
+    if isinstance(draft, FeatureDraft):
+        return f"feature draft (reads the target's hidden states), {a.num_hidden_layers} blocks{head}"
+    return f"draft model, {a.num_hidden_layers} blocks{head}"
+
+
+def run_bench(target: Model, tokenizer: Tokenizer, draft: Model | FeatureDraft, prompts: list[tuple[str, str]], *,
               max_tokens: int = 128, temperatures: Sequence[float] = (0.0,), ks: Sequence[int] = (1, 2, 3, 4),
               adaptive: bool = True, repeats: int = 3, compare_mlx_lm: bool = False,
-              weights: str = "as stored", log: Callable[[str], None] = lambda s: None) -> dict:
-    """Run every configuration; return the report (see `SCHEMA_VERSION`, `write_report`)."""
+              mlx_lm_draft: Model | None = None, weights: str = "as stored",
+              log: Callable[[str], None] = lambda s: None) -> dict:
+    """Run every configuration; return the report (see `SCHEMA_VERSION`, `write_report`).
+    mlx-lm's speculative loop runs `mlx_lm_draft` when given (it cannot run a feature draft),
+    else `draft`."""
+    their_draft_model = mlx_lm_draft if mlx_lm_draft is not None else draft
+    if compare_mlx_lm and isinstance(their_draft_model, FeatureDraft):
+        raise InputError("mlx-lm cannot run a feature draft: give it a draft model of its own (--mlx-lm-draft)")
     if repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {repeats}")
     if max_tokens < 2:
@@ -209,7 +225,7 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Model, prompts: list[t
     if adaptive:
         configs.append(Config("mlxspec", k_max, adaptive=True))
     if compare_mlx_lm:
-        their_target, their_draft = mlx_lm_models(target, draft)
+        their_target, their_draft = mlx_lm_models(target, their_draft_model)
         configs += [Config("mlx-lm", 0)] + [Config("mlx-lm", k) for k in ks]
     eos = set(tokenizer.eos_ids)
     encoded = [(kind, text, tokenizer.apply_chat(text)) for kind, text in prompts]
@@ -230,7 +246,11 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Model, prompts: list[t
                     log(f"[{done}/{total}] T={temp:g} {kind} prompt {p + 1}: {config.label}: "
                         f"{run.tokens - 1} tokens in {run.decode_time:.2f} s")
     rows = summarise(configs, temperatures, results, timings)
-    return {"comparison": compare(rows, temperatures),"schema": SCHEMA_VERSION, "weights": weights, "max_tokens": max_tokens, "repeats": repeats,
+    drafts = {"mlxspec": describe_draft(draft)}
+    if compare_mlx_lm:
+        drafts["mlx-lm"] = describe_draft(their_draft_model)
+    return {"comparison": compare(rows, temperatures), "schema": SCHEMA_VERSION, "weights": weights,
+            "drafts": drafts, "max_tokens": max_tokens, "repeats": repeats,
             "prompts": [{"kind": k, "text": t, "tokens": len(i)} for k, t, i in encoded],
             "timings": {"draft_step_s": timings.draft_step,
                         "target_pass_s": {str(n): t for n, t in timings.target_pass.items()}},
@@ -322,7 +342,8 @@ def markdown(report: dict) -> str:
 
     lines = [f"Weights: {report['weights']}; up to {report['max_tokens']} tokens per prompt, "
              f"{len(report['prompts'])} prompts, median of {report['repeats']} repeats. "
-             "tok/s = decode rate after the first token; speedup vs mlxspec plain decoding.", "",
+             "tok/s = decode rate after the first token; speedup vs mlxspec plain decoding.",
+             "Drafts: " + "; ".join(f"{engine}: {what}" for engine, what in report.get("drafts", {}).items()) + ".", "",
              "| engine | T | k | tok/s | speedup | predicted | acceptance | tok/round | TTFT (s) | peak GB | acceptance per position |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:

@@ -83,7 +83,7 @@ def _warn_line(message, category, filename, lineno, file=None, line=None) -> Non
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text; '-' reads it from standard input."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft model for speculative decoding (same tokenizer as the target)."),
+    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft for speculative decoding: a model with the target's tokenizer, or a feature draft made for this target (config.json says \"draft_type\": \"eagle\")."),
     pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D` (instead of --model/--draft)."),
     num_draft_tokens: int = typer.Option(6, "--num-draft-tokens", "-k", help="Most tokens drafted per round (with --no-adaptive: exactly this many)."),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding when drafting does not pay)."),
@@ -149,7 +149,7 @@ def _load_for_speculation(model: Optional[str], draft: Optional[str], pair: Opti
     """(target, tokenizer, draft) from --model/--draft, --pair or --demo."""
     import mlx.core as mx
 
-    from .load import check_same_vocabulary, load_pair
+    from .load import load_draft, load_pair
 
     if sum([pair is not None, use_demo, model is not None or draft is not None]) != 1:
         raise MlxspecError("give one of --model/--draft, --pair or --demo")
@@ -161,10 +161,9 @@ def _load_for_speculation(model: Optional[str], draft: Optional[str], pair: Opti
         model, draft = str(demo_target()), str(demo_draft())
     if model is None or draft is None:
         raise MlxspecError("--model and --draft go together")
-    target = _load(model, dequantize)
-    loaded_draft = _load(draft, dequantize)
-    check_same_vocabulary(target, loaded_draft)
-    return target[0], target[1], loaded_draft[0]
+    target, tokenizer = _load(model, dequantize)
+    loaded_draft = load_draft(draft, target, tokenizer, dtype=mx.float32 if dequantize else None, dequantize=dequantize)
+    return target, tokenizer, loaded_draft
 
 
 @app.command()
@@ -222,8 +221,10 @@ def demo(
     typer.echo(_render_table(table), err=True)
     typer.echo(f"draft lengths per round (k: rounds; 0 = plain step chosen by the cost model): "
                f"{table[1]['draft_lengths']}", err=True)
-    typer.echo(f"weights: {_weights_label(dequantize)}; target SmolLM2-135M-Instruct, draft: distilled, "
-               f"{draft.args.num_hidden_layers} blocks, head over {draft.args.head_vocab_size} tokens", err=True)
+    from .bench import describe_draft
+
+    typer.echo(f"weights: {_weights_label(dequantize)}; target SmolLM2-135M-Instruct; draft: distilled "
+               f"{describe_draft(draft)}", err=True)
 
 
 def _demo_table(totals: dict) -> list[dict]:
@@ -265,9 +266,9 @@ def _render_table(rows: list[dict]) -> str:
 @friendly_errors
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model folder or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft model (same tokenizer as the target)."),
+    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft: a model with the target's tokenizer, or a feature draft made for this target."),
     pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D`."),
-    use_demo: bool = typer.Option(False, "--demo", help="The demo pair (SmolLM2-135M-Instruct + the shipped distilled draft)."),
+    use_demo: bool = typer.Option(False, "--demo", help="The demo pair (SmolLM2-135M-Instruct + the shipped feature draft)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file: one per line, or blocks separated by a line '---' (default: built-in chat, code and summarisation prompts)."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Most tokens per answer (stops earlier at end of sequence)."),
     temperatures: str = typer.Option("0,1", "--temperatures", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
@@ -275,6 +276,7 @@ def bench(
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also measure the cost model's adaptive draft length (up to the largest k)."),
     repeats: int = typer.Option(3, "--repeats", help="Runs of every configuration; the report gives medians."),
     compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also run mlx-lm's plain and speculative loops on the same weights."),
+    mlx_lm_draft: Optional[str] = typer.Option(None, "--mlx-lm-draft", help="Draft model for mlx-lm's loop when --draft is a feature draft, which mlx-lm cannot run (--demo: the shipped distilled draft model)."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where half-precision and quantized matmuls are slow)."),
     out: Path = typer.Option(Path("mlxspec-bench"), "--out", "-o", help="Report folder: report.json, report.md and PNG plots."),
     force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
@@ -293,9 +295,19 @@ def bench(
     check_writable(out, force)
     dequantize = _auto_dequantize(dequantize)
     target, tokenizer, draft_model = _load_for_speculation(model, draft, pair, use_demo, dequantize)
+    their_draft = None
+    if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
+        import mlx.core as mx
+
+        from .demo import demo_token_draft
+        from .load import load_draft
+
+        their_draft = load_draft(mlx_lm_draft or demo_token_draft(), target, tokenizer,
+                                 dtype=mx.float32 if dequantize else None, dequantize=dequantize)
     report = run_bench(target, tokenizer, draft_model, prompt_list, max_tokens=max_tokens, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
-                       weights=_weights_label(dequantize), log=lambda line: typer.echo(line, err=True))
+                       mlx_lm_draft=their_draft, weights=_weights_label(dequantize),
+                       log=lambda line: typer.echo(line, err=True))
     with atomic_dir(out, force) as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written)

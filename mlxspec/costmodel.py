@@ -18,6 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .feature_draft import FeatureDraft
 from .model import Model
 
 
@@ -91,7 +92,7 @@ def _time(fn, repeats: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def measure(target: Model, draft: Model, k_max: int, repeats: int = 3, context: int = 64) -> Timings:
+def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 3, context: int = 64) -> Timings:
     """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens."""
     tokens = mx.array([[(7 * i + 3) % min(target.args.vocab_size, draft.args.vocab_size) for i in range(context + k_max + 1)]])
 
@@ -107,9 +108,28 @@ def measure(target: Model, draft: Model, k_max: int, repeats: int = 3, context: 
 
         return run
 
-    draft_step = _time(pass_over(draft, 1), repeats)
+    draft_step = _time(pass_over(draft, 1) if isinstance(draft, Model) else feature_step(draft, target, context), repeats)
     target_pass = {n: _time(pass_over(target, n), repeats) for n in range(1, k_max + 2)}
     return Timings(draft_step, target_pass)
+
+
+def feature_step(draft: FeatureDraft, target: Model, context: int):
+    """One step of a feature draft after `context` positions: its blocks, then the target's
+    head over the draft's subset of tokens."""
+    from .feature_draft import target_subset_head
+
+    head, embed = target_subset_head(target, draft.token_ids), target.model.embed_tokens
+    features = mx.zeros((1, context + 1, target.args.hidden_size))
+    tokens = mx.array([[(7 * i + 3) % target.args.vocab_size for i in range(context + 1)]])
+    cache = draft.make_cache()
+    mx.eval(draft(features[:, :context], embed(tokens[:, :context]), cache))
+
+    def run():
+        mx.eval(head(draft(features[:, context:], embed(tokens[:, context:]), cache)))
+        for c in cache:
+            c.rollback(1)
+
+    return run
 
 
 def _fingerprint(target: Model, draft: Model, k_max: int) -> str:

@@ -38,9 +38,19 @@ def demo_target(cache: Path | None = None) -> Path:
     return folder
 
 
-def demo_draft() -> Path:
-    """The distilled draft shipped with mlxspec."""
-    folder = Path(str(resources.files("mlxspec") / "assets" / "smollm2-draft"))
+def _asset(name: str) -> Path:
+    folder = Path(str(resources.files("mlxspec") / "assets" / name))
     if not (folder / "config.json").is_file():
         raise MlxspecError(f"{folder}: the demo draft is missing from this installation")
     return folder
+
+
+def demo_draft() -> Path:
+    """The draft the demo speculates with: the feature draft shipped with mlxspec."""
+    return _asset("smollm2-eagle")
+
+
+def demo_token_draft() -> Path:
+    """The distilled draft model shipped with mlxspec (tokens in, tokens out: what mlx-lm's
+    speculative loop can run, so `bench --demo --compare-mlx-lm` gives it to mlx-lm)."""
+    return _asset("smollm2-draft")

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import mlx.core as mx
 
 from .errors import InputError
+from .feature_draft import FeatureDraft
 from .model import Cache, Model
 from .sampling import SamplingParams, sample
 from .stats import GenerationStats, GenerationStep
@@ -95,14 +96,15 @@ def stream_generate(
     seed: int | None = None,
     chat: bool = False,
     prefill_chunk: int | None = None,
-    draft: Model | None = None,
+    draft: Model | FeatureDraft | None = None,
     num_draft_tokens: int = 6,
     adaptive: bool = True,
     draft_schedule: str = "cost",
 ) -> Iterator[GenerationStep]:
     """Generate, yielding one `GenerationStep` per token.
 
-    With `draft`, decodes speculatively: up to `num_draft_tokens` drafted per round, the
+    With `draft` (a model with the target's vocabulary, or a `FeatureDraft` that reads the
+    target's hidden states), decodes speculatively: up to `num_draft_tokens` drafted per round, the
     length chosen by a cost model measured on this device (`adaptive=False` pins it;
     `draft_schedule="heuristic"` uses transformers' +2/-1 rule instead). Stops at an
     end-of-sequence token, after `max_tokens`, or at the model's context length; the last

@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 from .config import load_model_args, read_json
 from .convert.mapping import mistral_to_hf_name
 from .errors import CheckpointError, ConfigError, InputError
+from .feature_draft import DRAFT_TYPE, FeatureDraft
 from .model import Model
 from .tokenizer import Tokenizer, compare_vocabularies, load_tokenizer
 
@@ -126,6 +127,11 @@ def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool 
     `dtype` casts floating-point weights (e.g. `mx.float32` on CPU backends where
     half-precision matmuls are slow). `dequantize` expands quantized matrices into plain
     ones (in `dtype`): more memory, but on MLX's CPU backend much faster than quantized matmuls."""
+    return _load_module(model_dir, Model, dtype, dequantize)
+
+
+def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: bool):
+    """`build(args)` for the folder's config, with its weights loaded (see `load_model`)."""
     args = load_model_args(model_dir)
     files, mistral_names = weight_files(model_dir)
     weights = read_weights(files, mistral_names)
@@ -135,7 +141,7 @@ def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool 
     if dequantize and args.quantization:
         weights = dequantize_weights(weights, args.quantization)
         args.quantization = None
-    model = Model(args)
+    model = build(args)
     if args.quantization:
         _quantize_skeleton(model, args.quantization, weights)
     check_weights(model, weights, model_dir)
@@ -178,8 +184,30 @@ def check_same_vocabulary(target: tuple[Model, Tokenizer], draft: tuple[Model, T
     return verdict
 
 
+def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer, dtype: mx.Dtype | None = None,
+               dequantize: bool = False) -> Model | FeatureDraft:
+    """Load a draft for `target`: a model of its own with the same vocabulary, or a feature
+    draft (`"draft_type": "eagle"` in its config.json) that reads the target's hidden states.
+    Raises `InputError` when it cannot draft for this target."""
+    folder = resolve(path_or_repo_id)
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    kind = config.get("draft_type")
+    if kind is None:
+        draft = load(folder, dtype=dtype, dequantize=dequantize)
+        check_same_vocabulary((target, tokenizer), draft)
+        return draft[0]
+    if kind != DRAFT_TYPE:
+        raise ConfigError(f"{folder}: unknown draft_type {kind!r} (supported: {DRAFT_TYPE!r})")
+    draft = _load_module(folder, FeatureDraft, dtype, dequantize)
+    for name in ("hidden_size", "vocab_size"):
+        if getattr(draft.args, name) != getattr(target.args, name):
+            raise InputError(f"{folder}: feature draft made for a target with {name} {getattr(draft.args, name)}, "
+                             f"this target has {getattr(target.args, name)}")
+    return draft
+
+
 def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None,
-              dequantize: bool = False) -> tuple[Model, Tokenizer, Model]:
+              dequantize: bool = False) -> tuple[Model, Tokenizer, Model | FeatureDraft]:
     """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer, draft)."""
     folder = Path(pair_dir)
     manifest_path = folder / "pair.json"
@@ -187,9 +215,8 @@ def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None,
         raise ConfigError(f"{folder}: no pair.json (write one with `mlxspec convert --target T --draft D -o {folder}`)")
     manifest = read_json(manifest_path)
     try:
-        target = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize)
-        draft = load(folder / manifest["draft"], dtype=dtype, dequantize=dequantize)
+        target, tokenizer = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize)
+        draft = load_draft(folder / manifest["draft"], target, tokenizer, dtype=dtype, dequantize=dequantize)
     except KeyError as missing:
         raise ConfigError(f"{manifest_path}: lacks {missing}") from None
-    check_same_vocabulary(target, draft)
-    return target[0], target[1], draft[0]
+    return target, tokenizer, draft

@@ -8,8 +8,8 @@ output then follows the target's (processed) distribution exactly. Everything st
 MLX arrays; one `tolist()` per round brings back the accepted count and the tokens.
 
 Loop invariant: `last` is the newest token, fed to neither model yet; the target's cache
-holds every token before it; the draft's cache lacks only `draft_pending` (tokens it
-has not seen yet, fed together with `last` at the start of its next proposal).
+holds every token before it; the drafter (`drafters.py`) holds what its cache has not
+consumed yet and catches up at the start of its next proposal.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .costmodel import AcceptanceEstimate, Timings, best_k
+from .drafters import make_drafter
 from .errors import InputError
+from .feature_draft import FeatureDraft
 from .stats import GenerationStats
 from .model import Model
 from .sampling import SamplingParams, process_logits
@@ -88,29 +90,37 @@ class SpeculativeDecoder:
     acceptance estimate and the draft-length policy. Batch size 1 for now; the state
     lives here so that batching can extend it."""
 
-    def __init__(self, target: Model, draft: Model, params: SamplingParams, k_max: int,
+    def __init__(self, target: Model, draft: Model | FeatureDraft, params: SamplingParams, k_max: int,
                  adaptive: bool = True, timings: Timings | None = None, schedule: str = "cost",
                  prefill_chunk: int = 512, probe_every: int = 32) -> None:
         self.target, self.draft, self.params = target, draft, params
         self.k_max, self.adaptive, self.timings, self.schedule = k_max, adaptive, timings, schedule
         self.prefill_chunk, self.probe_every = prefill_chunk, probe_every
         self.target_cache = target.make_cache(max_rollback=k_max)
-        self.draft_cache = draft.make_cache(max_rollback=k_max)
+        self.drafter = make_drafter(draft, target, k_max, prefill_chunk)
         self.alpha = AcceptanceEstimate()
         self.k = k_max if schedule != "heuristic" else min(k_max, 5)
         self.plain_run = probe_every  # length of the next run of plain decoding
         self.ran_plain = False
         self.last: int | None = None
-        self.draft_pending: list[int] = []
         self.stats = SpeculativeStats(accepted_per_position=[0] * k_max, drafted_per_position=[0] * k_max)
+
+    def _target(self, tokens: mx.array) -> tuple[mx.array, mx.array | None]:
+        """Target logits for `tokens` [1, n] after its cache, and its hidden states when the
+        drafter reads them."""
+        hidden = self.target.model(tokens, self.target_cache)
+        return self.target.head(hidden), hidden if self.drafter.needs_features else None
 
     def prefill(self, prompt: list[int]) -> None:
         """Feed the prompt (all but its last token) to the target; the draft catches up lazily."""
         *head, self.last = prompt
+        features = []
         for start in range(0, len(head), self.prefill_chunk):
-            self.target(mx.array([head[start : start + self.prefill_chunk]]), self.target_cache)
-            mx.eval([c.keys for c in self.target_cache])
-        self.draft_pending = list(head)
+            hidden = self.target.model(mx.array([head[start : start + self.prefill_chunk]]), self.target_cache)
+            mx.eval(hidden if self.drafter.needs_features else [c.keys for c in self.target_cache])
+            features.append(hidden)
+        needed = self.drafter.needs_features and features
+        self.drafter.extend(list(head), mx.concatenate(features, axis=1) if needed else None)
 
     def choose_k(self, budget: int) -> int:
         """Draft length for the next round, at most budget - 1 (a round yields up to k+1 tokens).
@@ -140,30 +150,12 @@ class SpeculativeDecoder:
         lp = process_logits(logits, self.params)
         return mx.random.categorical(lp)[:, None], lp
 
-    def _draft(self, k: int) -> tuple[mx.array, mx.array | None]:
-        """Propose k tokens; returns (tokens [1, k], log-probabilities [1, k, V] or None)."""
-        feed = self.draft_pending + [self.last]
-        chunks = [feed[i : i + self.prefill_chunk] for i in range(0, len(feed), self.prefill_chunk)]
-        for chunk in chunks[:-1]:  # catch up on tokens the draft has not seen, in chunks
-            self.draft(mx.array([chunk]), self.draft_cache)
-        logits = self.draft(mx.array([chunks[-1]]), self.draft_cache)[:, -1]  # ends with `last`
-        tokens, logprobs = [], []
-        for i in range(k):
-            if i:
-                logits = self.draft(tokens[-1], self.draft_cache)[:, -1]
-            token, lp = self._pick(logits)
-            mx.async_eval(token)  # compute this step while the next one is being built
-            tokens.append(token)
-            logprobs.append(lp)
-        self.draft_pending = []
-        return mx.concatenate(tokens, axis=1), None if self.params.greedy else mx.stack(logprobs, axis=1)
-
     def round(self, k: int) -> list[tuple[int, bool]]:
         """One round drafting k >= 1 tokens; returns the new (token, from_draft) pairs."""
         s = self.stats
         start = time.perf_counter()
-        draft_tokens, draft_lp = self._draft(k)
-        logits = self.target(mx.concatenate([mx.array([[self.last]]), draft_tokens], axis=1), self.target_cache)
+        draft_tokens, draft_lp = self.drafter.propose(self.last, k, self._pick)
+        logits, hidden = self._target(mx.concatenate([mx.array([[self.last]]), draft_tokens], axis=1))
         target_lp = logits if self.params.greedy else process_logits(logits, self.params)
         n, correction = verify(target_lp, draft_lp, draft_tokens, self.params.greedy)
         result = mx.concatenate([n, draft_tokens[0], correction])
@@ -176,11 +168,7 @@ class SpeculativeDecoder:
         drafted, correction = values[:k], values[k]
         for c in self.target_cache:
             c.rollback(k - n)
-        if n < k:
-            for c in self.draft_cache:
-                c.rollback(k - 1 - n)
-        else:
-            self.draft_pending = [drafted[-1]]
+        self.drafter.settle(n, drafted, hidden)
         self._record(k, n)
         self.last = correction
         return [(t, True) for t in drafted[:n]] + [(correction, False)]
@@ -189,20 +177,24 @@ class SpeculativeDecoder:
         """k = 0: `count` plain decoding steps, pipelined like autoregressive decoding
         (the next step is queued before the current token is read back)."""
         s = self.stats
-        step = lambda tok: self._pick(self.target(tok, self.target_cache)[:, -1])[0]  # noqa: E731
-        nxt = step(mx.array([[self.last]]))
+
+        def step(token: mx.array) -> tuple[mx.array, mx.array | None]:
+            logits, hidden = self._target(token)
+            return self._pick(logits[:, -1])[0], hidden
+
+        nxt, hidden = step(mx.array([[self.last]]))
         mx.async_eval(nxt)
         for i in range(count):
             start = time.perf_counter()
-            current = nxt
+            current, current_hidden = nxt, hidden
             if i < count - 1:
-                nxt = step(current)
+                nxt, hidden = step(current)
                 mx.async_eval(nxt)
             token = current.item()
             s.target_time += time.perf_counter() - start
             s.rounds += 1
             s.k_counts[0] = s.k_counts.get(0, 0) + 1
-            self.draft_pending.append(self.last)
+            self.drafter.extend([self.last], current_hidden)
             self.last = token
             yield token, False
         self.ran_plain = True

@@ -172,3 +172,32 @@ def test_bench_bad_input(hf_full_dir, small_draft_dir, tmp_path):
         lines = [l for l in res.stderr.strip().splitlines() if not l.startswith("warning:")]
         assert res.returncode != 0 and len(lines) == 1 and message in lines[0], (args, res.stderr)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def feature_draft_dir(tmp_path_factory, hf_full_dir) -> Path:
+    """A random one-block feature draft for the `hf_full_dir` target, as a folder."""
+    from mlxspec.config import load_model_args
+    from mlxspec.feature_draft import FeatureDraft, draft_config
+
+    t = load_model_args(hf_full_dir)
+    mx.random.seed(12)
+    draft = FeatureDraft(ModelArgs(hidden_size=t.hidden_size, num_hidden_layers=1, intermediate_size=t.intermediate_size,
+                                   num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
+                                   vocab_size=t.vocab_size, rope_theta=t.rope_theta))
+    folder = tmp_path_factory.mktemp("feature-draft")
+    (folder / "config.json").write_text(json.dumps(draft_config(draft)))
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(draft.parameters())))
+    return folder
+
+
+def test_bench_feature_draft_against_mlx_lm_with_a_draft_model(hf_full_dir, feature_draft_dir, small_draft_dir, tmp_path):
+    base = ["bench", "--model", str(hf_full_dir), "--draft", str(feature_draft_dir), "-n", "4", "--temperatures", "0",
+            "-k", "1", "--repeats", "1", "--no-adaptive", "--compare-mlx-lm", "--json", "--no-plots"]
+    res = run(*base, "-o", str(tmp_path / "a"))
+    assert res.returncode != 0 and "mlx-lm cannot run a feature draft" in res.stderr
+    res = run(*base, "--mlx-lm-draft", str(small_draft_dir), "-o", str(tmp_path / "b"))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["drafts"]["mlxspec"].startswith("feature draft") and report["drafts"]["mlx-lm"].startswith("draft model")
+    assert {(r["engine"], r["k"]) for r in report["rows"]} == {("mlxspec", 0), ("mlxspec", 1), ("mlx-lm", 0), ("mlx-lm", 1)}

@@ -41,3 +41,35 @@ def test_distillation_end_to_end_and_resume(hf_full_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed at step 40" in again.stderr
     assert len(json.loads((out / "training.json").read_text())["log"]) == 3
+
+
+FEATURES_SCRIPT = SCRIPT.parent / "distill_features.py"
+
+
+def test_feature_draft_training_end_to_end(hf_full_dir, tmp_path):
+    """distill.py's data, then the feature draft started from its run: trains, evaluates
+    through the speculative loop, exports a folder that `load_draft` reads and that decodes
+    exactly (greedy speculative == greedy plain)."""
+    from mlxspec import stream_generate
+    from mlxspec.feature_draft import FeatureDraft
+    from mlxspec.load import load_draft
+
+    work, out = tmp_path / "work", tmp_path / "draft"
+    assert distill(hf_full_dir, work, tmp_path / "token-draft", steps=10).returncode == 0
+    args = ["--teacher", str(hf_full_dir), "--workdir", str(work), "--out", str(out), "--seq-len", "64",
+            "--layers", "1", "--head-vocab", "512", "--init-from", str(work / "runs" / "tiny"), "--steps", "12",
+            "--eval-every", "6", "--warmup", "2", "--batch", "4", "--lr", "3e-3", "--eval-k", "2"]
+    res = subprocess.run([sys.executable, str(FEATURES_SCRIPT), *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "MLXSPEC_CACHE": str(work / "cache")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "training.json").read_text())
+    assert len(info["log"]) == 2 and len(info["final_eval"]["engine_acceptance_per_position"]) == 2
+    assert info["cost"]["ratio"] > 0 and (work / "features.npz").is_file()
+    target, tok = load(hf_full_dir, dtype=mx.float32)
+    draft = load_draft(out, target, tok, dtype=mx.float32)
+    assert isinstance(draft, FeatureDraft) and draft.token_ids.size == 512
+    prompt = [1, 40, 50, 60, 70]
+    plain = [s.token for s in stream_generate(target, None, prompt, max_tokens=12)]
+    spec = [s.token for s in stream_generate(target, None, prompt, max_tokens=12, draft=draft, num_draft_tokens=3,
+                                             adaptive=False)]
+    assert spec == plain

@@ -20,8 +20,10 @@ def test_wheel_maps_convert_into_mlxspec(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "mlxspec/convert/mapping.py" in names and "mlxspec/model.py" in names
     assert not any(n.startswith("convert/") for n in names)
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):  # the demo draft ships
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):  # the demo drafts ship
         assert f"mlxspec/assets/smollm2-draft/{f}" in names
+    for f in ("config.json", "model.safetensors", "training.json"):
+        assert f"mlxspec/assets/smollm2-eagle/{f}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
     target = tmp_path / "site"

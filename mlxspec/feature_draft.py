@@ -1,0 +1,83 @@
+"""A draft that reads the target's hidden states (EAGLE, Li et al. 2024).
+
+An ordinary draft must guess the next token from tokens alone, with a small fraction of
+the target's depth. This one is handed the target's final hidden state ("feature")
+f_t at every verified position, which already encodes most of what the target knows:
+from the pair (f_t, token x_{t+1}) a few decoder blocks and a final norm predict the
+next feature f_{t+1}; the target's own output head, restricted to the most frequent
+tokens, turns it into a distribution over x_{t+2}. Drafting further feeds the predicted
+feature back in:
+
+    h = fc([embed(x_{t+1}); f_t])  ->  blocks, norm  ->  f'_{t+1}  ->  head  ->  x_{t+2}
+    h = fc([embed(x_{t+2}); f'_{t+1}])  ->  ...                              ->  x_{t+3}
+
+The token embedding and the head are the target's (nothing is copied into the draft's
+file), so the draft is only `fc`, its blocks and the norm. Exactness does not depend on any of
+this: verification treats the draft's distribution like any other.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import KVCache
+from .config import ModelArgs
+from .model import Cache, Model, SubsetHead, TransformerBlock
+
+DRAFT_TYPE = "eagle"
+
+
+class FeatureDraft(nn.Module):
+    """`fc` over [token embedding; feature], a few Mistral blocks and an RMSNorm; `args`
+    gives the block shapes (hidden size = the target's) and `head_vocab_size` the head's subset."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.fc = nn.Linear(2 * args.hidden_size, args.hidden_size, bias=True)
+        self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.token_ids = mx.arange(args.head_vocab_size or args.vocab_size, dtype=mx.int32)
+
+    def __call__(self, features: mx.array, embeddings: mx.array, cache: list[Cache] | None = None) -> mx.array:
+        """Predicted next features [B, S, d] from features and next-token embeddings [B, S, d]."""
+        h = self.fc(mx.concatenate([embeddings, features], axis=-1))
+        mask = "causal" if cache is None and h.shape[1] > 1 else (cache[0].make_mask(h.shape[1]) if cache else None)
+        for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
+            h = layer(h, mask, layer_cache)
+        return self.norm(h)
+
+    def make_cache(self, max_rollback: int = 0) -> list[Cache]:
+        """One growing cache per block (the draft attends over the whole verified context)."""
+        return [KVCache() for _ in self.layers]
+
+
+def target_subset_head(target: Model, token_ids: mx.array) -> SubsetHead:
+    """The target's output head restricted to `token_ids`: its rows gathered, quantized
+    rows kept quantized (a row's groups lie along the input dimension, so gathering rows
+    is exact), so the draft scores exactly the logits the target would give those tokens."""
+    source = target.model.embed_tokens if target.args.tie_word_embeddings else target.lm_head
+    if isinstance(source, SubsetHead):
+        raise ValueError("a target with a subset head cannot lend it to a feature draft")
+    head = SubsetHead(target.args.hidden_size, token_ids.size, target.args.vocab_size)
+    head.token_ids = token_ids
+    if hasattr(source, "scales"):  # QuantizedLinear / QuantizedEmbedding
+        linear = nn.QuantizedLinear(target.args.hidden_size, token_ids.size, bias=False,
+                                    group_size=source.group_size, bits=source.bits)
+        linear.weight, linear.scales = source.weight[token_ids], source.scales[token_ids]
+        if getattr(source, "biases", None) is not None:
+            linear.biases = source.biases[token_ids]
+        head.out_proj = linear
+    else:
+        head.out_proj.weight = source.weight[token_ids]
+    return head
+
+
+def draft_config(draft: FeatureDraft) -> dict:
+    """The `config.json` that `mlxspec.load.load_draft` reads back as this feature draft."""
+    config = draft.args.to_hf_config()
+    config.pop("architectures", None)
+    config["draft_type"] = DRAFT_TYPE
+    config["head_vocab_size"] = int(draft.token_ids.size)
+    return config

@@ -1,0 +1,141 @@
+"""Feature drafts (EAGLE): exact like any draft (greedy == autoregressive, sampled output
+has the target's distribution), fed the right hidden states (an oracle-like draft is
+accepted far more often than a random one, which an off-by-one pairing would undo), its
+cache equal to a fresh pass over the verified pairs, and loaded from a folder."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mlxspec.config import ModelArgs
+from mlxspec.errors import ConfigError, InputError
+from mlxspec.feature_draft import DRAFT_TYPE, FeatureDraft, draft_config
+from mlxspec.load import load_draft
+from mlxspec.model import Model
+from mlxspec.sampling import SamplingParams
+from mlxspec.speculative import SpeculativeDecoder
+from test_speculative import PROMPT, chi2_critical, chi2_stat, exact_joint, tiny, tokens
+
+
+def feature_draft(target: Model, seed: int, oracle: bool = False, head_vocab: int | None = None) -> FeatureDraft:
+    """A random feature draft, or (`oracle`) one that re-runs the target's single block on
+    the token embedding: it then nearly reproduces the target's next feature."""
+    mx.random.seed(seed)
+    t = target.args
+    args = ModelArgs(hidden_size=t.hidden_size, num_hidden_layers=1, intermediate_size=t.intermediate_size,
+                     num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
+                     vocab_size=t.vocab_size, head_vocab_size=head_vocab)
+    draft = FeatureDraft(args)
+    if head_vocab is not None:
+        draft.token_ids = mx.array(np.sort(np.random.default_rng(seed).choice(t.vocab_size, head_vocab, replace=False)),
+                                   dtype=mx.int32)
+    if oracle:
+        d = t.hidden_size
+        draft.fc.weight = mx.concatenate([mx.eye(d), mx.zeros((d, d))], axis=1)
+        draft.fc.bias = mx.zeros((d,))
+        draft.layers[0].update(target.layers[0].parameters())
+    mx.eval(draft.parameters())
+    return draft
+
+
+def one_block_target(seed: int, vocab: int = 64, window: int | None = 8) -> Model:
+    """A one-block target whose final norm only rescales (argmax-neutral), for the oracle."""
+    model = tiny(seed, vocab=vocab, window=window, layers=1)
+    model.model.norm.weight = mx.ones_like(model.model.norm.weight)
+    return model
+
+
+TARGET = one_block_target(20, window=None)
+FEATURE_DRAFTS = {"random": feature_draft(TARGET, 21, head_vocab=48), "oracle": feature_draft(TARGET, 22, oracle=True)}
+
+
+@pytest.mark.parametrize("name", list(FEATURE_DRAFTS))
+def test_greedy_feature_speculation_equals_greedy_autoregressive(name):
+    draft = FEATURE_DRAFTS[name]
+    for prompt in (PROMPT, [5]):
+        expected, _ = tokens(TARGET, prompt, 40)
+        for k in (1, 3, 5):
+            got, stats = tokens(TARGET, prompt, 40, draft=draft, num_draft_tokens=k, adaptive=False, prefill_chunk=4)
+            assert got == expected, (name, prompt, k)
+        got, _ = tokens(TARGET, prompt, 40, draft=draft, num_draft_tokens=4, prefill_chunk=4)  # adaptive, plain runs
+        assert got == expected, (name, prompt, "adaptive")
+
+
+def test_oracle_feature_draft_is_accepted_often():
+    """The pairing (f_t, x_{t+1}) is what makes the oracle agree; shifting it by one breaks it."""
+    rates = {}
+    for name, draft in FEATURE_DRAFTS.items():
+        _, stats = tokens(TARGET, PROMPT, 60, draft=draft, num_draft_tokens=3, adaptive=False)
+        rates[name] = stats.acceptance_rate
+    assert rates["oracle"] > 0.6 and rates["random"] < 0.25, rates
+
+
+def test_feature_cache_equals_a_fresh_pass_over_verified_pairs():
+    draft = FEATURE_DRAFTS["oracle"]
+    mx.random.seed(3)
+    decoder = SpeculativeDecoder(TARGET, draft, SamplingParams(1.0), k_max=4, adaptive=False, prefill_chunk=4)
+    decoder.prefill(PROMPT)
+    emitted = []
+    for i in range(12):
+        new = decoder.round(1 + i % 4) if i % 3 else list(decoder.plain(2))
+        emitted += [t for t, _ in new]
+    drafter = decoder.drafter
+    history = PROMPT + emitted[:-1]
+    assert decoder.last == emitted[-1]
+    features = TARGET.model(mx.array([history]), None)
+    embed = TARGET.model.embed_tokens
+    fresh = draft(features, embed(mx.array([history[1:] + [decoder.last]])))[:, -1]
+    pending = mx.concatenate(drafter.features, axis=1)
+    cached = draft(pending, embed(mx.array([drafter.tokens + [decoder.last]])), drafter.cache)[:, -1]
+    assert mx.abs(fresh - cached).max().item() < 1e-4
+
+
+@pytest.mark.parametrize("params", [SamplingParams(1.0), SamplingParams(0.7, top_p=0.9)])
+def test_sampled_feature_speculation_has_the_target_distribution(params):
+    target = one_block_target(12, vocab=6, window=None)
+    draft = feature_draft(target, 13, head_vocab=4)  # two tokens it can never propose
+    prompt, length, k = [1, 2, 3], 3, 2
+    exact = exact_joint(target, prompt, params, length)
+    keys = sorted(exact)
+    index = {key: i for i, key in enumerate(keys)}
+    counts = np.zeros(len(keys))
+    for seed in range(2500):
+        mx.random.seed(seed)
+        decoder = SpeculativeDecoder(target, draft, params, k_max=k, adaptive=False)
+        decoder.prefill(prompt)
+        out: list[int] = []
+        while len(out) < length:
+            kk = min(k, length - len(out) - 1)
+            out += [t for t, _ in (decoder.round(kk) if kk else decoder.plain(1))]
+        counts[index[tuple(out[:length])]] += 1
+    stat, df = chi2_stat(counts, np.array([exact[key] for key in keys]))
+    assert stat < chi2_critical(df), (stat, df)
+
+
+def save(draft: FeatureDraft, folder, **overrides) -> None:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**draft_config(draft), **overrides}))
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(draft.parameters())))
+
+
+def test_load_feature_draft(tmp_path):
+    draft = FEATURE_DRAFTS["random"]
+    save(draft, tmp_path / "d")
+    loaded = load_draft(tmp_path / "d", TARGET, None)
+    assert isinstance(loaded, FeatureDraft)
+    x = mx.random.normal((1, 5, TARGET.args.hidden_size))
+    assert mx.array_equal(loaded(x, x), draft(x, x))
+    assert mx.array_equal(loaded.token_ids, draft.token_ids)
+    bigger = feature_draft(tiny(40, vocab=80, layers=1), 41)
+    save(bigger, tmp_path / "other")
+    with pytest.raises(InputError, match="vocab_size 80"):
+        load_draft(tmp_path / "other", TARGET, None)
+    save(draft, tmp_path / "unknown", draft_type="medusa")
+    with pytest.raises(ConfigError, match="unknown draft_type 'medusa'"):
+        load_draft(tmp_path / "unknown", TARGET, None)
+    assert draft_config(draft)["draft_type"] == DRAFT_TYPE
