@@ -14,12 +14,18 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .feature_draft import FeatureDraft
 from .model import Model
+
+
+# Bumped when `measure` changes, so that calibrations cached by an older one are redone
+# (2: median of 7 runs instead of 3; one noisy 3-run median had stuck in the cache).
+CALIBRATION_VERSION = 2
 
 
 @dataclass
@@ -42,19 +48,27 @@ class Timings:
         return (1 - w) * self.target_pass[lo] + w * self.target_pass[hi]
 
 
-def expected_tokens(alpha: float, k: int) -> float:
-    """Expected tokens per round drafting k tokens at acceptance rate alpha."""
-    if alpha >= 1.0:
-        return k + 1.0
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+def expected_tokens(alpha: float | Sequence[float], k: int) -> float:
+    """Expected tokens per round drafting k tokens. `alpha` is one acceptance rate for every
+    draft position, or per position: the chance that draft j is accepted given that the ones
+    before it were (then E = 1 + sum over j <= k of the product of the first j rates)."""
+    if isinstance(alpha, (int, float)):
+        if alpha >= 1.0:
+            return k + 1.0
+        return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+    total, run = 1.0, 1.0
+    for j in range(k):
+        run *= alpha[min(j, len(alpha) - 1)]
+        total += run
+    return total
 
 
-def tokens_per_second(alpha: float, k: int, timings: Timings) -> float:
+def tokens_per_second(alpha: float | Sequence[float], k: int, timings: Timings) -> float:
     """Predicted throughput of drafting k tokens per round (k=0: plain decoding)."""
     return expected_tokens(alpha, k) / (k * timings.draft_step + timings.verify(k + 1))
 
 
-def best_k(alpha: float, timings: Timings, k_max: int, margin: float = 0.05) -> int:
+def best_k(alpha: float | Sequence[float], timings: Timings, k_max: int, margin: float = 0.05) -> int:
     """The draft length in 0..k_max with the highest predicted tokens per second; drafting
     must beat plain decoding by `margin`, since a round also costs what the model leaves out
     (sampling both distributions, the accept test, a host sync)."""
@@ -63,23 +77,46 @@ def best_k(alpha: float, timings: Timings, k_max: int, margin: float = 0.05) -> 
 
 
 class AcceptanceEstimate:
-    """Running estimate of the per-token acceptance rate, forgetting old rounds slowly.
+    """Running estimates of the acceptance rate, overall and per draft position, forgetting
+    old rounds slowly.
 
     Each round tests tokens until the first rejection, so `tested` = accepted (+1 if a
-    rejection ended it); accepted / tested is the geometric MLE of alpha."""
+    rejection ended it); accepted / tested is the geometric MLE of alpha. Per position j the
+    rate is conditional on drafts 1..j-1 having been accepted; later drafts usually fare
+    worse than the first (they build on the draft's own guesses), which one alpha for all
+    positions would hide. A position with few tests leans on the one before it."""
 
     def __init__(self, prior: float = 0.5, weight: float = 1.0, decay: float = 0.95) -> None:
         self.accepted, self.tested, self.decay = prior * weight, weight, decay
+        self.prior, self.weight = prior, weight
+        self.position_accepted: list[float] = []
+        self.position_tested: list[float] = []
 
     @property
     def alpha(self) -> float:
         return self.accepted / self.tested
+
+    def per_position(self, k: int) -> list[float]:
+        """Conditional acceptance rates for draft positions 1..k."""
+        rates, previous = [], self.prior
+        for j in range(k):
+            acc = self.position_accepted[j] if j < len(self.position_accepted) else 0.0
+            tested = self.position_tested[j] if j < len(self.position_tested) else 0.0
+            previous = (acc + self.weight * previous) / (tested + self.weight)
+            rates.append(previous)
+        return rates
 
     def update(self, accepted: int, drafted: int) -> None:
         """Record a round that drafted `drafted` tokens and accepted the first `accepted`."""
         tested = accepted + (1 if accepted < drafted else 0)
         self.accepted = self.decay * self.accepted + accepted
         self.tested = self.decay * self.tested + tested
+        while len(self.position_tested) < tested:
+            self.position_accepted.append(0.0)
+            self.position_tested.append(0.0)
+        for j in range(tested):  # only the positions this round tested learn (and forget)
+            self.position_accepted[j] = self.decay * self.position_accepted[j] + (j < accepted)
+            self.position_tested[j] = self.decay * self.position_tested[j] + 1
 
 
 def _time(fn, repeats: int) -> float:
@@ -92,7 +129,7 @@ def _time(fn, repeats: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 3, context: int = 64) -> Timings:
+def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 7, context: int = 64) -> Timings:
     """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens."""
     tokens = mx.array([[(7 * i + 3) % min(target.args.vocab_size, draft.args.vocab_size) for i in range(context + k_max + 1)]])
 
@@ -137,7 +174,7 @@ def _fingerprint(target: Model, draft: Model, k_max: int) -> str:
         params = sorted((k, str(v.dtype), v.shape) for k, v in tree_flatten(model.parameters()))
         return {"args": asdict(model.args), "params": params[:4], "n": len(params)}
 
-    key = json.dumps([describe(target), describe(draft), str(mx.default_device()), mx.__version__, k_max],
+    key = json.dumps([CALIBRATION_VERSION, describe(target), describe(draft), str(mx.default_device()), mx.__version__, k_max],
                      sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -147,7 +184,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MLXSPEC_CACHE") or Path.home() / ".cache" / "mlxspec")
 
 
-def calibrate(target: Model, draft: Model, k_max: int) -> Timings:
+def calibrate(target: Model, draft: Model | FeatureDraft, k_max: int) -> Timings:
     """Timings for this model pair on this device, measured once and cached on disk."""
     path = cache_dir() / "calibration.json"
     key = _fingerprint(target, draft, k_max)

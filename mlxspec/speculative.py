@@ -98,7 +98,7 @@ class SpeculativeDecoder:
         self.prefill_chunk, self.probe_every = prefill_chunk, probe_every
         self.target_cache = target.make_cache(max_rollback=k_max)
         self.drafter = make_drafter(draft, target, k_max, prefill_chunk)
-        self.alpha = AcceptanceEstimate()
+        self.alpha = acceptance_memory(target, draft, params)
         self.k = k_max if schedule != "heuristic" else min(k_max, 5)
         self.plain_run = probe_every  # length of the next run of plain decoding
         self.ran_plain = False
@@ -131,7 +131,7 @@ class SpeculativeDecoder:
             return limit
         if self.schedule == "heuristic":
             return min(self.k, limit)
-        k = best_k(self.alpha.alpha, self.timings, limit)
+        k = best_k(self.alpha.per_position(limit), self.timings, limit)
         if k > 0:
             self.plain_run = self.probe_every
             return k
@@ -211,6 +211,18 @@ class SpeculativeDecoder:
         self.alpha.update(n, k)
         if self.schedule == "heuristic":  # transformers' schedule: +2 on full acceptance, else -1
             self.k = min(self.k_max, self.k + 2) if n == k else max(1, self.k - 1)
+
+
+_ACCEPTANCE: dict[tuple[int, int, float, float, int], AcceptanceEstimate] = {}
+
+
+def acceptance_memory(target: Model, draft: Model | FeatureDraft, params: SamplingParams) -> AcceptanceEstimate:
+    """The running acceptance estimate for this pair and these sampling settings, carried from
+    one generation to the next in this process: a new request starts from what earlier ones
+    measured instead of from the prior (which, for a short answer, would cost a good share of
+    its rounds). Only the draft-length choice reads it; outputs never depend on it."""
+    key = (id(target), id(draft), params.temperature, params.top_p, params.top_k)
+    return _ACCEPTANCE.setdefault(key, AcceptanceEstimate())
 
 
 def check_pair(target: Model, draft: Model, num_draft_tokens: int) -> None:

@@ -53,3 +53,16 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     stored[key]["draft_step"] = 123.0  # a cached value is read back, not re-measured
     (tmp_path / "calibration.json").write_text(json.dumps(stored))
     assert calibrate(TARGET, DRAFTS["random"], 3).draft_step == 123.0
+
+
+def test_per_position_acceptance_keeps_a_weak_second_draft_from_being_chosen():
+    est = AcceptanceEstimate(prior=0.5, weight=1.0, decay=1.0)
+    for _ in range(30):  # the first draft passes 60% of the time, the second hardly ever
+        for accepted in (1, 1, 1, 0, 0):
+            est.update(accepted=accepted, drafted=2)
+    first, second, third = est.per_position(3)
+    assert first == pytest.approx((90 + 0.5) / (150 + 1))  # accepted in 90 of 150 rounds, plus the prior
+    assert second < 0.05 and third < second + 0.05  # untested position 3 leans on position 2
+    assert expected_tokens([first, second], 2) == pytest.approx(1 + first + first * second)
+    timings = Timings(0.006, {1: 0.068, 2: 0.080, 3: 0.091, 4: 0.102, 5: 0.105})
+    assert best_k(est.per_position(4), timings, 4) == 1

@@ -219,3 +219,15 @@ def test_bad_pairs():
         tokens(TARGET, PROMPT, 4, draft=DRAFTS["random"], temperature=-1.0)
     with pytest.warns(UserWarning, match="not smaller than the target"):
         tokens(TARGET, PROMPT, 4, draft=tiny(4, layers=3), adaptive=False)
+
+
+def test_acceptance_estimate_carries_over_between_generations():
+    from mlxspec.speculative import acceptance_memory
+
+    target, draft = tiny(50), tiny(51)
+    params = SamplingParams(0.0)
+    assert acceptance_memory(target, draft, params).tested == 1.0  # the prior only
+    tokens(target, PROMPT, 12, draft=draft, num_draft_tokens=2, adaptive=False)
+    carried = acceptance_memory(target, draft, params)
+    assert carried.tested > 1.0 and carried.position_tested  # the next request starts from this
+    assert acceptance_memory(target, draft, SamplingParams(1.0)) is not carried  # per sampling setting
