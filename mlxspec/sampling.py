@@ -65,14 +65,19 @@ def process_logits(logits: mx.array, params: SamplingParams) -> mx.array:
         hot = mx.arange(logits.shape[-1]) == top
         return mx.where(hot, 0.0, -mx.inf)
     logits = logits / params.temperature
-    logits = mx.where(top_k_mask(logits, params.top_k), logits, -mx.inf)
+    if 0 < params.top_k < logits.shape[-1]:
+        logits = mx.where(top_k_mask(logits, params.top_k), logits, -mx.inf)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    logprobs = mx.where(top_p_mask(logprobs, params.top_p), logprobs, -mx.inf)
-    return logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+    if params.top_p < 1.0:
+        logprobs = mx.where(top_p_mask(logprobs, params.top_p), logprobs, -mx.inf)
+        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+    return logprobs
 
 
 def sample(logits: mx.array, params: SamplingParams) -> mx.array:
     """Draw one token id per row of `logits` ([..., vocab] -> [...])."""
     if params.greedy:
         return mx.argmax(logits, axis=-1)
+    if params.top_k == 0 and params.top_p >= 1.0:  # plain temperature: no need to normalise
+        return mx.random.categorical(logits.astype(mx.float32) / params.temperature, axis=-1)
     return mx.random.categorical(process_logits(logits, params), axis=-1)
