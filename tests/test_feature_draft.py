@@ -19,7 +19,7 @@ from mlxspec.load import load_draft
 from mlxspec.model import Model
 from mlxspec.sampling import SamplingParams
 from mlxspec.speculative import SpeculativeDecoder
-from test_speculative import PROMPT, chi2_critical, chi2_stat, exact_joint, tiny, tokens
+from test_speculative import PROMPT, chi2_critical, sampled_chi2, tiny, tokens
 
 
 def feature_draft(target: Model, seed: int, oracle: bool = False, head_vocab: int | None = None) -> FeatureDraft:
@@ -99,21 +99,7 @@ def test_feature_cache_equals_a_fresh_pass_over_verified_pairs():
 def test_sampled_feature_speculation_has_the_target_distribution(params):
     target = one_block_target(12, vocab=6, window=None)
     draft = feature_draft(target, 13, head_vocab=4)  # two tokens it can never propose
-    prompt, length, k = [1, 2, 3], 3, 2
-    exact = exact_joint(target, prompt, params, length)
-    keys = sorted(exact)
-    index = {key: i for i, key in enumerate(keys)}
-    counts = np.zeros(len(keys))
-    for seed in range(2500):
-        mx.random.seed(seed)
-        decoder = SpeculativeDecoder(target, draft, params, k_max=k, adaptive=False)
-        decoder.prefill(prompt)
-        out: list[int] = []
-        while len(out) < length:
-            kk = min(k, length - len(out) - 1)
-            out += [t for t, _ in (decoder.round(kk) if kk else decoder.plain(1))]
-        counts[index[tuple(out[:length])]] += 1
-    stat, df = chi2_stat(counts, np.array([exact[key] for key in keys]))
+    stat, df = sampled_chi2(target, draft, params, [1, 2, 3], length=3, k=2)
     assert stat < chi2_critical(df), (stat, df)
 
 

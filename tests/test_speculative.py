@@ -149,12 +149,19 @@ def exact_joint(model: Model, prompt: list[int], params: SamplingParams, n: int)
 def test_sampled_speculative_output_has_the_target_distribution(params, length, k):
     """End to end through both models and caches: the first `length` tokens."""
     target, draft = tiny(10, vocab=6, window=None, layers=1), tiny(11, vocab=6, window=None, layers=1)
-    prompt = [1, 2, 3]
+    stat, df = sampled_chi2(target, draft, params, [1, 2, 3], length, k)
+    assert stat < chi2_critical(df), (stat, df)
+
+
+def sampled_chi2(target, draft, params: SamplingParams, prompt: list[int], length: int, k: int,
+                 runs: int = 2500) -> tuple[float, int]:
+    """Chi-square of the first `length` speculative tokens (`runs` seeded generations through
+    the decoder's rounds) against the target's exact joint distribution."""
     exact = exact_joint(target, prompt, params, length)
     keys = sorted(exact)
     index = {key: i for i, key in enumerate(keys)}
     counts = np.zeros(len(keys))
-    for seed in range(2500):
+    for seed in range(runs):
         mx.random.seed(seed)
         decoder = SpeculativeDecoder(target, draft, params, k_max=k, adaptive=False)
         decoder.prefill(prompt)
@@ -163,8 +170,7 @@ def test_sampled_speculative_output_has_the_target_distribution(params, length, 
             kk = min(k, length - len(out) - 1)
             out += [t for t, _ in (decoder.round(kk) if kk else decoder.plain(1))]
         counts[index[tuple(out[:length])]] += 1
-    stat, df = chi2_stat(counts, np.array([exact[key] for key in keys]))
-    assert stat < chi2_critical(df), (stat, df)
+    return chi2_stat(counts, np.array([exact[key] for key in keys]))
 
 
 def test_acceptance_rate_reaches_sum_of_min():

@@ -270,14 +270,18 @@ def choose_vocab(train: list, size: int, vocab_size: int, always: list[int]) -> 
 
 # -- phase 3: the draft and its training -----------------------------------------------
 
-def make_draft(teacher: Model, layers: int, head_ids: np.ndarray) -> Model:
+def draft_args(teacher: Model, layers: int, head_vocab: int) -> ModelArgs:
+    """The teacher's block shapes, `layers` deep, with a head over `head_vocab` tokens."""
     t = teacher.args
-    args = ModelArgs(hidden_size=t.hidden_size, num_hidden_layers=layers, intermediate_size=t.intermediate_size,
+    return ModelArgs(hidden_size=t.hidden_size, num_hidden_layers=layers, intermediate_size=t.intermediate_size,
                      num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
                      head_dim=t.head_dim, vocab_size=t.vocab_size, rms_norm_eps=t.rms_norm_eps,
                      rope_theta=t.rope_theta, max_position_embeddings=t.max_position_embeddings,
-                     model_type=t.model_type, head_vocab_size=len(head_ids))
-    draft = Model(args)
+                     model_type=t.model_type, head_vocab_size=head_vocab)
+
+
+def make_draft(teacher: Model, layers: int, head_ids: np.ndarray) -> Model:
+    draft = Model(draft_args(teacher, layers, len(head_ids)))
     teacher_params = dict(tree_flatten(teacher.parameters()))
     weights = {k: v for k, v in teacher_params.items()
                if k.startswith("model.embed_tokens") or k == "model.norm.weight"

@@ -36,9 +36,8 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill import choose_vocab, load_examples, predicted_speedups, progress  # noqa: E402
+from distill import choose_vocab, draft_args, load_examples, predicted_speedups, progress  # noqa: E402
 
-from mlxspec.config import ModelArgs  # noqa: E402
 from mlxspec.convert.atomic import atomic_dir  # noqa: E402
 from mlxspec.costmodel import measure  # noqa: E402
 from mlxspec.demo import demo_target  # noqa: E402
@@ -77,17 +76,11 @@ def target_features(target: Model, tokens: np.ndarray, path: Path, batch: int = 
 
 def make_feature_draft(target: Model, layers: int, head_ids: np.ndarray, init_from: Path | None) -> FeatureDraft:
     """A feature draft that starts as a token-only draft (fc = [I, 0])."""
-    t = target.args
-    args = ModelArgs(hidden_size=t.hidden_size, num_hidden_layers=layers, intermediate_size=t.intermediate_size,
-                     num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
-                     head_dim=t.head_dim, vocab_size=t.vocab_size, rms_norm_eps=t.rms_norm_eps,
-                     rope_theta=t.rope_theta, max_position_embeddings=t.max_position_embeddings,
-                     model_type=t.model_type, head_vocab_size=len(head_ids))
-    draft = FeatureDraft(args)
+    draft = FeatureDraft(draft_args(target, layers, len(head_ids)))
     source = (mx.load(str(init_from / "draft.safetensors")) if init_from else dict(tree_flatten(target.parameters())))
     weights = [(k[len("model."):], v) for k, v in source.items()
                if k == "model.norm.weight" or any(k.startswith(f"model.layers.{i}.") for i in range(layers))]
-    d = t.hidden_size
+    d = target.args.hidden_size
     weights += [("fc.weight", mx.concatenate([mx.eye(d), mx.zeros((d, d))], axis=1)), ("fc.bias", mx.zeros((d,))),
                 ("token_ids", mx.array(head_ids))]
     draft.load_weights(weights, strict=True)
