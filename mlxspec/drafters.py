@@ -36,13 +36,13 @@ class Drafter(Protocol):
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None) -> None: ...
 
 
-def _propose(step: Callable[[int, mx.array], mx.array], first: mx.array, k: int,
+def _propose(step: Callable[[mx.array], mx.array], first: mx.array, k: int,
              pick: Pick) -> tuple[mx.array, mx.array | None]:
-    """Draw k tokens: `first` are the logits for the first one, `step(i, token)` the next."""
+    """Draw k tokens: `first` are the logits for the first one, `step(token)` the next's."""
     logits, tokens, logprobs = first, [], []
     for i in range(k):
         if i:
-            logits = step(i, tokens[-1])
+            logits = step(tokens[-1])
         token, lp = pick(logits)
         mx.async_eval(token)  # compute this step while the next one is being built
         tokens.append(token)
@@ -71,7 +71,7 @@ class ModelDrafter:
             self.draft(mx.array([chunk]), self.cache)
         first = self.draft(mx.array([chunks[-1]]), self.cache)[:, -1]
         self.pending = []
-        return _propose(lambda i, tok: self.draft(tok, self.cache)[:, -1], first, k, pick)
+        return _propose(lambda tok: self.draft(tok, self.cache)[:, -1], first, k, pick)
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
         # the cache holds `last` and drafts 1..k-1; keep the accepted ones
@@ -121,7 +121,7 @@ class FeatureDrafter:
         pred = self._run(features[:, s:], mx.array([tokens[s:]]))[:, -1:]
         self.features, self.tokens = [], []
 
-        def step(i: int, token: mx.array) -> mx.array:
+        def step(token: mx.array) -> mx.array:
             nonlocal pred
             pred = self._run(pred, token)
             return self.head(pred)[:, -1]
