@@ -37,7 +37,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxspec.config import ModelArgs
 from mlxspec.convert.atomic import atomic_dir
@@ -313,23 +313,39 @@ def batches(rows: list, batch: int, rng: random.Random):
             yield tuple(mx.array(np.stack([r[c] for r in picked])) for c in range(4))
 
 
-def train(args: argparse.Namespace, draft: Model, data: dict, to_sub: mx.array, work: Path) -> list[dict]:
-    draft.model.embed_tokens.freeze()
-    draft.lm_head.freeze(keys=["token_ids"], recurse=False)
+def make_optimizer(args: argparse.Namespace) -> optim.Optimizer:
+    """AdamW, linear warm-up to --lr, then cosine decay to 5% of it at --steps."""
     schedule = optim.join_schedules(
         [optim.linear_schedule(1e-6, args.lr, args.warmup), optim.cosine_decay(args.lr, args.steps - args.warmup, args.lr * 0.05)],
         [args.warmup])
-    opt = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
-    ckpt, state_file = work / "draft.safetensors", work / "train_state.json"
-    step, log = 0, []
-    if ckpt.is_file() and state_file.is_file():
-        state = json.loads(state_file.read_text())
-        step, log = state["step"], state["log"]
-        draft.load_weights(str(ckpt), strict=False)
-        saved = mx.load(str(work / "opt_state.safetensors"))
-        from mlx.utils import tree_unflatten
-        opt.state = tree_unflatten(list(saved.items()))
-        print(f"resumed at step {step}", file=sys.stderr)
+    return optim.AdamW(learning_rate=schedule, weight_decay=0.0)
+
+
+def resume(draft: nn.Module, opt: optim.Optimizer, run_dir: Path) -> tuple[int, list[dict]]:
+    """Load the run's last checkpoint (weights and optimizer state) if there is one:
+    (step reached, evaluation log so far)."""
+    ckpt, state_file = run_dir / "draft.safetensors", run_dir / "train_state.json"
+    if not (ckpt.is_file() and state_file.is_file()):
+        return 0, []
+    state = json.loads(state_file.read_text())
+    draft.load_weights(str(ckpt), strict=False)
+    opt.state = tree_unflatten(list(mx.load(str(run_dir / "opt_state.safetensors")).items()))
+    print(f"resumed at step {state['step']}", file=sys.stderr)
+    return state["step"], state["log"]
+
+
+def checkpoint(draft: nn.Module, opt: optim.Optimizer, run_dir: Path, step: int, log: list[dict]) -> None:
+    """Save what `resume` reads back."""
+    mx.save_safetensors(str(run_dir / "draft.safetensors"), dict(tree_flatten(draft.parameters())))
+    mx.save_safetensors(str(run_dir / "opt_state.safetensors"), dict(tree_flatten(opt.state)))
+    (run_dir / "train_state.json").write_text(json.dumps({"step": step, "log": log}))
+
+
+def train(args: argparse.Namespace, draft: Model, data: dict, to_sub: mx.array, work: Path) -> list[dict]:
+    draft.model.embed_tokens.freeze()
+    draft.lm_head.freeze(keys=["token_ids"], recurse=False)
+    opt = make_optimizer(args)
+    step, log = resume(draft, opt, work)
     loss_and_grad = nn.value_and_grad(draft, lambda m, *b: loss_fn(m, *b, to_sub))
 
     state = [draft.state, opt.state]
@@ -357,9 +373,7 @@ def train(args: argparse.Namespace, draft: Model, data: dict, to_sub: mx.array, 
             log.append(entry)
             print(f"\nstep {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if isinstance(v, float)),
                   file=sys.stderr)
-            mx.save_safetensors(str(ckpt), dict(tree_flatten(draft.parameters())))
-            mx.save_safetensors(str(work / "opt_state.safetensors"), dict(tree_flatten(opt.state)))
-            state_file.write_text(json.dumps({"step": step, "log": log}))
+            checkpoint(draft, opt, work, step, log)
     return log
 
 

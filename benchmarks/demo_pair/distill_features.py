@@ -33,10 +33,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill import choose_vocab, draft_args, load_examples, predicted_speedups, progress  # noqa: E402
+from distill import (  # noqa: E402
+    checkpoint, choose_vocab, draft_args, load_examples, make_optimizer, predicted_speedups, progress, resume,
+)
 
 from mlxspec.convert.atomic import atomic_dir  # noqa: E402
 from mlxspec.costmodel import measure  # noqa: E402
@@ -118,19 +120,9 @@ head_index = None  # set in main: token id -> index in the subset (-1 outside)
 
 
 def train(args, draft: FeatureDraft, embed, head_w, feats, tokens, valid, held, run_dir: Path) -> list[dict]:
-    schedule = optim.join_schedules(
-        [optim.linear_schedule(1e-6, args.lr, args.warmup), optim.cosine_decay(args.lr, args.steps - args.warmup, args.lr * 0.05)],
-        [args.warmup])
-    opt = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
     draft.freeze(keys=["token_ids"], recurse=False)
-    ckpt, state_file = run_dir / "draft.safetensors", run_dir / "train_state.json"
-    step, log = 0, []
-    if ckpt.is_file() and state_file.is_file():
-        state = json.loads(state_file.read_text())
-        step, log = state["step"], state["log"]
-        draft.load_weights(str(ckpt), strict=False)
-        opt.state = tree_unflatten(list(mx.load(str(run_dir / "opt_state.safetensors")).items()))
-        print(f"resumed at step {step}", file=sys.stderr)
+    opt = make_optimizer(args)
+    step, log = resume(draft, opt, run_dir)
     loss_and_grad = nn.value_and_grad(draft, partial(loss_fn, embed=embed, head_w=head_w, feature_weight=args.feature_weight))
     state = [draft.state, opt.state]
 
@@ -163,9 +155,7 @@ def train(args, draft: FeatureDraft, embed, head_w, feats, tokens, valid, held, 
             entry = {"step": step, "train_loss": running, "held_top1": top1(draft, embed, head_w, *held)}
             log.append(entry)
             print(f"\nstep {step}: train loss {running:.3f}, held-out top-1 {entry['held_top1']:.3f}", file=sys.stderr)
-            mx.save_safetensors(str(ckpt), dict(tree_flatten(draft.parameters())))
-            mx.save_safetensors(str(run_dir / "opt_state.safetensors"), dict(tree_flatten(opt.state)))
-            state_file.write_text(json.dumps({"step": step, "log": log}))
+            checkpoint(draft, opt, run_dir, step, log)
     return log
 
 
