@@ -6,7 +6,8 @@ and temperature, `repeats` times, interleaved so that machine noise spreads even
 Rates are decode rates: tokens after the first over the time after the first token;
 time to first token is reported apart. The cost model's prediction for a fixed k uses
 the acceptance measured per draft position and the calibrated step costs:
-speedup = (1 + sum_j P(first j accepted)) / (k t_draft + t_verify(k+1)) * t_verify(1).
+speedup = (1 + sum_j P(first j accepted)) / (k t_draft + t_verify(k+1) + s(k)) * (t_verify(1) + s(0)),
+with s the cost of sampling at T > 0 (0 when greedy).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .feature_draft import FeatureDraft
 from .model import Model
 from .tokenizer import Tokenizer
 
-SCHEMA_VERSION = 2  # 2: "drafts" (what each engine drafted with)
+SCHEMA_VERSION = 3  # 2: "drafts" (what each engine drafted with); 3: timings.sampling_s
 PLOT_FILES = ("tokens_per_s.png", "acceptance.png")  # written by write_report with matplotlib
 
 
@@ -187,12 +188,14 @@ def mlx_lm_models(target: Model, draft: Model | None) -> tuple[Any, Any]:
     return their_target, their_draft
 
 
-def predicted_speedup(drafted: Sequence[int], accepted: Sequence[int], k: int, timings: Timings) -> float | None:
-    """The cost model's speedup for drafting k tokens at the measured per-position acceptance."""
+def predicted_speedup(drafted: Sequence[int], accepted: Sequence[int], k: int, timings: Timings,
+                      sampled: bool = False) -> float | None:
+    """The cost model's speedup for drafting k tokens at the measured per-position acceptance
+    (`sampled`: at T > 0, where drawing from the distributions is part of the cost)."""
     if not drafted or not drafted[0]:
         return None
     expected = 1 + sum(a / d for a, d in zip(accepted[:k], drafted[:k]) if d)
-    return expected / (k * timings.draft_step + timings.verify(k + 1)) * timings.verify(1)
+    return expected / timings.round(k, sampled) * timings.round(0, sampled)
 
 
 def describe_draft(draft: Model | FeatureDraft) -> str:
@@ -253,7 +256,8 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Model | FeatureDraft, 
             "drafts": drafts, "max_tokens": max_tokens, "repeats": repeats,
             "prompts": [{"kind": k, "text": t, "tokens": len(i)} for k, t, i in encoded],
             "timings": {"draft_step_s": timings.draft_step,
-                        "target_pass_s": {str(n): t for n, t in timings.target_pass.items()}},
+                        "target_pass_s": {str(n): t for n, t in timings.target_pass.items()},
+                        "sampling_s": {str(k): t for k, t in timings.sampling.items()}},
             "rows": rows}
 
 
@@ -295,7 +299,7 @@ def summarise(configs: list[Config], temperatures: Sequence[float],
                 accepted = [sum(x) for x in zip(*(r["accepted"] for r in per_repeat))]
                 row["acceptance_per_position"] = [a / d if d else None for a, d in zip(accepted, drafted)]
                 if not config.adaptive and config.engine == "mlxspec":
-                    row["predicted_speedup"] = predicted_speedup(drafted, accepted, config.k, timings)
+                    row["predicted_speedup"] = predicted_speedup(drafted, accepted, config.k, timings, temp > 0)
             if config.k == 0:
                 plain[config.engine] = row["tokens_per_s"]
             rows.append(row)

@@ -1,10 +1,11 @@
 """How many tokens to draft: a cost model measured on the running device.
 
 Leviathan et al. 2023: with per-token acceptance rate alpha, a round that drafts k tokens
-yields E = (1 - alpha^(k+1)) / (1 - alpha) tokens and costs k * t_draft + t_verify(k+1).
-We pick the k (0 = plain decoding) with the most expected tokens per second. On Apple
-GPUs t_verify(k+1) grows with k, so the best k can be 0: a useless draft must not slow
-the user down."""
+yields E = (1 - alpha^(k+1)) / (1 - alpha) tokens and costs k * t_draft + t_verify(k+1),
+plus, when sampling (T > 0), the cost of drawing from the distributions: k draft picks,
+normalising the target's k+1 rows and the rejection step. We pick the k (0 = plain
+decoding) with the most expected tokens per second. On Apple GPUs t_verify(k+1) grows
+with k, so the best k can be 0: a useless draft must not slow the user down."""
 
 from __future__ import annotations
 
@@ -24,16 +25,19 @@ from .model import Model
 
 
 # Bumped when `measure` changes, so that calibrations cached by an older one are redone
-# (2: median of 7 runs instead of 3; one noisy 3-run median had stuck in the cache).
-CALIBRATION_VERSION = 2
+# (2: median of 7 runs instead of 3; one noisy 3-run median had stuck in the cache;
+# 3: the cost of sampling).
+CALIBRATION_VERSION = 3
 
 
 @dataclass
 class Timings:
-    """Seconds for one draft step, and for a target pass over n tokens (n=1: plain decode)."""
+    """Seconds for one draft step, for a target pass over n tokens (n=1: plain decode), and
+    what sampling at T > 0 adds to a round drafting k tokens (k=0: to a plain step)."""
 
     draft_step: float
     target_pass: dict[int, float] = field(default_factory=dict)
+    sampling: dict[int, float] = field(default_factory=dict)
 
     def verify(self, n: int) -> float:
         """Time of a target pass over n tokens (interpolated beyond what was measured)."""
@@ -46,6 +50,11 @@ class Timings:
             return self.target_pass[lo] * n / lo if n > lo else self.target_pass[lo]
         w = (n - lo) / (hi - lo)
         return (1 - w) * self.target_pass[lo] + w * self.target_pass[hi]
+
+    def round(self, k: int, sampled: bool = False) -> float:
+        """Time of a round drafting k tokens (k=0: one plain decoding step)."""
+        extra = self.sampling.get(k, self.sampling.get(max(self.sampling), 0.0)) if sampled and self.sampling else 0.0
+        return k * self.draft_step + self.verify(k + 1) + extra
 
 
 def expected_tokens(alpha: float | Sequence[float], k: int) -> float:
@@ -63,17 +72,20 @@ def expected_tokens(alpha: float | Sequence[float], k: int) -> float:
     return total
 
 
-def tokens_per_second(alpha: float | Sequence[float], k: int, timings: Timings) -> float:
-    """Predicted throughput of drafting k tokens per round (k=0: plain decoding)."""
-    return expected_tokens(alpha, k) / (k * timings.draft_step + timings.verify(k + 1))
+def tokens_per_second(alpha: float | Sequence[float], k: int, timings: Timings, sampled: bool = False) -> float:
+    """Predicted throughput of drafting k tokens per round (k=0: plain decoding); `sampled`:
+    at T > 0, where drawing from the distributions costs more than an argmax."""
+    return expected_tokens(alpha, k) / timings.round(k, sampled)
 
 
-def best_k(alpha: float | Sequence[float], timings: Timings, k_max: int, margin: float = 0.05) -> int:
+def best_k(alpha: float | Sequence[float], timings: Timings, k_max: int, margin: float = 0.05,
+           sampled: bool = False) -> int:
     """The draft length in 0..k_max with the highest predicted tokens per second; drafting
     must beat plain decoding by `margin`, since a round also costs what the model leaves out
-    (sampling both distributions, the accept test, a host sync)."""
-    k = max(range(k_max + 1), key=lambda k: tokens_per_second(alpha, k, timings))
-    return k if tokens_per_second(alpha, k, timings) > (1 + margin) * tokens_per_second(alpha, 0, timings) else 0
+    (the draft catching up on accepted tokens, a host sync)."""
+    rate = lambda k: tokens_per_second(alpha, k, timings, sampled)  # noqa: E731
+    k = max(range(k_max + 1), key=rate)
+    return k if rate(k) > (1 + margin) * rate(0) else 0
 
 
 class AcceptanceEstimate:
@@ -147,7 +159,49 @@ def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int
 
     draft_step = _time(pass_over(draft, 1) if isinstance(draft, Model) else feature_step(draft, target, context), repeats)
     target_pass = {n: _time(pass_over(target, n), repeats) for n in range(1, k_max + 2)}
-    return Timings(draft_step, target_pass)
+    return Timings(draft_step, target_pass, sampling_cost(target.args.vocab_size, draft_support(draft), k_max, repeats))
+
+
+def draft_support(draft: Model | FeatureDraft) -> int:
+    """How many tokens the draft's distributions cover (its head's subset, or the vocabulary)."""
+    if isinstance(draft, FeatureDraft):
+        return int(draft.token_ids.size)
+    return draft.args.head_vocab_size or draft.args.vocab_size
+
+
+def sampling_cost(vocab: int, support: int, k_max: int, repeats: int = 7) -> dict[int, float]:
+    """Seconds that temperature sampling adds to a round drafting k = 0..k_max tokens over
+    greedy selection (k draft picks over `support` tokens, normalising the target's k+1 rows,
+    the rejection step; k = 0: sampling one token). Top-k / top-p add a sort on top."""
+    from .sampling import SamplingParams, process_logits, sample
+    from .speculative import verify
+
+    params = SamplingParams(temperature=1.0)
+    target = mx.random.normal((1, k_max + 1, vocab))
+    draft = mx.random.normal((1, k_max, support))
+    ids = mx.arange(support)
+    mx.eval(target, draft, ids)
+
+    def sampled(k: int):
+        if k == 0:
+            return lambda: mx.eval(sample(target[:, 0], params))
+
+        def run():
+            picks = [process_logits(draft[:, i], params) for i in range(k)]
+            tokens = mx.stack([mx.random.categorical(lp) for lp in picks], axis=1)
+            mx.eval(verify(process_logits(target[:, : k + 1], params), mx.stack(picks, axis=1), tokens, support=ids))
+        return run
+
+    def greedy(k: int):
+        if k == 0:
+            return lambda: mx.eval(mx.argmax(target[:, 0], axis=-1))
+
+        def run():
+            tokens = mx.stack([mx.argmax(draft[:, i], axis=-1) for i in range(k)], axis=1)
+            mx.eval(verify(target[:, : k + 1], None, tokens, greedy=True))
+        return run
+
+    return {k: max(0.0, _time(sampled(k), repeats) - _time(greedy(k), repeats)) for k in range(k_max + 1)}
 
 
 def feature_step(draft: FeatureDraft, target: Model, context: int):
@@ -194,7 +248,8 @@ def calibrate(target: Model, draft: Model | FeatureDraft, k_max: int) -> Timings
         stored = {}
     if key in stored:
         entry = stored[key]
-        return Timings(entry["draft_step"], {int(n): t for n, t in entry["target_pass"].items()})
+        return Timings(entry["draft_step"], {int(n): t for n, t in entry["target_pass"].items()},
+                       {int(k): t for k, t in entry.get("sampling", {}).items()})
     timings = measure(target, draft, k_max)
     stored[key] = asdict(timings)
     try:

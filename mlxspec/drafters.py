@@ -4,7 +4,9 @@ text and answer the speculative loop through the same three calls:
 
 - `extend(tokens, features)`: tokens the target has verified (and, for feature drafts,
   the target's hidden states at the positions it just processed);
-- `propose(last, k, pick)`: k tokens following `last`, with their distributions;
+- `propose(last, k, pick)`: k tokens following `last`, with their distributions (a
+  `Proposal`; a draft whose head scores a subset of the vocabulary keeps its
+  distributions over that subset: sampling them costs a fraction of the full vocabulary);
 - `settle(accepted, drafted, features)`: after verification, keep what the target
   accepted (the target's hidden states over `last` and the drafts come along).
 
@@ -14,14 +16,22 @@ model; everything before it is verified. A drafter holds what it has not consume
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import mlx.core as mx
 
 from .feature_draft import FeatureDraft, target_subset_head
-from .model import Model
+from .model import Model, SubsetHead
 
 Pick = Callable[[mx.array], tuple[mx.array, mx.array | None]]
+
+
+class Proposal(NamedTuple):
+    """k drafted tokens and the distributions they were drawn from."""
+
+    tokens: mx.array  # [B, k] token ids
+    logprobs: mx.array | None  # [B, k, S] processed log-probabilities (None when greedy)
+    support: mx.array | None  # [S] the token id of each entry of `logprobs`; None: the whole vocabulary
 
 
 class Drafter(Protocol):
@@ -31,23 +41,27 @@ class Drafter(Protocol):
 
     def extend(self, tokens: list[int], features: mx.array | None) -> None: ...
 
-    def propose(self, last: int, k: int, pick: Pick) -> tuple[mx.array, mx.array | None]: ...
+    def propose(self, last: int, k: int, pick: Pick) -> Proposal: ...
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None) -> None: ...
 
 
-def _propose(step: Callable[[mx.array], mx.array], first: mx.array, k: int,
-             pick: Pick) -> tuple[mx.array, mx.array | None]:
-    """Draw k tokens: `first` are the logits for the first one, `step(token)` the next's."""
+def _propose(step: Callable[[mx.array], mx.array], first: mx.array, k: int, pick: Pick,
+             support: mx.array | None) -> Proposal:
+    """Draw k tokens: `first` are the logits for the first one (over `support`), `step(token)`
+    the next's."""
     logits, tokens, logprobs = first, [], []
     for i in range(k):
         if i:
             logits = step(tokens[-1])
         token, lp = pick(logits)
+        if support is not None:
+            token = support[token]
         mx.async_eval(token)  # compute this step while the next one is being built
         tokens.append(token)
         logprobs.append(lp)
-    return mx.concatenate(tokens, axis=1), None if logprobs[0] is None else mx.stack(logprobs, axis=1)
+    lps = None if logprobs[0] is None else mx.stack(logprobs, axis=1)
+    return Proposal(mx.concatenate(tokens, axis=1), lps, support)
 
 
 class ModelDrafter:
@@ -60,18 +74,26 @@ class ModelDrafter:
         self.draft, self.chunk = draft, chunk
         self.cache = draft.make_cache(max_rollback=k_max)
         self.pending: list[int] = []
+        head = getattr(draft, "lm_head", None)
+        self.support = head.token_ids if isinstance(head, SubsetHead) else None
+
+    def _logits(self, tokens: mx.array) -> mx.array:
+        """The draft's logits at the last position (over its head's subset, if it has one)."""
+        if self.support is None:
+            return self.draft(tokens, self.cache)[:, -1]
+        return self.draft.lm_head.subset_logits(self.draft.model(tokens, self.cache)[:, -1])
 
     def extend(self, tokens: list[int], features: mx.array | None = None) -> None:
         self.pending.extend(tokens)
 
-    def propose(self, last: int, k: int, pick: Pick) -> tuple[mx.array, mx.array | None]:
+    def propose(self, last: int, k: int, pick: Pick) -> Proposal:
         feed = self.pending + [last]
         chunks = [feed[i : i + self.chunk] for i in range(0, len(feed), self.chunk)]
         for chunk in chunks[:-1]:  # catch up on tokens the draft has not seen, in chunks
-            self.draft(mx.array([chunk]), self.cache)
-        first = self.draft(mx.array([chunks[-1]]), self.cache)[:, -1]
+            self.draft.model(mx.array([chunk]), self.cache)
+        first = self._logits(mx.array([chunks[-1]]))
         self.pending = []
-        return _propose(lambda tok: self.draft(tok, self.cache)[:, -1], first, k, pick)
+        return _propose(self._logits, first, k, pick, self.support)
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
         # the cache holds `last` and drafts 1..k-1; keep the accepted ones
@@ -112,7 +134,7 @@ class FeatureDrafter:
     def _run(self, features: mx.array, token_ids: mx.array) -> mx.array:
         return self.draft(features, self.embed(token_ids), self.cache)
 
-    def propose(self, last: int, k: int, pick: Pick) -> tuple[mx.array, mx.array | None]:
+    def propose(self, last: int, k: int, pick: Pick) -> Proposal:
         features = mx.concatenate(self.features, axis=1)
         tokens = self.tokens + [last]
         for s in range(0, len(tokens) - self.chunk, self.chunk):  # catch up in chunks
@@ -124,9 +146,9 @@ class FeatureDrafter:
         def step(token: mx.array) -> mx.array:
             nonlocal pred
             pred = self._run(pred, token)
-            return self.head(pred)[:, -1]
+            return self.head.subset_logits(pred)[:, -1]
 
-        return _propose(step, self.head(pred)[:, -1], k, pick)
+        return _propose(step, self.head.subset_logits(pred)[:, -1], k, pick, self.head.token_ids)
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None) -> None:
         # positions drafted from predicted features give way to the verified pairs

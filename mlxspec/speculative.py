@@ -32,28 +32,43 @@ from .sampling import SamplingParams, process_logits
 
 
 def verify(target_logprobs: mx.array, draft_logprobs: mx.array | None, draft_tokens: mx.array,
-           greedy: bool = False) -> tuple[mx.array, mx.array]:
-    """Rejection-sample one round. Shapes: p [B, k+1, V], q [B, k, V] (log-probabilities
-    after temperature/top-k/top-p), tokens [B, k]. Returns (accepted count [B], next token [B]):
-    the correction at the first rejected position, or the bonus token when all k pass.
-    With `greedy`, p may be raw logits and q is unused: acceptance is argmax agreement."""
+           greedy: bool = False, support: mx.array | None = None) -> tuple[mx.array, mx.array]:
+    """Rejection-sample one round. Shapes: p [B, k+1, V], q [B, k, S] (log-probabilities
+    after temperature/top-k/top-p; q over the token ids `support`, or over the whole
+    vocabulary, S = V, when it is None), tokens [B, k]. Returns (accepted count [B], next
+    token [B]): the correction at the first rejected position, or the bonus token when all k
+    pass. With `greedy`, p may be raw logits and q is unused: acceptance is argmax agreement."""
     B, k = draft_tokens.shape
     if greedy:
         choice = mx.argmax(target_logprobs, axis=-1)  # [B, k+1]
         n = mx.cumprod((choice[:, :k] == draft_tokens).astype(mx.int32), axis=-1).sum(axis=-1)
         return n, mx.take_along_axis(choice, n[:, None], axis=1)[:, 0]
     idx = draft_tokens[..., None]
-    log_ratio = (mx.take_along_axis(target_logprobs[:, :k], idx, axis=-1)
-                 - mx.take_along_axis(draft_logprobs, idx, axis=-1))[..., 0]
-    accepted = mx.log(mx.random.uniform(shape=(B, k))) < log_ratio
+    p_at = mx.take_along_axis(target_logprobs[:, :k], idx, axis=-1)[..., 0]
+    if support is None:
+        q_at = mx.take_along_axis(draft_logprobs, idx, axis=-1)[..., 0]
+    else:
+        q_at = mx.where(support == idx, draft_logprobs, -mx.inf).max(axis=-1)
+    accepted = mx.log(mx.random.uniform(shape=(B, k))) < p_at - q_at
     n = mx.cumprod(accepted.astype(mx.int32), axis=-1).sum(axis=-1)
-    p = mx.exp(target_logprobs)
-    q = mx.concatenate([mx.exp(draft_logprobs), mx.zeros((B, 1, p.shape[-1]), p.dtype)], axis=1)
+    # only row n is needed: the first rejected position, or the bonus (q = 0 there)
     row = lambda a: mx.take_along_axis(a, n[:, None, None], axis=1)[:, 0]  # noqa: E731
-    residual = mx.maximum(row(p) - row(q), 0.0)
+    no_draft = mx.full((B, 1, draft_logprobs.shape[-1]), -mx.inf, draft_logprobs.dtype)
+    p, q = mx.exp(row(target_logprobs)), mx.exp(row(mx.concatenate([draft_logprobs, no_draft], axis=1)))
+    residual = mx.maximum(p - q if support is None else p.at[:, support].subtract(q), 0.0)
     # p == q at a rejected row has probability zero; fall back to p rather than divide by zero
-    residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, row(p))
-    return n, mx.random.categorical(mx.log(residual), axis=-1)
+    residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p)
+    return n, draw(residual)
+
+
+def draw(weights: mx.array) -> mx.array:
+    """One index per row of non-negative `weights` [B, V], with probability proportional to
+    them (inverse CDF: one uniform per row, where `mx.random.categorical` needs V)."""
+    cdf = mx.cumsum(weights, axis=-1)
+    total = cdf[:, -1:]
+    above = cdf > mx.random.uniform(shape=total.shape) * total
+    # float rounding can put u at the total: then the last index that carries weight
+    return mx.where(above.any(axis=-1), mx.argmax(above, axis=-1), mx.argmax(cdf >= total, axis=-1))
 
 
 @dataclass
@@ -131,11 +146,12 @@ class SpeculativeDecoder:
             return limit
         if self.schedule == "heuristic":
             return min(self.k, limit)
-        k = best_k(self.alpha.per_position(limit), self.timings, limit)
+        sampled = not self.params.greedy
+        k = best_k(self.alpha.per_position(limit), self.timings, limit, sampled=sampled)
         if k > 0:
             self.plain_run = self.probe_every
             return k
-        if self.ran_plain and limit > 0 and best_k(1.0, self.timings, limit) > 0:
+        if self.ran_plain and limit > 0 and best_k(1.0, self.timings, limit, sampled=sampled) > 0:
             # probe only if drafting could pay at all (not when even perfect acceptance loses)
             self.ran_plain = False
             self.plain_run = min(2 * self.plain_run, 512)
@@ -154,10 +170,10 @@ class SpeculativeDecoder:
         """One round drafting k >= 1 tokens; returns the new (token, from_draft) pairs."""
         s = self.stats
         start = time.perf_counter()
-        draft_tokens, draft_lp = self.drafter.propose(self.last, k, self._pick)
+        draft_tokens, draft_lp, support = self.drafter.propose(self.last, k, self._pick)
         logits, hidden = self._target(mx.concatenate([mx.array([[self.last]]), draft_tokens], axis=1))
         target_lp = logits if self.params.greedy else process_logits(logits, self.params)
-        n, correction = verify(target_lp, draft_lp, draft_tokens, self.params.greedy)
+        n, correction = verify(target_lp, draft_lp, draft_tokens, self.params.greedy, support)
         result = mx.concatenate([n, draft_tokens[0], correction])
         mx.async_eval(result)
         mx.eval(draft_tokens)  # only to split the time between draft and target

@@ -47,12 +47,26 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path))
     first = calibrate(TARGET, DRAFTS["random"], 3)
     assert sorted(first.target_pass) == [1, 2, 3, 4] and first.draft_step > 0
+    assert sorted(first.sampling) == [0, 1, 2, 3] and all(t >= 0 for t in first.sampling.values())
     stored = json.loads((tmp_path / "calibration.json").read_text())
     assert len(stored) == 1
     key = next(iter(stored))
     stored[key]["draft_step"] = 123.0  # a cached value is read back, not re-measured
     (tmp_path / "calibration.json").write_text(json.dumps(stored))
-    assert calibrate(TARGET, DRAFTS["random"], 3).draft_step == 123.0
+    again = calibrate(TARGET, DRAFTS["random"], 3)
+    assert again.draft_step == 123.0 and again.sampling == first.sampling
+
+
+def test_sampling_cost_enters_the_round_and_the_choice_of_k():
+    """At T > 0 each round also draws from k+1 target and k draft distributions; when that
+    is dear, drafting pays less (here: not at all) than the greedy figures promise."""
+    t = Timings(0.006, {1: 0.068, 2: 0.080, 3: 0.091}, sampling={0: 0.001, 1: 0.012, 2: 0.020})
+    assert t.round(1) == pytest.approx(0.006 + 0.080)
+    assert t.round(1, sampled=True) == pytest.approx(0.006 + 0.080 + 0.012)
+    assert t.round(0, sampled=True) == pytest.approx(0.069)
+    alpha = [0.42, 0.2]
+    assert best_k(alpha, t, 2) == 1
+    assert best_k(alpha, t, 2, sampled=True) == 0
 
 
 def test_per_position_acceptance_keeps_a_weak_second_draft_from_being_chosen():

@@ -16,7 +16,7 @@ from mlxspec.config import ModelArgs
 from mlxspec.errors import InputError
 from mlxspec.model import Model
 from mlxspec.sampling import SamplingParams, process_logits
-from mlxspec.speculative import SpeculativeDecoder, verify
+from mlxspec.speculative import SpeculativeDecoder, draw, verify
 
 WINDOW = 8
 
@@ -95,38 +95,60 @@ def chi2_stat(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
     return float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()), int(keep.sum() - 1)
 
 
-def broken_verify(p_lp, q_lp, draft_tokens, greedy=False):
+def broken_verify(p_lp, q_lp, draft_tokens, greedy=False, support=None):
     """The classic mistake: after a rejection, resample from p instead of max(0, p - q)."""
-    n, _ = verify(p_lp, q_lp, draft_tokens)
+    n, _ = verify(p_lp, q_lp, draft_tokens, support=support)
     row = mx.take_along_axis(p_lp, n[:, None, None], axis=1)[:, 0]
     return n, mx.random.categorical(row, axis=-1)
 
 
-def first_token_counts(rule, p_lp, q_lp, samples: int, seed: int) -> np.ndarray:
+def first_token_counts(rule, p_lp, q_lp, samples: int, seed: int, support=None) -> np.ndarray:
     """Run `rule` on `samples` independent rounds at once; histogram of the first emitted token."""
     mx.random.seed(seed)
     B = samples
     q_b = mx.broadcast_to(q_lp, (B, *q_lp.shape))
     p_b = mx.broadcast_to(p_lp, (B, *p_lp.shape))
     drafts = mx.random.categorical(q_b, axis=-1)
-    n, nxt = rule(p_b, q_b, drafts)
+    if support is not None:
+        drafts = support[drafts]
+    n, nxt = rule(p_b, q_b, drafts, support=support)
     first = mx.where(n > 0, drafts[:, 0], nxt)
     return np.bincount(np.array(first), minlength=p_lp.shape[-1])
 
 
+# a draft head over 8 of the 12 tokens, in no particular order (as frequency-ranked heads are)
+SUPPORT = mx.array([9, 2, 7, 0, 4, 11, 5, 1])
+
+
+@pytest.mark.parametrize("support", [None, SUPPORT], ids=["full-vocabulary", "subset"])
 @pytest.mark.parametrize("params", [SamplingParams(1.0), SamplingParams(0.7, top_p=0.9), SamplingParams(1.0, top_k=5)])
-def test_verify_preserves_the_target_distribution_and_broken_rule_fails(params):
+def test_verify_preserves_the_target_distribution_and_broken_rule_fails(params, support):
     rng = np.random.default_rng(0)
     V, k = 12, 3
+    S = V if support is None else support.size
     p_lp = process_logits(mx.array(rng.normal(size=(k + 1, V)).astype(np.float32) * 1.5), params)
-    q_lp = process_logits(mx.array(rng.normal(size=(k, V)).astype(np.float32) * 1.5), params)
+    q_lp = process_logits(mx.array(rng.normal(size=(k, S)).astype(np.float32) * 1.5), params)
     target = np.exp(np.array(p_lp[0]))
-    good = first_token_counts(verify, p_lp, q_lp, 40000, seed=1)
+    good = first_token_counts(verify, p_lp, q_lp, 40000, seed=1, support=support)
     stat, df = chi2_stat(good, target)
     assert stat < chi2_critical(df), (stat, df)
-    bad = first_token_counts(broken_verify, p_lp, q_lp, 40000, seed=1)
+    bad = first_token_counts(broken_verify, p_lp, q_lp, 40000, seed=1, support=support)
     stat, df = chi2_stat(bad, target)
     assert stat > chi2_critical(df), (stat, df)
+
+
+def test_draw_follows_the_weights_and_never_picks_a_zero():
+    weights = np.array([0.0, 3.0, 0.0, 1.0, 0.5, 0.0, 2.5, 0.0], dtype=np.float32)
+    N = 30000
+    mx.random.seed(4)
+    picks = np.array(draw(mx.broadcast_to(mx.array(weights), (N, weights.size))))
+    counts = np.bincount(picks, minlength=weights.size)
+    assert counts[weights == 0].sum() == 0
+    stat, df = chi2_stat(counts, weights / weights.sum())
+    assert stat < chi2_critical(df), (stat, df)
+    one_hot = np.zeros((1, 8), np.float32)
+    one_hot[0, 6] = 1e-30  # all the weight on one tiny entry
+    assert draw(mx.array(one_hot)).item() == 6
 
 
 def exact_joint(model: Model, prompt: list[int], params: SamplingParams, n: int) -> dict[tuple[int, ...], float]:
