@@ -14,6 +14,7 @@ consumed yet and catches up at the start of its next proposal.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -107,15 +108,15 @@ class SpeculativeDecoder:
 
     def __init__(self, target: Model, draft: Model | FeatureDraft, params: SamplingParams, k_max: int,
                  adaptive: bool = True, timings: Timings | None = None, schedule: str = "cost",
-                 prefill_chunk: int = 512, probe_every: int = 32) -> None:
+                 prefill_chunk: int = 512, explore: float = 0.01) -> None:
         self.target, self.draft, self.params = target, draft, params
         self.k_max, self.adaptive, self.timings, self.schedule = k_max, adaptive, timings, schedule
-        self.prefill_chunk, self.probe_every = prefill_chunk, probe_every
+        self.prefill_chunk, self.explore = prefill_chunk, explore
         self.target_cache = target.make_cache(max_rollback=k_max)
         self.drafter = make_drafter(draft, target, k_max, prefill_chunk)
         self.alpha = acceptance_memory(target, draft, params)
         self.k = k_max if schedule != "heuristic" else min(k_max, 5)
-        self.plain_run = probe_every  # length of the next run of plain decoding
+        self.plain_run = 32  # length of the next run of plain decoding
         self.ran_plain = False
         self.last: int | None = None
         self.stats = SpeculativeStats(accepted_per_position=[0] * k_max, drafted_per_position=[0] * k_max)
@@ -139,8 +140,8 @@ class SpeculativeDecoder:
 
     def choose_k(self, budget: int) -> int:
         """Draft length for the next round, at most budget - 1 (a round yields up to k+1 tokens).
-        0 means a run of plain decoding; after each such run one k=1 round re-checks whether
-        drafting pays again, and the runs grow while it keeps not paying."""
+        0 means a run of plain decoding; after each such run one k=1 round (a probe) re-checks
+        whether drafting pays again."""
         limit = max(0, min(self.k_max, budget - 1))
         if not self.adaptive:
             return limit
@@ -149,14 +150,23 @@ class SpeculativeDecoder:
         sampled = not self.params.greedy
         k = best_k(self.alpha.per_position(limit), self.timings, limit, sampled=sampled)
         if k > 0:
-            self.plain_run = self.probe_every
             return k
         if self.ran_plain and limit > 0 and best_k(1.0, self.timings, limit, sampled=sampled) > 0:
             # probe only if drafting could pay at all (not when even perfect acceptance loses)
             self.ran_plain = False
-            self.plain_run = min(2 * self.plain_run, 512)
             return 1
+        self.plain_run = self.probe_interval(sampled)
         return 0
+
+    def probe_interval(self, sampled: bool) -> int:
+        """Plain steps before the next probe, so that probing costs at most `explore` of the
+        decoding time: a probe is one k=1 round, which loses (vs plain steps making as many
+        tokens) t_round(1) - (1 + alpha) t_plain at the current estimate. A useless draft
+        is probed rarely; one whose acceptance is close to paying, often, which is when a
+        noisy estimate most needs the fresh evidence."""
+        t, alpha = self.timings, self.alpha.per_position(1)[0]
+        loss = max(t.round(1, sampled) - (1 + alpha) * t.round(0, sampled), 0.0)
+        return max(1, min(512, math.ceil(loss / (self.explore * t.round(0, sampled)))))
 
     def _pick(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
         """Next token [B, 1] from logits [B, V], and the processed log-probabilities

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -80,3 +81,26 @@ def test_per_position_acceptance_keeps_a_weak_second_draft_from_being_chosen():
     assert expected_tokens([first, second], 2) == pytest.approx(1 + first + first * second)
     timings = Timings(0.006, {1: 0.068, 2: 0.080, 3: 0.091, 4: 0.102, 5: 0.105})
     assert best_k(est.per_position(4), timings, 4) == 1
+
+
+def test_probes_cost_at_most_the_exploration_budget():
+    """In plain decoding a k=1 probe comes after a run sized so that probing loses at most
+    `explore` of the time: rarely for a useless draft, often near break-even."""
+    from mlxspec.sampling import SamplingParams
+    from mlxspec.speculative import SpeculativeDecoder
+    from test_speculative import DRAFTS, TARGET
+
+    timings = Timings(0.006, {1: 0.068, 2: 0.080, 3: 0.091})
+    decoder = SpeculativeDecoder(TARGET, DRAFTS["random"], SamplingParams(), k_max=2, timings=timings, explore=0.01)
+
+    def interval(alpha: float) -> int:
+        decoder.alpha = AcceptanceEstimate(prior=alpha, weight=1.0)
+        return decoder.probe_interval(sampled=False)
+
+    useless, marginal = interval(0.0), interval(0.28)
+    assert useless == math.ceil((0.086 - 0.068) / (0.01 * 0.068))  # 27 plain steps per probe
+    assert marginal < 5 and interval(0.4) == 1  # drafting would pay: no reason to wait
+    decoder.alpha = AcceptanceEstimate(prior=0.0, weight=1.0)
+    decoder.ran_plain = True
+    assert decoder.choose_k(100) == 1  # the probe after a plain run
+    assert decoder.choose_k(100) == 0 and decoder.plain_run == useless
