@@ -23,7 +23,7 @@ from typing import Iterator
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .costmodel import AcceptanceEstimate, Timings, best_k
+from .costmodel import MARGIN, AcceptanceEstimate, Timings, best_k
 from .drafters import make_drafter
 from .errors import InputError
 from .feature_draft import FeatureDraft
@@ -161,11 +161,12 @@ class SpeculativeDecoder:
     def probe_interval(self, sampled: bool) -> int:
         """Plain steps before the next probe, so that probing costs at most `explore` of the
         decoding time: a probe is one k=1 round, which loses (vs plain steps making as many
-        tokens) t_round(1) - (1 + alpha) t_plain at the current estimate. A useless draft
-        is probed rarely; one whose acceptance is close to paying, often, which is when a
-        noisy estimate most needs the fresh evidence."""
+        tokens) t_round(1) - (1 + alpha) t_plain at the current estimate, with the same
+        margin for what the model leaves out as `best_k`. A useless draft is probed rarely;
+        one whose acceptance is close to paying, often, which is when a noisy estimate most
+        needs the fresh evidence."""
         t, alpha = self.timings, self.alpha.per_position(1)[0]
-        loss = max(t.round(1, sampled) - (1 + alpha) * t.round(0, sampled), 0.0)
+        loss = max(t.round(1, sampled) - (1 + alpha) * t.round(0, sampled) / (1 + MARGIN), 0.0)
         return max(1, min(512, math.ceil(loss / (self.explore * t.round(0, sampled)))))
 
     def _pick(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
