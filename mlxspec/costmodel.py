@@ -22,12 +22,13 @@ from mlx.utils import tree_flatten
 
 from .feature_draft import FeatureDraft
 from .model import Model
+from .sampling import SamplingParams, process_logits, sample
 
 
 # Bumped when `measure` changes, so that calibrations cached by an older one are redone
 # (2: median of 7 runs instead of 3; one noisy 3-run median had stuck in the cache;
-# 3: the cost of sampling).
-CALIBRATION_VERSION = 3
+# 3: the cost of sampling; 4: per kind of truncation).
+CALIBRATION_VERSION = 4
 
 # How much faster than plain decoding the model must predict drafting to be before it is
 # chosen: rounds also cost what the model leaves out (measured: it predicts 3-5% high).
@@ -37,7 +38,8 @@ MARGIN = 0.05
 @dataclass
 class Timings:
     """Seconds for one draft step, for a target pass over n tokens (n=1: plain decode), and
-    what sampling at T > 0 adds to a round drafting k tokens (k=0: to a plain step)."""
+    what sampling at T > 0 (with the request's top-k / top-p) adds to a round drafting k
+    tokens (k=0: to a plain step)."""
 
     draft_step: float
     target_pass: dict[int, float] = field(default_factory=dict)
@@ -147,8 +149,10 @@ def _time(fn, repeats: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 7, context: int = 64) -> Timings:
-    """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens."""
+def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 7, context: int = 64,
+            params: SamplingParams | None = None) -> Timings:
+    """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens, and
+    the cost of sampling with `params` (default: plain temperature sampling)."""
     tokens = mx.array([[(7 * i + 3) % min(target.args.vocab_size, draft.args.vocab_size) for i in range(context + k_max + 1)]])
 
     def pass_over(model: Model, n: int):
@@ -165,7 +169,8 @@ def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int
 
     draft_step = _time(pass_over(draft, 1) if isinstance(draft, Model) else feature_step(draft, target, context), repeats)
     target_pass = {n: _time(pass_over(target, n), repeats) for n in range(1, k_max + 2)}
-    return Timings(draft_step, target_pass, sampling_cost(target.args.vocab_size, draft_support(draft), k_max, repeats))
+    sampling = sampling_cost(target.args.vocab_size, draft_support(draft), k_max, params, repeats)
+    return Timings(draft_step, target_pass, sampling)
 
 
 def draft_support(draft: Model | FeatureDraft) -> int:
@@ -175,14 +180,16 @@ def draft_support(draft: Model | FeatureDraft) -> int:
     return draft.args.head_vocab_size or draft.args.vocab_size
 
 
-def sampling_cost(vocab: int, support: int, k_max: int, repeats: int = 7) -> dict[int, float]:
-    """Seconds that temperature sampling adds to a round drafting k = 0..k_max tokens over
-    greedy selection (k draft picks over `support` tokens, normalising the target's k+1 rows,
-    the rejection step; k = 0: sampling one token). Top-k / top-p add a sort on top."""
-    from .sampling import SamplingParams, process_logits, sample
+def sampling_cost(vocab: int, support: int, k_max: int, params: SamplingParams | None = None,
+                  repeats: int = 7) -> dict[int, float]:
+    """Seconds that sampling with `params` (default: plain temperature) adds to a round
+    drafting k = 0..k_max tokens over greedy selection: k draft picks over `support` tokens,
+    processing the target's k+1 rows, the rejection step; k = 0: drawing one token."""
     from .speculative import verify
 
-    params = SamplingParams(temperature=1.0)
+    params = params or SamplingParams(temperature=1.0)
+    if params.greedy:
+        return {k: 0.0 for k in range(k_max + 1)}
     target = mx.random.normal((1, k_max + 1, vocab))
     draft = mx.random.normal((1, k_max, support))
     ids = mx.arange(support)
@@ -244,25 +251,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MLXSPEC_CACHE") or Path.home() / ".cache" / "mlxspec")
 
 
-def calibrate(target: Model, draft: Model | FeatureDraft, k_max: int) -> Timings:
-    """Timings for this model pair on this device, measured once and cached on disk."""
+def calibrate(target: Model, draft: Model | FeatureDraft, k_max: int, params: SamplingParams | None = None) -> Timings:
+    """Timings for this model pair on this device (sampling as with `params`; default: plain
+    temperature), measured once and cached on disk. The model passes are measured once per
+    pair; the sampling cost once per kind of truncation (`SamplingParams.truncation`)."""
+    params = params or SamplingParams(temperature=1.0)
     path = cache_dir() / "calibration.json"
-    key = _fingerprint(target, draft, k_max)
+    key, kind = _fingerprint(target, draft, k_max), params.truncation
     try:
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         stored = {}
-    if key in stored:
-        entry = stored[key]
-        return Timings(entry["draft_step"], {int(n): t for n, t in entry["target_pass"].items()},
-                       {int(k): t for k, t in entry.get("sampling", {}).items()})
-    timings = measure(target, draft, k_max)
-    stored[key] = asdict(timings)
+    entry = stored.get(key)
+    if entry is None:
+        timings = measure(target, draft, k_max, params=params)
+        entry = stored[key] = {"draft_step": timings.draft_step, "target_pass": timings.target_pass,
+                               "sampling": {kind: timings.sampling}}
+        _store(path, stored)
+    elif kind not in entry["sampling"]:
+        entry["sampling"][kind] = sampling_cost(target.args.vocab_size, draft_support(draft), k_max, params)
+        _store(path, stored)
+    return Timings(entry["draft_step"], {int(n): t for n, t in entry["target_pass"].items()},
+                   {int(k): t for k, t in entry["sampling"][kind].items()})
+
+
+def _store(path: Path, stored: dict) -> None:
+    """Write the calibration cache atomically (a read-only home only costs a re-measurement)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(stored, indent=1))
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only home only costs a re-measurement next time
-    return timings
+        pass

@@ -142,7 +142,7 @@ def _speculative(model, draft, prompt_ids, params, budget, chunk, k_max, adaptiv
     timings = None
     if adaptive and schedule == "cost":
         start = time.perf_counter()
-        timings = calibrate(model, draft, k_max)
+        timings = calibrate(model, draft, k_max, params)
         calibration = time.perf_counter() - start
     decoder = SpeculativeDecoder(model, draft, params, k_max, adaptive, timings, schedule, chunk)
     decoder.stats.prompt_tokens = len(prompt_ids)

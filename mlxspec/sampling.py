@@ -35,6 +35,13 @@ class SamplingParams:
         """True when sampling reduces to argmax."""
         return self.temperature == 0 or self.top_k == 1
 
+    @property
+    def truncation(self) -> str:
+        """The truncations that apply ("none", "top-k", "top-p" or "top-k+top-p"): what a
+        draw costs depends on these (each sorts the vocabulary), not on the temperature."""
+        kinds = [name for name, on in (("top-k", self.top_k > 0), ("top-p", self.top_p < 1.0)) if on]
+        return "+".join(kinds) or "none"
+
 
 def top_k_mask(logits: mx.array, k: int) -> mx.array:
     """True for the k largest logits on the last axis."""

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from mlxspec.sampling import SamplingParams
+
 from mlxspec.costmodel import MARGIN, AcceptanceEstimate, Timings, best_k, calibrate, expected_tokens, tokens_per_second
 
 
@@ -56,6 +58,18 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     (tmp_path / "calibration.json").write_text(json.dumps(stored))
     again = calibrate(TARGET, DRAFTS["random"], 3)
     assert again.draft_step == 123.0 and again.sampling == first.sampling
+    # another kind of truncation: only its sampling cost is measured, into the same entry
+    nucleus = calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.7, top_p=0.9))
+    assert nucleus.draft_step == 123.0 and sorted(nucleus.sampling) == [0, 1, 2, 3]
+    stored = json.loads((tmp_path / "calibration.json").read_text())
+    assert len(stored) == 1 and sorted(stored[key]["sampling"]) == ["none", "top-p"]
+    assert calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.3, top_p=0.5)).sampling == nucleus.sampling
+
+
+def test_sampling_params_name_their_truncation():
+    assert SamplingParams(1.0).truncation == "none"
+    assert SamplingParams(0.7, top_p=0.9).truncation == "top-p"
+    assert SamplingParams(0.7, top_k=40, top_p=0.9).truncation == "top-k+top-p"
 
 
 def test_sampling_cost_enters_the_round_and_the_choice_of_k():
