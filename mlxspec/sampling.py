@@ -44,22 +44,24 @@ class SamplingParams:
 
 
 def top_k_mask(logits: mx.array, k: int) -> mx.array:
-    """True for the k largest logits on the last axis."""
+    """True for the k largest logits on the last axis (and any tied with the k-th)."""
     if k <= 0 or k >= logits.shape[-1]:
         return mx.ones(logits.shape, dtype=mx.bool_)
-    kth = mx.sort(logits, axis=-1)[..., -k][..., None]
+    n = logits.shape[-1] - k
+    kth = mx.partition(logits, n, axis=-1)[..., n : n + 1]  # the k-th largest, without a full sort
     return logits >= kth
 
 
 def top_p_mask(logprobs: mx.array, p: float) -> mx.array:
-    """True for the smallest set of most likely tokens whose probability reaches p (nucleus)."""
+    """True for the smallest set of most likely tokens whose probability reaches p (nucleus),
+    and any tied with the least likely of them. Found as a threshold on the sorted values
+    (no index sort and no scatter back)."""
     if p >= 1.0:
         return mx.ones(logprobs.shape, dtype=mx.bool_)
-    order = mx.argsort(-logprobs, axis=-1)
-    sorted_probs = mx.exp(mx.take_along_axis(logprobs, order, axis=-1))
-    mass_before = mx.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep_sorted = mass_before < p
-    return mx.put_along_axis(mx.zeros(logprobs.shape, dtype=mx.bool_), order, keep_sorted, axis=-1)
+    ascending = mx.sort(logprobs, axis=-1)
+    mass_above = mx.cumsum(mx.exp(ascending), axis=-1, reverse=True, inclusive=False)
+    dropped = (mass_above >= p).sum(axis=-1, keepdims=True)  # the least likely tokens, not needed to reach p
+    return logprobs >= mx.take_along_axis(ascending, dropped, axis=-1)
 
 
 def process_logits(logits: mx.array, params: SamplingParams) -> mx.array:

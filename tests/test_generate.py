@@ -70,6 +70,22 @@ def test_top_k_and_top_p_masks():
     assert top_p_mask(logprobs, 0.76).tolist() == [[False, True, True, True]]
 
 
+@pytest.mark.parametrize("k, p", [(1, 0.05), (7, 0.5), (300, 0.9), (999, 0.999)])
+def test_masks_match_a_sorting_reference(k, p):
+    """The partition / threshold masks keep exactly what sorting the whole row keeps."""
+    logits = np.random.default_rng(k).normal(size=(3, 1000)).astype(np.float32) * 2
+    order = np.argsort(-logits, axis=-1)
+    ref_k = np.zeros(logits.shape, bool)
+    np.put_along_axis(ref_k, order[:, :k], True, axis=-1)
+    assert (np.array(top_k_mask(mx.array(logits), k)) == ref_k).all()
+    logprobs = logits - np.log(np.exp(logits.astype(np.float64)).sum(axis=-1, keepdims=True))
+    sorted_probs = np.exp(np.take_along_axis(logprobs, order, axis=-1))
+    keep_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs < p
+    ref_p = np.zeros(logits.shape, bool)
+    np.put_along_axis(ref_p, order, keep_sorted, axis=-1)
+    assert (np.array(top_p_mask(mx.array(logprobs.astype(np.float32)), p)) == ref_p).all()
+
+
 def test_process_logits_is_the_sampled_distribution():
     logits = mx.array(np.random.default_rng(0).normal(size=(1, 50)).astype(np.float32))
     params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20)
