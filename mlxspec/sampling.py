@@ -64,8 +64,9 @@ def top_p_mask(logprobs: mx.array, p: float) -> mx.array:
     return logprobs >= mx.take_along_axis(ascending, dropped, axis=-1)
 
 
-def process_logits(logits: mx.array, params: SamplingParams) -> mx.array:
+def process_logits(logits: mx.array, params: SamplingParams, normalize: bool = True) -> mx.array:
     """Log-probabilities after temperature, top-k and top-p (masked tokens get -inf).
+    `normalize=False` skips renormalising after top-p: enough to draw from, not to compare.
 
     For greedy parameters the result is a one-hot distribution on the argmax."""
     logits = logits.astype(mx.float32)
@@ -79,7 +80,8 @@ def process_logits(logits: mx.array, params: SamplingParams) -> mx.array:
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     if params.top_p < 1.0:
         logprobs = mx.where(top_p_mask(logprobs, params.top_p), logprobs, -mx.inf)
-        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+        if normalize:
+            logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
     return logprobs
 
 
@@ -89,4 +91,4 @@ def sample(logits: mx.array, params: SamplingParams) -> mx.array:
         return mx.argmax(logits, axis=-1)
     if params.top_k == 0 and params.top_p >= 1.0:  # plain temperature: no need to normalise
         return mx.random.categorical(logits.astype(mx.float32) / params.temperature, axis=-1)
-    return mx.random.categorical(process_logits(logits, params), axis=-1)
+    return mx.random.categorical(process_logits(logits, params, normalize=False), axis=-1)
