@@ -73,3 +73,16 @@ def test_feature_draft_training_end_to_end(hf_full_dir, tmp_path):
     spec = [s.token for s in stream_generate(target, None, prompt, max_tokens=12, draft=draft, num_draft_tokens=3,
                                              adaptive=False)]
     assert spec == plain
+
+    # continued training from the export, on more rows of standard-library text
+    options = dict(zip(args[::2], args[1::2]))
+    del options["--init-from"]
+    options.update({"--out": str(tmp_path / "draft2"), "--init-draft": str(out), "--extra-chunks": "4",
+                    "--run": "more", "--steps": "4", "--eval-every": "4"})
+    more = [x for pair in options.items() for x in pair]
+    res = subprocess.run([sys.executable, str(FEATURES_SCRIPT), *more], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "MLXSPEC_CACHE": str(work / "cache")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    cont = json.loads((tmp_path / "draft2" / "training.json").read_text())
+    assert cont["train_rows"] == info["train_rows"] + 4 and (work / "features-extra-4.npz").is_file()
+    assert abs(cont["initial_held_top1"] - info["final_eval"]["held_top1"]) < 0.05  # starts where the export ended
