@@ -29,7 +29,7 @@ from .errors import InputError
 from .feature_draft import FeatureDraft
 from .stats import GenerationStats
 from .model import Model
-from .sampling import SamplingParams, process_logits
+from .sampling import SamplingParams, process_logits, sample
 
 
 def verify(target_logprobs: mx.array, draft_logprobs: mx.array | None, draft_tokens: mx.array,
@@ -207,7 +207,7 @@ class SpeculativeDecoder:
 
         def step(token: mx.array) -> tuple[mx.array, mx.array | None]:
             logits, hidden = self._target(token)
-            return self._pick(logits[:, -1])[0], hidden
+            return sample(logits[:, -1], self.params)[:, None], hidden  # no distribution to keep
 
         nxt, hidden = step(mx.array([[self.last]]))
         mx.async_eval(nxt)
