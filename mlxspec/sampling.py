@@ -89,6 +89,6 @@ def sample(logits: mx.array, params: SamplingParams) -> mx.array:
     """Draw one token id per row of `logits` ([..., vocab] -> [...])."""
     if params.greedy:
         return mx.argmax(logits, axis=-1)
-    if params.top_k == 0 and params.top_p >= 1.0:  # plain temperature: no need to normalise
+    if params.truncation == "none":  # plain temperature: no need to normalise
         return mx.random.categorical(logits.astype(mx.float32) / params.temperature, axis=-1)
     return mx.random.categorical(process_logits(logits, params, normalize=False), axis=-1)

@@ -32,6 +32,7 @@ import sysconfig
 import time
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -91,6 +92,14 @@ def training_prompts(seed: int) -> list[str]:
 def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     return sorted(p for p in root.glob("*.py") if p.stat().st_size > 2000)
+
+
+def stdlib_pieces(tokenizer, seq_len: int) -> Iterator[tuple[bool, list[list[int]]]]:
+    """Each standard-library file cut into `seq_len`-token pieces, and whether it is one of
+    the held-out files (every tenth)."""
+    for j, path in enumerate(stdlib_files()):
+        ids = tokenizer.encode(path.read_text(errors="replace"), add_bos=False)
+        yield j % 10 == 0, [ids[s:s + seq_len] for s in range(0, len(ids) - seq_len + 1, seq_len)]
 
 
 def stdlib_paragraphs(n: int) -> list[str]:
@@ -196,12 +205,9 @@ def build_data(args: argparse.Namespace, teacher: Model, tokenizer) -> None:
         progress("teacher answers", len(groups) - len(todo) + n + 1, len(groups), f"{rate:.0f} tok/s")
     stdlib_path = work / "stdlib.npz"
     if not stdlib_path.is_file():
-        files = stdlib_files()
         chunks, held = [], []
-        for j, path in enumerate(files):
-            ids = tokenizer.encode(path.read_text(errors="replace"), add_bos=False)
-            pieces = [ids[s:s + args.seq_len] for s in range(0, len(ids) - args.seq_len + 1, args.seq_len)]
-            (held if j % 10 == 0 else chunks).extend(pieces[:4])
+        for held_out, pieces in stdlib_pieces(tokenizer, args.seq_len):
+            (held if held_out else chunks).extend(pieces[:4])
         rng = np.random.default_rng(args.seed)
         chunks = np.array(chunks, dtype=np.int32)[rng.permutation(len(chunks))][: args.stdlib_chunks]
         held = np.array(held, dtype=np.int32)[: max(8, args.stdlib_chunks // 10)]

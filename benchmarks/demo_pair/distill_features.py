@@ -44,7 +44,7 @@ from mlx.utils import tree_flatten
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill import (  # noqa: E402
     checkpoint, choose_vocab, draft_args, load_examples, make_optimizer, predicted_speedups, progress, resume,
-    stdlib_files,
+    stdlib_pieces,
 )
 
 from mlxspec.convert.atomic import atomic_dir  # noqa: E402
@@ -86,12 +86,7 @@ def target_features(target: Model, tokens: np.ndarray, path: Path, batch: int = 
 def extra_text(tokenizer, seq_len: int, chunks: int, seed: int) -> np.ndarray:
     """`chunks` more rows of standard-library source: the parts of each file past the
     pieces distill.py scored (its first four per file), never from its held-out files."""
-    rows = []
-    for j, path in enumerate(stdlib_files()):
-        if j % 10 == 0:  # distill.py's held-out files
-            continue
-        ids = tokenizer.encode(path.read_text(errors="replace"), add_bos=False)
-        rows += [ids[s:s + seq_len] for s in range(4 * seq_len, len(ids) - seq_len + 1, seq_len)]
+    rows = [piece for held_out, pieces in stdlib_pieces(tokenizer, seq_len) if not held_out for piece in pieces[4:]]
     rows = np.array(rows, dtype=np.int32)
     return rows[np.random.default_rng(seed).permutation(len(rows))][:chunks]
 
