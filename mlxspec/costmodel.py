@@ -21,14 +21,14 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .feature_draft import FeatureDraft
-from .model import Model
+from .model import Linear, Model, set_weight_first_rows
 from .sampling import SamplingParams, process_logits, sample
 
 
 # Bumped when `measure` changes, so that calibrations cached by an older one are redone
 # (2: median of 7 runs instead of 3; one noisy 3-run median had stuck in the cache;
-# 3: the cost of sampling; 4: per kind of truncation).
-CALIBRATION_VERSION = 4
+# 3: the cost of sampling; 4: per kind of truncation; 5: the multiplication order).
+CALIBRATION_VERSION = 5
 
 # How much faster than plain decoding the model must predict drafting to be before it is
 # chosen: rounds also cost what the model leaves out (measured: it predicts 3-5% high).
@@ -39,11 +39,13 @@ MARGIN = 0.05
 class Timings:
     """Seconds for one draft step, for a target pass over n tokens (n=1: plain decode), and
     what sampling at T > 0 (with the request's top-k / top-p) adds to a round drafting k
-    tokens (k=0: to a plain step)."""
+    tokens (k=0: to a plain step); `weight_first_rows`: the target passes were timed (and
+    run) multiplying inputs of 2..that many rows weight-first (`model.Linear`)."""
 
     draft_step: float
     target_pass: dict[int, float] = field(default_factory=dict)
     sampling: dict[int, float] = field(default_factory=dict)
+    weight_first_rows: int = 0
 
     def verify(self, n: int) -> float:
         """Time of a target pass over n tokens (interpolated beyond what was measured)."""
@@ -152,7 +154,9 @@ def _time(fn, repeats: int) -> float:
 def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 7, context: int = 64,
             params: SamplingParams | None = None) -> Timings:
     """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens, and
-    the cost of sampling with `params` (default: plain temperature sampling)."""
+    the cost of sampling with `params` (default: plain temperature sampling). Passes over a
+    few tokens are timed in both multiplication orders of `model.Linear`; the target is left
+    set to the faster (`Timings.weight_first_rows`)."""
     tokens = mx.array([[(7 * i + 3) % min(target.args.vocab_size, draft.args.vocab_size) for i in range(context + k_max + 1)]])
 
     def pass_over(model: Model, n: int):
@@ -168,9 +172,21 @@ def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int
         return run
 
     draft_step = _time(pass_over(draft, 1) if isinstance(draft, Model) else feature_step(draft, target, context), repeats)
+    set_weight_first_rows(target, 0)
     target_pass = {n: _time(pass_over(target, n), repeats) for n in range(1, k_max + 2)}
+    rows = 0
+    if any(isinstance(m, Linear) for m in target.modules()):
+        # the other multiplication order for the passes a round verifies: kept up to the
+        # largest n where it is faster for every count up to n
+        set_weight_first_rows(target, k_max + 1)
+        for n in range(2, k_max + 2):
+            t = _time(pass_over(target, n), repeats)
+            if t >= target_pass[n]:
+                break
+            target_pass[n], rows = t, n
+        set_weight_first_rows(target, rows)
     sampling = sampling_cost(target.args.vocab_size, draft_support(draft), k_max, params, repeats)
-    return Timings(draft_step, target_pass, sampling)
+    return Timings(draft_step, target_pass, sampling, rows)
 
 
 def draft_support(draft: Model | FeatureDraft) -> int:
@@ -254,7 +270,8 @@ def cache_dir() -> Path:
 def calibrate(target: Model, draft: Model | FeatureDraft, k_max: int, params: SamplingParams | None = None) -> Timings:
     """Timings for this model pair on this device (sampling as with `params`; default: plain
     temperature), measured once and cached on disk. The model passes are measured once per
-    pair; the sampling cost once per kind of truncation (`SamplingParams.truncation`)."""
+    pair; the sampling cost once per kind of truncation (`SamplingParams.truncation`). Sets
+    the target to the multiplication order the measurement found faster (see `measure`)."""
     params = params or SamplingParams(temperature=1.0)
     path = cache_dir() / "calibration.json"
     key, kind = _fingerprint(target, draft, k_max), params.truncation
@@ -266,13 +283,14 @@ def calibrate(target: Model, draft: Model | FeatureDraft, k_max: int, params: Sa
     if entry is None:
         timings = measure(target, draft, k_max, params=params)
         entry = stored[key] = {"draft_step": timings.draft_step, "target_pass": timings.target_pass,
-                               "sampling": {kind: timings.sampling}}
+                               "sampling": {kind: timings.sampling}, "weight_first_rows": timings.weight_first_rows}
         _store(path, stored)
     elif kind not in entry["sampling"]:
         entry["sampling"][kind] = sampling_cost(target.args.vocab_size, draft_support(draft), k_max, params)
         _store(path, stored)
+    set_weight_first_rows(target, entry["weight_first_rows"])
     return Timings(entry["draft_step"], {int(n): t for n, t in entry["target_pass"].items()},
-                   {int(k): t for k, t in entry["sampling"][kind].items()})
+                   {int(k): t for k, t in entry["sampling"][kind].items()}, entry["weight_first_rows"])
 
 
 def _store(path: Path, stored: dict) -> None:

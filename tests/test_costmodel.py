@@ -10,6 +10,7 @@ import pytest
 from mlxspec.sampling import SamplingParams
 
 from mlxspec.costmodel import MARGIN, AcceptanceEstimate, Timings, best_k, calibrate, expected_tokens, tokens_per_second
+from mlxspec.model import Linear, set_weight_first_rows
 
 
 def test_expected_tokens_matches_the_geometric_series():
@@ -48,22 +49,29 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     from test_speculative import DRAFTS, TARGET
 
     monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path))
-    first = calibrate(TARGET, DRAFTS["random"], 3)
-    assert sorted(first.target_pass) == [1, 2, 3, 4] and first.draft_step > 0
-    assert sorted(first.sampling) == [0, 1, 2, 3] and all(t >= 0 for t in first.sampling.values())
-    stored = json.loads((tmp_path / "calibration.json").read_text())
-    assert len(stored) == 1
-    key = next(iter(stored))
-    stored[key]["draft_step"] = 123.0  # a cached value is read back, not re-measured
-    (tmp_path / "calibration.json").write_text(json.dumps(stored))
-    again = calibrate(TARGET, DRAFTS["random"], 3)
-    assert again.draft_step == 123.0 and again.sampling == first.sampling
-    # another kind of truncation: only its sampling cost is measured, into the same entry
-    nucleus = calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.7, top_p=0.9))
-    assert nucleus.draft_step == 123.0 and sorted(nucleus.sampling) == [0, 1, 2, 3]
-    stored = json.loads((tmp_path / "calibration.json").read_text())
-    assert len(stored) == 1 and sorted(stored[key]["sampling"]) == ["none", "top-p"]
-    assert calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.3, top_p=0.5)).sampling == nucleus.sampling
+    try:
+        first = calibrate(TARGET, DRAFTS["random"], 3)
+        assert sorted(first.target_pass) == [1, 2, 3, 4] and first.draft_step > 0
+        assert sorted(first.sampling) == [0, 1, 2, 3] and all(t >= 0 for t in first.sampling.values())
+        stored = json.loads((tmp_path / "calibration.json").read_text())
+        assert len(stored) == 1
+        key = next(iter(stored))
+        assert 0 <= first.weight_first_rows <= 4 and stored[key]["weight_first_rows"] == first.weight_first_rows
+        stored[key]["draft_step"] = 123.0  # a cached value is read back, not re-measured
+        stored[key]["weight_first_rows"] = 3  # ... and the multiplication order it found is set again
+        (tmp_path / "calibration.json").write_text(json.dumps(stored))
+        set_weight_first_rows(TARGET, 0)
+        again = calibrate(TARGET, DRAFTS["random"], 3)
+        assert again.draft_step == 123.0 and again.sampling == first.sampling and again.weight_first_rows == 3
+        assert {m.weight_first_rows for m in TARGET.modules() if isinstance(m, Linear)} == {3}
+        # another kind of truncation: only its sampling cost is measured, into the same entry
+        nucleus = calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.7, top_p=0.9))
+        assert nucleus.draft_step == 123.0 and sorted(nucleus.sampling) == [0, 1, 2, 3]
+        stored = json.loads((tmp_path / "calibration.json").read_text())
+        assert len(stored) == 1 and sorted(stored[key]["sampling"]) == ["none", "top-p"]
+        assert calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.3, top_p=0.5)).sampling == nucleus.sampling
+    finally:
+        set_weight_first_rows(TARGET, 0)  # TARGET is shared with other tests
 
 
 def test_sampling_params_name_their_truncation():

@@ -78,11 +78,34 @@ def test_feature_draft_training_end_to_end(hf_full_dir, tmp_path):
     options = dict(zip(args[::2], args[1::2]))
     del options["--init-from"]
     options.update({"--out": str(tmp_path / "draft2"), "--init-draft": str(out), "--extra-chunks": "4",
+                    "--answers": "2", "--answer-batch": "3", "--max-new": "6",
                     "--run": "more", "--steps": "4", "--eval-every": "4"})
     more = [x for pair in options.items() for x in pair]
     res = subprocess.run([sys.executable, str(FEATURES_SCRIPT), *more], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "MLXSPEC_CACHE": str(work / "cache")})
     assert res.returncode == 0, res.stderr[-3000:]
     cont = json.loads((tmp_path / "draft2" / "training.json").read_text())
-    assert cont["train_rows"] == info["train_rows"] + 4 and (work / "features-extra-4.npz").is_file()
+    assert cont["train_rows"] == info["train_rows"] + 4 + 2 * 3 and (work / "features-extra-4.npz").is_file()
+    assert sorted(p.name for p in (work / "feature-answers").iterdir()) == ["00000.npz", "00001.npz"]
     assert abs(cont["initial_held_top1"] - info["final_eval"]["held_top1"]) < 0.05  # starts where the export ended
+
+
+def test_answers_keep_the_features_of_a_full_pass(hf_full_dir):
+    """The teacher's answers for feature-draft training: a left-padded batch decoded greedily
+    gives each prompt's own greedy answer, and the features kept while decoding equal the
+    target's pass over the finished row (the last `seq_len` positions when it is longer)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from distill_features import answer_with_features
+
+    from mlxspec import stream_generate
+
+    target, _ = load(hf_full_dir, dtype=mx.float32)
+    prompts = [[1, 40, 50], [1, 7, 8, 9, 10, 11], [1, 99]]
+    rows = answer_with_features(target, prompts, True, 5, 1.0, set(), 8)
+    for r, prompt in enumerate(prompts):
+        answer = [s.token for s in stream_generate(target, None, prompt, max_tokens=5)]
+        seq = (prompt + answer)[-8:]
+        n = int(rows["valid"][r].sum())
+        assert n == len(seq) and rows["tokens"][r, :n].tolist() == seq
+        full = target.model(mx.array([prompt + answer]), None)[0, -n:]
+        assert mx.allclose(mx.array(rows["features"][r, :n]).astype(mx.float32), full, atol=1e-2, rtol=1e-2)

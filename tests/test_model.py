@@ -9,7 +9,7 @@ import pytest
 import mlxspec
 from mlxspec.config import ModelArgs
 from mlxspec.convert.mapping import permute_half_to_interleaved
-from mlxspec.model import Model
+from mlxspec.model import Linear, Model
 
 SEQ = 100
 
@@ -64,3 +64,18 @@ def test_rope_layouts_give_equal_logits():
     inter.load_weights(list(weights.items()))
     tokens = mx.array(np.random.default_rng(1).integers(0, 50, size=(2, 30)))
     assert mx.abs(half(tokens) - inter(tokens)).max().item() < 1e-5
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_weight_first_linear_gives_the_same_numbers(bias):
+    """`Linear` multiplying (W xᵀ)ᵀ for a few rows equals x Wᵀ (+ b), for any leading shape;
+    rows beyond `weight_first_rows` (and single rows) take the ordinary path."""
+    layer = Linear(48, 80, bias=bias)
+    mx.eval(layer.parameters())
+    reference = lambda x: x @ layer.weight.T + (layer.bias if bias else 0)  # noqa: E731
+    layer.weight_first_rows = 4
+    for shape in [(1, 1, 48), (1, 2, 48), (1, 4, 48), (2, 2, 48), (3, 48), (1, 7, 48)]:
+        x = mx.random.normal(shape)
+        out = layer(x)
+        assert out.shape == (*shape[:-1], 80)
+        assert mx.allclose(out, reference(x), atol=1e-5, rtol=1e-5)

@@ -43,8 +43,8 @@ from mlx.utils import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill import (  # noqa: E402
-    checkpoint, choose_vocab, draft_args, load_examples, make_optimizer, predicted_speedups, progress, resume,
-    stdlib_pieces,
+    checkpoint, choose_vocab, draft_args, load_examples, make_optimizer, more_prompts, padded_features,
+    predicted_speedups, progress, resume, stdlib_pieces,
 )
 
 from mlxspec.convert.atomic import atomic_dir  # noqa: E402
@@ -89,6 +89,83 @@ def extra_text(tokenizer, seq_len: int, chunks: int, seed: int) -> np.ndarray:
     rows = [piece for held_out, pieces in stdlib_pieces(tokenizer, seq_len) if not held_out for piece in pieces[4:]]
     rows = np.array(rows, dtype=np.int32)
     return rows[np.random.default_rng(seed).permutation(len(rows))][:chunks]
+
+
+def answer_with_features(target: Model, prompts: list[list[int]], greedy: bool, max_new: int,
+                         temperature: float, eos: set[int], seq_len: int) -> dict[str, np.ndarray]:
+    """The teacher's answers to a batch of prompts (left-padded, one batched decode) with its
+    features at every position, kept as training rows: the last `seq_len` positions of
+    prompt + answer (tokens, float16 features, valid mask), right-padded. The features come
+    from the decode itself, so no second pass over the text is needed."""
+    rows, width = len(prompts), max(len(p) for p in prompts)
+    padded = np.zeros((rows, width), np.int32)
+    keep = np.zeros((rows, width + max_new), bool)
+    for r, p in enumerate(prompts):
+        padded[r, width - len(p):] = p
+        keep[r, width - len(p):] = True
+    keep = mx.array(keep)
+    cache = target.make_cache()
+    h = padded_features(target, mx.array(padded), cache, keep)
+    feats, tokens = [np.array(h.astype(mx.float16))], []
+    lengths = np.full(rows, max_new)
+    done = np.zeros(rows, dtype=bool)
+    for t in range(max_new):
+        logits = target.head(h[:, -1])
+        nxt = mx.argmax(logits, axis=-1) if greedy else mx.random.categorical(logits / temperature)
+        h = padded_features(target, nxt[:, None], cache, keep)  # the answer's token t: its feature
+        mx.eval(nxt, h)
+        tokens.append(np.array(nxt)), feats.append(np.array(h.astype(mx.float16)))
+        for r, tok in enumerate(tokens[-1].tolist()):
+            if not done[r] and tok in eos:
+                done[r], lengths[r] = True, t + 1
+        if done.all():
+            break
+    gen, feats = np.stack(tokens, axis=1), np.concatenate(feats, axis=1)
+    out_tokens = np.zeros((rows, seq_len), np.int32)
+    out_feats = np.zeros((rows, seq_len, feats.shape[-1]), np.float16)
+    valid = np.zeros((rows, seq_len), np.float32)
+    for r, p in enumerate(prompts):
+        seq = np.concatenate([p, gen[r, :lengths[r]]])
+        f = feats[r, width - len(p):width + lengths[r]]
+        n = min(len(seq), seq_len)
+        out_tokens[r, :n], out_feats[r, :n], valid[r, :n] = seq[-n:], f[-n:], 1
+    return {"tokens": out_tokens, "features": out_feats, "valid": valid, "greedy": np.array(greedy)}
+
+
+def more_answers(target: Model, tokenizer, work: Path, count: int, batch: int, max_new: int, temperature: float,
+                 seq_len: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Phase 1b: the first `count` batches of the teacher's answers to distill.py's second
+    prompt set, with features (WORKDIR/feature-answers/NNNNN.npz, one per batch; reused).
+    A batch holds prompts of similar length (padding costs little); the batches come in a
+    seeded random order, so any first `count` are a fair sample of the set. Two batches in
+    three are greedy, one sampled. Returns their rows."""
+    out_dir = work / "feature-answers"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eos = set(tokenizer.eos_ids)
+    prompts = [tokenizer.apply_chat(p) for p in more_prompts(seed)]
+    window = 8 * batch
+    groups = []
+    for w in range(0, len(prompts), window):
+        by_length = sorted(range(w, min(w + window, len(prompts))), key=lambda i: len(prompts[i]))
+        groups += [by_length[i:i + batch] for i in range(0, len(by_length), batch)]
+    random.Random(seed).shuffle(groups)
+    if count > len(groups):
+        sys.exit(f"--answers {count}: the second prompt set makes only {len(groups)} batches of {batch}")
+    todo = [g for g in range(count) if not (out_dir / f"{g:05d}.npz").is_file()]
+    start, made = time.time(), 0
+    for n, g in enumerate(todo):
+        mx.random.seed(seed * 100003 + g)
+        data = answer_with_features(target, [prompts[i] for i in groups[g]], g % 3 != 2, max_new, temperature,
+                                    eos, seq_len)
+        tmp = out_dir / f"{g:05d}.tmp.npz"
+        np.savez(tmp, **data)
+        tmp.replace(out_dir / f"{g:05d}.npz")
+        made += int(data["valid"].sum())
+        progress("teacher answers with features", count - len(todo) + n + 1, count,
+                 f"{made / (time.time() - start):.0f} positions/s")
+    parts = [np.load(out_dir / f"{g:05d}.npz") for g in range(count)]
+    return (np.concatenate([d["tokens"] for d in parts]), np.concatenate([d["valid"] for d in parts]),
+            np.concatenate([d["features"] for d in parts]))
 
 
 def make_feature_draft(target: Model, layers: int, head_ids: np.ndarray, init_from: Path | None) -> FeatureDraft:
@@ -197,6 +274,13 @@ def main() -> None:
     p.add_argument("--init-draft", help="An exported feature draft folder to start from (continued training).")
     p.add_argument("--extra-chunks", type=int, default=0,
                    help="Also train on this many more rows of standard-library source (their target features are cached).")
+    p.add_argument("--answers", type=int, default=0,
+                   help="Also train on this many batches of the teacher's answers to a second prompt set "
+                        "(generated with their features; cached in WORKDIR/feature-answers).")
+    p.add_argument("--answer-batch", type=int, default=64, help="Prompts answered together for --answers.")
+    p.add_argument("--max-new", type=int, default=128, help="Most tokens per answer for --answers.")
+    p.add_argument("--sample-temperature", type=float, default=0.8, help="For the sampled third of --answers.")
+    p.add_argument("--data-only", action="store_true", help="Stop after the data and features phases.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seq-len", type=int, default=256, help="As given to distill.py.")
     p.add_argument("--held-out-batches", type=int, default=1, help="As given to distill.py.")
@@ -229,9 +313,17 @@ def main() -> None:
         extra_feats = target_features(target, extra, work / f"features-extra-{len(extra)}.npz")
         tokens, valid = np.concatenate([tokens, extra]), np.concatenate([valid, np.ones(extra.shape, np.float32)])
         feats = np.concatenate([feats, extra_feats])
+    if args.answers:
+        more_tokens, more_valid, more_feats = more_answers(target, tokenizer, work, args.answers, args.answer_batch,
+                                                           args.max_new, args.sample_temperature, args.seq_len,
+                                                           args.seed)
+        tokens, valid = np.concatenate([tokens, more_tokens]), np.concatenate([valid, more_valid])
+        feats = np.concatenate([feats, more_feats])
     held_tokens = np.stack([r[0] for r, _, _ in data["held_greedy"]])
     held_scored = np.stack([r[3] for r, _, _ in data["held_greedy"]])
     held = (target_features(target, held_tokens, work / "features-held.npz"), held_tokens, held_scored)
+    if args.data_only:
+        return
 
     mx.random.seed(args.seed)
     draft = make_feature_draft(target, args.layers, head_ids, Path(args.init_from) if args.init_from else None)
