@@ -243,17 +243,33 @@ def padded_logits(model: Model, tokens: mx.array, cache: list, keep: mx.array) -
     return model.head(padded_features(model, tokens, cache, keep))
 
 
+def left_pad(prompts: list[list[int]], max_new: int) -> tuple[np.ndarray, mx.array]:
+    """Prompts left-padded to one width [B, W], and which positions hold real tokens
+    [B, W + max_new] (the mask `padded_features` takes)."""
+    width = max(len(p) for p in prompts)
+    padded = np.zeros((len(prompts), width), np.int32)
+    keep = np.zeros((len(prompts), width + max_new), bool)
+    for r, p in enumerate(prompts):
+        padded[r, width - len(p):] = p
+        keep[r, width - len(p):] = True
+    return padded, mx.array(keep)
+
+
+def ended(new: np.ndarray, t: int, eos: set[int], done: np.ndarray, lengths: np.ndarray) -> bool:
+    """Record the rows whose answer ends with token `t` (an end-of-sequence token: `lengths`
+    gets t + 1); whether every row has ended."""
+    for r, tok in enumerate(new.tolist()):
+        if not done[r] and tok in eos:
+            done[r], lengths[r] = True, t + 1
+    return bool(done.all())
+
+
 def generate_answers(teacher: Model, prompts: list[list[int]], greedy: bool, max_new: int, temperature: float,
                      topk: int, eos: set[int]) -> dict[str, np.ndarray]:
     """Answers to a batch of prompts (left-padded), greedy or sampled, in one batched decode,
     with the teacher's top-k next-token distribution at every generated position."""
-    rows, width = len(prompts), max(len(p) for p in prompts)
-    padded = np.zeros((rows, width), np.int32)
-    keep = np.zeros((rows, width + max_new), bool)
-    for r, p in enumerate(prompts):
-        padded[r, width - len(p):] = p
-        keep[r, width - len(p):] = True
-    keep = mx.array(keep)
+    rows = len(prompts)
+    padded, keep = left_pad(prompts, max_new)
     cache = teacher.make_cache()
     logits = padded_logits(teacher, mx.array(padded), cache, keep)[:, -1]
     tokens, ids_out, lps_out = [], [], []
@@ -264,10 +280,7 @@ def generate_answers(teacher: Model, prompts: list[list[int]], greedy: bool, max
         nxt = mx.argmax(logits, axis=-1) if greedy else mx.random.categorical(logits / temperature)
         mx.eval(nxt, ids, lps)
         tokens.append(np.array(nxt)), ids_out.append(np.array(ids)), lps_out.append(np.array(lps, dtype=np.float16))
-        for r, tok in enumerate(tokens[-1].tolist()):
-            if not done[r] and tok in eos:
-                done[r], lengths[r] = True, t + 1
-        if done.all():
+        if ended(tokens[-1], t, eos, done, lengths):
             break
         logits = padded_logits(teacher, nxt[:, None], cache, keep)[:, -1]
     gen = np.stack(tokens, axis=1)

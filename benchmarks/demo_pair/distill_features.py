@@ -18,11 +18,14 @@ the teacher's answers to template prompts and standard-library chunks. Phases, r
    acceptance per draft position, the measured draft/target cost and predicted speedups.
 4. export: config.json (`"draft_type": "eagle"`) + model.safetensors (float16) + training.json.
 
-`--init-draft DIR` continues from an exported feature draft; `--extra-chunks N` adds N rows
-of standard-library source that distill.py did not use (their features cached apart). Tried
-on the shipped draft: 1000 rows (+256k positions, 15 min of features) and 500 more steps
-moved held-out top-1 from 0.447 to 0.458 and the engine's first-draft acceptance from
-0.403 to 0.412 — within noise, so the shipped draft was kept.
+`--answers N` adds N batches of the teacher's answers to a second, larger prompt set
+(`distill.more_prompts`: new topics, templates and code tasks, standard-library docstrings
+to summarise and short functions to explain), decoded in batches of similar-length prompts
+with the features kept from the decode itself (WORKDIR/feature-answers, one file per batch,
+resumable). `--init-draft DIR` continues from an exported feature draft; `--extra-chunks N`
+adds N rows of standard-library source that distill.py did not use (their features cached
+apart; tried on the first shipped draft: +256k positions moved its held-out top-1 only from
+0.447 to 0.458 — source text is not what the bench asks for, answers are).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from mlx.utils import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill import (  # noqa: E402
-    checkpoint, choose_vocab, draft_args, load_examples, make_optimizer, more_prompts, padded_features,
-    predicted_speedups, progress, resume, stdlib_pieces,
+    checkpoint, choose_vocab, draft_args, ended, left_pad, load_examples, make_optimizer, more_prompts,
+    padded_features, predicted_speedups, progress, resume, stdlib_pieces,
 )
 
 from mlxspec.convert.atomic import atomic_dir  # noqa: E402
@@ -97,13 +100,9 @@ def answer_with_features(target: Model, prompts: list[list[int]], greedy: bool, 
     features at every position, kept as training rows: the last `seq_len` positions of
     prompt + answer (tokens, float16 features, valid mask), right-padded. The features come
     from the decode itself, so no second pass over the text is needed."""
-    rows, width = len(prompts), max(len(p) for p in prompts)
-    padded = np.zeros((rows, width), np.int32)
-    keep = np.zeros((rows, width + max_new), bool)
-    for r, p in enumerate(prompts):
-        padded[r, width - len(p):] = p
-        keep[r, width - len(p):] = True
-    keep = mx.array(keep)
+    rows = len(prompts)
+    padded, keep = left_pad(prompts, max_new)
+    width = padded.shape[1]
     cache = target.make_cache()
     h = padded_features(target, mx.array(padded), cache, keep)
     feats, tokens = [np.array(h.astype(mx.float16))], []
@@ -115,10 +114,7 @@ def answer_with_features(target: Model, prompts: list[list[int]], greedy: bool, 
         h = padded_features(target, nxt[:, None], cache, keep)  # the answer's token t: its feature
         mx.eval(nxt, h)
         tokens.append(np.array(nxt)), feats.append(np.array(h.astype(mx.float16)))
-        for r, tok in enumerate(tokens[-1].tolist()):
-            if not done[r] and tok in eos:
-                done[r], lengths[r] = True, t + 1
-        if done.all():
+        if ended(tokens[-1], t, eos, done, lengths):
             break
     gen, feats = np.stack(tokens, axis=1), np.concatenate(feats, axis=1)
     out_tokens = np.zeros((rows, seq_len), np.int32)
