@@ -88,6 +88,7 @@ def test_feature_draft_training_end_to_end(hf_full_dir, tmp_path):
     assert cont["train_rows"] == info["train_rows"] + 4 + 2 * 3 and (work / "features-extra-4.npz").is_file()
     assert sorted(p.name for p in (work / "feature-answers").iterdir()) == ["00000.npz", "00001.npz"]
     assert abs(cont["initial_held_top1"] - info["final_eval"]["held_top1"]) < 0.05  # starts where the export ended
+    assert cont["continued_from"] == info  # the earlier stage's record comes along
 
 
 def test_answers_keep_the_features_of_a_full_pass(hf_full_dir):

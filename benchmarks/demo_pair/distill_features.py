@@ -350,6 +350,8 @@ def main() -> None:
             "cost": {"draft_step_s": timings.draft_step, "target_pass_s": timings.target_pass,
                      "ratio": timings.draft_step / timings.verify(1)},
             "predicted_speedup_by_k": predicted_speedups(chain, timings)}
+    if args.init_draft and (Path(args.init_draft) / "training.json").is_file():  # the stages before this one
+        info["continued_from"] = json.loads((Path(args.init_draft) / "training.json").read_text())
     (run_dir / "eval.json").write_text(json.dumps(info, indent=2))
     print(json.dumps({k: info[k] for k in ("final_eval", "cost", "predicted_speedup_by_k")}, indent=1), file=sys.stderr)
     if args.out:
