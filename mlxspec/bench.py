@@ -5,9 +5,9 @@ Every configuration (plain; speculative with a fixed k; adaptive) runs on every 
 and temperature, `repeats` times, interleaved so that machine noise spreads evenly.
 Rates are decode rates: tokens after the first over the time after the first token;
 time to first token is reported apart. The cost model's prediction for a fixed k uses
-the acceptance measured per draft position and the calibrated step costs:
-speedup = (1 + sum_j P(first j accepted)) / (k t_draft + t_verify(k+1) + s(k)) * (t_verify(1) + s(0)),
-with s the cost of sampling at T > 0 (0 when greedy).
+the acceptance measured per draft position and the calibrated costs of whole rounds at
+the run's temperature: speedup = (1 + sum_j P(first j accepted)) * t_round(0) / t_round(k),
+t_round(0) being a plain decoding step (see `costmodel`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from .costmodel import Timings, calibrate
 from .errors import InputError
 from .feature_draft import FeatureDraft
 from .model import Model
+from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
-SCHEMA_VERSION = 3  # 2: "drafts" (what each engine drafted with); 3: timings.sampling_s
+SCHEMA_VERSION = 4  # 2: "drafts" (what each engine drafted with); 3: timings.sampling_s;
+# 4: timings.round_s (whole rounds per temperature) and weight_first_rows instead of sampling_s
 PLOT_FILES = ("tokens_per_s.png", "acceptance.png")  # written by write_report with matplotlib
 
 
@@ -188,14 +190,13 @@ def mlx_lm_models(target: Model, draft: Model | None) -> tuple[Any, Any]:
     return their_target, their_draft
 
 
-def predicted_speedup(drafted: Sequence[int], accepted: Sequence[int], k: int, timings: Timings,
-                      sampled: bool = False) -> float | None:
+def predicted_speedup(drafted: Sequence[int], accepted: Sequence[int], k: int, timings: Timings) -> float | None:
     """The cost model's speedup for drafting k tokens at the measured per-position acceptance
-    (`sampled`: at T > 0, where drawing from the distributions is part of the cost)."""
+    (`timings` calibrated for the run's kind of sampling)."""
     if not drafted or not drafted[0]:
         return None
     expected = 1 + sum(a / d for a, d in zip(accepted[:k], drafted[:k]) if d)
-    return expected / timings.round(k, sampled) * timings.round(0, sampled)
+    return expected / timings.round(k) * timings.round(0)
 
 
 def describe_draft(draft: Model | FeatureDraft) -> str:
@@ -223,7 +224,8 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Model | FeatureDraft, 
     if max_tokens < 2:
         raise InputError(f"--max-tokens must be >= 2, got {max_tokens}")
     k_max = max(ks)
-    timings = calibrate(target, draft, k_max)
+    # before any timed run: the adaptive runs read these, and the predictions rest on them
+    timings = {temp: calibrate(target, draft, k_max, SamplingParams(temperature=temp)) for temp in temperatures}
     configs = [Config("mlxspec", 0)] + [Config("mlxspec", k) for k in ks]
     if adaptive:
         configs.append(Config("mlxspec", k_max, adaptive=True))
@@ -255,10 +257,18 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Model | FeatureDraft, 
     return {"comparison": compare(rows, temperatures), "schema": SCHEMA_VERSION, "weights": weights,
             "drafts": drafts, "max_tokens": max_tokens, "repeats": repeats,
             "prompts": [{"kind": k, "text": t, "tokens": len(i)} for k, t, i in encoded],
-            "timings": {"draft_step_s": timings.draft_step,
-                        "target_pass_s": {str(n): t for n, t in timings.target_pass.items()},
-                        "sampling_s": {str(k): t for k, t in timings.sampling.items()}},
+            "timings": timings_report(timings),
             "rows": rows}
+
+
+def timings_report(timings: dict[float, Timings]) -> dict:
+    """The calibration behind the predictions: the passes (the same at every temperature)
+    and, per temperature, whole rounds by draft length (k = 0: a plain step)."""
+    any_t = next(iter(timings.values()))
+    return {"draft_step_s": any_t.draft_step,
+            "target_pass_s": {str(n): t for n, t in any_t.target_pass.items()},
+            "weight_first_rows": any_t.weight_first_rows,
+            "round_s": {f"{temp:g}": {str(k): t for k, t in ts.rounds.items()} for temp, ts in timings.items()}}
 
 
 def _aggregate(runs: list[Run]) -> dict[str, Any]:
@@ -281,7 +291,7 @@ def _aggregate(runs: list[Run]) -> dict[str, Any]:
 
 
 def summarise(configs: list[Config], temperatures: Sequence[float],
-              results: dict[tuple[str, float], list[list[Run]]], timings: Timings) -> list[dict]:
+              results: dict[tuple[str, float], list[list[Run]]], timings: dict[float, Timings]) -> list[dict]:
     """One row per (configuration, temperature): medians over repeats of the pooled prompts."""
     rows = []
     for temp in temperatures:
@@ -299,7 +309,7 @@ def summarise(configs: list[Config], temperatures: Sequence[float],
                 accepted = [sum(x) for x in zip(*(r["accepted"] for r in per_repeat))]
                 row["acceptance_per_position"] = [a / d if d else None for a, d in zip(accepted, drafted)]
                 if not config.adaptive and config.engine == "mlxspec":
-                    row["predicted_speedup"] = predicted_speedup(drafted, accepted, config.k, timings, temp > 0)
+                    row["predicted_speedup"] = predicted_speedup(drafted, accepted, config.k, timings[temp])
             if config.k == 0:
                 plain[config.engine] = row["tokens_per_s"]
             rows.append(row)

@@ -1,11 +1,15 @@
 """How many tokens to draft: a cost model measured on the running device.
 
 Leviathan et al. 2023: with per-token acceptance rate alpha, a round that drafts k tokens
-yields E = (1 - alpha^(k+1)) / (1 - alpha) tokens and costs k * t_draft + t_verify(k+1),
-plus, when sampling (T > 0), the cost of drawing from the distributions: k draft picks,
-normalising the target's k+1 rows and the rejection step. We pick the k (0 = plain
-decoding) with the most expected tokens per second. On Apple GPUs t_verify(k+1) grows
-with k, so the best k can be 0: a useless draft must not slow the user down."""
+yields E = (1 - alpha^(k+1)) / (1 - alpha) tokens and costs about k * t_draft + t_verify(k+1).
+"About": a round also builds graphs it cannot overlap with computing, verifies, rolls back,
+lets the draft catch up on the accepted tokens and, when sampling (T > 0), draws from the
+distributions; on MLX's CPU backend these add 5-15% to the sum of the passes, enough to
+turn a predicted gain into a loss. So the calibration times whole rounds as the loop runs
+them, for k = 0 (a plain decoding step) .. k_max and for the request's kind of sampling,
+and the model divides expected tokens by those times. We pick the k (0 = plain decoding)
+with the most expected tokens per second. On Apple GPUs t_verify(k+1) grows with k, so
+the best k can be 0: a useless draft must not slow the user down."""
 
 from __future__ import annotations
 
@@ -22,29 +26,32 @@ from mlx.utils import tree_flatten
 
 from .feature_draft import FeatureDraft
 from .model import Linear, Model, set_weight_first_rows
-from .sampling import SamplingParams, process_logits, sample
+from .sampling import SamplingParams
 
 
 # Bumped when `measure` changes, so that calibrations cached by an older one are redone
 # (2: median of 7 runs instead of 3; one noisy 3-run median had stuck in the cache;
-# 3: the cost of sampling; 4: per kind of truncation; 5: the multiplication order).
-CALIBRATION_VERSION = 5
+# 3: the cost of sampling; 4: per kind of truncation; 5: the multiplication order;
+# 6: whole rounds timed, per kind of sampling, instead of a modelled sampling cost).
+CALIBRATION_VERSION = 6
 
 # How much faster than plain decoding the model must predict drafting to be before it is
-# chosen: rounds also cost what the model leaves out (measured: it predicts 3-5% high).
+# chosen: the timings and the acceptance estimate are noisy, and near break-even a wrong
+# choice costs more than it can gain.
 MARGIN = 0.05
 
 
 @dataclass
 class Timings:
-    """Seconds for one draft step, for a target pass over n tokens (n=1: plain decode), and
-    what sampling at T > 0 (with the request's top-k / top-p) adds to a round drafting k
-    tokens (k=0: to a plain step); `weight_first_rows`: the target passes were timed (and
-    run) multiplying inputs of 2..that many rows weight-first (`model.Linear`)."""
+    """Seconds on this device for one pair and one kind of sampling: a draft step, a target
+    pass over n tokens (n=1: plain decode), and `rounds`, whole rounds drafting k tokens as
+    the speculative loop runs them (k=0: a plain decoding step); `weight_first_rows`: the
+    target's passes were timed (and run) multiplying inputs of 2..that many rows
+    weight-first (`model.Linear`). Without `rounds`, a round is modelled as its passes."""
 
     draft_step: float
     target_pass: dict[int, float] = field(default_factory=dict)
-    sampling: dict[int, float] = field(default_factory=dict)
+    rounds: dict[int, float] = field(default_factory=dict)
     weight_first_rows: int = 0
 
     def verify(self, n: int) -> float:
@@ -59,10 +66,11 @@ class Timings:
         w = (n - lo) / (hi - lo)
         return (1 - w) * self.target_pass[lo] + w * self.target_pass[hi]
 
-    def round(self, k: int, sampled: bool = False) -> float:
+    def round(self, k: int) -> float:
         """Time of a round drafting k tokens (k=0: one plain decoding step)."""
-        extra = self.sampling.get(k, self.sampling.get(max(self.sampling), 0.0)) if sampled and self.sampling else 0.0
-        return k * self.draft_step + self.verify(k + 1) + extra
+        if k in self.rounds:
+            return self.rounds[k]
+        return k * self.draft_step + self.verify(k + 1)
 
 
 def expected_tokens(alpha: float | Sequence[float], k: int) -> float:
@@ -80,18 +88,15 @@ def expected_tokens(alpha: float | Sequence[float], k: int) -> float:
     return total
 
 
-def tokens_per_second(alpha: float | Sequence[float], k: int, timings: Timings, sampled: bool = False) -> float:
-    """Predicted throughput of drafting k tokens per round (k=0: plain decoding); `sampled`:
-    at T > 0, where drawing from the distributions costs more than an argmax."""
-    return expected_tokens(alpha, k) / timings.round(k, sampled)
+def tokens_per_second(alpha: float | Sequence[float], k: int, timings: Timings) -> float:
+    """Predicted throughput of drafting k tokens per round (k=0: plain decoding)."""
+    return expected_tokens(alpha, k) / timings.round(k)
 
 
-def best_k(alpha: float | Sequence[float], timings: Timings, k_max: int, margin: float = MARGIN,
-           sampled: bool = False) -> int:
+def best_k(alpha: float | Sequence[float], timings: Timings, k_max: int, margin: float = MARGIN) -> int:
     """The draft length in 0..k_max with the highest predicted tokens per second; drafting
-    must beat plain decoding by `margin`, since a round also costs what the model leaves out
-    (the draft catching up on accepted tokens, a host sync)."""
-    rate = lambda k: tokens_per_second(alpha, k, timings, sampled)  # noqa: E731
+    must beat plain decoding by `margin`."""
+    rate = lambda k: tokens_per_second(alpha, k, timings)  # noqa: E731
     k = max(range(k_max + 1), key=rate)
     return k if rate(k) > (1 + margin) * rate(0) else 0
 
@@ -151,12 +156,11 @@ def _time(fn, repeats: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 7, context: int = 64,
-            params: SamplingParams | None = None) -> Timings:
-    """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens, and
-    the cost of sampling with `params` (default: plain temperature sampling). Passes over a
-    few tokens are timed in both multiplication orders of `model.Linear`; the target is left
-    set to the faster (`Timings.weight_first_rows`)."""
+def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int = 7, context: int = 64) -> Timings:
+    """Time a draft step and target passes over 1..k_max+1 tokens after `context` tokens
+    (the parts of a round; `round_times` times whole rounds). Passes over a few tokens are
+    timed in both multiplication orders of `model.Linear`; the target is left set to the
+    faster (`Timings.weight_first_rows`)."""
     tokens = mx.array([[(7 * i + 3) % min(target.args.vocab_size, draft.args.vocab_size) for i in range(context + k_max + 1)]])
 
     def pass_over(model: Model, n: int):
@@ -185,52 +189,41 @@ def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int
                 break
             target_pass[n], rows = t, n
         set_weight_first_rows(target, rows)
-    sampling = sampling_cost(target.args.vocab_size, draft_support(draft), k_max, params, repeats)
-    return Timings(draft_step, target_pass, sampling, rows)
+    return Timings(draft_step, target_pass, weight_first_rows=rows)
 
 
-def draft_support(draft: Model | FeatureDraft) -> int:
-    """How many tokens the draft's distributions cover (its head's subset, or the vocabulary)."""
-    if isinstance(draft, FeatureDraft):
-        return int(draft.token_ids.size)
-    return draft.args.head_vocab_size or draft.args.vocab_size
+def round_times(target: Model, draft: Model | FeatureDraft, k_max: int, params: SamplingParams,
+                repeats: int = 5, context: int = 64) -> dict[int, float]:
+    """Seconds of a speculative round drafting k = 1..k_max tokens, and of a plain decoding
+    step (k = 0), sampling with `params`: the loop itself (`SpeculativeDecoder`) runs on a
+    made-up context, so whatever a round costs beyond its passes is in the figure. The
+    sizes take turns, so that a slow spell of a shared machine slows them alike (the model
+    rests on their ratios). Sampled rounds draw from MLX's global random stream."""
+    from .speculative import SpeculativeDecoder
+
+    vocab = min(target.args.vocab_size, draft.args.vocab_size)
+    decoder = SpeculativeDecoder(target, draft, params, k_max, adaptive=False)
+    decoder.alpha = AcceptanceEstimate()  # not the process-wide estimate of real requests
+    decoder.prefill([(7 * i + 3) % vocab for i in range(context)])
+    plain_steps = 4  # plain decoding pipelines its steps: time a few in a row
+    samples: dict[int, list[float]] = {k: [] for k in range(k_max + 1)}
+    for repeat in range(repeats + 1):  # the first pass warms up
+        for k in range(k_max + 1):
+            start = time.perf_counter()
+            if k:
+                decoder.round(k)
+            else:
+                for _ in decoder.plain(plain_steps):
+                    pass
+            if repeat:
+                samples[k].append((time.perf_counter() - start) / (1 if k else plain_steps))
+    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
 
 
-def sampling_cost(vocab: int, support: int, k_max: int, params: SamplingParams | None = None,
-                  repeats: int = 7) -> dict[int, float]:
-    """Seconds that sampling with `params` (default: plain temperature) adds to a round
-    drafting k = 0..k_max tokens over greedy selection: k draft picks over `support` tokens,
-    processing the target's k+1 rows, the rejection step; k = 0: drawing one token."""
-    from .speculative import verify
-
-    params = params or SamplingParams(temperature=1.0)
-    if params.greedy:
-        return {k: 0.0 for k in range(k_max + 1)}
-    target = mx.random.normal((1, k_max + 1, vocab))
-    draft = mx.random.normal((1, k_max, support))
-    ids = mx.arange(support)
-    mx.eval(target, draft, ids)
-
-    def sampled(k: int):
-        if k == 0:
-            return lambda: mx.eval(sample(target[:, 0], params))
-
-        def run():
-            picks = [process_logits(draft[:, i], params) for i in range(k)]
-            tokens = mx.stack([mx.random.categorical(lp) for lp in picks], axis=1)
-            mx.eval(verify(process_logits(target[:, : k + 1], params), mx.stack(picks, axis=1), tokens, support=ids))
-        return run
-
-    def greedy(k: int):
-        if k == 0:
-            return lambda: mx.eval(mx.argmax(target[:, 0], axis=-1))
-
-        def run():
-            tokens = mx.stack([mx.argmax(draft[:, i], axis=-1) for i in range(k)], axis=1)
-            mx.eval(verify(target[:, : k + 1], None, tokens, greedy=True))
-        return run
-
-    return {k: max(0.0, _time(sampled(k), repeats) - _time(greedy(k), repeats)) for k in range(k_max + 1)}
+def sampling_kind(params: SamplingParams) -> str:
+    """What a round's cost depends on in the sampling settings: greedy, or the truncations
+    of a draw (`SamplingParams.truncation`; each sorts the vocabulary), not the temperature."""
+    return "greedy" if params.greedy else params.truncation
 
 
 def feature_step(draft: FeatureDraft, target: Model, context: int):
@@ -268,29 +261,28 @@ def cache_dir() -> Path:
 
 
 def calibrate(target: Model, draft: Model | FeatureDraft, k_max: int, params: SamplingParams | None = None) -> Timings:
-    """Timings for this model pair on this device (sampling as with `params`; default: plain
-    temperature), measured once and cached on disk. The model passes are measured once per
-    pair; the sampling cost once per kind of truncation (`SamplingParams.truncation`). Sets
-    the target to the multiplication order the measurement found faster (see `measure`)."""
-    params = params or SamplingParams(temperature=1.0)
+    """Timings for this model pair on this device, sampling as with `params` (default:
+    greedy), measured once and cached on disk: the passes once per pair, whole rounds once
+    per kind of sampling (`sampling_kind`). Sets the target to the multiplication order the
+    measurement found faster (see `measure`)."""
+    params = params or SamplingParams()
     path = cache_dir() / "calibration.json"
-    key, kind = _fingerprint(target, draft, k_max), params.truncation
+    key, kind = _fingerprint(target, draft, k_max), sampling_kind(params)
     try:
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         stored = {}
     entry = stored.get(key)
     if entry is None:
-        timings = measure(target, draft, k_max, params=params)
+        timings = measure(target, draft, k_max)
         entry = stored[key] = {"draft_step": timings.draft_step, "target_pass": timings.target_pass,
-                               "sampling": {kind: timings.sampling}, "weight_first_rows": timings.weight_first_rows}
-        _store(path, stored)
-    elif kind not in entry["sampling"]:
-        entry["sampling"][kind] = sampling_cost(target.args.vocab_size, draft_support(draft), k_max, params)
-        _store(path, stored)
+                               "weight_first_rows": timings.weight_first_rows, "rounds": {}}
     set_weight_first_rows(target, entry["weight_first_rows"])
+    if kind not in entry["rounds"]:
+        entry["rounds"][kind] = round_times(target, draft, k_max, params)
+        _store(path, stored)
     return Timings(entry["draft_step"], {int(n): t for n, t in entry["target_pass"].items()},
-                   {int(k): t for k, t in entry["sampling"][kind].items()}, entry["weight_first_rows"])
+                   {int(k): t for k, t in entry["rounds"][kind].items()}, entry["weight_first_rows"])
 
 
 def _store(path: Path, stored: dict) -> None:

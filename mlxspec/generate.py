@@ -119,8 +119,6 @@ def stream_generate(
         check_pair(model, draft, num_draft_tokens)
     if max_tokens == 0:
         return
-    if seed is not None:
-        mx.random.seed(seed)
     budget = max_tokens
     if model.args.max_position_embeddings is not None:
         budget = min(budget, model.args.max_position_embeddings - len(prompt_ids) + 1)
@@ -132,6 +130,8 @@ def stream_generate(
     else:
         tokens, stats = _speculative(model, draft, prompt_ids, params, budget, chunk,
                                      num_draft_tokens, adaptive, draft_schedule)
+    if seed is not None:  # after the calibration, which samples too: the same seed gives the same text
+        mx.random.seed(seed)  # whether or not the calibration was cached (the token generators are lazy)
     yield from _emit(tokens, tokenizer, stats, budget)
 
 

@@ -147,27 +147,26 @@ class SpeculativeDecoder:
             return limit
         if self.schedule == "heuristic":
             return min(self.k, limit)
-        sampled = not self.params.greedy
-        k = best_k(self.alpha.per_position(limit), self.timings, limit, sampled=sampled)
+        k = best_k(self.alpha.per_position(limit), self.timings, limit)
         if k > 0:
             return k
-        if self.ran_plain and limit > 0 and best_k(1.0, self.timings, limit, sampled=sampled) > 0:
+        if self.ran_plain and limit > 0 and best_k(1.0, self.timings, limit) > 0:
             # probe only if drafting could pay at all (not when even perfect acceptance loses)
             self.ran_plain = False
             return 1
-        self.plain_run = self.probe_interval(sampled)
+        self.plain_run = self.probe_interval()
         return 0
 
-    def probe_interval(self, sampled: bool) -> int:
+    def probe_interval(self) -> int:
         """Plain steps before the next probe, so that probing costs at most `explore` of the
         decoding time: a probe is one k=1 round, which loses (vs plain steps making as many
         tokens) t_round(1) - (1 + alpha) t_plain at the current estimate, with the same
-        margin for what the model leaves out as `best_k`. A useless draft is probed rarely;
+        margin as `best_k`. A useless draft is probed rarely;
         one whose acceptance is close to paying, often, which is when a noisy estimate most
         needs the fresh evidence."""
         t, alpha = self.timings, self.alpha.per_position(1)[0]
-        loss = max(t.round(1, sampled) - (1 + alpha) * t.round(0, sampled) / (1 + MARGIN), 0.0)
-        return max(1, min(512, math.ceil(loss / (self.explore * t.round(0, sampled)))))
+        loss = max(t.round(1) - (1 + alpha) * t.round(0) / (1 + MARGIN), 0.0)
+        return max(1, min(512, math.ceil(loss / (self.explore * t.round(0)))))
 
     def _pick(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
         """Next token [B, 1] from logits [B, V], and the processed log-probabilities

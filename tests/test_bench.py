@@ -122,7 +122,8 @@ def test_bench_writes_schema_checked_reports(hf_full_dir, small_draft_dir, tmp_p
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == SCHEMA_VERSION and len(report["prompts"]) == 2
-    assert set(report["timings"]) == {"draft_step_s", "target_pass_s", "sampling_s"}
+    assert set(report["timings"]) == {"draft_step_s", "target_pass_s", "weight_first_rows", "round_s"}
+    assert {t: sorted(r) for t, r in report["timings"]["round_s"].items()} == {"0": ["0", "1", "2"], "1": ["0", "1", "2"]}
     rows = report["rows"]
     assert len(rows) == 2 * (1 + 2 + 1 + 1 + 2)  # per T: plain, k=1,2, adaptive; mlx-lm plain, k=1,2
     for row in rows:

@@ -9,7 +9,8 @@ import pytest
 
 from mlxspec.sampling import SamplingParams
 
-from mlxspec.costmodel import MARGIN, AcceptanceEstimate, Timings, best_k, calibrate, expected_tokens, tokens_per_second
+from mlxspec.costmodel import (MARGIN, AcceptanceEstimate, Timings, best_k, calibrate, expected_tokens, round_times,
+                               sampling_kind, tokens_per_second)
 from mlxspec.model import Linear, set_weight_first_rows
 
 
@@ -52,44 +53,60 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     try:
         first = calibrate(TARGET, DRAFTS["random"], 3)
         assert sorted(first.target_pass) == [1, 2, 3, 4] and first.draft_step > 0
-        assert sorted(first.sampling) == [0, 1, 2, 3] and all(t >= 0 for t in first.sampling.values())
+        assert sorted(first.rounds) == [0, 1, 2, 3] and all(t > 0 for t in first.rounds.values())
         stored = json.loads((tmp_path / "calibration.json").read_text())
         assert len(stored) == 1
         key = next(iter(stored))
+        assert sorted(stored[key]["rounds"]) == ["greedy"]  # the default: greedy rounds
         assert 0 <= first.weight_first_rows <= 4 and stored[key]["weight_first_rows"] == first.weight_first_rows
         stored[key]["draft_step"] = 123.0  # a cached value is read back, not re-measured
         stored[key]["weight_first_rows"] = 3  # ... and the multiplication order it found is set again
         (tmp_path / "calibration.json").write_text(json.dumps(stored))
         set_weight_first_rows(TARGET, 0)
         again = calibrate(TARGET, DRAFTS["random"], 3)
-        assert again.draft_step == 123.0 and again.sampling == first.sampling and again.weight_first_rows == 3
+        assert again.draft_step == 123.0 and again.rounds == first.rounds and again.weight_first_rows == 3
         assert {m.weight_first_rows for m in TARGET.modules() if isinstance(m, Linear)} == {3}
-        # another kind of truncation: only its sampling cost is measured, into the same entry
+        # another kind of sampling: only its rounds are timed, into the same entry
         nucleus = calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.7, top_p=0.9))
-        assert nucleus.draft_step == 123.0 and sorted(nucleus.sampling) == [0, 1, 2, 3]
+        assert nucleus.draft_step == 123.0 and sorted(nucleus.rounds) == [0, 1, 2, 3]
         stored = json.loads((tmp_path / "calibration.json").read_text())
-        assert len(stored) == 1 and sorted(stored[key]["sampling"]) == ["none", "top-p"]
-        assert calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.3, top_p=0.5)).sampling == nucleus.sampling
+        assert len(stored) == 1 and sorted(stored[key]["rounds"]) == ["greedy", "top-p"]
+        assert calibrate(TARGET, DRAFTS["random"], 3, SamplingParams(0.3, top_p=0.5)).rounds == nucleus.rounds
     finally:
         set_weight_first_rows(TARGET, 0)  # TARGET is shared with other tests
 
 
-def test_sampling_params_name_their_truncation():
-    assert SamplingParams(1.0).truncation == "none"
-    assert SamplingParams(0.7, top_p=0.9).truncation == "top-p"
-    assert SamplingParams(0.7, top_k=40, top_p=0.9).truncation == "top-k+top-p"
+def test_sampling_params_name_their_kind():
+    assert sampling_kind(SamplingParams(0.0, top_p=0.9)) == "greedy"
+    assert sampling_kind(SamplingParams(1.0)) == "none"
+    assert sampling_kind(SamplingParams(0.7, top_p=0.9)) == "top-p"
+    assert sampling_kind(SamplingParams(0.7, top_k=40, top_p=0.9)) == "top-k+top-p"
 
 
-def test_sampling_cost_enters_the_round_and_the_choice_of_k():
-    """At T > 0 each round also draws from k+1 target and k draft distributions; when that
-    is dear, drafting pays less (here: not at all) than the greedy figures promise."""
-    t = Timings(0.006, {1: 0.068, 2: 0.080, 3: 0.091}, sampling={0: 0.001, 1: 0.012, 2: 0.020})
-    assert t.round(1) == pytest.approx(0.006 + 0.080)
-    assert t.round(1, sampled=True) == pytest.approx(0.006 + 0.080 + 0.012)
-    assert t.round(0, sampled=True) == pytest.approx(0.069)
+def test_measured_rounds_replace_the_sum_of_the_passes():
+    """A round costs more than its passes (graphs that cannot overlap, verification, the
+    draft catching up, drawing at T > 0); once measured, the model uses the measured round,
+    and a round that dear makes drafting pay less (here: not at all) than the passes promise."""
+    parts = Timings(0.006, {1: 0.068, 2: 0.080, 3: 0.091})
+    assert parts.round(1) == pytest.approx(0.006 + 0.080) and parts.round(0) == pytest.approx(0.068)
+    measured = Timings(0.006, {1: 0.068, 2: 0.080, 3: 0.091}, rounds={0: 0.069, 1: 0.098, 2: 0.120})
+    assert measured.round(1) == 0.098 and measured.round(0) == 0.069
     alpha = [0.42, 0.2]
-    assert best_k(alpha, t, 2) == 1
-    assert best_k(alpha, t, 2, sampled=True) == 0
+    assert best_k(alpha, parts, 2) == 1
+    assert best_k(alpha, measured, 2) == 0
+
+
+def test_round_times_run_the_loop_without_touching_real_requests():
+    """Rounds are timed by the loop itself, for k = 0..k_max, greedy or sampled; the
+    process-wide acceptance estimate that real requests share is left alone."""
+    from mlxspec.speculative import acceptance_memory
+    from test_speculative import DRAFTS, TARGET
+
+    for params in (SamplingParams(), SamplingParams(1.0, top_k=5)):
+        before = vars(acceptance_memory(TARGET, DRAFTS["random"], params)).copy()
+        times = round_times(TARGET, DRAFTS["random"], 3, params, repeats=2, context=8)
+        assert sorted(times) == [0, 1, 2, 3] and all(t > 0 for t in times.values())
+        assert vars(acceptance_memory(TARGET, DRAFTS["random"], params)) == before
 
 
 def test_per_position_acceptance_keeps_a_weak_second_draft_from_being_chosen():
@@ -117,7 +134,7 @@ def test_probes_cost_at_most_the_exploration_budget():
 
     def interval(alpha: float) -> int:
         decoder.alpha = AcceptanceEstimate(prior=alpha, weight=1.0)
-        return decoder.probe_interval(sampled=False)
+        return decoder.probe_interval()
 
     useless, marginal = interval(0.0), interval(0.28)
     assert useless == math.ceil((0.086 - 0.068 / (1 + MARGIN)) / (0.01 * 0.068))  # 32 plain steps per probe

@@ -78,6 +78,16 @@ def test_greedy_with_adaptive_length_and_heuristic_schedule(tmp_path, monkeypatc
     assert (tmp_path / "calibration.json").is_file()
 
 
+def test_a_seed_gives_the_same_text_whether_or_not_the_calibration_was_cached(tmp_path, monkeypatch):
+    """The calibration samples rounds of its own; it must not shift the request's random stream."""
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path))
+    options = dict(draft=DRAFTS["half"], num_draft_tokens=3, temperature=1.0, seed=11)
+    first, _ = tokens(TARGET, PROMPT, 24, **options)  # measures and caches
+    assert (tmp_path / "calibration.json").is_file()
+    second, _ = tokens(TARGET, PROMPT, 24, **options)  # reads the cache
+    assert first == second
+
+
 # ---- distribution exactness -------------------------------------------------------------
 
 def chi2_critical(df: int, z: float = 3.719) -> float:
