@@ -79,3 +79,33 @@ def test_weight_first_linear_gives_the_same_numbers(bias):
         out = layer(x)
         assert out.shape == (*shape[:-1], 80)
         assert mx.allclose(out, reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_steps_read_the_current_weights_and_order():
+    """Passes over a few tokens after a cache run the blocks compiled: they equal the
+    uncompiled block in either multiplication order, and see weights changed after they
+    were first compiled (nothing is baked in)."""
+    from mlx.utils import tree_map
+
+    from mlxspec.model import TransformerBlock, set_weight_first_rows
+
+    args = ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=96, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=50)
+    model = Model(args)
+    tokens = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+
+    def steps(limit: int) -> mx.array:
+        TransformerBlock.step_tokens = limit
+        try:
+            cache = model.make_cache()
+            return mx.concatenate([model(tokens[:, :5], cache), model(tokens[:, 5:7], cache), model(tokens[:, 7:], cache)], axis=1)
+        finally:
+            TransformerBlock.step_tokens = 16
+
+    for order in (0, 3):
+        set_weight_first_rows(model, order)
+        assert mx.abs(steps(16) - steps(0)).max().item() < 1e-5
+    before = steps(16)
+    model.update(tree_map(lambda w: w * 1.5, model.parameters()))
+    after = steps(16)
+    assert mx.abs(after - before).max().item() > 1e-2 and mx.abs(after - steps(0)).max().item() < 1e-5
