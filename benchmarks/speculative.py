@@ -33,6 +33,7 @@ from mlxspec.config import ModelArgs  # noqa: E402
 from mlxspec.convert.synthetic import write_random_hf_checkpoint  # noqa: E402
 from mlxspec.costmodel import calibrate, expected_tokens  # noqa: E402
 from mlxspec.convert.synthetic import mistral_tokenizer_file  # noqa: E402
+from mlxspec.sampling import SamplingParams  # noqa: E402
 
 TARGET = ModelArgs(hidden_size=768, num_hidden_layers=16, intermediate_size=2048, num_attention_heads=12,
                    num_key_value_heads=4, vocab_size=32000, max_position_embeddings=32768)
@@ -94,18 +95,18 @@ def run_mlx_lm(target, draft, prompt, n, temp, k):
 
 
 def predicted_speedup(alpha: float, k: int, timings) -> float:
-    """Leviathan et al.: expected tokens per round over the round's cost, relative to plain decoding."""
-    cost = k * timings.draft_step + timings.verify(k + 1)
-    return expected_tokens(alpha, k) * timings.verify(1) / cost
+    """Leviathan et al.: expected tokens per round over the round's measured cost, relative to
+    a plain decoding step (`timings` calibrated for the run's kind of sampling)."""
+    return expected_tokens(alpha, k) * timings.round(0) / timings.round(k)
 
 
 def bench_pair(name, target, draft, their_target, their_draft, prompt, args, rows, payload):
     """`target`/`draft`: mlxspec models; `their_*`: the same folders loaded by mlx-lm.
     Every configuration runs once per pass, passes repeat `args.runs` times (interleaved,
     so slow phases of the machine hit all configurations alike); medians are reported."""
-    timings = calibrate(target, draft, 6)
     ks = (2, 4, 6, "adaptive")
     for temp in (0.0, 1.0):
+        timings = calibrate(target, draft, 6, SamplingParams(temperature=temp))
         configs = {("mlxspec", 0): lambda: run_mlxspec(target, None, prompt, args.tokens, temp, 0, False),
                    ("mlx-lm", 0): lambda: run_mlx_lm(their_target, None, prompt, args.tokens, temp, 0)}
         for k in ks:
@@ -138,7 +139,8 @@ def bench_pair(name, target, draft, their_target, their_draft, prompt, args, row
             print(f"  {name} T={temp} k={k}: {row['spec_tps']:.2f} tok/s (plain {base:.2f}), acceptance {alpha:.2f}"
                   + (f", mlx-lm {row['mlx_lm_spec_tps']:.2f} tok/s acc {row['mlx_lm_acceptance']:.2f}"
                      if "mlx_lm_spec_tps" in row else ""), flush=True)
-    payload["timings"][name] = {"draft_step": timings.draft_step, "target_pass": timings.target_pass}
+        payload["timings"].setdefault(name, {"draft_step": timings.draft_step, "target_pass": timings.target_pass,
+                                             "rounds": {}})["rounds"][f"{temp:g}"] = timings.rounds
 
 
 def window_check(work: Path) -> dict:
