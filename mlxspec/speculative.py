@@ -161,9 +161,8 @@ class SpeculativeDecoder:
         """Plain steps before the next probe, so that probing costs at most `explore` of the
         decoding time: a probe is one k=1 round, which loses (vs plain steps making as many
         tokens) t_round(1) - (1 + alpha) t_plain at the current estimate, with the same
-        margin as `best_k`. A useless draft is probed rarely;
-        one whose acceptance is close to paying, often, which is when a noisy estimate most
-        needs the fresh evidence."""
+        margin as `best_k`. A useless draft is probed rarely; one whose acceptance is close
+        to paying, often, which is when a noisy estimate most needs the fresh evidence."""
         t, alpha = self.timings, self.alpha.per_position(1)[0]
         loss = max(t.round(1) - (1 + alpha) * t.round(0) / (1 + MARGIN), 0.0)
         return max(1, min(512, math.ceil(loss / (self.explore * t.round(0)))))
