@@ -146,6 +146,12 @@ class AcceptanceEstimate:
             self.position_tested[j] = self.decay * self.position_tested[j] + 1
 
 
+def made_up_tokens(n: int, vocab: int) -> list[int]:
+    """The context every timing runs on: n token ids spread over the vocabulary (what the
+    passes cost does not depend on which tokens they are)."""
+    return [(7 * i + 3) % vocab for i in range(n)]
+
+
 def _time(fn, repeats: int) -> float:
     fn()  # warm-up (compiles kernels, allocates)
     samples = []
@@ -161,7 +167,7 @@ def measure(target: Model, draft: Model | FeatureDraft, k_max: int, repeats: int
     (the parts of a round; `round_times` times whole rounds). Passes over a few tokens are
     timed in both multiplication orders of `model.Linear`; the target is left set to the
     faster (`Timings.weight_first_rows`)."""
-    tokens = mx.array([[(7 * i + 3) % min(target.args.vocab_size, draft.args.vocab_size) for i in range(context + k_max + 1)]])
+    tokens = mx.array([made_up_tokens(context + k_max + 1, min(target.args.vocab_size, draft.args.vocab_size))])
 
     def pass_over(model: Model, n: int):
         cache = model.make_cache(max_rollback=k_max + 1)
@@ -204,7 +210,7 @@ def round_times(target: Model, draft: Model | FeatureDraft, k_max: int, params: 
     vocab = min(target.args.vocab_size, draft.args.vocab_size)
     decoder = SpeculativeDecoder(target, draft, params, k_max, adaptive=False)
     decoder.alpha = AcceptanceEstimate()  # not the process-wide estimate of real requests
-    decoder.prefill([(7 * i + 3) % vocab for i in range(context)])
+    decoder.prefill(made_up_tokens(context, vocab))
     plain_steps = 4  # plain decoding pipelines its steps: time a few in a row
     samples: dict[int, list[float]] = {k: [] for k in range(k_max + 1)}
     for repeat in range(repeats + 1):  # the first pass warms up
@@ -233,7 +239,7 @@ def feature_step(draft: FeatureDraft, target: Model, context: int):
 
     head, embed = target_subset_head(target, draft.token_ids), target.model.embed_tokens
     features = mx.zeros((1, context + 1, target.args.hidden_size))
-    tokens = mx.array([[(7 * i + 3) % target.args.vocab_size for i in range(context + 1)]])
+    tokens = mx.array([made_up_tokens(context + 1, target.args.vocab_size)])
     cache = draft.make_cache()
     mx.eval(draft(features[:, :context], embed(tokens[:, :context]), cache))
 
