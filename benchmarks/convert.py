@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -21,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, median, write_report  # noqa: E402
+from common import RESULTS  # noqa: E402
+from synthetic import mistral_tokenizer_file, write_random_hf_checkpoint  # noqa: E402
 
-from mlxspec.config import ModelArgs  # noqa: E402
 from mlxspec.convert.safetensors_io import SafetensorsReader  # noqa: E402
-from mlxspec.convert.synthetic import write_random_hf_checkpoint  # noqa: E402
-from mlxspec.convert.synthetic import mistral_tokenizer_file  # noqa: E402
+from mlxspec.models import ModelArgs  # noqa: E402
+from mlxspec.report import write_tables  # noqa: E402
 
 MISTRAL_7B = ModelArgs(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=32000, sliding_window=4096, rope_theta=10000.0,
@@ -56,21 +57,20 @@ def same_tensor(a: Path, b: Path, name: str) -> bool:
     return np.array_equal(find(a), find(b))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, required=True, help="folder for the ~14.5 GB input and both outputs")
-    parser.add_argument("--runs", type=int, default=1, help="conversions per tool (alternating; median reported)")
-    parser.add_argument("--keep", action="store_true", help="keep the input checkpoint for later runs")
-    args = parser.parse_args()
-
-    src = args.workdir / "mistral-7b-shaped"
+def source_checkpoint(workdir: Path) -> Path:
+    """The 7B-shaped fp16 input, written once (never all in memory)."""
+    src = workdir / "mistral-7b-shaped"
     if not (src / "config.json").exists():
         print("writing the 7B-shaped fp16 checkpoint ...", flush=True)
         t = time.perf_counter()
         write_random_hf_checkpoint(src, MISTRAL_7B, seed=0, dtype="float16", tokenizer_file=mistral_tokenizer_file(),
                                    shard_bytes=10 * 1000**3)
         print(f"  written in {time.perf_counter() - t:.0f} s", flush=True)
-    size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    return src
+
+
+def convert_runs(src: Path, workdir: Path, runs: int) -> tuple[dict, dict[str, Path]]:
+    """Both converters in turn, `runs` times each, the input read into the page cache first."""
     py = sys.executable
     tools = {
         "mlxspec": lambda out: [py, "-m", "mlxspec", "convert", str(src), "-o", str(out), "--bits", "4",
@@ -79,8 +79,8 @@ def main() -> None:
                                "-q", "--q-bits", "4", "--q-group-size", "64"],
     }
     results: dict[str, dict[str, list[float]]] = {t: {"wall_s": [], "peak_rss_gb": []} for t in tools}
-    outs = {t: args.workdir / f"out-{t}" for t in tools}
-    for run in range(args.runs):
+    outs = {t: workdir / f"out-{t}" for t in tools}
+    for run in range(runs):
         for tool, cmd in tools.items():
             shutil.rmtree(outs[tool], ignore_errors=True)
             subprocess.run(["cat", *map(str, src.glob("*.safetensors"))], stdout=subprocess.DEVNULL, check=True)
@@ -88,9 +88,20 @@ def main() -> None:
             results[tool]["wall_s"].append(wall)
             results[tool]["peak_rss_gb"].append(rss)
             print(f"  run {run + 1} {tool:8s} {wall:7.1f} s  peak RSS {rss:6.2f} GB", flush=True)
+    return {t: {k: statistics.median(v) for k, v in r.items()} | {"runs": r} for t, r in results.items()}, outs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True, help="folder for the ~14.5 GB input and both outputs")
+    parser.add_argument("--runs", type=int, default=1, help="conversions per tool (alternating; median reported)")
+    parser.add_argument("--keep", action="store_true", help="keep the input checkpoint for later runs")
+    args = parser.parse_args()
+    src = source_checkpoint(args.workdir)
+    size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    summary, outs = convert_runs(src, args.workdir, args.runs)
     identical = all(same_tensor(outs["mlxspec"], outs["mlx-lm"], n) for n in (
         "model.layers.0.self_attn.q_proj.weight", "model.layers.31.mlp.down_proj.scales", "lm_head.biases"))
-    summary = {t: {k: median(v) for k, v in r.items()} | {"runs": r} for t, r in results.items()}
     a, b = summary["mlxspec"], summary["mlx-lm"]
     table = [
         f"Mistral-7B-v0.1-shaped checkpoint, fp16, {size / 1e9:.1f} GB in 2 shards -> 4-bit, group 64.",
@@ -103,8 +114,8 @@ def main() -> None:
         "",
         f"Quantized tensors byte-identical between the two outputs (3 sampled): {identical}.",
     ]
-    payload = {"environment": environment(), "input_bytes": size, "results": summary, "identical_sample": identical}
-    path = write_report("convert", payload, table)
+    path = write_tables(RESULTS, "convert", {"input_bytes": size, "results": summary, "identical_sample": identical},
+                        table)
     print("\n".join(table))
     print(f"\nwritten: {path}")
     for out in outs.values():

@@ -10,6 +10,7 @@ Runs alternate between the libraries; each figure is the median of --runs runs.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -18,12 +19,13 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, median, rates, timed_tokens, write_report  # noqa: E402
+from common import RESULTS, rates, timed_tokens  # noqa: E402
+from synthetic import mistral_tokenizer_file, write_random_hf_checkpoint  # noqa: E402
 
 import mlxspec  # noqa: E402
-from mlxspec.config import ModelArgs  # noqa: E402
-from mlxspec.convert.synthetic import hf_tensor_shapes, write_random_hf_checkpoint  # noqa: E402
-from mlxspec.convert.synthetic import mistral_tokenizer_file  # noqa: E402
+from mlxspec.layout import hf_tensor_shapes  # noqa: E402
+from mlxspec.models import ModelArgs  # noqa: E402
+from mlxspec.report import write_tables  # noqa: E402
 
 # Mistral-shaped, ~283M parameters: 16 layers, GQA 16/4 heads of 64, SwiGLU 3584, vocab 32000.
 ARGS = ModelArgs(hidden_size=1024, num_hidden_layers=16, intermediate_size=3584, num_attention_heads=16,
@@ -40,8 +42,6 @@ def mlx_lm_tokens(model, prompt: list[int], n: int):
 
     for (token, _), _ in zip(generate_step(mx.array(prompt), model, max_tokens=n), range(n)):
         yield int(token)
-
-
 
 
 def measure(name: str, folder: Path, prompt_len: int, gen: int, runs: int) -> dict:
@@ -66,7 +66,7 @@ def measure(name: str, folder: Path, prompt_len: int, gen: int, runs: int) -> di
             results[lib]["decode"].append(decode)
             results[lib]["peak_gb"].append(mx.get_peak_memory() / 1e9)
             print(f"  {name} run {run} {lib:8s} prefill {prefill:8.1f} tok/s  decode {decode:7.2f} tok/s", flush=True)
-    summary = {lib: {k: median(v) for k, v in r.items()} | {"runs": r} for lib, r in results.items()}
+    summary = {lib: {k: statistics.median(v) for k, v in r.items()} | {"runs": r} for lib, r in results.items()}
     summary["same_tokens"] = outputs["mlxspec"] == outputs["mlx-lm"]
     summary["prompt_tokens"], summary["generated_tokens"] = prompt_len, gen
     return summary
@@ -110,8 +110,7 @@ def main() -> None:
             f"{a['prefill'] / b['prefill']:.3f} | {a['decode']:.2f} | {b['decode']:.2f} | "
             f"{a['decode'] / b['decode']:.3f} | {c['same_tokens']} |"
         )
-    payload = {"environment": environment(), "parameters": params, "cases": cases}
-    path = write_report("decode", payload, table)
+    path = write_tables(RESULTS, "decode", {"parameters": params, "cases": cases}, table)
     print("\n".join(table))
     print(f"\nwritten: {path} and {path.with_suffix('.json')}")
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from mlxspec.errors import CheckpointError, InputError
+from mlxspec.hub import resolve
 
 from .atomic import atomic_dir, check_writable
 from .safetensors_io import ShardedWriter
@@ -27,8 +28,6 @@ Progress = Callable[[int, int, str], None]  # (bytes done so far, total bytes, t
 
 def resolve_source(src: str | Path, revision: str | None = None) -> Path:
     """A local folder or GGUF file, or a Hugging Face repo id fetched with only the needed files."""
-    from mlxspec.load import resolve
-
     if Path(src).expanduser().suffix == ".gguf":
         path = Path(src).expanduser()
         if not path.is_file():

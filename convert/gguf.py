@@ -21,10 +21,9 @@ from typing import Any, BinaryIO, Callable
 import mlx.core as mx
 import numpy as np
 
-from mlxspec.config import ModelArgs
 from mlxspec.errors import CheckpointError, ConfigError
-
-from .mapping import permute_interleaved_to_half
+from mlxspec.layout import permute_interleaved_to_half
+from mlxspec.models.config import ModelArgs
 
 GGUF_MAGIC = b"GGUF"
 GROUP_SIZE = 32  # every supported quantized GGUF type uses blocks of 32 weights

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mlxspec.errors import MlxspecError
-from mlxspec.tokenizer import compare_vocabularies, load_tokenizer
+from mlxspec.text import compare_vocabularies, load_tokenizer
 
 from .atomic import atomic_dir, check_writable
 from .converter import DTYPES, Progress, check_options, resolve_source, write_model

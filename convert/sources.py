@@ -15,14 +15,14 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxspec.config import ModelArgs, load_model_args, read_json
 from mlxspec.errors import CheckpointError
+from mlxspec.layout import hf_tensor_shapes, mistral_to_hf_name, permute_interleaved_to_half
+from mlxspec.models.config import ModelArgs, load_model_args, read_json
 
 from . import gguf as gguf_format
 from .gguf_tokenizer import tokenizer_files_from_gguf
-from .mapping import mistral_to_hf_name, permute_interleaved_to_half
 from .safetensors_io import SafetensorsReader
-from .synthetic import hf_tensor_shapes
+
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "tokenizer.model")
@@ -187,7 +187,6 @@ def _torch_refs(files: list[Path], rename: Callable[[str, Path], str],
 
             refs.append(TensorRef(new, tuple(tensor.shape), tensor.numel() * tensor.element_size(), file, load))
     return refs
-
 
 
 def _gguf_source(path: Path) -> Source:

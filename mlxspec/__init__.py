@@ -3,22 +3,25 @@
     import mlxspec
     model, tokenizer = mlxspec.load("path/or/hf-repo-id")
     print(mlxspec.generate(model, tokenizer, "Hello", max_tokens=32))
+
+    session = mlxspec.Session(model, tokenizer, draft)      # what an app keeps between requests
+    for step in session.stream("Hello", max_tokens=32):
+        print(step.text, end="")
 """
 
-from .config import ModelArgs
-from . import convert  # callable: mlxspec.convert(src, out, bits=..., group_size=...)
+from .convert.converter import convert  # a plain function; the subpackage stays importable as mlxspec.convert.*
+from .drafts import FeatureDraft
+from .engine import (Calibration, GenerationStats, GenerationStep, SamplingParams, Session, SpeculativeStats,
+                     generate, stream_generate)
 from .errors import CheckpointError, ConfigError, InputError, MlxspecError, TokenizerError
-from .generate import generate, stream_generate
-from .feature_draft import FeatureDraft
 from .load import load, load_draft, load_pair
-from .model import Model
-from .stats import GenerationStats, GenerationStep
-from .tokenizer import Tokenizer
+from .models import Model, ModelArgs
+from .text import Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "GenerationStats", "GenerationStep", "InputError",
-    "FeatureDraft", "MlxspecError", "Model", "ModelArgs", "Tokenizer", "TokenizerError",
-    "convert", "generate", "load", "load_draft", "load_pair", "stream_generate",
+    "Calibration", "CheckpointError", "ConfigError", "FeatureDraft", "GenerationStats", "GenerationStep",
+    "InputError", "MlxspecError", "Model", "ModelArgs", "SamplingParams", "Session", "SpeculativeStats", "Tokenizer",
+    "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair", "stream_generate",
 ]

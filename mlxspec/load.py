@@ -11,30 +11,15 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .config import load_model_args, read_json
-from .convert.mapping import mistral_to_hf_name
+from .drafts import DRAFT_TYPE, Draft, FeatureDraft
 from .errors import CheckpointError, ConfigError, InputError
-from .feature_draft import DRAFT_TYPE, FeatureDraft
-from .model import Model
-from .tokenizer import Tokenizer, compare_vocabularies, load_tokenizer
+from .hub import resolve
+from .layout import mistral_to_hf_name
+from .models import Model
+from .models.config import load_model_args, read_json
+from .text import Tokenizer, compare_vocabularies, load_tokenizer
 
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
-
-
-def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a Hugging Face repo id fetched into the HF cache
-    (honours `HF_HUB_OFFLINE` and `HF_HOME`)."""
-    path = Path(path_or_repo_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ConfigError(f"{path} is a file; expected a model folder")
-    if not _REPO_ID.match(str(path_or_repo_id)) or str(path_or_repo_id).startswith("."):
-        raise ConfigError(f"{path}: no such folder")
-    from .convert.hub import fetch
-
-    return fetch(str(path_or_repo_id), revision=revision)
 
 
 def weight_files(model_dir: Path) -> tuple[list[Path], bool]:
@@ -185,7 +170,7 @@ def check_same_vocabulary(target: tuple[Model, Tokenizer], draft: tuple[Model, T
 
 
 def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer, dtype: mx.Dtype | None = None,
-               dequantize: bool = False) -> Model | FeatureDraft:
+               dequantize: bool = False) -> Draft:
     """Load a draft for `target`: a model of its own with the same vocabulary, or a feature
     draft (`"draft_type": "eagle"` in its config.json) that reads the target's hidden states.
     Raises `InputError` when it cannot draft for this target."""
@@ -207,7 +192,7 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
 
 
 def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None,
-              dequantize: bool = False) -> tuple[Model, Tokenizer, Model | FeatureDraft]:
+              dequantize: bool = False) -> tuple[Model, Tokenizer, Draft]:
     """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer, draft)."""
     folder = Path(pair_dir)
     manifest_path = folder / "pair.json"

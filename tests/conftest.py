@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxspec.convert.synthetic import mistral_tokenizer_file
+from synthetic import mistral_tokenizer_file
 
 TINY = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -7,9 +7,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxspec.cache import KVCache, RollingKVCache
-from mlxspec.config import ModelArgs
-from mlxspec.model import Model
+from mlxspec.models.cache import KVCache, RollingKVCache
+from mlxspec.models.config import ModelArgs
+from mlxspec.models import Model
 
 WINDOW = 8
 SEQ = 100  # 12.5 windows

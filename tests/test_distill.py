@@ -51,7 +51,7 @@ def test_feature_draft_training_end_to_end(hf_full_dir, tmp_path):
     through the speculative loop, exports a folder that `load_draft` reads and that decodes
     exactly (greedy speculative == greedy plain)."""
     from mlxspec import stream_generate
-    from mlxspec.feature_draft import FeatureDraft
+    from mlxspec.drafts import FeatureDraft
     from mlxspec.load import load_draft
 
     work, out = tmp_path / "work", tmp_path / "draft"
@@ -71,7 +71,7 @@ def test_feature_draft_training_end_to_end(hf_full_dir, tmp_path):
     prompt = [1, 40, 50, 60, 70]
     plain = [s.token for s in stream_generate(target, None, prompt, max_tokens=12)]
     spec = [s.token for s in stream_generate(target, None, prompt, max_tokens=12, draft=draft, num_draft_tokens=3,
-                                             adaptive=False)]
+                                             draft_policy="fixed")]
     assert spec == plain
 
     # continued training from the export, on more rows of standard-library text

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlxspec.config import ModelArgs
+from mlxspec.drafts import DRAFT_TYPE, FeatureDraft, draft_config
+from mlxspec.engine.sampling import SamplingParams
 from mlxspec.errors import ConfigError, InputError
-from mlxspec.feature_draft import DRAFT_TYPE, FeatureDraft, draft_config
 from mlxspec.load import load_draft
-from mlxspec.model import Model
-from mlxspec.sampling import SamplingParams
-from mlxspec.speculative import SpeculativeDecoder
-from test_speculative import PROMPT, chi2_critical, sampled_chi2, tiny, tokens
+from mlxspec.models import Model
+from mlxspec.models.config import ModelArgs
+from test_speculative import PROMPT, chi2_critical, new_generation, sampled_chi2, tiny, tokens
 
 
 def feature_draft(target: Model, seed: int, oracle: bool = False, head_vocab: int | None = None) -> FeatureDraft:
@@ -60,7 +59,7 @@ def test_greedy_feature_speculation_equals_greedy_autoregressive(name):
     for prompt in (PROMPT, [5]):
         expected, _ = tokens(TARGET, prompt, 40)
         for k in (1, 3, 5):
-            got, stats = tokens(TARGET, prompt, 40, draft=draft, num_draft_tokens=k, adaptive=False, prefill_chunk=4)
+            got, stats = tokens(TARGET, prompt, 40, draft=draft, num_draft_tokens=k, draft_policy="fixed", prefill_chunk=4)
             assert got == expected, (name, prompt, k)
         got, _ = tokens(TARGET, prompt, 40, draft=draft, num_draft_tokens=4, prefill_chunk=4)  # adaptive, plain runs
         assert got == expected, (name, prompt, "adaptive")
@@ -70,17 +69,15 @@ def test_oracle_feature_draft_is_accepted_often():
     """The pairing (f_t, x_{t+1}) is what makes the oracle agree; shifting it by one breaks it."""
     rates = {}
     for name, draft in FEATURE_DRAFTS.items():
-        _, stats = tokens(TARGET, PROMPT, 60, draft=draft, num_draft_tokens=3, adaptive=False)
+        _, stats = tokens(TARGET, PROMPT, 60, draft=draft, num_draft_tokens=3, draft_policy="fixed")
         rates[name] = stats.acceptance_rate
     assert rates["oracle"] > 0.6 and rates["random"] < 0.25, rates
 
 
 def test_feature_cache_equals_a_fresh_pass_over_verified_pairs():
     draft = FEATURE_DRAFTS["oracle"]
-    mx.random.seed(3)
-    decoder = SpeculativeDecoder(TARGET, draft, SamplingParams(1.0), k_max=4, adaptive=False, prefill_chunk=4)
-    decoder.prefill(PROMPT)
-    emitted = []
+    decoder = new_generation(TARGET, draft, SamplingParams(1.0), k=4, seed=3, chunk=4)
+    emitted = [decoder.prefill(PROMPT)]
     for i in range(12):
         new = decoder.round(1 + i % 4) if i % 3 else list(decoder.plain(2))
         emitted += [t for t, _ in new]

@@ -9,7 +9,7 @@ import pytest
 
 import mlxspec
 from mlxspec.errors import InputError
-from mlxspec.sampling import SamplingParams, process_logits, top_k_mask, top_p_mask
+from mlxspec.engine.sampling import SamplingParams, process_logits, top_k_mask, top_p_mask
 
 
 def naive_greedy(model, prompt_ids, n):

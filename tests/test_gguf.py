@@ -14,10 +14,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxspec.config import load_model_args
-from mlxspec.convert import convert
+from mlxspec.models.config import load_model_args
+from mlxspec import convert
 from mlxspec.convert import gguf as gguf_format
-from mlxspec.convert.mapping import permute_half_to_interleaved
+from mlxspec.layout import permute_half_to_interleaved
 from mlxspec.errors import CheckpointError, ConfigError
 from mlxspec.load import load, load_model
 
@@ -209,7 +209,7 @@ def test_smollm2_golden_continuation(smollm2_dir):
     import mlx_lm
     from mlx_lm.generate import generate_step
 
-    from mlxspec.generate import stream_generate
+    from mlxspec.engine import stream_generate
 
     model, tok = load(smollm2_dir, dtype=mx.float32, dequantize=True)
     ids = tok.apply_chat(GOLDEN_PROMPT)

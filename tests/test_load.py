@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import mlxspec
-from mlxspec.config import ModelArgs, load_model_args
-from mlxspec.convert.synthetic import write_mistral_checkpoint_from_hf
+from mlxspec.models.config import ModelArgs, load_model_args
+from synthetic import write_mistral_checkpoint_from_hf
 from mlxspec.errors import CheckpointError, ConfigError
 from mlxspec.load import load_model
 

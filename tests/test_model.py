@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import mlxspec
-from mlxspec.config import ModelArgs
-from mlxspec.convert.mapping import permute_half_to_interleaved
-from mlxspec.model import Linear, Model
+from mlxspec.models.config import ModelArgs
+from mlxspec.layout import permute_half_to_interleaved
+from mlxspec.models import Linear, Model
 
 SEQ = 100
 
@@ -87,7 +87,7 @@ def test_compiled_steps_read_the_current_weights_and_order():
     were first compiled (nothing is baked in)."""
     from mlx.utils import tree_map
 
-    from mlxspec.model import TransformerBlock, set_weight_first_rows
+    from mlxspec.models import TransformerBlock, set_weight_first_rows
 
     args = ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=96, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=50)

@@ -1,5 +1,5 @@
 """The wheel installs the converter as `mlxspec.convert`, never as a top-level `convert`,
-and carries the demo draft."""
+carries the demo drafts and `py.typed`; `mlxspec.convert` is a plain function."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def test_wheel_maps_convert_into_mlxspec(tmp_path):
     )
     wheel = next(tmp_path.glob("mlxspec-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "mlxspec/convert/mapping.py" in names and "mlxspec/model.py" in names
+    assert "mlxspec/convert/converter.py" in names and "mlxspec/models/mistral.py" in names
+    assert "mlxspec/py.typed" in names
     assert not any(n.startswith("convert/") for n in names)
     for f in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):  # the demo drafts ship
         assert f"mlxspec/assets/smollm2-draft/{f}" in names
@@ -29,13 +30,20 @@ def test_wheel_maps_convert_into_mlxspec(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    probe = "import mlxspec.convert.mapping as m, mlxspec; print(m.__file__); print(mlxspec.__file__)"
+    probe = "import mlxspec; from mlxspec.convert import gguf as m; print(m.__file__); print(mlxspec.__file__)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                          capture_output=True, text=True, check=True).stdout.split()
     assert all(p.startswith(str(target)) for p in out)
 
 
 def test_editable_install_imports_convert_subpackage():
-    import mlxspec.convert.mapping as mapping
+    import inspect
 
-    assert Path(mapping.__file__).resolve().parent == ROOT / "convert"
+    import mlxspec
+    from mlxspec.convert import gguf
+
+    assert Path(gguf.__file__).resolve().parent == ROOT / "convert"
+    assert inspect.isfunction(mlxspec.convert) and "bits" in inspect.signature(mlxspec.convert).parameters
+    from mlxspec.convert import sources  # importing more of the subpackage leaves the function in place
+
+    assert inspect.isfunction(mlxspec.convert) and sources.__name__ == "mlxspec.convert.sources"

@@ -11,12 +11,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxspec import stream_generate
-from mlxspec.config import ModelArgs
+from mlxspec import Session, stream_generate
+from mlxspec.drafts import make_drafter
+from mlxspec.engine import FixedK, Generation, RandomKeys, Timings
+from mlxspec.engine.sampling import SamplingParams, process_logits
+from mlxspec.engine.verify import draw, verify
 from mlxspec.errors import InputError
-from mlxspec.model import Model
-from mlxspec.sampling import SamplingParams, process_logits
-from mlxspec.speculative import SpeculativeDecoder, draw, verify
+from mlxspec.models import Model
+from mlxspec.models.config import ModelArgs
 
 WINDOW = 8
 
@@ -49,6 +51,11 @@ def tokens(model, prompt, n, **options):
     return [s.token for s in steps], steps[-1].stats if steps else None
 
 
+def new_generation(target: Model, draft, params: SamplingParams, k: int, seed: int = 0, chunk: int = 512) -> Generation:
+    """The speculative loop itself, drafting k tokens a round, with its own random stream."""
+    return Generation(target, make_drafter(draft, target, k, chunk), FixedK(k), params, RandomKeys(seed), chunk)
+
+
 TARGET = tiny(0)
 DRAFTS = {"random": tiny(1), "copy": TARGET, "half": perturbed(TARGET, 0.07, 2)}
 PROMPT = list(range(3, 13))
@@ -62,7 +69,7 @@ def test_greedy_speculative_equals_greedy_autoregressive(draft):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the copy is not smaller than the target
         for k in range(1, 9):
-            got, stats = tokens(TARGET, PROMPT, 48, draft=DRAFTS[draft], num_draft_tokens=k, adaptive=False)
+            got, stats = tokens(TARGET, PROMPT, 48, draft=DRAFTS[draft], num_draft_tokens=k, draft_policy="fixed")
             assert got == expected, f"k={k}"
             rates.append(stats.acceptance_rate)
     rate = float(np.mean(rates))
@@ -72,8 +79,8 @@ def test_greedy_speculative_equals_greedy_autoregressive(draft):
 def test_greedy_with_adaptive_length_and_heuristic_schedule(tmp_path, monkeypatch):
     monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path))
     expected, _ = tokens(TARGET, PROMPT, 40)
-    for schedule in ("cost", "heuristic"):
-        got, stats = tokens(TARGET, PROMPT, 40, draft=DRAFTS["half"], num_draft_tokens=6, draft_schedule=schedule)
+    for policy in ("cost", "heuristic"):
+        got, stats = tokens(TARGET, PROMPT, 40, draft=DRAFTS["half"], num_draft_tokens=6, draft_policy=policy)
         assert got == expected and stats.rounds > 0
     assert (tmp_path / "calibration.json").is_file()
 
@@ -194,13 +201,10 @@ def sampled_chi2(target, draft, params: SamplingParams, prompt: list[int], lengt
     index = {key: i for i, key in enumerate(keys)}
     counts = np.zeros(len(keys))
     for seed in range(runs):
-        mx.random.seed(seed)
-        decoder = SpeculativeDecoder(target, draft, params, k_max=k, adaptive=False)
-        decoder.prefill(prompt)
-        out: list[int] = []
-        while len(out) < length:
-            kk = min(k, length - len(out) - 1)
-            out += [t for t, _ in (decoder.round(kk) if kk else decoder.plain(1))]
+        generation = new_generation(target, draft, params, k, seed)
+        out = [generation.prefill(prompt)]
+        while len(out) < length:  # rounds of k whatever is left: the first `length` tokens are a sample too
+            out += [t for t, _ in generation.round(k)]
         counts[index[tuple(out[:length])]] += 1
     return chi2_stat(counts, np.array([exact[key] for key in keys]))
 
@@ -227,10 +231,8 @@ def test_acceptance_rate_reaches_sum_of_min():
 def test_rollback_leaves_caches_as_a_fresh_pass():
     target, draft = TARGET, DRAFTS["half"]
     params = SamplingParams(1.0)
-    mx.random.seed(5)
-    decoder = SpeculativeDecoder(target, draft, params, k_max=5, adaptive=False)
-    decoder.prefill(PROMPT)
-    emitted = []
+    decoder = new_generation(target, draft, params, k=5, seed=5)
+    emitted = [decoder.prefill(PROMPT)]
     rejected_rounds = 0
     while len(emitted) < 6 * WINDOW:
         new = decoder.round(5)
@@ -240,7 +242,7 @@ def test_rollback_leaves_caches_as_a_fresh_pass():
     history = PROMPT + emitted[:-1]  # everything before decoder.last
     assert decoder.last == emitted[-1]
     fresh_t = target(mx.array([history + [decoder.last]]))[:, -1]
-    cached_t = target(mx.array([[decoder.last]]), decoder.target_cache)[:, -1]
+    cached_t = target(mx.array([[decoder.last]]), decoder.cache)[:, -1]
     assert mx.abs(fresh_t - cached_t).max().item() < 1e-4
     fresh_d = draft(mx.array([history + [decoder.last]]))[:, -1]
     drafter = decoder.drafter
@@ -256,16 +258,42 @@ def test_bad_pairs():
     with pytest.raises(InputError, match="temperature"):
         tokens(TARGET, PROMPT, 4, draft=DRAFTS["random"], temperature=-1.0)
     with pytest.warns(UserWarning, match="not smaller than the target"):
-        tokens(TARGET, PROMPT, 4, draft=tiny(4, layers=3), adaptive=False)
+        tokens(TARGET, PROMPT, 4, draft=tiny(4, layers=3), draft_policy="fixed")
 
 
-def test_acceptance_estimate_carries_over_between_generations():
-    from mlxspec.speculative import acceptance_memory
+class FixedTimings:
+    """A calibration that measures nothing: round times near break-even for a draft
+    accepted about half the time, so the draft lengths follow the acceptance estimate."""
 
-    target, draft = tiny(50), tiny(51)
-    params = SamplingParams(0.0)
-    assert acceptance_memory(target, draft, params).tested == 1.0  # the prior only
-    tokens(target, PROMPT, 12, draft=draft, num_draft_tokens=2, adaptive=False)
-    carried = acceptance_memory(target, draft, params)
-    assert carried.tested > 1.0 and carried.position_tested  # the next request starts from this
-    assert acceptance_memory(target, draft, SamplingParams(1.0)) is not carried  # per sampling setting
+    def timings(self, target, draft, k_max, params) -> Timings:
+        return Timings({0: 1.0, 1: 1.45, 2: 1.8, 3: 2.1, 4: 2.4})
+
+
+def test_acceptance_estimate_carries_over_between_unseeded_requests():
+    session = Session(TARGET, None, DRAFTS["half"], num_draft_tokens=4, calibration=FixedTimings())
+    params = SamplingParams(1.0)
+    assert session.policy(params, seed=None).estimate.tested == 1.0  # the prior only
+    list(session.stream(PROMPT, max_tokens=24, temperature=1.0))
+    carried = session.policy(params, seed=None).estimate
+    assert carried.tested > 1.0 and carried.position_tested  # the next unseeded request starts from this
+    assert session.policy(SamplingParams(0.7), seed=None).estimate is not carried  # per sampling setting
+    assert session.policy(params, seed=3).estimate.tested == 1.0  # a seeded request starts from the prior
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_identical_seeded_requests_give_identical_text_whatever_ran_before(temperature):
+    """Adaptive draft lengths that learned from earlier requests would change how many random
+    numbers a request draws, and with them its text: a seeded request must not depend on them."""
+    session = Session(TARGET, None, DRAFTS["half"], num_draft_tokens=4, calibration=FixedTimings())
+    request = dict(max_tokens=40, temperature=temperature, seed=7)
+    first = [s.token for s in session.stream(PROMPT, **request)]
+    for other in (1.0, 0.0):  # unseeded requests in between teach the session's estimates
+        list(session.stream(PROMPT[2:], max_tokens=30, temperature=other))
+    rounds = []
+    for _ in range(3):
+        steps = list(session.stream(PROMPT, **request))
+        assert [s.token for s in steps] == first
+        rounds.append(dict(steps[-1].stats.k_counts))
+    assert rounds[0] == rounds[1] == rounds[2]
+    if temperature == 0:  # greedy: the target's own text, whatever the draft lengths
+        assert first == tokens(TARGET, PROMPT, 40)[0]

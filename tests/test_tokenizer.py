@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlxspec.tokenizer import HFTokenizer, SentencePieceTokenizer, StreamingDetokenizer, read_chat_template
+from mlxspec.text import HFTokenizer, SentencePieceTokenizer, StreamingDetokenizer, read_chat_template
 
 TEXTS = [
     "Hello, world! This is plain ASCII text.",

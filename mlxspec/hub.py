@@ -1,11 +1,16 @@
-"""Fetching a checkpoint from the Hugging Face Hub: only the files a conversion needs."""
+"""Where a model comes from: a local folder as it is, or a Hugging Face repo id fetched
+into the HF cache (only the files loading or converting needs). Shared by `load` and
+`convert`."""
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path
 
-from mlxspec.errors import ConfigError
+from .errors import ConfigError
+
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 _ALWAYS = ["*.json", "tokenizer.model*", "*.jinja"]
 
@@ -50,3 +55,16 @@ def fetch(repo_id: str, revision: str | None = None) -> Path:
     except HfHubHTTPError as exc:
         raise ConfigError(f"{repo_id}: Hugging Face Hub error: {str(exc).splitlines()[0]}") from None
     return Path(folder)
+
+
+def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face repo id fetched into the HF cache
+    (honours `HF_HUB_OFFLINE` and `HF_HOME`)."""
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConfigError(f"{path} is a file; expected a model folder")
+    if not _REPO_ID.match(str(path_or_repo_id)) or str(path_or_repo_id).startswith("."):
+        raise ConfigError(f"{path}: no such folder")
+    return fetch(str(path_or_repo_id), revision=revision)

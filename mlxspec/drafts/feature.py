@@ -21,9 +21,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cache import KVCache
-from .config import ModelArgs
-from .model import Cache, Model, SubsetHead, TransformerBlock
+from ..models import Cache, KVCache, Model, ModelArgs, SubsetHead, TransformerBlock
+from .protocol import Pick, Proposal, draw_proposal
 
 DRAFT_TYPE = "eagle"
 
@@ -81,3 +80,52 @@ def draft_config(draft: FeatureDraft) -> dict:
     config["draft_type"] = DRAFT_TYPE
     config["head_vocab_size"] = int(draft.token_ids.size)
     return config
+
+
+class FeatureDrafter:
+    """A `FeatureDraft` on top of the target. It consumes pairs (f_t, x_{t+1}): `features`
+    holds one more entry than `tokens`, the last feature waiting for `last` as its pair."""
+
+    needs_features = True
+
+    def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:
+        self.draft, self.target, self.chunk = draft, target, chunk
+        self.embed = target.model.embed_tokens
+        self.head = target_subset_head(target, draft.token_ids)
+        self.cache = draft.make_cache()
+        self.features: list[mx.array] = []
+        self.tokens: list[int] = []
+        self.started = False
+
+    def extend(self, tokens: list[int], features: mx.array | None) -> None:
+        if features is None:
+            raise ValueError("a feature draft needs the target's hidden states")
+        if not self.started:  # the prompt: x_0 is nobody's pair
+            self.started, tokens = True, tokens[1:]
+        self.tokens.extend(tokens)
+        self.features.append(features)
+
+    def _run(self, features: mx.array, token_ids: mx.array) -> mx.array:
+        return self.draft(features, self.embed(token_ids), self.cache)
+
+    def propose(self, last: int, k: int, pick: Pick) -> Proposal:
+        features = mx.concatenate(self.features, axis=1)
+        tokens = self.tokens + [last]
+        for s in range(0, len(tokens) - self.chunk, self.chunk):  # catch up in chunks
+            self._run(features[:, s : s + self.chunk], mx.array([tokens[s : s + self.chunk]]))
+        s = (len(tokens) - 1) // self.chunk * self.chunk
+        pred = self._run(features[:, s:], mx.array([tokens[s:]]))[:, -1:]
+        self.features, self.tokens = [], []
+
+        def step(token: mx.array) -> mx.array:
+            nonlocal pred
+            pred = self._run(pred, token)
+            return self.head.subset_logits(pred)[:, -1]
+
+        return draw_proposal(step, self.head.subset_logits(pred)[:, -1], k, pick, self.head.token_ids)
+
+    def settle(self, accepted: int, drafted: list[int], features: mx.array | None) -> None:
+        # positions drafted from predicted features give way to the verified pairs
+        for c in self.cache:
+            c.rollback(len(drafted) - 1)
+        self.extend(drafted[:accepted], features[:, : accepted + 1])

@@ -1,4 +1,5 @@
-"""Pure functions from logits to a next token: temperature, top-k, top-p, draw.
+"""From logits to a next token: temperature, top-k, top-p, the draw, and each request's
+own random stream.
 
 `process_logits` returns the log-probabilities of the distribution actually sampled
 from; the speculative loop applies it to both target and draft so that rejection
@@ -7,11 +8,12 @@ sampling preserves the target's *processed* distribution.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,27 @@ def process_logits(logits: mx.array, params: SamplingParams, normalize: bool = T
     return logprobs
 
 
-def sample(logits: mx.array, params: SamplingParams) -> mx.array:
-    """Draw one token id per row of `logits` ([..., vocab] -> [...])."""
+def sample(logits: mx.array, params: SamplingParams, key: mx.array | None = None) -> mx.array:
+    """Draw one token id per row of `logits` ([..., vocab] -> [...]) with the random `key`
+    (None: MLX's global stream)."""
     if params.greedy:
         return mx.argmax(logits, axis=-1)
     if params.truncation == "none":  # plain temperature: no need to normalise
-        return mx.random.categorical(logits.astype(mx.float32) / params.temperature, axis=-1)
-    return mx.random.categorical(process_logits(logits, params, normalize=False), axis=-1)
+        return mx.random.categorical(logits.astype(mx.float32) / params.temperature, axis=-1, key=key)
+    return mx.random.categorical(process_logits(logits, params, normalize=False), axis=-1, key=key)
+
+
+class RandomKeys:
+    """One request's own random stream: a fresh key for every draw, split from a key made
+    from `seed` (None: from the operating system). Requests never share MLX's global
+    stream, so a seeded request draws the same numbers whatever ran before it."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        self._key = mx.random.key(seed % 2**64)
+
+    def __call__(self) -> mx.array:
+        """The next key."""
+        self._key, key = mx.random.split(self._key)
+        return key

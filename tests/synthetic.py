@@ -14,11 +14,10 @@ from typing import Iterator
 import mlx.core as mx
 import numpy as np
 
-from mlxspec.config import ModelArgs
+from mlxspec.convert.safetensors_io import ShardedWriter
 from mlxspec.errors import MlxspecError
-
-from .mapping import mistral_to_hf_name, permute_half_to_interleaved
-from .safetensors_io import ShardedWriter
+from mlxspec.layout import hf_tensor_shapes, mistral_to_hf_name, permute_half_to_interleaved
+from mlxspec.models import ModelArgs
 
 
 def mistral_tokenizer_file() -> Path:
@@ -30,30 +29,6 @@ def mistral_tokenizer_file() -> Path:
     except ModuleNotFoundError:
         raise MlxspecError("synthetic checkpoints need mistral-common: pip install 'mlxspec[test]'") from None
     return Path(str(data))
-
-
-def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """(HF name, shape) of every tensor of a model with `args`, in checkpoint order."""
-    d, f, hd = args.hidden_size, args.intermediate_size, args.head_dim
-    q, kv = args.num_attention_heads * hd, args.num_key_value_heads * hd
-    yield "model.embed_tokens.weight", (args.vocab_size, d)
-    for i in range(args.num_hidden_layers):
-        p = f"model.layers.{i}."
-        yield p + "input_layernorm.weight", (d,)
-        yield p + "self_attn.q_proj.weight", (q, d)
-        yield p + "self_attn.k_proj.weight", (kv, d)
-        yield p + "self_attn.v_proj.weight", (kv, d)
-        yield p + "self_attn.o_proj.weight", (d, q)
-        yield p + "post_attention_layernorm.weight", (d,)
-        yield p + "mlp.gate_proj.weight", (f, d)
-        yield p + "mlp.up_proj.weight", (f, d)
-        yield p + "mlp.down_proj.weight", (d, f)
-    yield "model.norm.weight", (d,)
-    if args.head_vocab_size is not None:
-        yield "lm_head.out_proj.weight", (args.head_vocab_size, d)
-        yield "lm_head.token_ids", (args.head_vocab_size,)
-    elif not args.tie_word_embeddings:
-        yield "lm_head.weight", (args.vocab_size, d)
 
 
 def random_tensor(rng: np.random.Generator, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Weight names and layouts: Mistral's reference checkpoints vs HF / mlx-lm.
+"""The checkpoint layout that loading and converting share: every tensor's name and shape,
+Mistral's reference names, and the q/k row order of the two RoPE layouts.
 
 mlxspec's modules carry the HF names (`model.layers.0.self_attn.q_proj.weight`), so HF
 and mlx-lm checkpoints load as they are; Mistral's `consolidated.*` files are renamed here.
@@ -8,11 +9,12 @@ Their q/k rows stay in Mistral's interleaved RoPE layout unless permuted (see be
 from __future__ import annotations
 
 import re
-
-from typing import TypeVar
+from typing import Iterator, TypeVar
 
 import mlx.core as mx
 import numpy as np
+
+from .models.config import ModelArgs
 
 Array = TypeVar("Array", np.ndarray, mx.array)  # both have reshape/transpose with the same meaning
 
@@ -46,6 +48,30 @@ def mistral_to_hf_name(name: str) -> str | None:
         layer, module, kind = match.groups()
         return f"model.layers.{layer}.{_PER_LAYER[module]}.{kind}"
     return None
+
+
+def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(HF name, shape) of every tensor of a model with `args`, in checkpoint order."""
+    d, f, hd = args.hidden_size, args.intermediate_size, args.head_dim
+    q, kv = args.num_attention_heads * hd, args.num_key_value_heads * hd
+    yield "model.embed_tokens.weight", (args.vocab_size, d)
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}."
+        yield p + "input_layernorm.weight", (d,)
+        yield p + "self_attn.q_proj.weight", (q, d)
+        yield p + "self_attn.k_proj.weight", (kv, d)
+        yield p + "self_attn.v_proj.weight", (kv, d)
+        yield p + "self_attn.o_proj.weight", (d, q)
+        yield p + "post_attention_layernorm.weight", (d,)
+        yield p + "mlp.gate_proj.weight", (f, d)
+        yield p + "mlp.up_proj.weight", (f, d)
+        yield p + "mlp.down_proj.weight", (d, f)
+    yield "model.norm.weight", (d,)
+    if args.head_vocab_size is not None:
+        yield "lm_head.out_proj.weight", (args.head_vocab_size, d)
+        yield "lm_head.token_ids", (args.head_vocab_size,)
+    elif not args.tie_word_embeddings:
+        yield "lm_head.weight", (args.vocab_size, d)
 
 
 def permute_interleaved_to_half(weight: Array, n_heads: int) -> Array:

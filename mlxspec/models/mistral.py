@@ -16,6 +16,7 @@ import mlx.nn as nn
 
 from .cache import KVCache, Mask, RollingKVCache
 from .config import ModelArgs
+from .linear import Linear
 
 Cache = KVCache | RollingKVCache
 
@@ -29,33 +30,6 @@ def full_pass_mask(n: int, window: int | None) -> Mask:
     pos = mx.arange(n)
     q, k = pos[:, None], pos[None, :]
     return (k <= q) & (k > q - window)
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` (same weights, same checkpoint keys) that can multiply an
-    input of a few rows as (W xᵀ)ᵀ instead of x Wᵀ. The numbers are the same; which order
-    is faster is the backend's business: on MLX's CPU backend with OpenBLAS, the weight-first
-    order makes a pass over 2-5 tokens — a speculative round's verification — ~10% faster
-    (a single row goes to the same matrix-vector kernel either way). Off by default
-    (`weight_first_rows` = 0); the speculative loop's calibration (`costmodel.measure`)
-    measures both orders on the running device and sets it with `set_weight_first_rows`."""
-
-    weight_first_rows = 0
-
-    def __call__(self, x: mx.array) -> mx.array:
-        rows = x.size // x.shape[-1]
-        if not 1 < rows <= self.weight_first_rows:
-            return super().__call__(x)
-        y = (self.weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], -1)
-        return y + self.bias if "bias" in self else y
-
-
-def set_weight_first_rows(model: nn.Module, rows: int) -> None:
-    """Multiply inputs of 2..`rows` rows weight-first in every dense `Linear` of `model`
-    (0: never). Quantized layers are unaffected."""
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.weight_first_rows = rows
 
 
 class Attention(nn.Module):
@@ -145,10 +119,9 @@ class TransformerBlock(nn.Module):
 
     def step(self, x: mx.array, mask: Mask, cache: Cache) -> mx.array:
         """The same block for a few tokens after `cache`, with all but the cache write and the
-        attention compiled (`mx.compile`; the weights are read at every call, never baked
-        in). A pass over one or a few tokens is mostly building and dispatching small graphs:
-        compiled, a SmolLM2-135M pass on MLX's CPU backend takes ~7% less time (1 token
-        70.8 -> 66.1 ms, 2 tokens 74.9 -> 69.5 ms). A new token count compiles once."""
+        attention compiled (`mx.compile`, the weights passed in at every call, never baked in):
+        a pass over one or a few tokens is mostly building and dispatching small graphs, which
+        compilation fuses. A new token count compiles once."""
         if "_before" not in self.__dict__:
             self._before = mx.compile(partial(_before_attention, self), inputs=self.state)
             self._after = mx.compile(partial(_after_attention, self), inputs=self.state)

@@ -1,0 +1,88 @@
+"""The baseline `mlxspec bench --compare-mlx-lm` measures against: mlx-lm's own plain and
+speculative loops (`generate_step`, `speculative_generate_step`) on mlxspec's weights."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .errors import InputError
+from .models import Model
+
+
+class SubsetHeadDraft(nn.Module):
+    """mlx-lm's transformer body under mlxspec's subset head (mlx-lm has no such head)."""
+
+    def __init__(self, body: Any, head: nn.Module) -> None:
+        super().__init__()
+        self.body, self.head = body, head
+
+    @property
+    def layers(self) -> list:
+        return self.body.layers
+
+    def __call__(self, inputs: mx.array, cache: Any = None, **kwargs: Any) -> mx.array:
+        return self.head(self.body.model(inputs, cache=cache))
+
+
+def _their_model(model: Model) -> Any:
+    """The same weights in mlx-lm's Llama module (which mlx-lm also runs Mistral with)."""
+    from mlx_lm.models import llama
+
+    if model.args.quantization:
+        raise InputError("--compare-mlx-lm needs unquantized weights here (use --dequantize)")
+    config = model.args.to_hf_config()
+    config.pop("quantization", None)
+    config.pop("head_vocab_size", None)
+    theirs = llama.Model(llama.ModelArgs.from_dict(config))
+    theirs.load_weights([(k, v) for k, v in tree_flatten(model.parameters()) if not k.startswith("lm_head")],
+                        strict=False)
+    if not model.args.tie_word_embeddings and not model.args.head_vocab_size:
+        theirs.load_weights([("lm_head.weight", model.lm_head.weight)], strict=False)
+    return theirs
+
+
+def mlx_lm_models(target: Model, draft: Model | None) -> tuple[Any, Any]:
+    """mlx-lm modules holding the target's and the draft's weights (a draft with a subset
+    head keeps mlxspec's head over mlx-lm's body)."""
+    their_draft = None
+    if draft is not None:
+        body = _their_model(draft)
+        their_draft = SubsetHeadDraft(body, draft.lm_head) if draft.args.head_vocab_size else body
+    return _their_model(target), their_draft
+
+
+def mlx_lm_tokens(target: Any, draft: Any | None, prompt: list[int], max_tokens: int, temperature: float,
+                  k: int, seed: int) -> Iterator[tuple[int, bool]]:
+    """(token, from the draft) from mlx-lm's loop: plain for k = 0, else speculative with k drafts."""
+    from mlx_lm.generate import generate_step, speculative_generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    mx.random.seed(seed)
+    sampler = make_sampler(temp=temperature)
+    if k == 0:
+        for token, _ in generate_step(mx.array(prompt), target, max_tokens=max_tokens, sampler=sampler):
+            yield int(token), False
+        return
+    for token, _, from_draft in speculative_generate_step(mx.array(prompt), target, draft, num_draft_tokens=k,
+                                                          max_tokens=max_tokens, sampler=sampler):
+        yield int(token), bool(from_draft)
+
+
+def rounds_from_flags(flags: list[bool], k: int) -> tuple[list[int], list[int]]:
+    """(drafted, accepted) per draft position, recovered from mlx-lm's from-draft flags: a
+    round is a run of accepted draft tokens, then one target token. The first token comes
+    from the prefill."""
+    drafted, accepted, run = [0] * k, [0] * k, 0
+    for flag in flags[1:]:
+        if flag:
+            run += 1
+            continue
+        for j in range(k):
+            drafted[j] += 1
+            accepted[j] += int(j < run)
+        run = 0
+    return drafted, accepted

@@ -1,0 +1,58 @@
+"""Drafts: who proposes the tokens the target verifies. One module per kind, all behind
+the `Drafter` protocol; `make_drafter` gives the speculative loop the right one."""
+
+from __future__ import annotations
+
+import warnings
+
+from mlx.utils import tree_flatten
+
+from ..errors import InputError
+from ..models import Model
+from .feature import DRAFT_TYPE, FeatureDraft, FeatureDrafter, draft_config, target_subset_head
+from .model_draft import ModelDrafter
+from .protocol import Drafter, Pick, Proposal
+
+Draft = Model | FeatureDraft  # what `load_draft` returns and a session drafts with
+
+
+def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int) -> Drafter:
+    """A fresh drafter (its own cache) for one generation with this kind of draft."""
+    if isinstance(draft, FeatureDraft):
+        return FeatureDrafter(draft, target, chunk)
+    return ModelDrafter(draft, k_max, chunk)
+
+
+def check_draft(target: Model, draft: Draft, num_draft_tokens: int) -> None:
+    """Raise `InputError` for a draft that cannot verify against this target; warn when a
+    draft model is not smaller than the target (speculation would only slow things down)."""
+    if num_draft_tokens <= 0:
+        raise InputError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+    if draft.args.vocab_size != target.args.vocab_size:
+        raise InputError(
+            f"draft vocabulary size {draft.args.vocab_size} differs from the target's {target.args.vocab_size}; "
+            "drafts with another vocabulary are not supported yet"
+        )
+    if isinstance(draft, Model) and parameter_count(draft) >= parameter_count(target):
+        warnings.warn(
+            f"the draft ({parameter_count(draft) / 1e6:.0f}M parameters) is not smaller than the target "
+            f"({parameter_count(target) / 1e6:.0f}M); speculation will not pay off", stacklevel=3,
+        )
+
+
+def parameter_count(model: Model) -> int:
+    """Number of weights as stored (quantized weights count packed elements)."""
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+def describe_draft(draft: Draft) -> str:
+    """One line saying what kind of draft this is."""
+    a = draft.args
+    head = f", head over {a.head_vocab_size} tokens" if a.head_vocab_size else ""
+    if isinstance(draft, FeatureDraft):
+        return f"feature draft (reads the target's hidden states), {a.num_hidden_layers} blocks{head}"
+    return f"draft model, {a.num_hidden_layers} blocks{head}"
+
+
+__all__ = ["DRAFT_TYPE", "Draft", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
+           "check_draft", "describe_draft", "draft_config", "make_drafter", "parameter_count", "target_subset_head"]

@@ -1,0 +1,59 @@
+"""Running the target: a pass after its cache, the chunked prefill, and plain decoding
+steps. Plain generation, speculative generation and the calibration all go through here."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import mlx.core as mx
+
+from ..models import Cache, Model
+
+Draw = Callable[[mx.array], mx.array]  # logits [1, vocab] -> token id [1]
+
+
+def default_chunk_size(model: Model) -> int:
+    """Prompt tokens per prefill pass: the sliding window when there is one, else 2048."""
+    return model.args.sliding_window or 2048
+
+
+def forward(model: Model, tokens: mx.array, cache: list[Cache], keep_hidden: bool) -> tuple[mx.array, mx.array | None]:
+    """Logits [1, n, vocab] for `tokens` [1, n] after the cache, and the final hidden states
+    [1, n, d] when asked (a feature draft reads them)."""
+    hidden = model.model(tokens, cache)
+    return model.head(hidden), hidden if keep_hidden else None
+
+
+def prefill(model: Model, prompt: Sequence[int], cache: list[Cache], chunk: int,
+            keep_hidden: bool) -> tuple[mx.array, mx.array | None]:
+    """Feed the whole prompt through the cache, `chunk` tokens a pass. Returns the logits
+    after its last token [1, vocab] and, when asked, the hidden states of every position."""
+    ids = mx.array(list(prompt))[None]
+    kept = []
+    for start in range(0, ids.shape[1], chunk):
+        hidden = model.model(ids[:, start : start + chunk], cache)
+        if keep_hidden:
+            kept.append(hidden)
+        mx.eval(hidden if keep_hidden else [c.keys for c in cache])
+    logits = model.head(hidden[:, -1:])[:, -1]
+    return logits, mx.concatenate(kept, axis=1) if keep_hidden else None
+
+
+def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: Draw,
+                keep_hidden: bool) -> Iterator[tuple[int, mx.array | None]]:
+    """`count` plain decoding steps, the first feeding `token`: yields each new token and the
+    hidden state at the position fed to make it. Pipelined: the next step is queued
+    (`mx.async_eval`) before the current token is read back."""
+
+    def step(fed: mx.array) -> tuple[mx.array, mx.array | None]:
+        logits, hidden = forward(model, fed, cache, keep_hidden)
+        return draw(logits[:, -1])[:, None], hidden
+
+    nxt, hidden = step(mx.array([[token]]))
+    mx.async_eval(nxt)
+    for i in range(count):
+        current, current_hidden = nxt, hidden
+        if i < count - 1:
+            nxt, hidden = step(current)
+            mx.async_eval(nxt)
+        yield current.item(), current_hidden

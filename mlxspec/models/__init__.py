@@ -1,0 +1,10 @@
+"""The models: `ModelArgs`, the Mistral/Llama blocks and the rolling KV cache.
+No I/O, no device choice and no timing here."""
+
+from .cache import KVCache, RollingKVCache
+from .config import ModelArgs
+from .linear import Linear, set_weight_first_rows
+from .mistral import Cache, Model, SubsetHead, TransformerBlock
+
+__all__ = ["Cache", "KVCache", "Linear", "Model", "ModelArgs", "RollingKVCache", "SubsetHead", "TransformerBlock",
+           "set_weight_first_rows"]

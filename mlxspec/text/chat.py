@@ -1,0 +1,106 @@
+"""Chat templates: the Jinja template a model ships with, rendered as transformers renders
+it (sandboxed, `trim_blocks`/`lstrip_blocks`, `raise_exception`, a `tojson` that keeps
+non-ASCII text), without importing transformers."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InputError, TokenizerError
+
+Message = dict[str, Any]
+
+# Mistral's instruct format, for models that ship no template.
+MISTRAL_INSTRUCT = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def read_chat_template(model_dir: Path) -> str | None:
+    """The chat template shipped with a model: `chat_template.jinja`, `chat_template.json`, or
+    the `chat_template` entry of `tokenizer_config.json` (a string, or a list of named
+    templates of which "default" is used)."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        path = model_dir / name
+        if path.is_file():
+            template = _template_entry(_read_json(path).get("chat_template"))
+            if template is not None:
+                return template
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise TokenizerError(f"{path} is not valid JSON") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _template_entry(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, list):  # [{"name": "default", "template": "..."}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in entry if isinstance(t, dict)}
+        template = named.get("default")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
+    """One user turn for a string; otherwise the messages, checked: each a mapping with a
+    string `role` and a string `content`."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = list(prompt)
+    if not messages:
+        raise InputError("no messages to format")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise InputError(f"message {i} must be a mapping with string 'role' and 'content'")
+    return messages
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise(message: str) -> None:
+    """The template refuses the conversation (e.g. roles that do not alternate)."""
+    raise InputError(f"chat template: {message}")
+
+
+class ChatTemplate:
+    """A compiled chat template and the special-token strings it may refer to."""
+
+    def __init__(self, source: str, specials: dict[str, str]) -> None:
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
+        env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+        try:
+            self._template = env.from_string(source)
+        except TemplateError as exc:
+            raise TokenizerError(f"chat template does not parse: {exc}") from None
+        self._specials = specials
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """The prompt text for `messages`, ending with the assistant's turn opened."""
+        from jinja2 import TemplateError
+
+        try:
+            return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                         **self._specials)
+        except TemplateError as exc:
+            raise TokenizerError(f"chat template: {exc}") from None
