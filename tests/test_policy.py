@@ -76,15 +76,25 @@ def test_probes_cost_at_most_the_exploration_budget():
     useless, marginal = interval(0.0), interval(0.28)
     assert useless == math.ceil((0.086 - 0.068 / (1 + MARGIN)) / (0.01 * 0.068))  # 32 plain steps per probe
     assert marginal <= 6 and interval(0.4) == 1  # drafting would pay: no reason to wait
-    policy = CostModel(timings, AcceptanceEstimate(prior=0.0, weight=1.0), k_max=2, explore=0.01)
+    estimate = AcceptanceEstimate(prior=0.0, weight=1.0)
+    policy = CostModel(timings, estimate, k_max=2, explore=0.01)
     assert policy.next_k(100) == 0 and policy.plain_steps(100) == useless
-    assert policy.next_k(100) == 1  # the probe after a plain run
-    assert policy.next_k(100) == 0 and policy.plain_steps(10) == 10  # never past the budget
+    for _ in range(useless - 5):
+        policy.observe(0, 0)  # a request ends after these plain steps ...
+    again = CostModel(timings, estimate, k_max=2, explore=0.01)  # ... the next one shares the estimate
+    assert again.next_k(100) == 0 and again.plain_steps(100) == 5  # the spacing counts across requests
+    for _ in range(5):
+        again.observe(0, 0)
+    assert again.next_k(100) == 1  # the probe
+    again.observe(1, 0)
+    assert again.next_k(100) == 0 and again.plain_steps(10) == 10  # never past the budget
 
 
 def test_a_probe_is_skipped_when_even_perfect_acceptance_loses():
     policy = CostModel(Timings({0: 1.0, 1: 2.5}), AcceptanceEstimate(prior=0.0), k_max=1)
-    policy.plain_steps(50)
+    assert policy.plain_steps(50) == 50  # one pipelined run to the end of the budget
+    for _ in range(600):
+        policy.observe(0, 0)
     assert policy.next_k(50) == 0
 
 

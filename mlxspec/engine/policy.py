@@ -86,6 +86,7 @@ class AcceptanceEstimate:
         self.prior, self.weight = prior, weight
         self.position_accepted: list[float] = []
         self.position_tested: list[float] = []
+        self.plain_steps = 0  # plain decoding steps since the last drafted round
 
     @property
     def alpha(self) -> float:
@@ -103,7 +104,12 @@ class AcceptanceEstimate:
         return rates
 
     def update(self, accepted: int, drafted: int) -> None:
-        """Record a round that drafted `drafted` tokens and accepted the first `accepted`."""
+        """Record a round that drafted `drafted` tokens and accepted the first `accepted`
+        (`drafted` = 0: a plain decoding step, which only counts towards the next probe)."""
+        if drafted == 0:
+            self.plain_steps += 1
+            return
+        self.plain_steps = 0
         tested = accepted + (1 if accepted < drafted else 0)
         self.accepted = self.decay * self.accepted + accepted
         self.tested = self.decay * self.tested + tested
@@ -130,7 +136,8 @@ class DraftPolicy(Protocol):
         ...
 
     def observe(self, k: int, accepted: int) -> None:
-        """A round drafted k >= 1 tokens and the target accepted the first `accepted`."""
+        """A round drafted k tokens and the target accepted the first `accepted` (k = 0: a
+        plain decoding step ran)."""
         ...
 
 
@@ -177,41 +184,44 @@ class Heuristic(FixedK):
         return min(self.k, budget - 1)
 
     def observe(self, k: int, accepted: int) -> None:
-        self.k = min(self.k_max, self.k + 2) if accepted == k else max(1, self.k - 1)
+        if k:
+            self.k = min(self.k_max, self.k + 2) if accepted == k else max(1, self.k - 1)
 
 
 class CostModel:
     """The draft length with the most expected tokens per second (`best_k`), from calibrated
-    round times and a running acceptance estimate. When plain decoding wins, runs of plain
-    steps alternate with single k = 1 rounds (probes) that keep the estimate fresh, spaced so
-    that probing costs at most `explore` of the decoding time."""
+    round times and a running acceptance estimate. When plain decoding wins, single k = 1
+    rounds (probes) keep the estimate fresh, spaced in plain steps (counted across requests
+    that share the estimate) so that probing costs at most `explore` of the decoding time."""
 
     def __init__(self, timings: Timings, estimate: AcceptanceEstimate, k_max: int,
                  margin: float = MARGIN, explore: float = 0.01) -> None:
         self.timings, self.estimate, self.k_max = timings, estimate, k_max
         self.margin, self.explore = margin, explore
-        self.probe_due = False
 
     def next_k(self, budget: int) -> int:
         limit = min(self.k_max, budget - 1)
         if limit <= 0:
             return 0
         k = best_k(self.estimate.per_position(limit), self.timings, limit, self.margin)
-        if k == 0 and self.probe_due and best_k(1.0, self.timings, limit, self.margin) > 0:
-            # probe only if drafting could pay at all (not when even perfect acceptance loses)
-            self.probe_due = False
+        if k == 0 and self.estimate.plain_steps >= self.probe_interval() and self.may_pay(limit):
             return 1
         return k
 
+    def may_pay(self, limit: int) -> bool:
+        """Whether drafting could pay at all: never probe when even perfect acceptance loses."""
+        return best_k(1.0, self.timings, limit, self.margin) > 0
+
     def plain_steps(self, budget: int) -> int:
-        self.probe_due = True
-        return min(budget, self.probe_interval())
+        if not self.may_pay(min(self.k_max, budget - 1)):
+            return budget
+        return max(1, min(budget, self.probe_interval() - self.estimate.plain_steps))
 
     def probe_interval(self) -> int:
-        """Plain steps before the next probe. A probe loses t_round(1) - (1 + alpha) t_plain
-        against plain steps making as many tokens (with `best_k`'s margin); a useless draft
-        is probed rarely, one close to paying often, which is when a noisy estimate most
-        needs the fresh evidence."""
+        """Plain steps between probes. A probe loses t_round(1) - (1 + alpha) t_plain against
+        plain steps making as many tokens (with `best_k`'s margin); a useless draft is probed
+        rarely, one close to paying often, which is when a noisy estimate most needs the
+        fresh evidence."""
         t, alpha = self.timings, self.estimate.per_position(1)[0]
         loss = max(t.round(1) - (1 + alpha) * t.round(0) / (1 + self.margin), 0.0)
         return max(1, min(512, math.ceil(loss / (self.explore * t.round(0)))))

@@ -97,6 +97,7 @@ class Generation:
         """k = 0: `count` plain decoding steps (pipelined)."""
         for token, hidden in plain_steps(self.target, self.cache, self.last, count, self._draw, self.keeps_features):
             self.stats.record(0, 0)
+            self.policy.observe(0, 0)
             if self.drafter is not None:
                 self.drafter.extend([self.last], hidden)
             self.last = token
