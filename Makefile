@@ -27,6 +27,7 @@ bench: $(VENV)/.test blas
 	$(RUN) $(BIN)/mlxspec bench --demo --compare-mlx-lm --out benchmarks/results/demo-pair --force
 	$(RUN) $(BIN)/python benchmarks/decode.py
 	$(RUN) $(BIN)/python benchmarks/speculative.py
+	$(RUN) $(BIN)/python benchmarks/startup.py
 
 blas:
 ifeq ($(UNAME),Linux)

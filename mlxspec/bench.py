@@ -67,7 +67,8 @@ class Bench:
                  mlx_lm_draft: Model | None = None, compare_mlx_lm: bool = False) -> None:
         self.sessions = {k: Session(target, None, draft, num_draft_tokens=k, draft_policy="fixed") for k in ks}
         self.adaptive = Session(target, None, draft, num_draft_tokens=max(ks), calibration=calibration)
-        self.theirs = mlx_lm_models(target, mlx_lm_draft if mlx_lm_draft is not None else draft) if compare_mlx_lm else None
+        their_draft = mlx_lm_draft if mlx_lm_draft is not None else draft
+        self.theirs = mlx_lm_models(target, their_draft) if compare_mlx_lm else None
 
     def run(self, config: Config, ids: list[int], max_tokens: int, temperature: float, eos: set[int],
             seed: int) -> Run:
@@ -88,8 +89,9 @@ class Bench:
                 yield step.token, step.from_draft
 
         run, _ = timed_run(pairs(), eos, max_tokens)
-        if isinstance(last["stats"], SpeculativeStats):
-            run.drafted, run.accepted = list(last["stats"].drafted_per_position), list(last["stats"].accepted_per_position)
+        stats = last["stats"]
+        if isinstance(stats, SpeculativeStats):
+            run.drafted, run.accepted = list(stats.drafted_per_position), list(stats.accepted_per_position)
         return run
 
 
@@ -103,7 +105,8 @@ def configurations(ks: Sequence[int], adaptive: bool, compare_mlx_lm: bool) -> l
     return configs
 
 
-def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool, repeats: int, max_tokens: int) -> None:
+def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool, repeats: int,
+                  max_tokens: int) -> None:
     """`InputError` for options the bench cannot run with."""
     if compare_mlx_lm and isinstance(mlx_lm_draft if mlx_lm_draft is not None else draft, FeatureDraft):
         raise InputError("mlx-lm cannot run a feature draft: give it a draft model of its own (--mlx-lm-draft)")

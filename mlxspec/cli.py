@@ -18,7 +18,7 @@ from .convert.atomic import atomic_dir, check_writable
 from .convert.converter import convert as convert_one
 from .convert.pair import convert_pair
 from .drafts import Draft, describe_draft
-from .engine import Calibration, SamplingParams, Session
+from .engine import Calibration, Session
 from .errors import InputError
 from .load import load, load_draft, load_pair
 from .models import Model
@@ -136,8 +136,7 @@ def demo(
     session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
     prompts = [("prompt", prompt)] if prompt else [(kind, texts[0]) for kind, texts in BUILTIN_PROMPTS.items()]
-    session.timings(SamplingParams(temperature))
-    demo_pair.warm_up(session, prompts[0][1])
+    demo_pair.warm_up(session, prompts[0][1], temperature)
     colour = colours(sys.stdout, verbose) and not as_json
     answers, totals = [], {"plain": [], "speculative": []}
     for kind, text in prompts:

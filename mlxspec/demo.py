@@ -60,11 +60,13 @@ def demo_token_draft() -> Path:
     return _asset("smollm2-draft")
 
 
-def warm_up(session: Session, prompt: str, max_tokens: int = 8) -> None:
-    """Run both paths briefly before anything is timed, so that the first timed answer is
-    not the one that compiles kernels and touches fresh memory."""
+def warm_up(session: Session, prompt: str, temperature: float, max_tokens: int = 8) -> None:
+    """Run both paths briefly before anything is timed (the first speculative run also
+    calibrates for this kind of sampling), so that the first timed answer is not the one
+    that compiles kernels and touches fresh memory."""
     for speculative in (False, True):
-        for _ in session.stream(prompt, max_tokens=max_tokens, chat=True, speculative=speculative):
+        for _ in session.stream(prompt, max_tokens=max_tokens, temperature=temperature, chat=True,
+                                speculative=speculative):
             pass
 
 

@@ -62,7 +62,8 @@ def test_help_documents_every_option():
     res = run("generate", "--help")
     assert res.returncode == 0
     for option in ("--model", "--prompt", "--max-tokens", "--temperature", "--top-p", "--top-k",
-                   "--seed", "--chat", "--json", "--prefill-chunk"):
+                   "--seed", "--chat", "--json", "--prefill-chunk", "--recalibrate",
+                   "--temp", "--draft-model", "--num-draft-tokens"):  # the last three: mlx-lm's spellings
         assert option in res.stdout
 
 
@@ -85,6 +86,7 @@ def test_demo_runs_the_real_pair(tmp_path):
                           capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300)
     assert text.returncode == 0, text.stderr
     assert "speculative" in text.stderr and "speedup" in text.stderr
+    assert "### prompt: Hi" in text.stdout and "\x1b[" not in text.stdout  # piped: answers headed, no colours
 
 
 def test_speculative_generation_from_the_cli(hf_window_dir, tmp_path):
@@ -95,6 +97,9 @@ def test_speculative_generation_from_the_cli(hf_window_dir, tmp_path):
     assert spec.returncode == 0, spec.stderr
     assert json.loads(spec.stdout)["text"] == json.loads(plain.stdout)["text"]
     assert json.loads(spec.stdout)["acceptance_rate"] == 1.0
+    theirs = run("generate", "-m", str(hf_window_dir), "--draft-model", str(hf_window_dir), "-p", "Hello",
+                 "--max-tokens", "12", "--temp", "0", "--num-draft-tokens", "3", "--json")  # mlx-lm's spellings
+    assert json.loads(theirs.stdout)["text"] == json.loads(plain.stdout)["text"]
     verbose = ["generate", "-m", str(hf_window_dir), "--draft", str(hf_window_dir), "-p", "Hello", "-n", "8", "-v",
                "--no-adaptive"]
     piped = run(*verbose)

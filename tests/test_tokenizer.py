@@ -111,3 +111,38 @@ def test_chat_format_matches_mistral_common(sp, sp_model_file, tmp_path, prompt)
 def test_hf_chat_template(hf):
     ids = hf.apply_chat("Hi there")
     assert ids[0] == 1 and hf.decode(ids).replace(" ", "") == "[INST]Hithere[/INST]"
+
+
+def test_hf_tokenizer_matches_transformers(hf, hf_tokenizer_dir):
+    """tokenizer.json read without transformers gives what transformers gives."""
+    from transformers import AutoTokenizer
+
+    oracle = AutoTokenizer.from_pretrained(str(hf_tokenizer_dir))
+    assert (hf.vocab_size, hf.bos_id, hf.eos_ids) == (len(oracle), oracle.bos_token_id, {oracle.eos_token_id})
+    for text in TEXTS:
+        ids = oracle.encode(text, add_special_tokens=True)
+        assert hf.encode(text) == ids
+        assert hf.decode(ids) == oracle.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Crème brûlée?"}]
+    from mlxspec.text import ChatTemplate
+
+    rendered = ChatTemplate(hf.chat_template, hf.specials()).render(messages)
+    assert rendered == oracle.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # the ids: as mistral-common encodes the instruct format (transformers 5 drops the space
+    # SentencePiece puts before "[INST]" after <s>; the tokenizer.json itself and mistral-common keep it)
+    assert hf.apply_chat("Hi there") == mistral_common_chat_ids("Hi there")
+
+
+def test_bad_chat_messages_are_input_errors(hf, sp_model_file, tmp_path):
+    from mlxspec.errors import InputError
+
+    for bad in ([], [{"role": "user"}], [{"role": "user", "content": 3}], ["hi"]):
+        with pytest.raises(InputError):
+            hf.apply_chat(bad)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with user') }}{% endif %}ok"
+    )}))
+    strict = SentencePieceTokenizer(sp_model_file, read_chat_template(tmp_path))
+    with pytest.raises(InputError, match="roles must start with user"):
+        strict.apply_chat([{"role": "assistant", "content": "hi"}])

@@ -32,7 +32,7 @@ from .sampling import RandomKeys, SamplingParams
 from .speculative import Generation
 
 # Bumped whenever what is measured or how it is stored changes: older entries are redone.
-CALIBRATION_VERSION = 7
+CALIBRATION_VERSION = 8
 
 Progress = Callable[[int, int], None]  # (rounds timed so far, rounds to time)
 
@@ -70,20 +70,30 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
             for order in orders:
                 set_weight_first_rows(target, order)
                 for k in range(k_max + 1):
-                    start = time.perf_counter()
-                    if k:
-                        generation.round(k)
-                    else:
-                        for _ in generation.plain(plain_steps):
-                            pass
+                    seconds = _timed(generation, k, plain_steps)
                     if repeat:
-                        samples[order][k].append((time.perf_counter() - start) / (1 if k else plain_steps))
+                        samples[order][k].append(seconds)
                     done += 1
                     if progress is not None:
                         progress(done, total)
     finally:
         set_weight_first_rows(target, before)
     return {o: {k: sorted(v)[len(v) // 2] for k, v in by_k.items()} for o, by_k in samples.items()}
+
+
+def _timed(generation: Generation, k: int, plain_steps: int) -> float:
+    """Seconds of one round drafting k tokens, or of one plain step (k = 0: the mean over a
+    pipelined run). An untimed round follows the plain steps, so that the next timed round
+    does not pay the drafter's catch-up over them, which rounds in a row never do."""
+    start = time.perf_counter()
+    if k:
+        generation.round(k)
+        return time.perf_counter() - start
+    for _ in generation.plain(plain_steps):
+        pass
+    seconds = (time.perf_counter() - start) / plain_steps
+    generation.round(1)
+    return seconds
 
 
 def faster_order(standard: dict[int, float], weight_first: dict[int, float]) -> tuple[int, dict[int, float]]:

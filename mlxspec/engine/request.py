@@ -19,7 +19,8 @@ Prompt = str | Sequence[int] | Sequence[Message]
 def prompt_ids(tokenizer: Tokenizer | None, prompt: Prompt, chat: bool = False) -> list[int]:
     """Token ids for a prompt given as text (wrapped in the chat template with `chat`), as
     chat messages (role/content mappings; always templated), or as token ids."""
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)):
+    messages = isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], dict)
+    if isinstance(prompt, str) or messages:
         if isinstance(prompt, str) and not prompt.strip():
             raise InputError("prompt is empty")
         if tokenizer is None:

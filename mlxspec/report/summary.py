@@ -13,9 +13,7 @@ from typing import Any, Sequence
 
 from ..engine import GenerationStats, SpeculativeStats, Timings
 
-# 2: "drafts" (what each engine drafted with); 3: timings.sampling_s; 4: timings.round_s
-# (whole rounds per temperature); 5: timings without the separate pass and draft-step times
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 5  # bumped whenever the report's fields change
 
 
 @dataclass

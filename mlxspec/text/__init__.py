@@ -2,8 +2,8 @@
 detokenization and chat templates."""
 
 from .chat import ChatTemplate, Message, read_chat_template
-from .detokenizer import StreamingDetokenizer
+from .detokenizer import DecodeStreamDetokenizer, Detokenizer, StreamingDetokenizer
 from .tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer, compare_vocabularies, load_tokenizer
 
-__all__ = ["ChatTemplate", "HFTokenizer", "Message", "SentencePieceTokenizer", "StreamingDetokenizer", "Tokenizer",
+__all__ = ["ChatTemplate", "DecodeStreamDetokenizer", "Detokenizer", "HFTokenizer", "Message", "SentencePieceTokenizer", "StreamingDetokenizer", "Tokenizer",
            "compare_vocabularies", "load_tokenizer", "read_chat_template"]

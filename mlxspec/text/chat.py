@@ -28,15 +28,16 @@ def read_chat_template(model_dir: Path) -> str | None:
     if jinja.is_file():
         return jinja.read_text()
     for name in ("chat_template.json", "tokenizer_config.json"):
-        path = model_dir / name
-        if path.is_file():
-            template = _template_entry(_read_json(path).get("chat_template"))
-            if template is not None:
-                return template
+        template = _template_entry(side_file(model_dir / name).get("chat_template"))
+        if template is not None:
+            return template
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def side_file(path: Path) -> dict[str, Any]:
+    """A JSON object from a file beside the tokenizer; {} when the file is absent."""
+    if not path.is_file():
+        return {}
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -1,8 +1,9 @@
-"""Streaming detokenization: token ids in, text deltas out, never half a character."""
+"""Streaming detokenization: token ids in, text deltas out, never half a character; the
+joined deltas equal the decoded whole."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 REPLACEMENT = "\ufffd"
 
@@ -51,5 +52,45 @@ class StreamingDetokenizer:
             self._context_text = self._decode(self._context)
             if REPLACEMENT not in self._context_text:
                 break
+        self.text += delta
+        return delta
+
+
+class Detokenizer(Protocol):
+    """What generation streams text through."""
+
+    text: str
+
+    def add(self, token: int) -> str:
+        """Feed one token id; return the newly complete text (possibly empty)."""
+        ...
+
+    def finalize(self) -> str:
+        """Flush what is pending at the end."""
+        ...
+
+
+class DecodeStreamDetokenizer:
+    """The `tokenizers` library's own streaming decoder (`DecodeStream`, in Rust) for
+    `tokenizer.json` tokenizers; `finalize` releases what it still holds back (an
+    incomplete character at the very end), so the deltas join to the full decode."""
+
+    def __init__(self, tokenizer: Any, decode: Callable[[list[int]], str]) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer, self._decode = tokenizer, decode
+        self._stream = DecodeStream(skip_special_tokens=True)
+        self._ids: list[int] = []
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        self._ids.append(token)
+        delta = self._stream.step(self._tokenizer, token) or ""
+        self.text += delta
+        return delta
+
+    def finalize(self) -> str:
+        full = self._decode(self._ids)
+        delta = full[len(self.text):] if full.startswith(self.text) else ""
         self.text += delta
         return delta

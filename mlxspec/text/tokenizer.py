@@ -4,14 +4,13 @@ streaming detokenizer and the model's chat template."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import TokenizerError
-from .chat import MISTRAL_INSTRUCT, ChatTemplate, Message, as_messages, read_chat_template
-from .detokenizer import StreamingDetokenizer
+from .chat import MISTRAL_INSTRUCT, ChatTemplate, Message, as_messages, read_chat_template, side_file
+from .detokenizer import DecodeStreamDetokenizer, Detokenizer, StreamingDetokenizer
 
 
 class Tokenizer:
@@ -43,7 +42,7 @@ class Tokenizer:
         their tokens; no BOS is added."""
         raise NotImplementedError
 
-    def detokenizer(self) -> StreamingDetokenizer:
+    def detokenizer(self) -> Detokenizer:
         """A fresh streaming detokenizer."""
         return StreamingDetokenizer(self.decode)
 
@@ -111,13 +110,14 @@ class HFTokenizer(Tokenizer):
             self._tok = RustTokenizer.from_file(str(model_dir / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
             raise TokenizerError(f"{model_dir / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
-        config = {**_json(model_dir / "special_tokens_map.json"), **_json(model_dir / "tokenizer_config.json")}
+        config = {**side_file(model_dir / "special_tokens_map.json"),
+                  **side_file(model_dir / "tokenizer_config.json")}
         self._specials = {k: s for k in ("bos_token", "eos_token", "unk_token", "pad_token")
                           if (s := _token_string(config.get(k))) is not None}
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = self._id(self._specials.get("bos_token"))
         eos = {self._id(self._specials.get("eos_token"))}
-        extra = _json(model_dir / "generation_config.json").get("eos_token_id")
+        extra = side_file(model_dir / "generation_config.json").get("eos_token_id")
         eos.update(extra if isinstance(extra, list) else [extra])
         self.eos_ids = {i for i in eos if isinstance(i, int)}
         self.chat_template = read_chat_template(model_dir)
@@ -140,6 +140,9 @@ class HFTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    def detokenizer(self) -> Detokenizer:
+        return DecodeStreamDetokenizer(self._tok, self.decode)
+
     def pieces(self) -> list[str]:
         return [self._tok.id_to_token(i) for i in range(self.vocab_size)]
 
@@ -148,17 +151,6 @@ class HFTokenizer(Tokenizer):
 
     def encode_special(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
-
-
-def _json(path: Path) -> dict[str, Any]:
-    """A JSON object from a tokenizer side file; {} when the file is absent."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise TokenizerError(f"{path} is not valid JSON") from None
-    return data if isinstance(data, dict) else {}
 
 
 def _token_string(value: Any) -> str | None:
