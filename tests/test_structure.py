@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import smollm2_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -44,7 +44,7 @@ class Drafter(Protocol):
 
 
 def draw_proposal(step: Callable[[mx.array], mx.array], first: mx.array, k: int, pick: Pick,
-             support: mx.array | None) -> Proposal:
+                  support: mx.array | None) -> Proposal:
     """Draw k tokens: `first` are the logits for the first one (over `support`), `step(token)`
     the next's."""
     logits, tokens, logprobs = first, [], []

@@ -102,7 +102,7 @@ class Session:
         if prefill_chunk is not None and prefill_chunk <= 0:
             raise InputError(f"prefill_chunk must be positive, got {prefill_chunk}")
         chunk = prefill_chunk or default_chunk_size(self.target)
-        drafting = speculative and self.draft is not None
+        drafting = speculative and self.draft is not None and budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(params, seed) if drafting else Plain()
         drafter = make_drafter(self.draft, self.target, self.k_max, chunk) if drafting else None
         generation = Generation(self.target, drafter, policy, params, RandomKeys(seed), chunk)
@@ -116,8 +116,9 @@ class Session:
         yield from steps(generation.run(ids, budget), self.tokenizer, generation.stats, budget)
 
     def generate(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, chat: bool = False, speculative: bool = True) -> str:
+                 top_k: int = 0, seed: int | None = None, chat: bool = False, prefill_chunk: int | None = None,
+                 speculative: bool = True) -> str:
         """The whole completion text (see `stream`)."""
         return "".join(step.text for step in self.stream(
             prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-            chat=chat, speculative=speculative))
+            chat=chat, prefill_chunk=prefill_chunk, speculative=speculative))
