@@ -1,21 +1,28 @@
-"""Output folders that appear whole or not at all.
+"""Output folders that appear whole or not at all, and never replace what mlxspec did not write.
 
-Work happens in a hidden sibling `.NAME.mlxspec-tmp-PID`; on success it is renamed to
-NAME (an existing NAME is only replaced with `force`). An exception removes the
-temporary folder; a killed process leaves it behind, and the next run removes every
-such folder whose process is gone."""
+Work happens in a hidden sibling `.NAME.mlxspec-tmp-PID` while a lock on `.NAME.mlxspec-lock`
+is held (an OS lock: released when the process ends, however it ends). On success a marker
+file `.mlxspec` goes into the folder and it is renamed to NAME without replacing anything
+that appeared meanwhile. With `force`, an existing NAME is replaced only when it carries
+that marker (or is empty), and never when it is or contains one of the sources. A failed
+or interrupted run removes its temporary folder; a killed one leaves it, and the next run
+removes every such folder whose process is gone."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from mlxspec.errors import InputError
+from mlxspec.errors import OutputError
+
+from .rename import rename_no_replace
 
 _TAG = ".mlxspec-tmp-"
+MARKER = ".mlxspec"
 
 
 def _alive(pid: int) -> bool:
@@ -39,32 +46,135 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     return removed
 
 
-def check_writable(out: Path, force: bool) -> None:
-    """Refuse an existing `out` without `force` (before any work is done)."""
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder")
+def written_by_mlxspec(folder: Path) -> bool:
+    """Whether `folder` carries the marker mlxspec puts in everything it writes."""
+    try:
+        return json.loads((folder / MARKER).read_text()).get("written_by") == "mlxspec"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
+def check_writable(out: Path, force: bool, sources: Iterable[str | Path] = ()) -> None:
+    """Refuse, before any work, a destination that would lose data: one that is or contains
+    a source, an existing one without `force`, or one `force` may not replace."""
+    out = Path(out).expanduser().absolute()
+    real = Path(os.path.realpath(out))
+    for source in sources:
+        src = Path(os.path.realpath(Path(source).expanduser()))
+        if not src.exists():
+            continue  # a Hub repo id: checked again once it is resolved to a folder
+        if real == src or real in src.parents:
+            raise OutputError(f"{out} {'is' if real == src else 'contains'} the source {source}; "
+                              "choose an output folder outside it")
+    above = next(p for p in out.parents if p.exists())
+    if not above.is_dir():
+        raise OutputError(f"cannot write {out}: {above} is a file, not a folder")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder; choose another output folder")
+    if _is_empty_dir(out):
+        return
+    if not force:
+        raise OutputError(f"{out} already exists; pass --force to replace it")
+    if not written_by_mlxspec(out):
+        raise OutputError(f"{out} was not written by mlxspec (no {MARKER} marker); --force only replaces "
+                          "mlxspec's own output: remove it yourself or choose another folder")
 
 
 @contextmanager
-def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder that becomes `out` when the block succeeds."""
-    out = out.resolve()
-    check_writable(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    tmp = out.parent / f".{out.name}{_TAG}{os.getpid()}"
-    tmp.mkdir()
+def _lock(out: Path) -> Iterator[None]:
+    """Hold `.NAME.mlxspec-lock` beside `out`, or fail at once if another process holds it."""
+    import fcntl
+
+    path = out.parent / f".{out.name}.mlxspec-lock"
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"{out} is being written by another mlxspec process; "
+                              "wait for it to finish or choose another folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # the lock file we hold is still the one at `path`
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     try:
-        yield tmp
-        if out.exists():
-            old = out.parent / f".{out.name}{_TAG}old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _install(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished `tmp` to `out`, replacing only a folder `force` may replace."""
+    try:
+        _swap(tmp, out, force)
+    except FileExistsError:
+        raise OutputError(f"{out} appeared while this output was written (another program?); "
+                          "it was left as it is and this output was discarded") from None
+
+
+def _swap(tmp: Path, out: Path, force: bool) -> None:
+    if (out.exists() or out.is_symlink()) and not _is_empty_dir(out):
+        if not force:
+            raise FileExistsError(out)
+        check_writable(out, force)
+        old = out.parent / f".{out.name}{_TAG}old-{os.getpid()}"
+        os.replace(out, old)
+        try:
+            rename_no_replace(tmp, out)
+        except BaseException:
+            rename_no_replace(old, out)  # put the previous output back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    elif out.exists():
+        out.rmdir()  # empty: nothing to keep
+        rename_no_replace(tmp, out)
+    else:
+        rename_no_replace(tmp, out)
+
+
+@contextmanager
+def atomic_dir(out: Path, force: bool = False, sources: Iterable[Path] = (), kind: str = "model") -> Iterator[Path]:
+    """Yield a fresh temporary folder that becomes `out` when the block succeeds.
+
+    `sources` are the inputs (never replaced, never inside `out`); `kind` is recorded in
+    the marker. Raises `OutputError` for a destination that cannot or may not be written."""
+    from mlxspec import __version__
+
+    out = Path(os.path.realpath(Path(out).expanduser()))
+    sources = list(sources)
+    check_writable(out, force, sources)
+    tmp = out.parent / f".{out.name}{_TAG}{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(out):
+            check_writable(out, force, sources)  # again, now that no other mlxspec can write it
+            remove_stale_temporaries(out)
+            tmp.mkdir()
+            try:
+                yield tmp
+                (tmp / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": __version__,
+                                                      "kind": kind}) + "\n")
+                _install(tmp, out, force)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except OSError as exc:
+        where = exc.filename or f"writing {out}"
+        raise OutputError(f"{where}: {exc.strerror or exc}; nothing was written to {out}") from None

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxspec.errors import CheckpointError, InputError
+from mlxspec.errors import CheckpointError, ConfigError, InputError
 from mlxspec.hub import resolve
+from mlxspec.text import Tokenizer, load_tokenizer
 
 from .atomic import atomic_dir, check_writable
 from .safetensors_io import ShardedWriter
@@ -35,6 +37,24 @@ def resolve_source(src: str | Path, revision: str | None = None) -> Path:
         return path
 
     return resolve(src, revision=revision)
+
+
+def source_tokenizer(source: Source) -> Tokenizer | None:
+    """The tokenizer the converted `source` will carry (None when it has none), read from
+    exactly the files conversion writes beside the weights, and checked against the
+    embeddings (a tokenizer with more tokens than embedding rows cannot run)."""
+    if not source.tokenizer_files and not source.generated_files:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        for file in source.tokenizer_files:
+            shutil.copy(file, Path(folder) / file.name)
+        for name, text in source.generated_files.items():
+            (Path(folder) / name).write_text(text)
+        tokenizer = load_tokenizer(Path(folder))
+    if tokenizer.vocab_size > source.args.vocab_size:
+        raise ConfigError(f"{source.root}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+                          f"only {source.args.vocab_size} embedding rows")
+    return tokenizer
 
 
 def quantizable(name: str) -> bool:
@@ -129,13 +149,16 @@ def convert(
 
     `bits` quantizes projection and embedding matrices (affine, `group_size` columns per
     scale); without it weights are written unquantized in `dtype` (default: as stored).
-    `out` appears complete or not at all; an existing `out` needs `force`."""
+    `out` appears complete or not at all; an existing `out` needs `force`, which replaces
+    only a folder mlxspec wrote (never a source or a folder holding one)."""
     check_options(bits, group_size, dtype)
     out = Path(out)
-    check_writable(out, force)
-    source = open_source(resolve_source(src, revision))
+    check_writable(out, force, sources=[src])
+    root = resolve_source(src, revision)
+    source = open_source(root)
+    source_tokenizer(source)
     target_dtype = DTYPES[dtype] if dtype else None
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, sources=[root]) as tmp:
         write_model(source, tmp, bits, group_size, target_dtype, max_shard_bytes, progress)
     return out
 

@@ -214,7 +214,7 @@ def bench(
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
                        mlx_lm_draft=their_draft, weights=_weights_label(dequant),
                        calibration=_calibration(recalibrate), log=lambda line: typer.echo(line, err=True))
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written)
     if plots and not any(p.suffix == ".png" for p in written):
@@ -265,7 +265,7 @@ def convert(
     finally:
         close()
     typer.echo(f"wrote {out}/target, {out}/draft and {out}/pair.json\n"
-               f"tokenizers: {manifest['tokenizers']} ({manifest['tokenizers_detail']})", err=True)
+               f"pair: {manifest['kind']} ({manifest['tokenizers']})", err=True)
 
 
 def main() -> None:

@@ -22,6 +22,11 @@ class TokenizerError(MlxspecError):
     """No usable tokenizer was found next to the weights."""
 
 
+class OutputError(MlxspecError):
+    """An output cannot or may not be written where asked: it exists, mlxspec did not write
+    it, it is a source, another process is writing it, or the disk refuses."""
+
+
 class InputError(MlxspecError):
     """A request to the library or CLI is invalid (empty prompt, negative budget, ...)."""
 

@@ -1,18 +1,31 @@
-"""Where a model comes from: a local folder as it is, or a Hugging Face repo id fetched
-into the HF cache (only the files loading or converting needs). Shared by `load` and
-`convert`."""
+"""Where a model comes from: a local path as it is, or a Hugging Face repo id fetched into
+the HF cache (only the files loading or converting needs). Shared by `load` and `convert`.
+
+How a name is read, in this order (the README says the same):
+1. it exists on disk: a local file or folder;
+2. it looks like a path (starts with `/`, `.`, `~`, holds more than one `/` or a `\\`, ends
+   in `.gguf`/`.safetensors`/`.json`): a local path that does not exist, an error;
+3. it has the form `org/name` (letters, digits, `-`, `_`, `.`): a Hub repo id, and every
+   error says that this was assumed;
+4. anything else: no such path.
+Before asking the Hub, one quick probe (a few seconds at most) tells whether it can be
+reached; without a network the HF cache is used, and a model not in it is one error line."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .errors import ConfigError
 
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+_PATH_SUFFIXES = (".gguf", ".safetensors", ".json", ".bin", ".pth")
 _ALWAYS = ["*.json", "tokenizer.model*", "*.jinja"]
+PROBE_SECONDS = 3.0
 
 
 def weight_patterns(files: list[str]) -> list[str]:
@@ -32,39 +45,81 @@ def offline() -> bool:
     return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
 
 
+def hub_unreachable(timeout: float = PROBE_SECONDS) -> str | None:
+    """Why the Hub cannot be reached (DNS, connection, timeout), or None when it can.
+    Bounded by `timeout` even where name resolution itself hangs."""
+    import huggingface_hub.constants
+
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as exc:
+            result.append(f"{host}: {exc.strerror or exc}")
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return result[0] if result else f"{host}: no answer within {timeout:g} s"
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether a name that is not on disk reads as a Hub repo id (`org/name`)."""
+    return bool(_REPO_ID.match(name)) and ".." not in name and not name.endswith(_PATH_SUFFIXES)
+
+
+def _hub_error(repo_id: str, exc: Exception) -> ConfigError:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    said = f"{repo_id}: no local folder of that name, so taken for a Hugging Face repo id"
+    if isinstance(exc, GatedRepoError):
+        return ConfigError(f"{said}; it is gated: accept its terms on the Hub and log in (`hf auth login`)")
+    if isinstance(exc, RepositoryNotFoundError):
+        return ConfigError(f"{said}; the Hub has no such repo (or it is private: log in with `hf auth login`)")
+    if isinstance(exc, RevisionNotFoundError):
+        return ConfigError(f"{said}; the Hub has no such revision")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return ConfigError(f"{said}; the Hub answered with an error ({type(exc).__name__}: {first})")
+
+
 def fetch(repo_id: str, revision: str | None = None) -> Path:
     """Download (or find in the HF cache) what converting `repo_id` needs.
 
-    Honours `HF_HUB_OFFLINE`, `HF_HOME` and the cache; shows huggingface-hub's progress bars."""
+    Honours `HF_HUB_OFFLINE`, `HF_HOME` and the cache; shows huggingface-hub's progress
+    bars. Without a network, only the cache is used."""
     import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    why_offline = "HF_HUB_OFFLINE is set" if offline() else hub_unreachable()
     try:
-        files = [] if offline() else huggingface_hub.HfApi().list_repo_files(repo_id, revision=revision)
-    except HfHubHTTPError as exc:
-        raise ConfigError(f"{repo_id}: Hugging Face Hub error: {str(exc).splitlines()[0]}") from None
-    except OSError:
-        files = []  # no network: fall back to the cache
-    try:
+        files = [] if why_offline else huggingface_hub.HfApi().list_repo_files(repo_id, revision=revision)
         folder = huggingface_hub.snapshot_download(
             repo_id, revision=revision, allow_patterns=_ALWAYS + weight_patterns(files),
-            local_files_only=not files,
+            local_files_only=bool(why_offline),
         )
     except LocalEntryNotFoundError:
-        raise ConfigError(f"{repo_id}: not a local folder and not in the Hugging Face cache (offline?)") from None
-    except HfHubHTTPError as exc:
-        raise ConfigError(f"{repo_id}: Hugging Face Hub error: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{repo_id}: no local folder of that name, so taken for a Hugging Face repo id; "
+                          f"the Hub cannot be reached ({why_offline}) and it is not in the Hugging Face cache") from None
+    except Exception as exc:  # huggingface-hub and its HTTP stack raise many types; all end here
+        raise _hub_error(repo_id, exc) from None
     return Path(folder)
 
 
 def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
     """A local folder as is; otherwise a Hugging Face repo id fetched into the HF cache
-    (honours `HF_HUB_OFFLINE` and `HF_HOME`)."""
-    path = Path(path_or_repo_id).expanduser()
+    (see the module docstring for how one is told from the other)."""
+    if not isinstance(path_or_repo_id, (str, Path)):
+        raise TypeError(f"expected a folder path or a Hugging Face repo id, got {type(path_or_repo_id).__name__}")
+    name = str(path_or_repo_id)
+    path = Path(name).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise ConfigError(f"{path} is a file; expected a model folder")
-    if not _REPO_ID.match(str(path_or_repo_id)) or str(path_or_repo_id).startswith("."):
+    if isinstance(path_or_repo_id, Path) or not is_repo_id(name):
         raise ConfigError(f"{path}: no such folder")
-    return fetch(str(path_or_repo_id), revision=revision)
+    return fetch(name, revision=revision)

@@ -12,12 +12,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .drafts import DRAFT_TYPE, Draft, FeatureDraft
+from .drafts.pairing import PAIR_KINDS, SAME_VOCABULARY, pair_kind
+from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError
 from .hub import resolve
 from .layout import mistral_to_hf_name
 from .models import Model
 from .models.config import load_model_args, read_json
-from .text import Tokenizer, compare_vocabularies, load_tokenizer
+from .text import Tokenizer, load_tokenizer
 
 _IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
 
@@ -38,9 +40,11 @@ def weight_files(model_dir: Path) -> tuple[list[Path], bool]:
 
 
 def read_weights(files: list[Path], mistral_names: bool) -> dict[str, mx.array]:
-    """Load every tensor of `files` (lazily), renamed to mlxspec's module names."""
+    """Load every tensor of `files` (lazily), renamed to mlxspec's module names. Each header
+    is validated first, so a shape or offset the file cannot hold never reaches MLX."""
     weights: dict[str, mx.array] = {}
     for file in files:
+        SafetensorsReader(file)  # raises CheckpointError naming the file and what is wrong
         try:
             tensors = mx.load(str(file))
         except Exception as exc:  # MLX raises bare RuntimeError/ValueError for bad files
@@ -159,14 +163,9 @@ def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None,
 
 
 def check_same_vocabulary(target: tuple[Model, Tokenizer], draft: tuple[Model, Tokenizer]) -> str:
-    """Raise `InputError` unless the draft can propose tokens the target understands:
-    identical tokenizers, or compatible ones over equally sized (padded) embeddings."""
-    verdict, why = compare_vocabularies(target[1], draft[1])
-    usable = verdict == "identical" or (verdict == "compatible" and target[0].args.vocab_size == draft[0].args.vocab_size)
-    if not usable:
-        raise InputError(f"the draft's tokenizer does not match the target's: {why} "
-                         "(drafts with another vocabulary are not supported yet)")
-    return verdict
+    """The pair's kind (see `pair_kind`); raises `InputError` when the draft cannot propose
+    tokens the target understands."""
+    return pair_kind((target[1], target[0].args.vocab_size), (draft[1], draft[0].args.vocab_size))[0]
 
 
 def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer, dtype: mx.Dtype | None = None,
@@ -191,17 +190,30 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
     return draft
 
 
+def read_pair_manifest(pair_dir: Path) -> dict[str, Any]:
+    """pair.json of a pair folder, checked: the two roles name sub-folders, the kind is one
+    this mlxspec runs (manifests written before kinds were recorded are same-vocabulary)."""
+    path = pair_dir / "pair.json"
+    if not path.is_file():
+        raise ConfigError(f"{pair_dir}: no pair.json (write one with `mlxspec convert --target T --draft D -o {pair_dir}`)")
+    manifest = read_json(path)
+    for role in ("target", "draft"):
+        value = manifest.get(role)
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ConfigError(f"{path}: {role!r} must name a folder inside {pair_dir}, got {value!r}")
+    kind = manifest.setdefault("kind", SAME_VOCABULARY)
+    if kind not in PAIR_KINDS:
+        raise ConfigError(f"{path}: pair kind {kind!r} is not one this mlxspec runs ({', '.join(PAIR_KINDS)})")
+    return manifest
+
+
 def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None,
               dequantize: bool = False) -> tuple[Model, Tokenizer, Draft]:
     """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer, draft)."""
-    folder = Path(pair_dir)
-    manifest_path = folder / "pair.json"
-    if not manifest_path.is_file():
-        raise ConfigError(f"{folder}: no pair.json (write one with `mlxspec convert --target T --draft D -o {folder}`)")
-    manifest = read_json(manifest_path)
-    try:
-        target, tokenizer = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize)
-        draft = load_draft(folder / manifest["draft"], target, tokenizer, dtype=dtype, dequantize=dequantize)
-    except KeyError as missing:
-        raise ConfigError(f"{manifest_path}: lacks {missing}") from None
+    if not isinstance(pair_dir, (str, Path)):
+        raise TypeError(f"pair_dir must be a folder path, got {type(pair_dir).__name__}")
+    folder = Path(pair_dir).expanduser()
+    manifest = read_pair_manifest(folder)
+    target, tokenizer = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize)
+    draft = load_draft(folder / manifest["draft"], target, tokenizer, dtype=dtype, dequantize=dequantize)
     return target, tokenizer, draft

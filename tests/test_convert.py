@@ -16,6 +16,7 @@ import pytest
 
 import mlxspec
 from mlxspec.models.config import load_model_args
+from conftest import make_hf_checkpoint
 from synthetic import write_mistral_checkpoint_from_hf, write_random_hf_checkpoint
 from mlxspec.errors import CheckpointError, InputError
 
@@ -118,13 +119,12 @@ def test_output_shards_load_everywhere(hf_full_dir, tmp_path):
 
 def test_existing_output_needs_force(hf_full_dir, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    with pytest.raises(InputError, match="already exists; pass --force"):
-        mlxspec.convert(hf_full_dir, out)
-    assert (out / "keep.txt").read_text() == "precious"
-    mlxspec.convert(hf_full_dir, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    mlxspec.convert(hf_full_dir, out)
+    with pytest.raises(mlxspec.OutputError, match="already exists; pass --force"):
+        mlxspec.convert(hf_full_dir, out, bits=8)
+    assert "quantization" not in json.loads((out / "config.json").read_text())
+    mlxspec.convert(hf_full_dir, out, bits=8, force=True)
+    assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 8
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -210,20 +210,53 @@ def test_pair(hf_full_dir, hf_window_dir, sp_model_file, tmp_path):
                   "--bits", "8", "--draft-bits", "4")
     assert res.returncode == 0, res.stderr
     manifest = json.loads((tmp_path / "pair" / "pair.json").read_text())
-    assert manifest["tokenizers"] == "identical" and "tokenizers: identical" in res.stderr
+    assert manifest["kind"] == "same-vocabulary" and manifest["tokenizers"].startswith("same 32000 pieces")
+    assert "pair: same-vocabulary" in res.stderr
     assert json.loads((tmp_path / "pair" / "draft" / "config.json").read_text())["quantization"]["bits"] == 4
     assert json.loads((tmp_path / "pair" / "target" / "config.json").read_text())["quantization"]["bits"] == 8
-    other = tmp_path / "other"
-    shutil.copytree(hf_window_dir, other)
-    for f in other.glob("tokenizer*"):
-        f.unlink()
+    mlxspec.load_pair(tmp_path / "pair")
+
+
+def test_a_pair_that_cannot_run_is_not_written(hf_full_dir, hf_window_dir, sp_model_file, tmp_path):
+    """convert and load agree on what a pair is: one generate would refuse is refused before
+    any weight is written."""
+    other = make_hf_checkpoint(tmp_path / "other", None, seed=3, vocab_size=32768)
     v2 = Path(str(sp_model_file)).with_name("mistral_instruct_tokenizer_240216.model.v2")
     shutil.copy(v2, other / "tokenizer.model")
+    res = run_cli("convert", "--target", str(hf_full_dir), "--draft", str(other), "-o", str(tmp_path / "pair"))
+    assert res.returncode != 0 and res.stderr.strip().splitlines() == [
+        "error: the draft's tokenizer does not match the target's: token 3 is '<0x00>' in one, '[INST]' in the "
+        "other (drafts with another vocabulary are not supported yet)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+    with pytest.raises(InputError, match="another vocabulary"):
+        mlxspec.load_draft(other, *mlxspec.load(hf_full_dir))
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_refused_before_writing(hf_full_dir, sp_model_file, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(hf_full_dir, bad)
+    for f in bad.glob("tokenizer*"):
+        f.unlink()
+    shutil.copy(Path(str(sp_model_file)).with_name("mistral_instruct_tokenizer_240216.model.v2"),
+                bad / "tokenizer.model")
+    with pytest.raises(mlxspec.ConfigError, match="the tokenizer has 32768 tokens but the model only 32000"):
+        mlxspec.convert(bad, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target": 3}, "'target' must name a folder inside"),
+    ({"draft": "../elsewhere"}, "'draft' must name a folder inside"),
+    ({"draft": None}, "'draft' must name a folder inside"),
+    ({"kind": "telepathy"}, "pair kind 'telepathy' is not one this mlxspec runs"),
+])
+def test_pair_manifest_with_wrong_types(change, message, hf_full_dir, tmp_path):
     from mlxspec.convert.pair import convert_pair
 
-    manifest = convert_pair(hf_full_dir, other, tmp_path / "pair2")
-    assert manifest["tokenizers"] == "different"
-    assert manifest["tokenizers_detail"] == "token 3 is '<0x00>' in one, '[INST]' in the other"
+    manifest = convert_pair(hf_full_dir, hf_full_dir, tmp_path / "pair")
+    (tmp_path / "pair" / "pair.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(mlxspec.ConfigError, match=message):
+        mlxspec.load_pair(tmp_path / "pair")
 
 
 def test_hub_fetch_asks_only_for_needed_files(monkeypatch, tmp_path):
@@ -242,6 +275,7 @@ def test_hub_fetch_asks_only_for_needed_files(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     assert hub.fetch("mistralai/Mistral-7B-v0.3", revision="main") == tmp_path
     assert calls["revision"] == "main" and "model*.safetensors" in calls["patterns"]
     assert "consolidated*.safetensors" not in calls["patterns"]  # never two copies of the weights
