@@ -54,6 +54,15 @@ def written_by_mlxspec(folder: Path) -> bool:
         return False
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlxspec")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _is_empty_dir(path: Path) -> bool:
     try:
         return path.is_dir() and not any(path.iterdir())
@@ -155,8 +164,6 @@ def atomic_dir(out: Path, force: bool = False, sources: Iterable[Path] = (), kin
 
     `sources` are the inputs (never replaced, never inside `out`); `kind` is recorded in
     the marker. Raises `OutputError` for a destination that cannot or may not be written."""
-    from mlxspec import __version__
-
     out = Path(os.path.realpath(Path(out).expanduser()))
     sources = list(sources)
     check_writable(out, force, sources)
@@ -169,7 +176,7 @@ def atomic_dir(out: Path, force: bool = False, sources: Iterable[Path] = (), kin
             tmp.mkdir()
             try:
                 yield tmp
-                (tmp / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": __version__,
+                (tmp / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": _version(),
                                                       "kind": kind}) + "\n")
                 _install(tmp, out, force)
             except BaseException:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxspec.errors import CheckpointError, ConfigError, InputError
+from mlxspec.errors import CheckpointError, ConfigError, InputError, OutputError
 from mlxspec.hub import resolve
 from mlxspec.text import Tokenizer, load_tokenizer
 
@@ -40,17 +40,22 @@ def resolve_source(src: str | Path, revision: str | None = None) -> Path:
 
 
 def source_tokenizer(source: Source) -> Tokenizer | None:
-    """The tokenizer the converted `source` will carry (None when it has none), read from
-    exactly the files conversion writes beside the weights, and checked against the
-    embeddings (a tokenizer with more tokens than embedding rows cannot run)."""
-    if not source.tokenizer_files and not source.generated_files:
+    """The tokenizer the converted `source` will carry (None when it has none): the files
+    beside the weights, or those rebuilt from GGUF metadata (read back through a temporary
+    folder); checked against the embeddings (more tokens than rows cannot run)."""
+    if source.generated_files:
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                for name, text in source.generated_files.items():
+                    (Path(folder) / name).write_text(text)
+                tokenizer = load_tokenizer(Path(folder))
+        except OSError as exc:
+            raise OutputError(f"cannot check the tokenizer of {source.root} in a temporary folder "
+                              f"({exc.filename}: {exc.strerror})") from None
+    elif source.tokenizer_files:
+        tokenizer = load_tokenizer(source.root)
+    else:
         return None
-    with tempfile.TemporaryDirectory() as folder:
-        for file in source.tokenizer_files:
-            shutil.copy(file, Path(folder) / file.name)
-        for name, text in source.generated_files.items():
-            (Path(folder) / name).write_text(text)
-        tokenizer = load_tokenizer(Path(folder))
     if tokenizer.vocab_size > source.args.vocab_size:
         raise ConfigError(f"{source.root}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
                           f"only {source.args.vocab_size} embedding rows")

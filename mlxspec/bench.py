@@ -9,6 +9,8 @@ draft position, the cost model's predictions, Markdown and plots.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,29 +25,41 @@ from .report import SCHEMA_VERSION, Config, Run, compare, environment, summarise
 from .text import Tokenizer
 
 
+_K_PART = re.compile(r"^\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?$")
+MAX_K = 64
+
+
 def parse_ks(text: str) -> list[int]:
-    """'1..4,6,8' -> [1, 2, 3, 4, 6, 8]; every k must be >= 1."""
-    ks: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("..")
-            ks.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
-        raise InputError(f"--num-draft-tokens: cannot read {text!r} (e.g. '1..4,6,8')") from None
-    if not ks or min(ks) < 1:
-        raise InputError(f"--num-draft-tokens: every k must be >= 1, got {text!r}")
-    return sorted(set(ks))
+    """'1..4,6,8' -> [1, 2, 3, 4, 6, 8]: comma-separated draft lengths or ascending ranges
+    lo..hi, each k in 1..64. Anything else (empty parts, open or descending ranges, signs)
+    is refused with the part that is wrong."""
+    ks: set[int] = set()
+    for part in text.split(","):
+        match = _K_PART.match(part)
+        if match is None:
+            raise InputError(f"--num-draft-tokens: cannot read {part.strip()!r} in {text!r} "
+                             "(write draft lengths and ranges like '1..4,6,8')")
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        if hi < lo:
+            raise InputError(f"--num-draft-tokens: range {part.strip()!r} runs backwards (write {hi}..{lo})")
+        if lo < 1 or hi > MAX_K:
+            raise InputError(f"--num-draft-tokens: every k must be in 1..{MAX_K}, got {part.strip()!r}")
+        ks.update(range(lo, hi + 1))
+    return sorted(ks)
 
 
 def parse_temperatures(text: str) -> list[float]:
-    """'0,0.7,1' -> [0.0, 0.7, 1.0]; every temperature must be >= 0."""
-    try:
-        temps = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise InputError(f"--temperatures: cannot read {text!r} (e.g. '0,0.7,1')") from None
-    if not temps or min(temps) < 0:
-        raise InputError(f"--temperatures: need one or more values >= 0, got {text!r}")
-    return temps
+    """'0,0.7,1' -> [0.0, 0.7, 1.0]: comma-separated finite temperatures >= 0, no empty parts."""
+    temps = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"--temperatures: cannot read {part.strip()!r} in {text!r} (e.g. '0,0.7,1')") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--temperatures: every temperature must be a finite number >= 0, got {part.strip()!r}")
+        temps.append(value)
+    return list(dict.fromkeys(temps))
 
 
 def timed_run(tokens: Iterator[tuple[int, bool]], eos: set[int], limit: int) -> tuple[Run, list[bool]]:

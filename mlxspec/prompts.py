@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import InputError
+from .text.unicode import decode_utf8
 
 _SUMMARY_TEXT = (
     "The printing press, developed by Johannes Gutenberg around 1440, made it possible to "
@@ -47,7 +48,7 @@ def builtin_prompts(kinds: list[str] | None = None) -> list[tuple[str, str]]:
 def read_prompts(path: Path) -> list[tuple[str, str]]:
     """Prompts from a file: one per line, or blocks separated by a line holding only `---`."""
     try:
-        text = Path(path).read_text()
+        text = decode_utf8(Path(path).read_bytes(), f"prompts file {path}")
     except OSError as exc:
         raise InputError(f"cannot read prompts file {path}: {exc.strerror}") from None
     blocks = [b.strip() for b in text.split("\n---\n")] if "\n---\n" in text else text.splitlines()

@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten
 
 from mlxspec import stream_generate
 from mlxspec.baseline import mlx_lm_models
-from mlxspec.bench import parse_ks
+from mlxspec.bench import parse_ks, parse_temperatures
 from mlxspec.report import PLOT_FILES, SCHEMA_VERSION
 from mlxspec.models.config import ModelArgs
 from mlxspec.errors import InputError
@@ -104,9 +104,22 @@ def test_mlx_lm_adapter_runs_the_same_weights(pair):
 
 def test_parse_ks():
     assert parse_ks("1..4,6,8") == [1, 2, 3, 4, 6, 8]
-    for bad in ("0", "a", "", "2..1,0"):
-        with pytest.raises(InputError):
+    assert parse_ks(" 2 , 2..3 ") == [2, 3]
+    for bad, message in [("0", "every k must be in 1..64"), ("a", "cannot read 'a'"), ("", "cannot read ''"),
+                         ("1..", "cannot read '1..'"), ("..4", "cannot read '..4'"), ("1,,2", "cannot read ''"),
+                         ("8..1", "range '8..1' runs backwards \\(write 1..8\\)"), ("-1", "cannot read '-1'"),
+                         ("1..100", "every k must be in 1..64"), ("1.5", "cannot read '1.5'"),
+                         ("1...3", "cannot read '1...3'"), ("2..1,0", "range .2..1. runs backwards")]:
+        with pytest.raises(InputError, match=f"--num-draft-tokens: {message}"):
             parse_ks(bad)
+
+
+def test_parse_temperatures():
+    assert parse_temperatures("0, 0.7,1,1") == [0.0, 0.7, 1.0]
+    for bad, message in [("0,,1", "cannot read ''"), ("", "cannot read ''"), ("nan", "every temperature must be a finite number >= 0"),
+                         ("inf", "every temperature must be a finite number >= 0"), ("-1", "every temperature must be a finite number >= 0"), ("hot", "cannot read 'hot'")]:
+        with pytest.raises(InputError, match=f"--temperatures: {message}"):
+            parse_temperatures(bad)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +177,7 @@ def test_bench_bad_input(hf_full_dir, small_draft_dir, tmp_path):
     base = ["bench", "--model", str(hf_full_dir), "-o", str(tmp_path / "out")]
     cases = [
         ([*base, "--draft", str(small_draft_dir), "--prompts", str(empty)], "no prompts"),
-        ([*base, "--draft", str(small_draft_dir), "-k", "0"], "every k must be >= 1"),
+        ([*base, "--draft", str(small_draft_dir), "-k", "0"], "every k must be in 1..64"),
         ([*base, "--draft", str(other)], "the draft's tokenizer does not match the target's"),
         (["bench", "--pair", str(tmp_path), "-o", str(tmp_path / "out")], "no pair.json"),
         ([*base], "bench needs a draft"),

@@ -7,43 +7,90 @@ import time
 from typing import Iterator, Sequence
 
 import mlx.core as mx
+import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from ..models import Model
 from ..text import Message, StreamingDetokenizer, Tokenizer
+from ..text.chat import as_messages
+from ..text.unicode import check_text
+from .sampling import check_seed, is_int
 from .stats import GenerationStats, GenerationStep
 
 Prompt = str | Sequence[int] | Sequence[Message]
+_PROMPT_KINDS = "text (str), chat messages (a list of role/content dicts) or token ids (a list of ints)"
 
 
-def prompt_ids(tokenizer: Tokenizer | None, prompt: Prompt, chat: bool = False) -> list[int]:
+def prompt_ids(tokenizer: Tokenizer | None, prompt: Prompt, chat: bool = False,
+               context: int | None = None) -> list[int]:
     """Token ids for a prompt given as text (wrapped in the chat template with `chat`), as
-    chat messages (role/content mappings; always templated), or as token ids."""
-    messages = isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], dict)
-    if isinstance(prompt, str) or messages:
-        if isinstance(prompt, str) and not prompt.strip():
+    chat messages (role/content mappings; always templated), or as token ids. Text that
+    cannot fit in `context` tokens is refused before it is tokenized."""
+    if isinstance(prompt, str):
+        check_text(prompt, "the prompt")
+        if not prompt.strip():
             raise InputError("prompt is empty")
-        if tokenizer is None:
-            raise InputError("a text prompt needs a tokenizer (or pass token ids)")
-        if isinstance(prompt, str) and not chat:
-            return tokenizer.encode(prompt)
-        return tokenizer.apply_chat(prompt)
-    try:
-        ids = [int(t) for t in prompt]
-    except (TypeError, ValueError):
-        raise InputError("a prompt is text, chat messages or token ids") from None
-    if not ids:
+        return _encode(tokenizer, prompt, chat, context)
+    if isinstance(prompt, (mx.array, np.ndarray)):
+        prompt = _array_ids(prompt)
+    if not isinstance(prompt, (list, tuple)):
+        hint = " (decode it first: data.decode('utf-8'))" if isinstance(prompt, (bytes, bytearray)) else ""
+        raise InputTypeError(f"a prompt is {_PROMPT_KINDS}; got {type(prompt).__name__}{hint}")
+    if not prompt:
         raise InputError("prompt is empty")
-    return ids
+    if all(isinstance(m, dict) for m in prompt):
+        return _encode(tokenizer, as_messages(prompt), True, context)
+    if all(isinstance(p, str) for p in prompt):
+        raise InputTypeError("a list of strings is several prompts: send one request per prompt "
+                             "(a Session keeps the calibration between them)")
+    bad = next((i for i, t in enumerate(prompt) if not is_int(t)), None)
+    if bad is not None:
+        raise InputTypeError(f"a prompt is {_PROMPT_KINDS}; item {bad} is {prompt[bad]!r}")
+    return [int(t) for t in prompt]
+
+
+def _array_ids(array: mx.array | np.ndarray) -> list[int]:
+    """Token ids from a 1-D integer array (numpy or MLX)."""
+    values = np.array(array)
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise InputTypeError(f"token ids must be a 1-D integer array, got shape {values.shape} of {values.dtype}")
+    return values.tolist()
+
+
+def _encode(tokenizer: Tokenizer | None, prompt: str | list[Message], chat: bool, context: int | None) -> list[int]:
+    if tokenizer is None:
+        raise InputError("a text prompt needs a tokenizer (or pass token ids)")
+    if not isinstance(tokenizer, Tokenizer):
+        raise InputTypeError(f"tokenizer must be an mlxspec Tokenizer (mlxspec.load returns one), "
+                             f"got {type(tokenizer).__name__}")
+    text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
+    size = len(text.encode("utf-8"))
+    if context is not None and size > (context + 16) * tokenizer.max_piece_bytes:
+        raise InputError(f"prompt of {size} bytes cannot fit in the model's context of {context} tokens "
+                         f"(a token here covers at most {tokenizer.max_piece_bytes} bytes)")
+    if isinstance(prompt, str) and not chat:
+        return tokenizer.encode(prompt)
+    return tokenizer.apply_chat(prompt)
+
+
+def check_request(max_tokens: object, seed: object = None, prefill_chunk: object = None) -> None:
+    """The request's numbers, checked before anything is tokenized or loaded."""
+    if not is_int(max_tokens):
+        raise InputTypeError(f"max_tokens must be an integer, got {max_tokens!r}")
+    if max_tokens < 0:
+        raise InputError(f"max_tokens must be >= 0, got {max_tokens}")
+    check_seed(seed)
+    if prefill_chunk is not None and (not is_int(prefill_chunk) or prefill_chunk <= 0):
+        raise InputError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
 
 
 def token_budget(model: Model, ids: Sequence[int], max_tokens: int) -> int:
     """How many tokens the request may generate; `InputError` for a negative budget, ids
     outside the vocabulary or a prompt longer than the model's context."""
-    if max_tokens < 0:
-        raise InputError(f"max_tokens must be >= 0, got {max_tokens}")
-    if any(not 0 <= t < model.args.vocab_size for t in ids):
-        raise InputError(f"prompt holds token ids outside the vocabulary (0..{model.args.vocab_size - 1})")
+    check_request(max_tokens)
+    bad = next((t for t in ids if not 0 <= t < model.args.vocab_size), None)
+    if bad is not None:
+        raise InputError(f"prompt holds token id {bad}, outside the vocabulary (0..{model.args.vocab_size - 1})")
     context = model.args.max_position_embeddings
     if context is None:
         return max_tokens

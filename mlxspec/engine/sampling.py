@@ -8,12 +8,37 @@ sampling preserves the target's *processed* distribution.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
+
+SEED_RANGE = 2**64  # seeds are 0 .. 2**64 - 1; -1 means "random", as in llama.cpp
+
+
+def is_int(value: object) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """A real number (int or float, Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_seed(seed: object) -> int | None:
+    """The seed as an int, None for "random" (None or -1); `InputError` otherwise."""
+    if seed is None or (is_int(seed) and seed == -1):
+        return None
+    if not is_int(seed):
+        raise InputTypeError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed < SEED_RANGE:
+        raise InputError(f"seed must be in 0..2**64-1 (or -1 for a random one), got {seed}")
+    return int(seed)
 
 
 @dataclass(frozen=True)
@@ -25,12 +50,17 @@ class SamplingParams:
     top_k: int = 0
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        for name in ("temperature", "top_p"):
+            if not is_real(getattr(self, name)):
+                raise InputTypeError(f"{name} must be a number, got {getattr(self, name)!r}")
+        if not is_int(self.top_k):
+            raise InputTypeError(f"top_k must be an integer, got {self.top_k!r}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise InputError(f"top_k must be >= 0, got {self.top_k}")
+            raise InputError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
 
     @property
     def greedy(self) -> bool:
@@ -103,9 +133,10 @@ class RandomKeys:
     stream, so a seeded request draws the same numbers whatever ran before it."""
 
     def __init__(self, seed: int | None = None) -> None:
+        seed = check_seed(seed)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        self._key = mx.random.key(seed % 2**64)
+        self._key = mx.random.key(seed)
 
     def __call__(self) -> mx.array:
         """The next key."""

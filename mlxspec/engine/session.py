@@ -14,20 +14,33 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from ..drafts import Draft, check_draft, make_drafter
-from ..errors import InputError
+from ..drafts import Draft, FeatureDraft, check_draft, make_drafter
+from ..errors import InputError, InputTypeError
 from ..models import Model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
 from ..text import Tokenizer
 from .calibrate import Progress, calibrate, sampling_kind
 from .decode import default_chunk_size
 from .policy import AcceptanceEstimate, CostModel, DraftPolicy, FixedK, Heuristic, Plain, Timings
-from .request import Prompt, prompt_ids, steps, token_budget
-from .sampling import RandomKeys, SamplingParams
+from .request import Prompt, check_request, prompt_ids, steps, token_budget
+from .sampling import RandomKeys, SamplingParams, is_int
 from .speculative import Generation
 from .stats import GenerationStep
 
 DRAFT_POLICIES = ("cost", "fixed", "heuristic")
+
+
+def check_parts(target: object, tokenizer: object, draft: object) -> None:
+    """Loaded objects, not paths: say how to get them."""
+    if not isinstance(target, Model):
+        raise InputTypeError(f"the target must be a loaded Model (model, tokenizer = mlxspec.load(path)), "
+                             f"got {type(target).__name__}")
+    if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
+        raise InputTypeError(f"tokenizer must be an mlxspec Tokenizer (mlxspec.load returns one), "
+                             f"got {type(tokenizer).__name__}")
+    if draft is not None and not isinstance(draft, (Model, FeatureDraft)):
+        raise InputTypeError(f"draft must be a loaded draft (mlxspec.load_draft(path, model, tokenizer)), "
+                             f"got {type(draft).__name__}")
 
 
 class Calibration:
@@ -62,8 +75,11 @@ class Session:
     def __init__(self, target: Model, tokenizer: Tokenizer | None = None, draft: Draft | None = None, *,
                  num_draft_tokens: int = 6, draft_policy: str = "cost",
                  calibration: Calibration | None = None) -> None:
+        check_parts(target, tokenizer, draft)
         if draft_policy not in DRAFT_POLICIES:
             raise InputError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {draft_policy!r}")
+        if not is_int(num_draft_tokens):
+            raise InputTypeError(f"num_draft_tokens must be an integer, got {num_draft_tokens!r}")
         if draft is not None:
             check_draft(target, draft, num_draft_tokens)
         self.target, self.tokenizer, self.draft = target, tokenizer, draft
@@ -97,10 +113,9 @@ class Session:
         context length; the last step's `stats.finish_reason` says which ("stop" or "length").
         Without a tokenizer, steps carry ids only (empty text, no end-of-sequence stop)."""
         params = SamplingParams(temperature, top_p, top_k)
-        ids = prompt_ids(self.tokenizer, prompt, chat)
+        check_request(max_tokens, seed, prefill_chunk)
+        ids = prompt_ids(self.tokenizer, prompt, chat, context=self.target.args.max_position_embeddings)
         budget = token_budget(self.target, ids, max_tokens)
-        if prefill_chunk is not None and prefill_chunk <= 0:
-            raise InputError(f"prefill_chunk must be positive, got {prefill_chunk}")
         chunk = prefill_chunk or default_chunk_size(self.target)
         drafting = speculative and self.draft is not None and budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(params, seed) if drafting else Plain()

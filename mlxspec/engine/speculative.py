@@ -18,12 +18,21 @@ from typing import Iterator, Sequence
 import mlx.core as mx
 
 from ..drafts import Drafter
+from ..errors import CheckpointError
 from ..models import Model
 from .decode import forward, plain_steps, prefill
 from .policy import DraftPolicy
 from .sampling import RandomKeys, SamplingParams, process_logits, sample
 from .stats import GenerationStats, SpeculativeStats
 from .verify import verify
+
+
+def check_finite(logits: mx.array, whose: str) -> None:
+    """Stop with one line when a model's first logits hold NaN or Inf (damaged weights, or a
+    dtype that overflows): everything it would decode afterwards is garbage."""
+    if not mx.isfinite(logits).all().item():
+        raise CheckpointError(f"{whose}'s first logits hold NaN or Inf: its weights are damaged, or overflow "
+                              "in this dtype (try float32 weights: --dequantize)")
 
 
 class Generation:
@@ -36,6 +45,7 @@ class Generation:
         self.keys, self.chunk = keys, prefill_chunk
         self.cache = target.make_cache(max_rollback=policy.k_max)
         self.last: int | None = None
+        self._draft_checked = False
         self.stats: GenerationStats = (GenerationStats() if drafter is None else SpeculativeStats(
             accepted_per_position=[0] * policy.k_max, drafted_per_position=[0] * policy.k_max))
 
@@ -54,6 +64,9 @@ class Generation:
     def _pick(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
         """A drafter's next token [B, 1] from its logits [B, S], and the processed
         log-probabilities it was drawn from (None when greedy: argmax needs none)."""
+        if not self._draft_checked:
+            check_finite(logits, "the draft")
+            self._draft_checked = True
         if self.params.greedy:
             return mx.argmax(logits, axis=-1)[:, None], None
         lp = process_logits(logits, self.params)
@@ -64,6 +77,7 @@ class Generation:
         logits, hidden = prefill(self.target, prompt, self.cache, self.chunk, self.keeps_features)
         if self.drafter is not None:
             self.drafter.extend(list(prompt), hidden)
+        check_finite(logits, "the target")
         self.last = self._draw(logits).item()
         return self.last
 

@@ -4,6 +4,7 @@ or Mistral's `params.json`, and validated before any weight is touched."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,60 @@ from typing import Any
 from ..errors import ConfigError
 
 SUPPORTED_ARCHITECTURES = ("mistral", "llama")
+QUANT_BITS = (2, 3, 4, 5, 6, 8)
+QUANT_GROUPS = (32, 64, 128)
+# Config keys that change the computation and that the Mistral/Llama blocks here do not
+# implement: refused by name when set to anything but the value shown.
+_UNSUPPORTED_HF = {"attention_bias": False, "mlp_bias": False}
+_ACTIVATIONS = ("silu", "swish")  # one function (transformers' ACT2FN maps both to SiLU)
+_UNSUPPORTED_MISTRAL = {"moe": "a mixture-of-experts model (Mixtral)", "vision_encoder": "a vision model",
+                        "lora": "LoRA adapters", "quantization": "quantized weights", "yarn": "YaRN RoPE scaling",
+                        "rope_scaling": "RoPE scaling"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def check_types(args: "ModelArgs") -> None:
+    """Every field of `ModelArgs` has the type and range it needs (before anything is derived)."""
+    if args.model_type not in SUPPORTED_ARCHITECTURES:
+        raise ConfigError(f"unsupported architecture {args.model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size"):
+        if not _is_int(getattr(args, name)) or getattr(args, name) <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {getattr(args, name)!r}")
+    for name in ("num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings", "head_vocab_size"):
+        value = getattr(args, name)
+        if value is not None and (not _is_int(value) or value <= 0):
+            raise ConfigError(f"{name} must be a positive integer (or absent), got {value!r}")
+    for name in ("rms_norm_eps", "rope_theta"):
+        value = getattr(args, name)
+        if not _is_real(value) or value <= 0:
+            raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+    for name in ("rope_traditional", "tie_word_embeddings"):
+        if not isinstance(getattr(args, name), bool):
+            raise ConfigError(f"{name} must be true or false, got {getattr(args, name)!r}")
+
+
+def check_quantization(quant: Any) -> None:
+    """mlx-lm's `quantization` block: affine bits/group size, optional per-layer overrides."""
+    if quant is None:
+        return
+    if not isinstance(quant, dict):
+        raise ConfigError(f"quantization must be an object, got {quant!r}")
+    for where, entry in [("quantization", quant), *((f"quantization[{k!r}]", v) for k, v in quant.items()
+                                                    if isinstance(v, dict))]:
+        bits, group = entry.get("bits", 4), entry.get("group_size", 64)
+        if not _is_int(bits) or bits not in QUANT_BITS:
+            raise ConfigError(f"{where}: bits must be one of {QUANT_BITS}, got {bits!r}")
+        if not _is_int(group) or group not in QUANT_GROUPS:
+            raise ConfigError(f"{where}: group_size must be one of {QUANT_GROUPS}, got {group!r}")
+        if entry.get("mode", "affine") != "affine":
+            raise ConfigError(f"{where}: quantization mode {entry.get('mode')!r} is not supported (affine is)")
 
 
 @dataclass
@@ -37,6 +92,7 @@ class ModelArgs:
     quantization: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -44,17 +100,12 @@ class ModelArgs:
         self.validate()
 
     def validate(self) -> None:
-        """Raise `ConfigError` for shapes the model cannot be built with."""
-        if self.model_type not in SUPPORTED_ARCHITECTURES:
-            raise ConfigError(
-                f"unsupported architecture {self.model_type!r} "
-                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
-        for name in ("hidden_size", "num_hidden_layers", "intermediate_size",
-                     "num_attention_heads", "vocab_size", "num_key_value_heads", "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        """Raise `ConfigError` for values of the wrong type or range, and for shapes the model
+        cannot be built with."""
+        check_types(self)
+        for name in ("num_key_value_heads", "head_dim"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
@@ -64,8 +115,10 @@ class ModelArgs:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.head_vocab_size is not None and not 0 < self.head_vocab_size <= self.vocab_size:
             raise ConfigError(f"head_vocab_size must be in 1..vocab_size, got {self.head_vocab_size}")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ConfigError(f"sliding_window must be positive, got {self.sliding_window}")
+        if self.sliding_window is not None and self.model_type == "llama":
+            raise ConfigError("sliding_window is not part of the llama architecture (transformers' Llama ignores "
+                              "it); use model_type 'mistral' for windowed attention")
+        check_quantization(self.quantization)
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> "ModelArgs":
@@ -73,16 +126,13 @@ class ModelArgs:
         model_type = config.get("model_type")
         if model_type is None:
             archs = config.get("architectures") or ["<none>"]
-            raise ConfigError(f"config.json has no model_type (architectures: {archs[0]})")
+            raise ConfigError(f"config.json has no model_type (architectures: {archs[0]!r})")
         if model_type not in SUPPORTED_ARCHITECTURES:
             raise ConfigError(
                 f"unsupported architecture {model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
             )
-        # transformers >= 5 writes RoPE settings as `rope_parameters`, older ones as top-level keys.
-        rope = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
-        if rope.get("rope_type", rope.get("type")) not in (None, "default"):
-            raise ConfigError(f"unsupported RoPE scaling {rope!r}")
-        rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
+        check_honoured(config, model_type)
+        rope_theta = _rope_theta(config)
         try:
             return cls(
                 hidden_size=config["hidden_size"],
@@ -95,7 +145,8 @@ class ModelArgs:
                 rms_norm_eps=config.get("rms_norm_eps", 1e-5),
                 rope_theta=rope_theta,
                 rope_traditional=config.get("rope_traditional", False),
-                sliding_window=config.get("sliding_window"),
+                # transformers' Llama never applies a window, whatever the config says
+                sliding_window=config.get("sliding_window") if model_type == "mistral" else None,
                 max_position_embeddings=config.get("max_position_embeddings"),
                 tie_word_embeddings=config.get("tie_word_embeddings", False),
                 model_type=model_type,
@@ -111,8 +162,9 @@ class ModelArgs:
 
         Mistral's checkpoints keep q/k in the interleaved RoPE layout, hence `rope_traditional`.
         """
-        if "moe" in params:
-            raise ConfigError("params.json describes a mixture-of-experts model (Mixtral), not supported yet")
+        for key, what in _UNSUPPORTED_MISTRAL.items():
+            if params.get(key):
+                raise ConfigError(f"params.json describes {what} ({key!r}), which mlxspec does not support yet")
         try:
             return cls(
                 hidden_size=params["dim"],
@@ -142,14 +194,49 @@ class ModelArgs:
         return config
 
 
+def check_honoured(config: dict[str, Any], model_type: str) -> None:
+    """Refuse, by name, config settings that transformers applies for this architecture and
+    the blocks here do not (the logits would silently differ)."""
+    act = config.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise ConfigError(f"hidden_act {act!r} is not supported (the {model_type} blocks here use SiLU)")
+    if model_type == "llama":  # transformers' Mistral has no biases, whatever the config says
+        for key, default in _UNSUPPORTED_HF.items():
+            if config.get(key, default) != default:
+                raise ConfigError(f"{key} = {config[key]!r} is not supported (biases in the llama blocks)")
+    quant = config.get("quantization_config")
+    if isinstance(quant, dict) and quant.get("quant_method") not in (None, "mlx", "affine"):
+        raise ConfigError(f"weights quantized with {quant.get('quant_method')!r} are not supported; "
+                          "convert the full-precision checkpoint")
+
+
+def _rope_theta(config: dict[str, Any]) -> Any:
+    """rope_theta from either spelling (transformers >= 5 nests RoPE settings in
+    `rope_parameters`, older ones keep `rope_theta` and `rope_scaling` top-level); any
+    scaling other than the default is refused."""
+    rope: dict[str, Any] = {}
+    for key in ("rope_scaling", "rope_parameters"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{key} must be an object, got {value!r}")
+        rope.update(value or {})
+    if rope.get("rope_type", rope.get("type")) not in (None, "default"):
+        raise ConfigError(f"unsupported RoPE scaling {rope!r}")
+    return config.get("rope_theta", rope.get("rope_theta", 10000.0))
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON object, turning I/O and syntax problems into a `ConfigError`."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a configuration") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a JSON object")
     return data
@@ -164,5 +251,5 @@ def load_model_args(model_dir: Path) -> ModelArgs:
             try:
                 return parse(config)
             except ConfigError as exc:
-                raise ConfigError(f"{model_dir}: {exc}") from None
+                raise ConfigError(f"{path}: {exc}") from None
     raise ConfigError(f"{model_dir}: no config.json or params.json found")

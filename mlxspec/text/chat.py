@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError, TokenizerError
+from .unicode import check_text
 
 Message = dict[str, Any]
 
@@ -26,7 +27,10 @@ def read_chat_template(model_dir: Path) -> str | None:
     templates of which "default" is used)."""
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text()
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokenizerError(f"{jinja}: unreadable chat template ({exc})") from None
     for name in ("chat_template.json", "tokenizer_config.json"):
         template = _template_entry(side_file(model_dir / name).get("chat_template"))
         if template is not None:
@@ -39,9 +43,9 @@ def side_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise TokenizerError(f"{path} is not valid JSON") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError: also bytes that are not UTF-8
+        raise TokenizerError(f"{path} is not valid UTF-8 JSON") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -66,6 +70,7 @@ def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise InputError(f"message {i} must be a mapping with string 'role' and 'content'")
+        check_text(m["content"], f"message {i}")
     return messages
 
 

@@ -4,6 +4,7 @@ streaming detokenizer and the model's chat template."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +33,12 @@ class Tokenizer:
     def pieces(self) -> list[str]:
         """Every token's piece string, by id (used to compare vocabularies)."""
         raise NotImplementedError
+
+    @functools.cached_property
+    def max_piece_bytes(self) -> int:
+        """The most UTF-8 bytes one token's piece takes: text of n bytes needs at least
+        n / max_piece_bytes tokens (which lets a prompt far too long be refused untokenized)."""
+        return max([1, *(len(p.encode("utf-8", "surrogatepass")) for p in self.pieces() if p is not None)])
 
     def specials(self) -> dict[str, str]:
         """The special-token strings a chat template may use (`bos_token`, `eos_token`, ...)."""
@@ -118,7 +125,7 @@ class HFTokenizer(Tokenizer):
         self.bos_id = self._id(self._specials.get("bos_token"))
         eos = {self._id(self._specials.get("eos_token"))}
         extra = side_file(model_dir / "generation_config.json").get("eos_token_id")
-        eos.update(extra if isinstance(extra, list) else [extra])
+        eos.update(i for i in (extra if isinstance(extra, list) else [extra]) if isinstance(i, int))
         self.eos_ids = {i for i in eos if isinstance(i, int)}
         self.chat_template = read_chat_template(model_dir)
         add_bos = config.get("add_bos_token")

@@ -1,0 +1,81 @@
+"""What the command line checks before any work: the prompt's text (UTF-8, from an argument
+or standard input), every number of a request, and click's own usage errors, each turned
+into one `error:` line. Nothing is loaded or converted before these pass."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+import typer
+
+from .engine import SamplingParams
+from .engine.request import check_request
+from .errors import InputError
+from .text.unicode import check_text, decode_utf8
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt text: the argument itself, or standard input for '-' (bytes checked)."""
+    text = (decode_utf8(sys.stdin.buffer.read(), "standard input") if prompt == "-"
+            else check_text(prompt, "the --prompt argument"))
+    if not text.strip():
+        raise InputError("prompt is empty" + (" (nothing on standard input)" if prompt == "-" else ""))
+    return text
+
+
+def check_generation(max_tokens: int, num_draft_tokens: int, temperature: float, top_p: float, top_k: int,
+                     seed: Optional[int] = None, prefill_chunk: Optional[int] = None) -> SamplingParams:
+    """The sampling settings, after every number of the request passed its check."""
+    params = SamplingParams(temperature, top_p, top_k)
+    check_request(max_tokens, seed, prefill_chunk)
+    if num_draft_tokens < 1:
+        raise InputError(f"--num-draft-tokens must be >= 1, got {num_draft_tokens}")
+    return params
+
+
+def check_positive(value: float, option: str) -> None:
+    """A finite number above zero."""
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{option} must be a finite number > 0, got {value}")
+
+
+def _click_errors() -> object:
+    """The click that typer runs on (its own copy in recent typer versions), for its errors."""
+    return sys.modules[typer.BadParameter.__module__]
+
+
+def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; usage errors (unknown option, a value of the wrong type, a missing
+    argument) become one `error:` line and exit code 2. Returns the exit code."""
+    errors = _click_errors()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=list(argv) if argv is not None else None, prog_name="mlxspec",
+                            standalone_mode=False)
+    except getattr(errors, "NoArgsIsHelpError", ()) as exc:  # `mlxspec` alone: the help
+        typer.echo(exc.format_message(), err=True)
+        return 2
+    except errors.UsageError as exc:
+        name = exc.ctx.command_path if exc.ctx is not None else "mlxspec"
+        typer.echo(f"error: {exc.format_message()} (see `{name} --help`)", err=True)
+        return 2
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    except errors.ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:  # a bug, not bad input: still one line; the traceback on request
+        if os.environ.get("MLXSPEC_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        typer.echo(f"error: internal error ({type(exc).__name__}: {first}); please report it "
+                   "(MLXSPEC_DEBUG=1 shows the traceback)", err=True)
+        return 1
+    return code if isinstance(code, int) else 0

@@ -1,0 +1,119 @@
+"""Configuration values (`models.config`): every field of the wrong type or out of range is
+refused by name before anything is built or written, and each architecture honours exactly
+what transformers honours: what it applies and we do not is refused, what it ignores we
+ignore too (checked against transformers' own logits)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxspec
+from mlxspec.errors import ConfigError
+from mlxspec.models import ModelArgs
+
+BASE = {"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32000, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "max_position_embeddings": 512}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rms_norm_eps": "1e-5"}, "rms_norm_eps must be a positive finite number, got '1e-5'"),
+    ({"rms_norm_eps": math.nan}, "rms_norm_eps must be a positive finite number"),
+    ({"rms_norm_eps": 0}, "rms_norm_eps must be a positive finite number"),
+    ({"rope_theta": "10000"}, "rope_theta must be a positive finite number"),
+    ({"rope_theta": math.inf}, "rope_theta must be a positive finite number"),
+    ({"rope_theta": True}, "rope_theta must be a positive finite number"),
+    ({"sliding_window": "4096"}, "sliding_window must be a positive integer"),
+    ({"sliding_window": 0}, "sliding_window must be a positive integer"),
+    ({"sliding_window": 16.0}, "sliding_window must be a positive integer"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+    ({"num_attention_heads": "4"}, "num_attention_heads must be a positive integer"),
+    ({"hidden_size": 64.0}, "hidden_size must be a positive integer"),
+    ({"hidden_size": True}, "hidden_size must be a positive integer"),
+    ({"vocab_size": -5}, "vocab_size must be a positive integer"),
+    ({"num_hidden_layers": None}, "num_hidden_layers must be a positive integer"),
+    ({"head_dim": 0}, "head_dim must be a positive integer"),
+    ({"num_key_value_heads": 3}, "is not a multiple of num_key_value_heads"),
+    ({"max_position_embeddings": "512"}, "max_position_embeddings must be a positive integer"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
+    ({"rope_traditional": 1}, "rope_traditional must be true or false"),
+    ({"rope_scaling": "linear"}, "rope_scaling must be an object"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "unsupported RoPE scaling"),
+    ({"quantization": {"bits": 7, "group_size": 64}}, "bits must be one of"),
+    ({"quantization": {"bits": 4, "group_size": "64"}}, "group_size must be one of"),
+    ({"quantization": [4, 64]}, "quantization must be an object"),
+    ({"quantization": {"bits": 4, "group_size": 64, "model.layers.0.mlp.up_proj": {"bits": 9}}},
+     "quantization\\['model.layers.0.mlp.up_proj'\\]: bits must be one of"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
+    ({"hidden_act": "relu"}, "hidden_act 'relu' is not supported"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "weights quantized with 'gptq' are not supported"),
+    ({"model_type": "llama", "attention_bias": True}, "attention_bias = True is not supported"),
+    ({"model_type": "llama", "mlp_bias": True}, "mlp_bias = True is not supported"),
+    ({"model_type": "gemma"}, "unsupported architecture 'gemma'"),
+    ({"model_type": None}, "config.json has no model_type"),
+])
+def test_config_values_of_the_wrong_type_or_range(change, message, tmp_path):
+    config = {k: v for k, v in {**BASE, **change}.items() if not (k == "model_type" and v is None)}
+    with pytest.raises(ConfigError, match=message):
+        ModelArgs.from_hf_config(config)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=str(folder / "config.json")):
+        mlxspec.load(folder)  # the file is named; nothing else is read
+
+
+@pytest.mark.parametrize("change", [{"hidden_act": "silu"}, {"hidden_act": "swish"}, {"attention_bias": True},
+                                    {"mlp_bias": True}, {"rope_scaling": {"rope_type": "default"}},
+                                    {"quantization_config": {"quant_method": "mlx", "bits": 4, "group_size": 64}}])
+def test_settings_transformers_ignores_or_that_mean_the_same_load(change):
+    ModelArgs.from_hf_config({**BASE, **change})  # a Mistral has no biases in transformers, whatever the flag
+
+
+@pytest.mark.parametrize("key", ["moe", "vision_encoder", "lora", "quantization", "yarn"])
+def test_mistral_params_we_do_not_implement_are_named(key):
+    params = {"dim": 64, "n_layers": 2, "hidden_dim": 128, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 32000,
+              "norm_eps": 1e-5, key: {"something": 1}}
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        ModelArgs.from_mistral_params(params)
+
+
+def test_config_that_is_not_utf8_or_too_deep(tmp_path):
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "mistral\xff"}')
+    with pytest.raises(ConfigError, match="is not UTF-8 text \\(byte 0xff at offset 23\\)"):
+        mlxspec.load(tmp_path)
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply|does not hold a JSON object"):
+        mlxspec.load(tmp_path)
+
+
+def test_a_llama_ignores_sliding_window_as_transformers_does(tmp_path, hf_tokenizer_dir):
+    """transformers' Llama never windows its attention, whatever config.json says."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import TINY, reinit_
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TINY, attn_implementation="eager")).eval()
+    reinit_(model, 0)
+    model.save_pretrained(str(tmp_path / "llama"), safe_serialization=True)
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    config.update(sliding_window=4, rope_theta=model.config.rope_parameters["rope_theta"])
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
+    for f in hf_tokenizer_dir.iterdir():
+        shutil.copy(f, tmp_path / "llama" / f.name)
+    ids = np.random.default_rng(0).integers(3, 32000, size=(1, 24))
+    ours, _ = mlxspec.load(tmp_path / "llama")
+    assert ours.args.sliding_window is None
+    with torch.no_grad():
+        expected = model(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.array(ours(mx.array(ids))), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="sliding_window is not part of the llama architecture"):
+        ModelArgs(**{k: v for k, v in BASE.items() if k != "model_type"}, model_type="llama", sliding_window=8)
