@@ -13,7 +13,8 @@ from .convert.converter import convert  # a plain function; the subpackage stays
 from .drafts import FeatureDraft
 from .engine import (Calibration, GenerationStats, GenerationStep, SamplingParams, Session, SpeculativeStats,
                      generate, stream_generate)
-from .errors import CheckpointError, ConfigError, InputError, MlxspecError, OutputError, TokenizerError
+from .errors import (CheckpointError, ConfigError, InputError, InputTypeError, MlxspecError, OutputError,
+                     TokenizerError)
 from .load import load, load_draft, load_pair
 from .models import Model, ModelArgs
 from .text import Tokenizer
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Calibration", "CheckpointError", "ConfigError", "FeatureDraft", "GenerationStats", "GenerationStep",
-    "InputError", "MlxspecError", "Model", "ModelArgs", "OutputError", "SamplingParams", "Session", "SpeculativeStats", "Tokenizer",
-    "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair", "stream_generate",
+    "InputError", "InputTypeError", "MlxspecError", "Model", "ModelArgs", "OutputError", "SamplingParams", "Session",
+    "SpeculativeStats", "Tokenizer", "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair",
+    "stream_generate",
 ]

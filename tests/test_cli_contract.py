@@ -14,6 +14,7 @@ import pytest
 
 import mlxspec.cli as cli
 from mlxspec.arguments import run
+from mlxspec.engine.calibrate import CALIBRATION_VERSION
 
 E = True  # early: refused before any model is loaded or any checkpoint opened
 BAD_CONFIGS = {"eps": {"rms_norm_eps": "1e-5"}, "gelu": {"hidden_act": "gelu"}, "heads": {"num_attention_heads": 0},
@@ -127,3 +128,17 @@ def test_a_bug_is_still_one_line(monkeypatch, capsys):
     assert run(cli.app, ["generate", "-p", "hi", "-m", "x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: internal error (KeyError: 'boom'); please report it (MLXSPEC_DEBUG=1 shows the traceback)"]
+
+
+@pytest.mark.parametrize("damage", [b"\x00\xff\xfe garbage", json.dumps({"version": CALIBRATION_VERSION}).encode(),
+                                    b'{"version": 1, "entries": {}}'])
+def test_a_corrupt_calibration_cache_is_one_warning_and_the_answer(damage, hf_window_dir, tmp_path):
+    (tmp_path / "calibration.json").write_bytes(damage)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLXSPEC_CACHE": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "mlxspec", "generate", "-m", str(hf_window_dir), "--draft",
+                          str(hf_window_dir), "-p", "Hello", "-n", "4", "-k", "2", "--json"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0 and json.loads(res.stdout)["generation_tokens"] == 4, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "calibration cache" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: calibration cache") and "measuring again" in warnings[0]
+    assert json.loads((tmp_path / "calibration.json").read_text())["version"] == CALIBRATION_VERSION  # repaired

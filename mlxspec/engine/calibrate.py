@@ -179,13 +179,16 @@ class CalibrationCache:
         return rows, rounds
 
     def write(self, entries: dict[str, Any]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
             tmp.write_text(json.dumps({"version": CALIBRATION_VERSION, "entries": entries}, indent=1))
             os.replace(tmp, self.path)
-        except OSError:
-            pass
+        except OSError:  # a read-only or full disk only costs a measurement next time
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def calibrate(target: Model, draft: Draft, k_max: int, params: SamplingParams | None = None, *,
