@@ -34,6 +34,8 @@ def resolve_source(src: str | Path, revision: str | None = None) -> Path:
         path = Path(src).expanduser()
         if not path.is_file():
             raise InputError(f"{path}: no such GGUF file")
+        if revision is not None:
+            raise InputError(f"--revision applies to Hub repo ids; {path} is on this disk")
         return path
 
     return resolve(src, revision=revision)

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import typer
 
+from .drafts import MAX_DRAFT_TOKENS
 from .engine import SamplingParams
 from .engine.request import check_request
 from .errors import InputError
@@ -31,8 +32,8 @@ def check_generation(max_tokens: int, num_draft_tokens: int, temperature: float,
     """The sampling settings, after every number of the request passed its check."""
     params = SamplingParams(temperature, top_p, top_k)
     check_request(max_tokens, seed, prefill_chunk)
-    if num_draft_tokens < 1:
-        raise InputError(f"--num-draft-tokens must be >= 1, got {num_draft_tokens}")
+    if not 1 <= num_draft_tokens <= MAX_DRAFT_TOKENS:
+        raise InputError(f"--num-draft-tokens must be in 1..{MAX_DRAFT_TOKENS}, got {num_draft_tokens}")
     return params
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import mlx.core as mx
 
 from .baseline import mlx_lm_models, mlx_lm_tokens, rounds_from_flags
-from .drafts import Draft, FeatureDraft, describe_draft
+from .drafts import MAX_DRAFT_TOKENS, Draft, FeatureDraft, describe_draft
 from .engine import Calibration, SamplingParams, Session, SpeculativeStats
 from .errors import InputError
 from .models import Model
@@ -26,7 +26,6 @@ from .text import Tokenizer
 
 
 _K_PART = re.compile(r"^\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?$")
-MAX_K = 64
 
 
 def parse_ks(text: str) -> list[int]:
@@ -42,8 +41,8 @@ def parse_ks(text: str) -> list[int]:
         lo, hi = int(match[1]), int(match[2] or match[1])
         if hi < lo:
             raise InputError(f"--num-draft-tokens: range {part.strip()!r} runs backwards (write {hi}..{lo})")
-        if lo < 1 or hi > MAX_K:
-            raise InputError(f"--num-draft-tokens: every k must be in 1..{MAX_K}, got {part.strip()!r}")
+        if lo < 1 or hi > MAX_DRAFT_TOKENS:
+            raise InputError(f"--num-draft-tokens: every k must be in 1..{MAX_DRAFT_TOKENS}, got {part.strip()!r}")
         ks.update(range(lo, hi + 1))
     return sorted(ks)
 

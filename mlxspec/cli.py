@@ -212,7 +212,9 @@ def bench(
     if repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {repeats}")
     prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
-    check_writable(out, force)
+    if mlx_lm_draft is not None and not compare_mlx_lm:
+        raise InputError("--mlx-lm-draft only applies with --compare-mlx-lm")
+    check_writable(out, force, sources=[p for p in (model, draft, pair, mlx_lm_draft) if p is not None])
     dequant = _dequantize(dequantize)
     target, tokenizer, draft_model = _load(model, draft, pair, use_demo, dequant)
     their_draft = None
@@ -223,7 +225,7 @@ def bench(
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
                        mlx_lm_draft=their_draft, weights=_weights_label(dequant),
                        calibration=_calibration(recalibrate), log=lambda line: typer.echo(line, err=True))
-    with atomic_dir(out, force, kind="report") as tmp:
+    with atomic_dir(out, force, sources=[p for p in (model, draft, pair) if p is not None], kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written)
     if plots and not any(p.suffix == ".png" for p in written):
@@ -260,6 +262,8 @@ def convert(
         raise InputError("give either SRC or --target/--draft, not both")
     if target is None and src is None:
         raise InputError("missing SRC (a folder or repo id), or --target and --draft")
+    if draft_bits is not None and target is None:
+        raise InputError("--draft-bits only applies with --target/--draft")
     bars, close = byte_bars(quiet, ["target", "draft"] if target is not None else ["converting"])
     try:
         if target is None:

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ConfigError, InputTypeError
+from .errors import ConfigError, InputError, InputTypeError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _PATH_SUFFIXES = (".gguf", ".safetensors", ".json", ".bin", ".pth")
@@ -116,6 +116,8 @@ def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
         raise InputTypeError(f"expected a folder path or a Hugging Face repo id, got {type(path_or_repo_id).__name__}")
     name = str(path_or_repo_id)
     path = Path(name).expanduser()
+    if path.exists() and revision is not None:
+        raise InputError(f"--revision applies to Hub repo ids; {path} is on this disk")
     if path.is_dir():
         return path
     if path.exists():

@@ -26,7 +26,8 @@ CASES = [
     ("not a number", [*G, "-n", "abc"], "Invalid value for '--max-tokens'", E),
     ("unknown option", [*G, "--frobnicate"], "No such option: --frobnicate", E),
     ("negative budget", [*G, "-n", "-1"], "max_tokens must be >= 0", E),
-    ("k = 0", [*G, "--draft", "{model}", "-k", "0"], "--num-draft-tokens must be >= 1", E),
+    ("k = 0", [*G, "--draft", "{model}", "-k", "0"], "--num-draft-tokens must be in 1..64", E),
+    ("k = 10**6", [*G, "--draft", "{model}", "-k", "1000000"], "--num-draft-tokens must be in 1..64", E),
     ("temperature nan", [*G, "-t", "nan"], "temperature must be a finite number >= 0", E),
     ("temperature inf", [*G, "-t", "inf"], "temperature must be a finite number >= 0", E),
     ("top-p 0", [*G, "--top-p", "0"], "top_p must be in (0, 1]", E),
@@ -52,7 +53,7 @@ CASES = [
     ("prompt over context", ["generate", "-p", "word " * 600, "-m", "{model}"], "more than the model's context of 512", False),
     # demo: checked before converting or loading the demo pair
     ("demo budget", ["demo", "-n", "-1"], "max_tokens must be >= 0", E),
-    ("demo k", ["demo", "-k", "0"], "--num-draft-tokens must be >= 1", E),
+    ("demo k", ["demo", "-k", "0"], "--num-draft-tokens must be in 1..64", E),
     ("demo nan", ["demo", "-t", "nan"], "temperature must be a finite number >= 0", E),
     # bench
     ("open range", ["bench", "--demo", "-k", "1.."], "cannot read '1..'", E),
@@ -63,6 +64,9 @@ CASES = [
     ("no prompts file", ["bench", "--demo", "--prompts", "{tmp}/absent.txt"], "cannot read prompts file", E),
     ("prompts not UTF-8", ["bench", "--demo", "--prompts", "{bad}/prompts.txt"], "is not valid UTF-8 text: byte 0xff", E),
     ("report over a file", ["bench", "--demo", "-o", "{model}/config.json"], "exists and is not a folder", E),
+    ("report over the model", ["bench", "-m", "{model}", "--draft", "{model}", "-o", "{model}", "--force"],
+     "is the source", E),
+    ("mlx-lm draft alone", ["bench", "--demo", "--mlx-lm-draft", "{model}"], "only applies with --compare-mlx-lm", E),
     # convert
     ("no source", ["convert", "-o", "{tmp}/out"], "missing SRC", E),
     ("shard nan", ["convert", "{model}", "-o", "{tmp}/out", "--max-shard-size", "nan"], "--max-shard-size must be", E),
@@ -71,6 +75,9 @@ CASES = [
     ("group 7", ["convert", "{model}", "-o", "{tmp}/out", "--group-size", "7"], "--group-size must be one of", False),
     ("dtype", ["convert", "{model}", "-o", "{tmp}/out", "--dtype", "float8"], "--dtype must be one of", False),
     ("half a pair", ["convert", "--target", "{model}", "-o", "{tmp}/out"], "pair mode needs both", E),
+    ("draft bits alone", ["convert", "{model}", "-o", "{tmp}/out", "--draft-bits", "4"], "only applies with --target", E),
+    ("revision of a folder", ["convert", "{model}", "-o", "{tmp}/out", "--revision", "main"],
+     "--revision applies to Hub repo ids", False),
     ("into the source", ["convert", "{model}", "-o", "{model}", "--force"], "is the source", False),
     ("no such gguf", ["convert", "{tmp}/absent.gguf", "-o", "{tmp}/out"], "no such GGUF file", False),
     ("string theta", ["convert", "{bad}/theta", "-o", "{tmp}/out"], "rope_theta must be a positive finite number", False),

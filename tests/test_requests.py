@@ -40,10 +40,13 @@ def loaded(hf_window_dir):
     ({"max_tokens": 3.0}, InputTypeError, "max_tokens must be an integer"),
     ({"prefill_chunk": 0}, InputError, "prefill_chunk must be a positive integer"),
     ({"num_draft_tokens": 2.5}, InputTypeError, "num_draft_tokens must be an integer"),
+    ({"num_draft_tokens": 10**6, "draft": "self"}, InputError, "num_draft_tokens must be in 1..64"),
     ({"draft_policy": "fastest"}, InputError, "draft_policy must be one of"),
 ])
 def test_numbers_out_of_range_or_of_the_wrong_type(loaded, options, error, message):
     model, tokenizer = loaded
+    if options.get("draft") == "self":
+        options = {**options, "draft": model}
     with pytest.raises(error, match=message):
         mlxspec.generate(model, tokenizer, "Hello", **{"max_tokens": 2, **options})
     assert issubclass(error, ValueError)  # InputError is a ValueError; InputTypeError also a TypeError
@@ -56,6 +59,15 @@ def test_edge_values_that_are_valid(loaded):
     assert mlxspec.generate(model, tokenizer, "Hello", max_tokens=0) == ""
     mlxspec.generate(model, tokenizer, "Hello", max_tokens=np.int32(2), top_k=np.int64(5), temperature=0.5)
     RandomKeys(2**64 - 1)()
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (40, 0.9)])
+def test_a_tiny_temperature_is_as_good_as_greedy_never_nan(loaded, top_k, top_p):
+    model, tokenizer = loaded
+    greedy = mlxspec.generate(model, tokenizer, "Hello there", max_tokens=12)
+    for temperature in (1e-40, 1e-12, 1e-7):
+        assert mlxspec.generate(model, tokenizer, "Hello there", max_tokens=12, temperature=temperature, seed=3,
+                                top_k=top_k, top_p=top_p) == greedy
 
 
 @pytest.mark.parametrize("prompt, message", [

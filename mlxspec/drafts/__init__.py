@@ -14,6 +14,7 @@ from .model_draft import ModelDrafter
 from .protocol import Drafter, Pick, Proposal
 
 Draft = Model | FeatureDraft  # what `load_draft` returns and a session drafts with
+MAX_DRAFT_TOKENS = 64  # the caches keep this many positions to roll back; acceptance makes more pointless
 
 
 def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int) -> Drafter:
@@ -26,8 +27,8 @@ def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int) -> Drafter
 def check_draft(target: Model, draft: Draft, num_draft_tokens: int) -> None:
     """Raise `InputError` for a draft that cannot verify against this target; warn when a
     draft model is not smaller than the target (speculation would only slow things down)."""
-    if num_draft_tokens <= 0:
-        raise InputError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+    if not 1 <= num_draft_tokens <= MAX_DRAFT_TOKENS:
+        raise InputError(f"num_draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {num_draft_tokens}")
     if draft.args.vocab_size != target.args.vocab_size:
         raise InputError(
             f"draft vocabulary size {draft.args.vocab_size} differs from the target's {target.args.vocab_size}; "
@@ -54,5 +55,5 @@ def describe_draft(draft: Draft) -> str:
     return f"draft model, {a.num_hidden_layers} blocks{head}"
 
 
-__all__ = ["DRAFT_TYPE", "Draft", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
+__all__ = ["DRAFT_TYPE", "MAX_DRAFT_TOKENS", "Draft", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
            "check_draft", "describe_draft", "draft_config", "make_drafter", "parameter_count", "target_subset_head"]

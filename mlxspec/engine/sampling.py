@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from ..errors import InputError, InputTypeError
 
+MIN_TEMPERATURE = 1e-6  # smaller ones divide as this (see `scaled`)
 SEED_RANGE = 2**64  # seeds are 0 .. 2**64 - 1; -1 means "random", as in llama.cpp
 
 
@@ -75,6 +76,14 @@ class SamplingParams:
         return "+".join(kinds) or "none"
 
 
+def scaled(logits: mx.array, temperature: float) -> mx.array:
+    """logits / temperature, shifted so the largest is 0: no overflow to inf (and NaN) however
+    small the temperature. Below MIN_TEMPERATURE float32 cannot tell temperatures apart, so
+    that is the smallest divisor used."""
+    top = mx.max(logits, axis=-1, keepdims=True)
+    return (logits - top) * (1.0 / max(temperature, MIN_TEMPERATURE))
+
+
 def top_k_mask(logits: mx.array, k: int) -> mx.array:
     """True for the k largest logits on the last axis (and any tied with the k-th)."""
     if k <= 0 or k >= logits.shape[-1]:
@@ -106,7 +115,7 @@ def process_logits(logits: mx.array, params: SamplingParams, normalize: bool = T
         top = mx.argmax(logits, axis=-1, keepdims=True)
         hot = mx.arange(logits.shape[-1]) == top
         return mx.where(hot, 0.0, -mx.inf)
-    logits = logits / params.temperature
+    logits = scaled(logits, params.temperature)
     if 0 < params.top_k < logits.shape[-1]:
         logits = mx.where(top_k_mask(logits, params.top_k), logits, -mx.inf)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -123,7 +132,7 @@ def sample(logits: mx.array, params: SamplingParams, key: mx.array | None = None
     if params.greedy:
         return mx.argmax(logits, axis=-1)
     if params.truncation == "none":  # plain temperature: no need to normalise
-        return mx.random.categorical(logits.astype(mx.float32) / params.temperature, axis=-1, key=key)
+        return mx.random.categorical(scaled(logits.astype(mx.float32), params.temperature), axis=-1, key=key)
     return mx.random.categorical(process_logits(logits, params, normalize=False), axis=-1, key=key)
 
 
