@@ -9,14 +9,17 @@ Their q/k rows stay in Mistral's interleaved RoPE layout unless permuted (see be
 from __future__ import annotations
 
 import re
-from typing import Iterator, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 import mlx.core as mx
 import numpy as np
 
+from .errors import CheckpointError
 from .models.config import ModelArgs
 
 Array = TypeVar("Array", np.ndarray, mx.array)  # both have reshape/transpose with the same meaning
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 _TOP_LEVEL = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
@@ -48,6 +51,16 @@ def mistral_to_hf_name(name: str) -> str | None:
         layer, module, kind = match.groups()
         return f"model.layers.{layer}.{_PER_LAYER[module]}.{kind}"
     return None
+
+
+def check_layer_count(names: Iterable[str], layers: int, where: object) -> None:
+    """Before a model with `layers` blocks is built (or its expected tensors listed): the
+    checkpoint must hold exactly blocks 0..layers-1, so that a config claiming 10^8 layers
+    over a small file fails at once instead of building them."""
+    found = {int(m[1]) for name in names if (m := _LAYER_INDEX.search(name))}
+    if len(found) != layers or (found and (min(found) != 0 or max(found) != layers - 1)):  # found == 0..layers-1
+        raise CheckpointError(f"{where}: the config says {layers} layers, the weights hold "
+                              f"{len(found)} (indices {min(found, default=None)}..{max(found, default=None)})")
 
 
 def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:

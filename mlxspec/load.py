@@ -16,7 +16,7 @@ from .drafts.pairing import PAIR_KINDS, SAME_VOCABULARY, pair_kind
 from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
 from .hub import resolve
-from .layout import mistral_to_hf_name
+from .layout import check_layer_count, mistral_to_hf_name
 from .models import Model
 from .models.config import load_model_args, read_json
 from .text import Tokenizer, load_tokenizer
@@ -125,6 +125,7 @@ def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: boo
     files, mistral_names = weight_files(model_dir)
     weights = read_weights(files, mistral_names)
     weights = {k: v for k, v in weights.items() if not _IGNORED_KEYS.search(k)}
+    check_layer_count(weights, args.num_hidden_layers, model_dir)
     if args.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
     if dequantize and args.quantization:

@@ -163,7 +163,7 @@ class ModelArgs:
         Mistral's checkpoints keep q/k in the interleaved RoPE layout, hence `rope_traditional`.
         """
         for key, what in _UNSUPPORTED_MISTRAL.items():
-            if params.get(key):
+            if params.get(key) not in (None, False):
                 raise ConfigError(f"params.json describes {what} ({key!r}), which mlxspec does not support yet")
         try:
             return cls(
