@@ -43,7 +43,7 @@ CASES = [
     ("no such model", ["generate", "-p", "hi", "-m", "{tmp}/absent"], "no such folder", False),
     ("model is a file", ["generate", "-p", "hi", "-m", "{model}/config.json"], "is a file; expected a model folder", False),
     ("no config", ["generate", "-p", "hi", "-m", "{tmp}"], "no config.json or params.json", False),
-    ("string eps", ["generate", "-p", "hi", "-m", "{bad}/eps"], "rms_norm_eps must be a positive finite number", False),
+    ("string eps", ["generate", "-p", "hi", "-m", "{bad}/eps"], "rms_norm_eps must be a finite number in (0, 1)", False),
     ("gelu", ["generate", "-p", "hi", "-m", "{bad}/gelu"], "hidden_act 'gelu' is not supported", False),
     ("zero heads", ["generate", "-p", "hi", "-m", "{bad}/heads"], "num_attention_heads must be a positive integer", False),
     ("string window", ["generate", "-p", "hi", "-m", "{bad}/window"], "sliding_window must be a positive integer", False),
@@ -80,7 +80,7 @@ CASES = [
      "--revision applies to Hub repo ids", False),
     ("into the source", ["convert", "{model}", "-o", "{model}", "--force"], "is the source", False),
     ("no such gguf", ["convert", "{tmp}/absent.gguf", "-o", "{tmp}/out"], "no such GGUF file", False),
-    ("string theta", ["convert", "{bad}/theta", "-o", "{tmp}/out"], "rope_theta must be a positive finite number", False),
+    ("string theta", ["convert", "{bad}/theta", "-o", "{tmp}/out"], "rope_theta must be a finite number in (0, 1e+30)", False),
 ]
 
 

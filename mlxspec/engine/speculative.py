@@ -31,8 +31,8 @@ def check_finite(logits: mx.array, whose: str) -> None:
     """Stop with one line when a model's first logits hold NaN or Inf (damaged weights, or a
     dtype that overflows): everything it would decode afterwards is garbage."""
     if not mx.isfinite(logits).all().item():
-        raise CheckpointError(f"{whose}'s first logits hold NaN or Inf: its weights are damaged, or overflow "
-                              "in this dtype (try float32 weights: --dequantize)")
+        raise CheckpointError(f"{whose}'s first logits hold NaN or Inf: its weights (or config values) are damaged, "
+                              "or overflow in this dtype (try float32 weights: --dequantize)")
 
 
 class Generation:

@@ -13,6 +13,8 @@ from ..errors import ConfigError
 
 SUPPORTED_ARCHITECTURES = ("mistral", "llama")
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
+_MAX_DIM = 2**31 - 1  # MLX shapes and slice indices are 32-bit
+_MAX_WINDOW = 2**30  # the rolling cache adds the rollback slots to the window
 QUANT_GROUPS = (32, 64, 128)
 # Config keys that change the computation and that the Mistral/Llama blocks here do not
 # implement: refused by name when set to anything but the value shown.
@@ -36,16 +38,18 @@ def check_types(args: "ModelArgs") -> None:
     if args.model_type not in SUPPORTED_ARCHITECTURES:
         raise ConfigError(f"unsupported architecture {args.model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size"):
-        if not _is_int(getattr(args, name)) or getattr(args, name) <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {getattr(args, name)!r}")
+        if not _is_int(getattr(args, name)) or not 0 < getattr(args, name) <= _MAX_DIM:
+            raise ConfigError(f"{name} must be a positive integer up to 2**31-1 (MLX shapes are 32-bit), "
+                              f"got {getattr(args, name)!r}")
     for name in ("num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings", "head_vocab_size"):
+        value, most = getattr(args, name), _MAX_WINDOW if name == "sliding_window" else _MAX_DIM
+        if value is not None and (not _is_int(value) or value <= 0 or (name != "max_position_embeddings"
+                                                                      and value > most)):
+            raise ConfigError(f"{name} must be a positive integer (or absent) up to {most}, got {value!r}")
+    for name, most in (("rms_norm_eps", 1.0), ("rope_theta", 1e30)):
         value = getattr(args, name)
-        if value is not None and (not _is_int(value) or value <= 0):
-            raise ConfigError(f"{name} must be a positive integer (or absent), got {value!r}")
-    for name in ("rms_norm_eps", "rope_theta"):
-        value = getattr(args, name)
-        if not _is_real(value) or value <= 0:
-            raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+        if not _is_real(value) or not 0 < value < most:
+            raise ConfigError(f"{name} must be a finite number in (0, {most:g}), got {value!r}")
     for name in ("rope_traditional", "tie_word_embeddings"):
         if not isinstance(getattr(args, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(args, name)!r}")
