@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxspec.errors import CheckpointError, ConfigError, InputError, OutputError
+from mlxspec.errors import CheckpointError, ConfigError, InputError, InputTypeError, OutputError
 from mlxspec.hub import resolve
 from mlxspec.text import Tokenizer, load_tokenizer
 
@@ -69,13 +69,26 @@ def quantizable(name: str) -> bool:
     return name.endswith(("_proj.weight", "embed_tokens.weight", "lm_head.weight"))
 
 
-def check_options(bits: int | None, group_size: int, dtype: str | None) -> None:
+def check_options(bits: int | None, group_size: int, dtype: str | None, max_shard_bytes: int = 1) -> None:
+    """Every conversion option, typed and in range, before any file is opened."""
+    for name, value in (("bits", bits), ("group_size", group_size), ("max_shard_bytes", max_shard_bytes)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InputTypeError(f"{name} must be an integer, got {value!r}")
+    if max_shard_bytes <= 0:
+        raise InputError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     if bits is not None and bits not in BITS:
         raise InputError(f"--bits must be one of {', '.join(map(str, BITS))}, got {bits}")
     if group_size not in GROUP_SIZES:
         raise InputError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}")
     if dtype is not None and dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+
+
+def check_paths(**paths: object) -> None:
+    """Sources and outputs are paths (or, for sources, Hub repo ids)."""
+    for name, value in paths.items():
+        if not isinstance(value, (str, Path)):
+            raise InputTypeError(f"{name} must be a path (or a Hub repo id), got {type(value).__name__}")
 
 
 def keeps_quantization(ref: TensorRef, bits: int | None, dtype: mx.Dtype | None) -> bool:
@@ -158,7 +171,8 @@ def convert(
     scale); without it weights are written unquantized in `dtype` (default: as stored).
     `out` appears complete or not at all; an existing `out` needs `force`, which replaces
     only a folder mlxspec wrote (never a source or a folder holding one)."""
-    check_options(bits, group_size, dtype)
+    check_options(bits, group_size, dtype, max_shard_bytes)
+    check_paths(src=src, out=out)
     out = Path(out)
     check_writable(out, force, sources=[src])
     root = resolve_source(src, revision)

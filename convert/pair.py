@@ -10,7 +10,7 @@ from mlxspec.drafts.pairing import pair_kind
 from mlxspec.errors import TokenizerError
 
 from .atomic import atomic_dir, check_writable
-from .converter import DTYPES, Progress, check_options, resolve_source, source_tokenizer, write_model
+from .converter import DTYPES, Progress, check_options, check_paths, resolve_source, source_tokenizer, write_model
 from .sources import open_source
 
 MANIFEST = "pair.json"
@@ -26,8 +26,9 @@ def convert_pair(
 
     The pair's kind (see `mlxspec.drafts.pairing`) is decided before anything is written: a
     pair `load_pair` would refuse is refused here."""
-    check_options(bits, group_size, dtype)
+    check_options(bits, group_size, dtype, max_shard_bytes)
     check_options(draft_bits, group_size, dtype)
+    check_paths(target=target, draft=draft, out=out)
     out = Path(out)
     check_writable(out, force, sources=[target, draft])
     roots = {"target": resolve_source(target, revision), "draft": resolve_source(draft, revision)}

@@ -281,3 +281,18 @@ def test_hub_fetch_asks_only_for_needed_files(monkeypatch, tmp_path):
     assert "consolidated*.safetensors" not in calls["patterns"]  # never two copies of the weights
     assert hub.weight_patterns(["params.json", "consolidated.safetensors"]) == ["consolidated*.safetensors"]
     assert hub.weight_patterns(["pytorch_model.bin"]) == ["pytorch_model*.bin"]
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"bits": "4"}, mlxspec.InputTypeError, "bits must be an integer, got '4'"),
+    ({"bits": 4, "group_size": 64.0}, mlxspec.InputTypeError, "group_size must be an integer"),
+    ({"max_shard_bytes": 0}, InputError, "max_shard_bytes must be positive"),
+    ({"bits": 7}, InputError, "--bits must be one of"),
+    ({"dtype": "float8"}, InputError, "--dtype must be one of"),
+])
+def test_convert_options(options, error, message, hf_window_dir, tmp_path):
+    with pytest.raises(error, match=message):
+        mlxspec.convert(hf_window_dir, tmp_path / "out", **options)
+    with pytest.raises(mlxspec.InputTypeError, match="src must be a path"):
+        mlxspec.convert(3, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -147,3 +147,4 @@ def test_nan_or_inf_weights_stop_at_the_first_step(hf_window_dir, whose, value):
                               draft_policy="fixed")
     with pytest.raises(CheckpointError, match=f"the {whose}'s first logits hold NaN or Inf"):
         session.generate("Hello there", max_tokens=4)
+
