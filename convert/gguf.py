@@ -2,17 +2,22 @@
 
 A GGUF file is a header (key/value metadata, then one record per tensor: name, shape,
 type, offset) followed by the aligned tensor data. The header is parsed here and checked
-against the file size before anything is converted, and each tensor is decoded on its
-own with numpy, so a 4 GB file never sits in memory at once.
+before anything is converted: every count and length against the bytes left in the file
+before it is read, no duplicate key or tensor, a power-of-two alignment, tensors aligned,
+disjoint and inside the file, metadata of the right type and range. Text values that are
+not valid UTF-8 are decoded with U+FFFD replacement characters (they are text for people:
+templates, tokens); keys and tensor names are identifiers, and one that is not valid UTF-8
+rejects the file. Each tensor is decoded on its own with numpy, so a 4 GB file never sits
+in memory at once.
 
-Quantized blocks map exactly onto MLX's affine quantization (group size 32):
-Q4_0 (w = d·(n−8)), Q4_1 (w = d·n + m) and Q8_0 (w = d·i8). llama.cpp stores q/k rows
-in the interleaved RoPE layout; they are permuted to HF's rotate-half layout here
-(a permutation of rows, so it commutes with the quantization along columns).
+llama.cpp stores q/k rows in the interleaved RoPE layout; they are permuted to HF's
+rotate-half layout here (a permutation of rows, so it commutes with the quantization
+along columns, see `ggml_types`).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +30,9 @@ from mlxspec.errors import CheckpointError, ConfigError
 from mlxspec.layout import permute_interleaved_to_half
 from mlxspec.models.config import ModelArgs
 
-GGUF_MAGIC = b"GGUF"
-GROUP_SIZE = 32  # every supported quantized GGUF type uses blocks of 32 weights
+from .ggml_types import QUANT_BITS, decode_quantized, tensor_nbytes
 
-# ggml type id -> (name, weights per block, bytes per block); the ones we can decode.
-SUPPORTED_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-                   8: ("Q8_0", 32, 34), 30: ("BF16", 1, 2)}
-_OTHER_TYPES = {6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K",
-                14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
-                20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
-                27: "I64", 28: "F64", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4"}
-QUANT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama", "mistral")
 
 # GGUF metadata value types -> struct format (scalars) ; 8 = string, 9 = array.
@@ -77,117 +74,113 @@ class GGUFFile:
 
 
 class _Reader:
-    def __init__(self, f: BinaryIO, path: Path) -> None:
-        self.f, self.path = f, path
+    """The header's little-endian fields; a length is checked against the bytes left in
+    the file before anything is read, so a lying count never becomes an allocation."""
+
+    def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
+        self.f, self.path, self.size = f, path, size
 
     def take(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
+        if n > self.size - self.f.tell():
             raise CheckpointError(f"{self.path}: truncated GGUF header")
-        return data
+        return self.f.read(n)
 
     def scalar(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
-        n = self.scalar("<Q")
-        if n > 1 << 30:
-            raise CheckpointError(f"{self.path}: corrupt GGUF header (string of {n} bytes)")
-        return self.take(n).decode("utf-8", errors="replace")
+    def string(self, identifier: bool = False) -> str:
+        data = self.take(self.scalar("<Q"))
+        try:
+            return data.decode("utf-8", errors="strict" if identifier else "replace")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{self.path}: corrupt GGUF header (key or tensor name {data[:40]!r} "
+                                  "is not UTF-8)") from None
 
     def value(self, vtype: int) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == 8:
             return self.string()
-        if vtype == 9:
-            item_type, count = self.scalar("<I"), self.scalar("<Q")
-            if count > 1 << 28:
-                raise CheckpointError(f"{self.path}: corrupt GGUF header (array of {count} items)")
-            if item_type in _NUMPY:
-                dtype = np.dtype(_NUMPY[item_type])
-                return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
-            return [self.value(item_type) for _ in range(count)]
-        raise CheckpointError(f"{self.path}: corrupt GGUF header (value type {vtype})")
-
-
-def tensor_nbytes(name: str, type_id: int, shape: tuple[int, ...], path: Path) -> tuple[str, int]:
-    """(type name, bytes) of one tensor, or a clear error for types we cannot decode."""
-    if type_id not in SUPPORTED_TYPES:
-        type_name = _OTHER_TYPES.get(type_id, f"type {type_id}")
-        raise CheckpointError(
-            f"{path}: tensor {name!r} is {type_name}, which mlxspec cannot convert "
-            f"(supported: {', '.join(t[0] for t in SUPPORTED_TYPES.values())}); "
-            "re-quantize the GGUF to Q4_0, Q4_1 or Q8_0, or convert the original checkpoint"
-        )
-    type_name, block, block_bytes = SUPPORTED_TYPES[type_id]
-    count = int(np.prod(shape)) if shape else 1
-    if count % block:
-        raise CheckpointError(f"{path}: tensor {name!r} has {count} weights, not whole {type_name} blocks")
-    return type_name, count // block * block_bytes
+        if vtype != 9:
+            raise CheckpointError(f"{self.path}: corrupt GGUF header (value type {vtype})")
+        item_type, count = self.scalar("<I"), self.scalar("<Q")
+        if item_type in _NUMPY:
+            dtype = np.dtype(_NUMPY[item_type])
+            return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
+        if item_type != 8:  # arrays of arrays: llama.cpp reads none either
+            raise CheckpointError(f"{self.path}: corrupt GGUF header (array of value type {item_type})")
+        if count * 8 > self.size - self.f.tell():  # each string takes 8 bytes or more
+            raise CheckpointError(f"{self.path}: truncated GGUF header")
+        return [self.string() for _ in range(count)]
 
 
 def read_header(path: Path) -> GGUFFile:
     """Parse the header of `path` and check every tensor lies inside the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        r = _Reader(f, path)
-        if r.take(4) != GGUF_MAGIC:
-            raise CheckpointError(f"{path}: not a GGUF file (bad magic)")
-        version = r.scalar("<I")
-        if version not in (2, 3):
-            raise CheckpointError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
-        n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
-        metadata = {}
-        for _ in range(n_kv):
-            key = r.string()
-            metadata[key] = r.value(r.scalar("<I"))
-        tensors = []
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.scalar("<I")
-            if n_dims > 4:
-                raise CheckpointError(f"{path}: corrupt GGUF header (tensor {name!r} with {n_dims} dims)")
-            dims = [r.scalar("<Q") for _ in range(n_dims)]
-            type_id, offset = r.scalar("<I"), r.scalar("<Q")
-            shape = tuple(reversed(dims))  # GGUF lists the fastest-varying dimension first
-            type_name, nbytes = tensor_nbytes(name, type_id, shape, path)
-            tensors.append(GGUFTensor(name, shape, type_name, offset, nbytes))
-        alignment = int(metadata.get("general.alignment", 32))
-        data_start = -(-f.tell() // alignment) * alignment
-    for t in tensors:
-        if data_start + t.offset + t.nbytes > size:
-            raise CheckpointError(
-                f"{path}: truncated GGUF file (tensor {t.name!r} ends at byte "
-                f"{data_start + t.offset + t.nbytes}, file has {size})"
-            )
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            r = _Reader(f, path, size)
+            if r.take(4) != GGUF_MAGIC:
+                raise CheckpointError(f"{path}: not a GGUF file (bad magic)")
+            version = r.scalar("<I")
+            if version not in (2, 3):
+                raise CheckpointError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+            n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
+            if 13 * n_kv + 24 * n_tensors > size:  # the fewest bytes a key/value and a tensor record take
+                raise CheckpointError(f"{path}: truncated or corrupt GGUF header ({n_kv} keys and {n_tensors} "
+                                      f"tensors cannot fit in {size} bytes)")
+            metadata = _read_metadata(r, n_kv)
+            tensors = _read_tensors(r, n_tensors)
+            alignment = metadata.get("general.alignment", 32)
+            if not _is_int(alignment) or alignment <= 0 or alignment & (alignment - 1):
+                raise CheckpointError(f"{path}: general.alignment must be a power of two, got {_show(alignment)}")
+            data_start = -(-f.tell() // alignment) * alignment
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    _check_layout(path, tensors, alignment, data_start, size)
     return GGUFFile(path, version, metadata, tensors, data_start)
 
 
-def _pack(values: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned `bits`-bit integers [rows, cols] into MLX's uint32 words (lowest bits first)."""
-    per_word = 32 // bits
-    rows, cols = values.shape
-    words = values.astype(np.uint32).reshape(rows, cols // per_word, per_word)
-    shifts = (np.arange(per_word, dtype=np.uint32) * bits)
-    return np.bitwise_or.reduce(words << shifts, axis=-1)
+def _read_metadata(r: _Reader, count: int) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    for _ in range(count):
+        key = r.string(identifier=True)
+        if key in metadata:
+            raise CheckpointError(f"{r.path}: corrupt GGUF header (metadata key {key!r} appears twice)")
+        metadata[key] = r.value(r.scalar("<I"))
+    return metadata
 
 
-def decode_quantized(raw: np.ndarray, type_name: str, rows: int, cols: int) -> tuple[np.ndarray, ...]:
-    """GGUF blocks -> MLX affine (packed weight uint32, scales f16, biases f16), exactly."""
-    blocks = raw.reshape(rows, cols // GROUP_SIZE, -1)
-    d = blocks[..., :2].copy().view(np.float16)[..., 0]
-    if type_name == "Q8_0":
-        q = blocks[..., 2:].view(np.int8).astype(np.int16) + 128  # w = d * (q - 128)
-        return _pack(q.reshape(rows, cols).astype(np.uint8), 8), d, (-128 * d.astype(np.float32)).astype(np.float16)
-    if type_name == "Q4_1":
-        bias = blocks[..., 2:4].copy().view(np.float16)[..., 0]
-        nibbles = blocks[..., 4:]
-    else:  # Q4_0: w = d * (n - 8)
-        bias = (-8 * d.astype(np.float32)).astype(np.float16)
-        nibbles = blocks[..., 2:]
-    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1)  # low nibbles are weights 0..15
-    return _pack(q.reshape(rows, cols), 4), d, bias
+def _read_tensors(r: _Reader, count: int) -> list[GGUFTensor]:
+    tensors: dict[str, GGUFTensor] = {}
+    for _ in range(count):
+        name = r.string(identifier=True)
+        if name in tensors:
+            raise CheckpointError(f"{r.path}: corrupt GGUF header (tensor {name!r} appears twice)")
+        n_dims = r.scalar("<I")
+        if n_dims > 4:
+            raise CheckpointError(f"{r.path}: corrupt GGUF header (tensor {name!r} with {n_dims} dims)")
+        dims = [r.scalar("<Q") for _ in range(n_dims)]
+        type_id, offset = r.scalar("<I"), r.scalar("<Q")
+        shape = tuple(reversed(dims))  # GGUF lists the fastest-varying dimension first
+        type_name, nbytes = tensor_nbytes(name, type_id, shape, r.path)
+        tensors[name] = GGUFTensor(name, shape, type_name, offset, nbytes)
+    return list(tensors.values())
+
+
+def _check_layout(path: Path, tensors: list[GGUFTensor], alignment: int, data_start: int, size: int) -> None:
+    """Tensors start aligned, do not overlap and end inside the file."""
+    end = 0
+    for t in sorted(tensors, key=lambda t: t.offset):
+        if t.offset % alignment:
+            raise CheckpointError(f"{path}: tensor {t.name!r} starts at offset {t.offset}, "
+                                  f"not a multiple of the alignment {alignment}")
+        if t.offset < end:
+            raise CheckpointError(f"{path}: tensor {t.name!r} overlaps the tensor before it")
+        end = t.offset + t.nbytes
+        if data_start + end > size:
+            raise CheckpointError(f"{path}: truncated GGUF file (tensor {t.name!r} ends at byte "
+                                  f"{data_start + end}, file has {size})")
 
 
 def read_tensor(gguf: GGUFFile, tensor: GGUFTensor) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -215,42 +208,57 @@ def hf_name(name: str) -> str | None:
 
 
 def model_args(gguf: GGUFFile) -> ModelArgs:
-    """The model's shape from the GGUF metadata (`llama.*` keys)."""
+    """The model's shape from the GGUF metadata (`llama.*` keys), each value type- and range-checked."""
     arch = gguf.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(
-            f"{gguf.path}: unsupported GGUF architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
+        raise ConfigError(f"{gguf.path}: unsupported GGUF architecture {_show(arch)} "
+                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     if gguf.get(f"{arch}.expert_count", 0):
         raise ConfigError(f"{gguf.path}: mixture-of-experts GGUF files are not supported yet")
     if gguf.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
-        raise ConfigError(f"{gguf.path}: RoPE scaling {gguf.get(f'{arch}.rope.scaling.type')!r} is not supported")
+        raise ConfigError(f"{gguf.path}: RoPE scaling {_show(gguf.get(f'{arch}.rope.scaling.type'))} is not supported")
 
-    def key(name: str, default: Any = KeyError) -> Any:
-        value = gguf.get(f"{arch}.{name}", default)
-        if value is KeyError:
-            raise ConfigError(f"{gguf.path}: GGUF metadata lacks {arch}.{name}")
-        return value
+    def key(name: str, default: Any = KeyError, kind: type = int) -> Any:
+        return _positive(gguf, f"{arch}.{name}", default, kind)
 
-    tokens = gguf.get("tokenizer.ggml.tokens") or []
-    heads = key("attention.head_count")
-    hidden = key("embedding_length")
-    names = {t.name for t in gguf.tensors}
-    return ModelArgs(
+    tokens = gguf.get("tokenizer.ggml.tokens")
+    n_tokens = len(tokens) if isinstance(tokens, list) else 0
+    heads, hidden = key("attention.head_count"), key("embedding_length")
+    shape = dict(
         hidden_size=hidden,
         num_hidden_layers=key("block_count"),
         intermediate_size=key("feed_forward_length"),
         num_attention_heads=heads,
         num_key_value_heads=key("attention.head_count_kv", heads),
         head_dim=key("attention.key_length", hidden // heads),
-        vocab_size=key("vocab_size", len(tokens)) or len(tokens),
-        rms_norm_eps=float(f"{key('attention.layer_norm_rms_epsilon', 1e-5):.7g}"),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
-        sliding_window=key("attention.sliding_window", None),
+        vocab_size=_positive(gguf, f"{arch}.vocab_size", n_tokens or KeyError, int),
+        rms_norm_eps=float(f"{key('attention.layer_norm_rms_epsilon', 1e-5, float):.7g}"),
+        rope_theta=float(key("rope.freq_base", 10000.0, float)),
+        # llama.cpp's llama architecture never windows attention, whatever the metadata says
+        sliding_window=key("attention.sliding_window", None) if arch == "mistral" else None,
         max_position_embeddings=key("context_length", None),
-        tie_word_embeddings="output.weight" not in names,
+        tie_word_embeddings="output.weight" not in {t.name for t in gguf.tensors},
         model_type="llama" if arch == "llama" else "mistral",
     )
+    try:
+        return ModelArgs(**shape)
+    except ConfigError as exc:  # what ModelArgs checks across values (heads and kv heads, even head_dim)
+        raise ConfigError(f"{gguf.path}: {exc}") from None
+
+
+def _positive(gguf: GGUFFile, key: str, default: Any, kind: type) -> Any:
+    """A positive int (or finite positive number when `kind` is float) from the metadata;
+    `default` when absent (KeyError: required)."""
+    value = gguf.get(key, default)
+    if value is KeyError:
+        raise ConfigError(f"{gguf.path}: GGUF metadata lacks {key}")
+    if value is None:
+        return None
+    numeric = _is_int(value) or (kind is float and isinstance(value, float) and math.isfinite(value))
+    if not numeric or value <= 0:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{gguf.path}: GGUF metadata {key} must be {what} > 0, got {_show(value)}")
+    return value
 
 
 def tensor_loaders(gguf: GGUFFile, args: ModelArgs) -> list[tuple[str, GGUFTensor, Callable[[], Any]]]:
@@ -275,3 +283,13 @@ def tensor_loaders(gguf: GGUFFile, args: ModelArgs) -> list[tuple[str, GGUFTenso
 
         out.append((name, tensor, load))
     return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A metadata value for an error message, cut short (arrays can be long)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

@@ -7,9 +7,11 @@ Format: 8-byte little-endian header length, a JSON header mapping names to
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -30,40 +32,26 @@ _DTYPES: dict[str, tuple[np.dtype, mx.Dtype]] = {
 _NAMES = {mx_dtype: name for name, (_, mx_dtype) in _DTYPES.items()}
 _NP_NAMES = {np_dtype: name for name, (np_dtype, _) in _DTYPES.items() if name != "BF16"}
 _MAX_HEADER = 100 * 1024 * 1024
+_MAX_DIM = 2**31 - 1  # MLX shapes are int32
 
 
 class SafetensorsReader:
-    """Header of one safetensors file, validated against the file size; tensors on demand."""
+    """Header of one safetensors file, validated against the file size; tensors on demand.
+
+    Every header value is checked for type and range before use (a JSON object of entries,
+    each a supported dtype, a list of dimensions and [begin, end] offsets inside the file
+    that match the shape), so a lying header gives one `CheckpointError`, never an exception
+    of another kind or an allocation larger than the file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            size = path.stat().st_size
-            with path.open("rb") as f:
-                raw = f.read(8)
-                if len(raw) < 8:
-                    raise CheckpointError(f"{path}: truncated safetensors file (no header)")
-                (n,) = struct.unpack("<Q", raw)
-                if n > min(size - 8, _MAX_HEADER):
-                    raise CheckpointError(f"{path}: corrupt or truncated safetensors header")
-                header = json.loads(f.read(n))
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{path}: corrupt safetensors header") from None
-        self.metadata = header.pop("__metadata__", {}) or {}
+        header, self._data_start, size = _read_header(path)
+        self.metadata: dict[str, str] = _check_metadata(path, header.pop("__metadata__", None))
+        for name, info in header.items():
+            _check_entry(path, name, info, size - self._data_start)
+        _check_no_overlap(path, header)
         self._lazy: dict[str, mx.array] | None = None
         self.header: dict[str, dict] = header
-        self._data_start = 8 + n
-        for name, info in header.items():
-            begin, end = info["data_offsets"]
-            if self._data_start + end > size:
-                raise CheckpointError(f"{path}: truncated (tensor {name!r} runs past the end of the file)")
-            if info["dtype"] not in _DTYPES:
-                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-            expected = int(np.prod(info["shape"], dtype=np.int64)) * _DTYPES[info["dtype"]][0].itemsize
-            if end - begin != expected:
-                raise CheckpointError(f"{path}: tensor {name!r} holds {end - begin} bytes, shape implies {expected}")
 
     def names(self) -> list[str]:
         """Tensor names in file order."""
@@ -85,7 +73,90 @@ class SafetensorsReader:
             except Exception as exc:  # MLX raises bare RuntimeError for unreadable files
                 raise CheckpointError(f"{self.path}: unreadable safetensors file ({exc})") from None
         # hand the array over: kept here, every tensor read would stay resident
-        return self._lazy.pop(name)
+        arr = self._lazy.pop(name, None)
+        if arr is None or tuple(arr.shape) != self.shape(name):  # MLX read the header otherwise
+            raise CheckpointError(f"{self.path}: MLX reads tensor {name!r} differently from its header")
+        return arr
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
+    """(header object, offset of the tensor data, file size); never reads past the file."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, _MAX_HEADER):
+                raise CheckpointError(f"{path}: corrupt or truncated safetensors header")
+            text = f.read(n).decode("utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: corrupt safetensors header (not UTF-8 text)") from None
+    try:
+        header = json.loads(text, object_pairs_hook=lambda pairs: _unique(path, pairs))
+    except (ValueError, RecursionError):  # JSONDecodeError, over-long integers, deep nesting
+        raise CheckpointError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
+    return header, 8 + n, size
+
+
+def _unique(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        names = [k for k, _ in pairs]
+        twice = next(k for k in names if names.count(k) > 1)
+        raise CheckpointError(f"{path}: corrupt safetensors header ({twice!r} appears twice)")
+    return obj
+
+
+def _check_metadata(path: Path, metadata: Any) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: __metadata__ must map names to strings, got {_show(metadata)}")
+    return metadata
+
+
+def _check_entry(path: Path, name: str, info: Any, data_size: int) -> None:
+    """One tensor entry: types and ranges, inside the data section, bytes matching the shape."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where} has entry {_show(info)}, not a JSON object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f"{where} has unsupported dtype {_show(dtype)} (supported: {', '.join(_DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d <= _MAX_DIM for d in shape):
+        raise CheckpointError(f"{where} has shape {_show(shape)}, not a list of dimensions in 0..{_MAX_DIM}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+            and 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{where} has data_offsets {_show(offsets)}, not [begin, end] with 0 <= begin <= end")
+    begin, end = offsets
+    if end > data_size:
+        raise CheckpointError(f"{path}: truncated (tensor {name!r} runs past the end of the file)")
+    expected = math.prod(shape) * _DTYPES[dtype][0].itemsize
+    if end - begin != expected:
+        raise CheckpointError(f"{where} holds {end - begin} bytes, shape implies {expected}")
+
+
+def _check_no_overlap(path: Path, header: dict[str, dict]) -> None:
+    spans = sorted((info["data_offsets"], name) for name, info in header.items())
+    for (before, first), (after, second) in zip(spans, spans[1:]):
+        if after[0] < before[1]:
+            raise CheckpointError(f"{path}: tensors {first!r} and {second!r} overlap")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short (headers can hold anything)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _raw_bytes(arr: mx.array) -> memoryview:

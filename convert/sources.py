@@ -15,11 +15,12 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxspec.errors import CheckpointError
-from mlxspec.layout import hf_tensor_shapes, mistral_to_hf_name, permute_interleaved_to_half
+from mlxspec.errors import CheckpointError, ConfigError
+from mlxspec.layout import check_layer_count, hf_tensor_shapes, mistral_to_hf_name, permute_interleaved_to_half
 from mlxspec.models.config import ModelArgs, load_model_args, read_json
 
 from . import gguf as gguf_format
+from .ggml_types import GROUP_SIZE, QUANT_BITS
 from .gguf_tokenizer import tokenizer_files_from_gguf
 from .safetensors_io import SafetensorsReader
 
@@ -85,9 +86,13 @@ def open_source(root: Path) -> Source:
 
 
 def _check_tensors(refs: list[TensorRef], args: ModelArgs, root: Path) -> None:
+    """Every tensor the config implies, once, with its shape, and nothing else."""
+    check_layer_count((r.name for r in refs), args.num_hidden_layers, root)  # before listing what it implies
     expected = dict(hf_tensor_shapes(args))
-    seen = {}
+    seen: dict[str, TensorRef] = {}
     for ref in refs:
+        if ref.name in seen:
+            raise CheckpointError(f"{ref.where}: tensor {ref.name!r} appears twice (also in {seen[ref.name].where})")
         if ref.name not in expected:
             raise CheckpointError(f"{ref.where}: unexpected tensor {ref.name!r} for a {args.model_type} model")
         if ref.shape != expected[ref.name]:
@@ -119,14 +124,7 @@ def _safetensors_refs(files: list[Path], rename: Callable[[str, Path], str],
 def _hf_tensors(root: Path) -> list[TensorRef]:
     index = root / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: no weight_map")
-        files = [root / f for f in sorted(set(weight_map.values()))]
-        for f in files:
-            if not f.is_file():
-                raise CheckpointError(f"{index}: lists shard {f.name}, which is missing")
-        return _safetensors_refs(files, lambda n, f: n)
+        return _safetensors_refs(_index_shards(index), lambda n, f: n)
     files = sorted(p for p in root.glob("*.safetensors") if not p.name.startswith("consolidated"))
     if files:
         return _safetensors_refs(files, lambda n, f: n)
@@ -134,6 +132,28 @@ def _hf_tensors(root: Path) -> list[TensorRef]:
     if bins:
         return _torch_refs(bins, lambda n, f: n)
     raise CheckpointError(f"{root}: no model*.safetensors or pytorch_model*.bin weights found")
+
+
+def _index_shards(index: Path) -> list[Path]:
+    """The shards that a `model.safetensors.index.json` names: plain file names beside it."""
+    try:
+        weight_map = read_json(index).get("weight_map")
+    except ConfigError as exc:  # the index belongs to the weights, not to the config
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
+    files = []
+    for shard in sorted(set(weight_map.values())):
+        if shard in ("", ".", "..") or any(c in shard for c in "/\\\0"):
+            raise CheckpointError(f"{index}: shard {shard[:80]!r} is not a file name inside {index.parent}")
+        try:
+            present = (index.parent / shard).is_file()
+        except (OSError, ValueError):  # a name too long, or one the file system cannot encode
+            present = False
+        if not present:
+            raise CheckpointError(f"{index}: lists shard {shard[:80]!r}, which is missing")
+        files.append(index.parent / shard)
+    return files
 
 
 def _mistral_tensors(root: Path, args: ModelArgs) -> list[TensorRef]:
@@ -175,6 +195,7 @@ def _torch_refs(files: list[Path], rename: Callable[[str, Path], str],
             state = torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
         except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError...
             raise CheckpointError(f"{file}: unreadable PyTorch checkpoint ({type(exc).__name__})") from None
+        _check_state_dict(file, state, torch)
         for name, tensor in state.items():
             new = rename(name, file)
 
@@ -189,21 +210,33 @@ def _torch_refs(files: list[Path], rename: Callable[[str, Path], str],
     return refs
 
 
+def _check_state_dict(file: Path, state: Any, torch: Any) -> None:
+    """A pickle holds any object: insist on tensor names -> floating-point tensors."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: holds a {type(state).__name__}, not a state dict of named tensors")
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{file}: entry {str(name)[:80]!r} is a {type(tensor).__name__}, not a named tensor")
+        if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise CheckpointError(f"{file}: tensor {name!r} has dtype {tensor.dtype}; float32, float16 and bfloat16 "
+                                  "are supported")
+
+
 def _gguf_source(path: Path) -> Source:
     header = gguf_format.read_header(path)
     args = gguf_format.model_args(header)
     refs = []
     for name, tensor, load in gguf_format.tensor_loaders(header, args):
-        if tensor.type_name in gguf_format.QUANT_BITS:
-            bits = gguf_format.QUANT_BITS[tensor.type_name]
+        if tensor.type_name in QUANT_BITS:
+            bits = QUANT_BITS[tensor.type_name]
 
             def dequantized(load=load, bits=bits) -> mx.array:
                 w, s, b = load()  # expanded in float32: exact for f16 scales and biases
                 return mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32),
-                                     group_size=gguf_format.GROUP_SIZE, bits=bits)
+                                     group_size=GROUP_SIZE, bits=bits)
 
             refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, dequantized,
-                                  (bits, gguf_format.GROUP_SIZE), load))
+                                  (bits, GROUP_SIZE), load))
         else:
             refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, load))
     _check_tensors(refs, args, path)

@@ -60,9 +60,10 @@ def add_sp_tokenizer(writer, sp_model_file: Path) -> None:
 
 
 def write_gguf(hf_dir: Path, out: Path, sp_model_file: Path, types: dict[str, int] | None = None,
-               arch: str = "llama") -> Path:
+               arch: str = "llama", window: int | None = None) -> Path:
     """llama.cpp's conversion of an HF checkpoint: interleaved q/k rows, llama.cpp names,
-    matrices in the block type `types[suffix]` (default F32)."""
+    matrices in the block type `types[suffix]` (default F32); `window` adds the
+    `{arch}.attention.sliding_window` key."""
     args = load_model_args(hf_dir)
     weights = {}
     for f in sorted(hf_dir.glob("model*.safetensors")):
@@ -77,6 +78,8 @@ def write_gguf(hf_dir: Path, out: Path, sp_model_file: Path, types: dict[str, in
     writer.add_layer_norm_rms_eps(args.rms_norm_eps)
     writer.add_rope_freq_base(args.rope_theta)
     writer.add_rope_dimension_count(args.head_dim)
+    if window is not None:
+        writer.add_uint32(f"{arch}.attention.sliding_window", window)
     add_sp_tokenizer(writer, sp_model_file)
     for name, w in weights.items():
         if name.endswith(("q_proj.weight", "k_proj.weight")):
@@ -111,6 +114,14 @@ def test_f32_gguf_gives_the_original_logits(hf_llama, sp_model_file, tmp_path):
     original = load_model(hf_llama)(tokens)
     assert mx.abs(ours - original).max().item() < 1e-4
     assert json.loads((out / "config.json").read_text())["rope_theta"] == 5e5
+
+
+def test_a_llama_gguf_ignores_a_sliding_window_key_as_llama_cpp_does(hf_llama, sp_model_file, tmp_path):
+    src = write_gguf(hf_llama, tmp_path / "m.gguf", sp_model_file, window=4)
+    out = convert(src, tmp_path / "mlx")
+    assert "sliding_window" not in json.loads((out / "config.json").read_text())
+    tokens = mx.array([[1, 415, 2936, 9060, 285, 1142, 28705, 28770, 28734, 754, 272, 17898]])
+    assert mx.abs(load_model(out)(tokens) - load_model(hf_llama)(tokens)).max().item() < 1e-4
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.F16])

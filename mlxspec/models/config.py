@@ -129,8 +129,9 @@ class ModelArgs:
         """Build from a HF / mlx-lm `config.json` dictionary."""
         model_type = config.get("model_type")
         if model_type is None:
-            archs = config.get("architectures") or ["<none>"]
-            raise ConfigError(f"config.json has no model_type (architectures: {archs[0]!r})")
+            archs = config.get("architectures")
+            named = archs[0] if isinstance(archs, list) and archs else archs
+            raise ConfigError(f"config.json has no model_type (architectures: {named!r})")
         if model_type not in SUPPORTED_ARCHITECTURES:
             raise ConfigError(
                 f"unsupported architecture {model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
