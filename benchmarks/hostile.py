@@ -35,11 +35,18 @@ from mlxspec.models import ModelArgs  # noqa: E402
 from mlxspec.report import write_tables  # noqa: E402
 
 
+TIMEOUT = 120  # seconds one invocation may take before it counts as hanging
+
+
 def run(cmd: list[str], args: list[str], stdin: bytes | None = None, env: dict | None = None) -> dict:
     """One invocation: exit code, stderr lines (warnings dropped), traceback seen, seconds."""
     start = time.perf_counter()
-    res = subprocess.run([*cmd, *args], input=stdin, capture_output=True, timeout=600,
-                         env={**os.environ, **(env or {})})
+    try:
+        res = subprocess.run([*cmd, *args], input=stdin, capture_output=True, timeout=TIMEOUT,
+                             env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        return {"rc": None, "lines": [f"still running after {TIMEOUT} s (killed)"], "traceback": False,
+                "seconds": TIMEOUT}
     err = res.stderr.decode(errors="replace")
     lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
     return {"rc": res.returncode, "lines": lines, "traceback": "Traceback" in err,
@@ -49,7 +56,7 @@ def run(cmd: list[str], args: list[str], stdin: bytes | None = None, env: dict |
 def one_line(result: dict) -> bool:
     """The contract: non-zero exit, exactly one `error:` line, no traceback, not a bug report."""
     lines = result["lines"]
-    return (result["rc"] != 0 and not result["traceback"] and len(lines) == 1 and lines[0].startswith("error:")
+    return (result["rc"] not in (0, None) and not result["traceback"] and len(lines) == 1 and lines[0].startswith("error:")
             and "internal error" not in lines[0])
 
 

@@ -141,7 +141,7 @@ def test_speculative_bad_input(hf_window_dir, tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(spec))
     cases = [
         (["--draft", str(other)], "the draft's tokenizer does not match the target's"),
-        (["--draft", str(hf_window_dir), "-k", "0"], "--num-draft-tokens must be >= 1"),
+        (["--draft", str(hf_window_dir), "-k", "0"], "--num-draft-tokens must be in 1..64"),
         (["--draft", str(hf_window_dir), "--temperature", "-1"], "temperature must be a finite number >= 0"),
         (["--pair", str(tmp_path)], "no pair.json"),
     ]
