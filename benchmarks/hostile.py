@@ -96,21 +96,24 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def safety_rows(cmd: list[str], work: Path, model: str) -> list[dict]:
-    """Scenarios where data could be lost; held = refused in one line and everything intact."""
+    """Scenarios where data could be lost, each on fresh folders; held = refused in one
+    line and everything intact."""
     rows = []
-    parent = work / "m"
-    shutil.copytree(model, parent / "src")
-    (parent / "notes.txt").write_text("not mlxspec's")
-    mine = work / "mine"
-    mine.mkdir()
-    (mine / "thesis.tex").write_text("years of work")
-    for name, out, guard in [("-o the folder holding the source, --force", parent, parent),
-                             ("-o the source itself, --force", parent / "src", parent),
-                             ("--force on a folder mlxspec did not write", mine, mine)]:
-        before = snapshot(guard)
+    for n, (name, target) in enumerate([("-o the folder holding the source, --force", "parent"),
+                                        ("-o the source itself, --force", "source"),
+                                        ("--force on a folder mlxspec did not write", "mine")]):
+        parent = work / f"safety{n}" / "m"
+        shutil.copytree(model, parent / "src")
+        (parent / "notes.txt").write_text("not mlxspec's")
+        mine = work / f"safety{n}" / "mine"
+        mine.mkdir()
+        (mine / "thesis.tex").write_text("years of work")
+        out = {"parent": parent, "source": parent / "src", "mine": mine}[target]
+        before = snapshot(work / f"safety{n}")
         result = run(cmd, ["convert", str(parent / "src"), "-o", str(out), "--force"])
-        rows.append({"case": name, "held": one_line(result) and snapshot(guard) == before,
-                     "seconds": result["seconds"], "said": "" if snapshot(guard) == before else "DATA LOST"})
+        intact = snapshot(work / f"safety{n}") == before
+        rows.append({"case": name, "held": one_line(result) and intact, "seconds": result["seconds"],
+                     "said": "" if intact else "DATA LOST"})
     rows.append(race_row(cmd, work, model))
     return rows
 

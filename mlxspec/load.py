@@ -110,6 +110,18 @@ def dequantize_weights(weights: dict[str, mx.array], quant: dict[str, Any]) -> d
     return out
 
 
+_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def as_dtype(dtype: mx.Dtype | str | None) -> mx.Dtype | None:
+    """An MLX floating dtype, also from its name ("float32", "float16", "bfloat16")."""
+    if dtype is None or (isinstance(dtype, mx.Dtype) and dtype in _DTYPES.values()):
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise InputTypeError(f"dtype must be one of mx.float32, mx.float16, mx.bfloat16 (or their names), got {dtype!r}")
+
+
 def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool = False) -> Model:
     """Build the model that `model_dir` describes and load its weights.
 
@@ -121,6 +133,7 @@ def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool 
 
 def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: bool):
     """`build(args)` for the folder's config, with its weights loaded (see `load_model`)."""
+    dtype = as_dtype(dtype)
     args = load_model_args(model_dir)
     files, mistral_names = weight_files(model_dir)
     weights = read_weights(files, mistral_names)

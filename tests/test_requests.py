@@ -111,6 +111,9 @@ def test_paths_and_strings_where_objects_belong(loaded, hf_window_dir):
         mlxspec.load(model)
     with pytest.raises(InputTypeError, match="pair_dir must be a folder path"):
         mlxspec.load_pair(3)
+    with pytest.raises(InputTypeError, match="dtype must be one of mx.float32"):
+        mlxspec.load(hf_window_dir, dtype="float64")
+    assert mlxspec.load(hf_window_dir, dtype="float16")[0].model.norm.weight.dtype == mx.float16
 
 
 @pytest.mark.parametrize("prompt", ["caf\udce9", [{"role": "user", "content": "caf\udce9"}]])
