@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from mlxspec.errors import OutputError
+from mlxspec.paths import user_path
 
 from .rename import rename_no_replace
 
@@ -46,12 +47,24 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     return removed
 
 
+def written_kind(folder: Path) -> str | None:
+    """What mlxspec wrote in `folder` ("model", "pair", "report"...), from the marker it puts
+    in everything it writes; None when there is no (regular, readable) marker."""
+    marker = folder / MARKER
+    try:
+        if not marker.is_file() or marker.stat().st_size > 4096:
+            return None
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != "mlxspec":
+        return None
+    return str(data.get("kind", "model"))
+
+
 def written_by_mlxspec(folder: Path) -> bool:
     """Whether `folder` carries the marker mlxspec puts in everything it writes."""
-    try:
-        return json.loads((folder / MARKER).read_text()).get("written_by") == "mlxspec"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return written_kind(folder) is not None
 
 
 def _version() -> str:
@@ -70,32 +83,51 @@ def _is_empty_dir(path: Path) -> bool:
         return False
 
 
-def check_writable(out: Path, force: bool, sources: Iterable[str | Path] = ()) -> None:
+def check_writable(out: Path, force: bool, sources: Iterable[str | Path] = (), kind: str | None = None) -> None:
     """Refuse, before any work, a destination that would lose data: one that is or contains
-    a source, an existing one without `force`, or one `force` may not replace."""
-    out = Path(out).expanduser().absolute()
+    a source, an existing one without `force`, one `force` may not replace (not mlxspec's,
+    or mlxspec's output of another `kind`), or one in a folder that cannot be written."""
+    out = user_path(out, "output folder").absolute()
     real = Path(os.path.realpath(out))
     for source in sources:
-        src = Path(os.path.realpath(Path(source).expanduser()))
+        src = Path(os.path.realpath(user_path(source, "source")))
         if not src.exists():
             continue  # a Hub repo id: checked again once it is resolved to a folder
         if real == src or real in src.parents:
             raise OutputError(f"{out} {'is' if real == src else 'contains'} the source {source}; "
                               "choose an output folder outside it")
-    above = next(p for p in out.parents if p.exists())
+    above = next((p for p in out.parents if p.exists()), out)  # out = "/" has no parents
     if not above.is_dir():
         raise OutputError(f"cannot write {out}: {above} is a file, not a folder")
     if not out.exists() and not out.is_symlink():
-        return
+        return _probe(above, out)
+    _check_replaceable(out, force, kind)
+
+
+def _probe(folder: Path, out: Path) -> None:
+    """A file can be made in `folder` (a read-only file system or /proc says so at once)."""
+    import tempfile
+
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {folder}: {exc.strerror or exc}") from None
+
+
+def _check_replaceable(out: Path, force: bool, kind: str | None) -> None:
     if not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder; choose another output folder")
     if _is_empty_dir(out):
         return
     if not force:
         raise OutputError(f"{out} already exists; pass --force to replace it")
-    if not written_by_mlxspec(out):
+    found = written_kind(out)
+    if found is None:
         raise OutputError(f"{out} was not written by mlxspec (no {MARKER} marker); --force only replaces "
                           "mlxspec's own output: remove it yourself or choose another folder")
+    if kind is not None and found != kind:
+        raise OutputError(f"{out} holds an mlxspec {found}, not a {kind}; --force replaces only output of the "
+                          "same kind: remove it yourself or choose another folder")
 
 
 @contextmanager
@@ -129,20 +161,20 @@ def _lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _install(tmp: Path, out: Path, force: bool) -> None:
+def _install(tmp: Path, out: Path, force: bool, kind: str) -> None:
     """Move the finished `tmp` to `out`, replacing only a folder `force` may replace."""
     try:
-        _swap(tmp, out, force)
+        _swap(tmp, out, force, kind)
     except FileExistsError:
         raise OutputError(f"{out} appeared while this output was written (another program?); "
                           "it was left as it is and this output was discarded") from None
 
 
-def _swap(tmp: Path, out: Path, force: bool) -> None:
+def _swap(tmp: Path, out: Path, force: bool, kind: str) -> None:
     if (out.exists() or out.is_symlink()) and not _is_empty_dir(out):
         if not force:
             raise FileExistsError(out)
-        check_writable(out, force)
+        check_writable(out, force, kind=kind)
         old = out.parent / f".{out.name}{_TAG}old-{os.getpid()}"
         os.replace(out, old)
         try:
@@ -164,21 +196,21 @@ def atomic_dir(out: Path, force: bool = False, sources: Iterable[Path] = (), kin
 
     `sources` are the inputs (never replaced, never inside `out`); `kind` is recorded in
     the marker. Raises `OutputError` for a destination that cannot or may not be written."""
-    out = Path(os.path.realpath(Path(out).expanduser()))
+    out = Path(os.path.realpath(user_path(out, "output folder")))
     sources = list(sources)
-    check_writable(out, force, sources)
+    check_writable(out, force, sources, kind)
     tmp = out.parent / f".{out.name}{_TAG}{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with _lock(out):
-            check_writable(out, force, sources)  # again, now that no other mlxspec can write it
+            check_writable(out, force, sources, kind)  # again, now that no other mlxspec can write it
             remove_stale_temporaries(out)
             tmp.mkdir()
             try:
                 yield tmp
                 (tmp / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": _version(),
                                                       "kind": kind}) + "\n")
-                _install(tmp, out, force)
+                _install(tmp, out, force, kind)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -16,6 +16,7 @@ import mlx.core as mx
 
 from mlxspec.errors import CheckpointError, ConfigError, InputError, InputTypeError, OutputError
 from mlxspec.hub import resolve
+from mlxspec.paths import user_path
 from mlxspec.text import Tokenizer, load_tokenizer
 
 from .atomic import atomic_dir, check_writable
@@ -30,10 +31,14 @@ Progress = Callable[[int, int, str], None]  # (bytes done so far, total bytes, t
 
 def resolve_source(src: str | Path, revision: str | None = None) -> Path:
     """A local folder or GGUF file, or a Hugging Face repo id fetched with only the needed files."""
-    if Path(src).expanduser().suffix == ".gguf":
-        path = Path(src).expanduser()
-        if not path.is_file():
+    path = user_path(src, "source")
+    if path.suffix.lower() == ".gguf":
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; a GGUF source is one .gguf file")
+        if not path.exists():
             raise InputError(f"{path}: no such GGUF file")
+        if not path.is_file():
+            raise InputError(f"{path} is not a regular file; a GGUF source is one .gguf file")
         if revision is not None:
             raise InputError(f"--revision applies to Hub repo ids; {path} is on this disk")
         return path
@@ -89,6 +94,8 @@ def check_paths(**paths: object) -> None:
     for name, value in paths.items():
         if not isinstance(value, (str, Path)):
             raise InputTypeError(f"{name} must be a path (or a Hub repo id), got {type(value).__name__}")
+        if isinstance(value, str) and not value.strip():
+            raise InputError(f"the {name} path is empty")
 
 
 def keeps_quantization(ref: TensorRef, bits: int | None, dtype: mx.Dtype | None) -> bool:
@@ -174,7 +181,7 @@ def convert(
     check_options(bits, group_size, dtype, max_shard_bytes)
     check_paths(src=src, out=out)
     out = Path(out)
-    check_writable(out, force, sources=[src])
+    check_writable(out, force, sources=[src], kind="model")
     root = resolve_source(src, revision)
     source = open_source(root)
     source_tokenizer(source)

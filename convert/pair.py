@@ -30,7 +30,7 @@ def convert_pair(
     check_options(draft_bits, group_size, dtype)
     check_paths(target=target, draft=draft, out=out)
     out = Path(out)
-    check_writable(out, force, sources=[target, draft])
+    check_writable(out, force, sources=[target, draft], kind="pair")
     roots = {"target": resolve_source(target, revision), "draft": resolve_source(draft, revision)}
     sources = {role: open_source(root) for role, root in roots.items()}
     tokenizers = {role: source_tokenizer(source) for role, source in sources.items()}

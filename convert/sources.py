@@ -63,7 +63,7 @@ class Source:
 
 def open_source(root: Path) -> Source:
     """Read the layout of `root` (headers only; no tensor data is loaded)."""
-    if root.is_file() and root.suffix == ".gguf":
+    if root.is_file() and root.suffix.lower() == ".gguf":
         return _gguf_source(root)
     args = load_model_args(root)
     if args.quantization:

@@ -196,7 +196,7 @@ def bench(
     compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also run mlx-lm's plain and speculative loops on the same weights."),
     mlx_lm_draft: Optional[str] = typer.Option(None, "--mlx-lm-draft", help="Draft model for mlx-lm's loop when --draft is a feature draft, which mlx-lm cannot run (--demo: the shipped distilled draft model)."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
-    out: Path = typer.Option(Path("mlxspec-bench"), "--out", "-o", help="Report folder: report.json, report.md and PNG plots."),
+    out: str = typer.Option("mlxspec-bench", "--out", "-o", help="Report folder: report.json, report.md and PNG plots."),
     force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -214,7 +214,9 @@ def bench(
     prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
     if mlx_lm_draft is not None and not compare_mlx_lm:
         raise InputError("--mlx-lm-draft only applies with --compare-mlx-lm")
-    check_writable(out, force, sources=[p for p in (model, draft, pair, mlx_lm_draft) if p is not None])
+    sources = [p for p in (model, draft, pair, mlx_lm_draft) if p is not None]
+    sources += demo_pair.demo_sources() if use_demo else []
+    check_writable(out, force, sources=sources, kind="report")
     dequant = _dequantize(dequantize)
     target, tokenizer, draft_model = _load(model, draft, pair, use_demo, dequant)
     their_draft = None
@@ -225,7 +227,7 @@ def bench(
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
                        mlx_lm_draft=their_draft, weights=_weights_label(dequant),
                        calibration=_calibration(recalibrate), log=lambda line: typer.echo(line, err=True))
-    with atomic_dir(out, force, sources=[p for p in (model, draft, pair) if p is not None], kind="report") as tmp:
+    with atomic_dir(out, force, sources=sources, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written)
     if plots and not any(p.suffix == ".png" for p in written):
@@ -238,7 +240,7 @@ def bench(
 @friendly_errors
 def convert(
     src: Optional[str] = typer.Argument(None, help="Checkpoint to convert: a local folder (HF or Mistral layout), a .gguf file (llama.cpp/Ollama) or a Hugging Face repo id."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (mlx-lm layout). With --target/--draft: the pair folder."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder (mlx-lm layout). With --target/--draft: the pair folder."),
     bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Quantize projections and embeddings to 2, 3, 4, 6 or 8 bits (default: no quantization; a GGUF file's Q4_0/Q4_1/Q8_0 tensors are kept as they are)."),
     group_size: int = typer.Option(64, "--group-size", "-g", help="Columns per quantization scale: 32, 64 or 128."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32 for unquantized weights (default: as stored); with a GGUF file, expands its quantized tensors to this type."),

@@ -33,10 +33,27 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def demo_target_folder(cache: Path | None = None) -> Path:
+    """Where the converted demo target lives (it may not exist yet)."""
+    return (cache or cache_dir()) / "demo" / "smollm2-135m-instruct"
+
+
+def demo_sources() -> list[Path]:
+    """What the demo reads: never to be written over (its GGUF file when installed, the
+    converted target, the shipped drafts)."""
+    found = [demo_target_folder()]
+    for where in (smollm2_gguf, demo_draft, demo_token_draft):
+        try:
+            found.append(where())
+        except MlxspecError:  # not installed: nothing there to protect
+            pass
+    return found
+
+
 def demo_target(cache: Path | None = None) -> Path:
     """The demo target converted to MLX (its Q4_1 weights kept as they are), converted once
     into the mlxspec cache folder and reused."""
-    folder = (cache or cache_dir()) / "demo" / "smollm2-135m-instruct"
+    folder = demo_target_folder(cache)
     if not (folder / "config.json").is_file():
         convert(smollm2_gguf(), folder, force=True)
     return folder

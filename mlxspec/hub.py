@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import ConfigError, InputError, InputTypeError
+from .paths import user_path
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _PATH_SUFFIXES = (".gguf", ".safetensors", ".json", ".bin", ".pth")
@@ -50,8 +51,11 @@ def hub_unreachable(timeout: float = PROBE_SECONDS) -> str | None:
     Bounded by `timeout` even where name resolution itself hangs."""
     import huggingface_hub.constants
 
-    url = urlparse(huggingface_hub.constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        url = urlparse(huggingface_hub.constants.ENDPOINT)
+        host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    except ValueError as exc:
+        return f"HF_ENDPOINT {huggingface_hub.constants.ENDPOINT!r} is not a usable URL ({exc})"
     result: list[str | None] = []
 
     def probe() -> None:
@@ -115,7 +119,7 @@ def resolve(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
     if not isinstance(path_or_repo_id, (str, Path)):
         raise InputTypeError(f"expected a folder path or a Hugging Face repo id, got {type(path_or_repo_id).__name__}")
     name = str(path_or_repo_id)
-    path = Path(name).expanduser()
+    path = user_path(path_or_repo_id, "model path")
     if path.exists() and revision is not None:
         raise InputError(f"--revision applies to Hub repo ids; {path} is on this disk")
     if path.is_dir():

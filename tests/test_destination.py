@@ -139,3 +139,31 @@ def test_a_full_disk_leaves_nothing_and_says_where(hf_full_dir, tmp_path):
     with pytest.raises(OutputError, match="is a file, not a folder"):
         with atomic_dir(blocked / "report"):
             pass
+
+
+def test_force_never_crosses_kinds_and_bench_never_writes_over_what_it_reads(hf_full_dir, tmp_path, monkeypatch):
+    model = mlxspec.convert(hf_full_dir, tmp_path / "model")
+    with pytest.raises(OutputError, match="holds an mlxspec model, not a report"):
+        with atomic_dir(model, force=True, kind="report"):
+            pass
+    assert written_by_mlxspec(model) and (model / "config.json").is_file()
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path / "cache"))
+    from mlxspec.demo import demo_target_folder
+
+    demo = demo_target_folder()
+    shutil.copytree(model, demo)
+    shutil.copy(model / ".mlxspec", tmp_path / "marker")
+    (demo / ".mlxspec").write_text(json.dumps({"written_by": "mlxspec", "kind": "report"}))  # even so
+    line = one_error_line(run_cli("bench", "--demo", "-o", str(demo), "--force"))
+    assert "is the source" in line and (demo / "config.json").is_file()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("/", "/ contains the source"), ("/proc/mlxspec-out", "cannot write /proc/mlxspec-out: /proc:"),
+    ("x" * 300, "File name too long"), ("", "the out path is empty"),
+])
+def test_odd_destinations_are_one_line(out, message, hf_full_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(mlxspec.MlxspecError, match=message):
+        mlxspec.convert(hf_full_dir, out)
+    assert list(tmp_path.iterdir()) == []

@@ -89,3 +89,12 @@ def test_hub_errors_are_one_line(error, message, monkeypatch):
         hub.resolve("some-org/some-model")
     text = str(exc.value)
     assert "taken for a Hugging Face repo id" in text and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("name, message", [("x" * 300, "File name too long"), ("~nosuchuser/model", "no such folder"),
+                                           ("", "the model path is empty"), ("a\0b", "embedded null")])
+def test_odd_names_are_one_line(name, message, no_fetch):
+    from mlxspec.errors import MlxspecError
+
+    with pytest.raises(MlxspecError, match=message):
+        hub.resolve(name)
