@@ -17,6 +17,7 @@ import mlx.core as mx
 from mlxspec.errors import CheckpointError, ConfigError, InputError, InputTypeError, OutputError
 from mlxspec.hub import resolve
 from mlxspec.paths import user_path
+from mlxspec.validate import is_int
 from mlxspec.text import Tokenizer, load_tokenizer
 
 from .atomic import atomic_dir, check_writable
@@ -74,19 +75,22 @@ def quantizable(name: str) -> bool:
     return name.endswith(("_proj.weight", "embed_tokens.weight", "lm_head.weight"))
 
 
-def check_options(bits: int | None, group_size: int, dtype: str | None, max_shard_bytes: int = 1) -> None:
+def check_options(bits: int | None, group_size: int, dtype: str | None, max_shard_bytes: int = 1,
+                  bits_option: str = "--bits", progress: object = None) -> None:
     """Every conversion option, typed and in range, before any file is opened."""
     for name, value in (("bits", bits), ("group_size", group_size), ("max_shard_bytes", max_shard_bytes)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        if (value is not None or name != "bits") and not is_int(value):
             raise InputTypeError(f"{name} must be an integer, got {value!r}")
     if max_shard_bytes <= 0:
         raise InputError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     if bits is not None and bits not in BITS:
-        raise InputError(f"--bits must be one of {', '.join(map(str, BITS))}, got {bits}")
+        raise InputError(f"{bits_option} must be one of {', '.join(map(str, BITS))}, got {bits}")
     if group_size not in GROUP_SIZES:
         raise InputError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}")
-    if dtype is not None and dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if progress is not None and not (callable(progress) or isinstance(progress, dict)):
+        raise InputTypeError(f"progress must be a callable (done, total, name), got {type(progress).__name__}")
 
 
 def check_paths(**paths: object) -> None:
@@ -178,7 +182,7 @@ def convert(
     scale); without it weights are written unquantized in `dtype` (default: as stored).
     `out` appears complete or not at all; an existing `out` needs `force`, which replaces
     only a folder mlxspec wrote (never a source or a folder holding one)."""
-    check_options(bits, group_size, dtype, max_shard_bytes)
+    check_options(bits, group_size, dtype, max_shard_bytes, progress=progress)
     check_paths(src=src, out=out)
     out = Path(out)
     check_writable(out, force, sources=[src], kind="model")

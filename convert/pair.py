@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlxspec.drafts.pairing import pair_kind
+from mlxspec.drafts.pairing import PAIR_VERSION, pair_kind
 from mlxspec.errors import TokenizerError
 
 from .atomic import atomic_dir, check_writable
-from .converter import DTYPES, Progress, check_options, check_paths, resolve_source, source_tokenizer, write_model
+from .converter import (DTYPES, Progress, check_group_size, check_options, check_paths, resolve_source,
+                        source_tokenizer, write_model)
 from .sources import open_source
 
 MANIFEST = "pair.json"
@@ -26,8 +27,8 @@ def convert_pair(
 
     The pair's kind (see `mlxspec.drafts.pairing`) is decided before anything is written: a
     pair `load_pair` would refuse is refused here."""
-    check_options(bits, group_size, dtype, max_shard_bytes)
-    check_options(draft_bits, group_size, dtype)
+    check_options(bits, group_size, dtype, max_shard_bytes, progress=progress)
+    check_options(draft_bits, group_size, dtype, bits_option="--draft-bits")
     check_paths(target=target, draft=draft, out=out)
     out = Path(out)
     check_writable(out, force, sources=[target, draft], kind="pair")
@@ -38,6 +39,8 @@ def convert_pair(
         if tokenizer is None:
             raise TokenizerError(f"{roots[role]}: the {role} carries no tokenizer, so the pair cannot be checked")
     kind, why = pair_kind(*((tokenizers[r], sources[r].args.vocab_size) for r in ("target", "draft")))
+    for role, role_bits in (("target", bits), ("draft", draft_bits)):  # both, before either is written
+        check_group_size(sources[role], role_bits, group_size)
     cast = DTYPES[dtype] if dtype else None
     with atomic_dir(out, force, sources=roots.values(), kind="pair") as tmp:
         for role, source in sources.items():
@@ -46,7 +49,7 @@ def convert_pair(
             write_model(source, tmp / role, role_bits, group_size, cast, max_shard_bytes,
                         (progress or {}).get(role))
         manifest = {
-            "format": "mlxspec-pair", "version": 2, "kind": kind, "target": "target", "draft": "draft",
+            "format": "mlxspec-pair", "version": PAIR_VERSION, "kind": kind, "target": "target", "draft": "draft",
             "sources": {"target": str(target), "draft": str(draft)},
             "bits": {"target": bits, "draft": draft_bits}, "group_size": group_size, "tokenizers": why,
         }

@@ -20,6 +20,8 @@ from .text.unicode import check_text, decode_utf8
 
 def read_prompt(prompt: str) -> str:
     """The prompt text: the argument itself, or standard input for '-' (bytes checked)."""
+    if prompt == "-" and sys.stdin is None:
+        raise InputError("standard input is closed; give the prompt with --prompt TEXT")
     text = (decode_utf8(sys.stdin.buffer.read(), "standard input") if prompt == "-"
             else check_text(prompt, "the --prompt argument"))
     if not text.strip():
@@ -37,10 +39,31 @@ def check_generation(max_tokens: int, num_draft_tokens: int, temperature: float,
     return params
 
 
+def check_bench(max_tokens: int, repeats: int, mlx_lm_draft: bool, compare_mlx_lm: bool) -> None:
+    """bench's own numbers and option pairs."""
+    if max_tokens < 2:
+        raise InputError(f"--max-tokens must be >= 2 (rates need two tokens), got {max_tokens}")
+    if repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    if mlx_lm_draft and not compare_mlx_lm:
+        raise InputError("--mlx-lm-draft only applies with --compare-mlx-lm")
+
+
 def check_positive(value: float, option: str) -> None:
     """A finite number above zero."""
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"{option} must be a finite number > 0, got {value}")
+
+
+def _usable_streams() -> None:
+    """Closed standard streams become the null device; text a terminal's encoding cannot show
+    is escaped instead of failing (PYTHONIOENCODING=ascii)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w"))
+        elif hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _click_errors() -> object:
@@ -52,6 +75,7 @@ def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; usage errors (unknown option, a value of the wrong type, a missing
     argument) become one `error:` line and exit code 2. Returns the exit code."""
     errors = _click_errors()
+    _usable_streams()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=list(argv) if argv is not None else None, prog_name="mlxspec",
@@ -72,6 +96,9 @@ def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # an I/O failure no check could foresee (a full /dev/full, a vanished disk)
+        typer.echo(f"error: {exc.filename or 'writing the output'}: {exc.strerror or exc}", err=True)
+        return 1
     except Exception as exc:  # a bug, not bad input: still one line; the traceback on request
         if os.environ.get("MLXSPEC_DEBUG"):
             raise

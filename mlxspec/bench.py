@@ -19,6 +19,7 @@ import mlx.core as mx
 from .baseline import mlx_lm_models, mlx_lm_tokens, rounds_from_flags
 from .drafts import MAX_DRAFT_TOKENS, Draft, FeatureDraft, describe_draft
 from .engine import Calibration, SamplingParams, Session, SpeculativeStats
+from .engine.request import prompt_ids, token_budget
 from .errors import InputError
 from .models import Model
 from .report import SCHEMA_VERSION, Config, Run, compare, environment, summarise, timings_report
@@ -129,6 +130,21 @@ def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool
         raise InputError(f"--max-tokens must be >= 2, got {max_tokens}")
 
 
+def encode_prompts(target: Model, tokenizer: Tokenizer, prompts: list[tuple[str, str]],
+                   max_tokens: int) -> list[tuple[str, str, list[int]]]:
+    """(kind, text, chat-templated ids) per prompt, each checked against the target's
+    context before anything is calibrated or timed; an error names the prompt."""
+    encoded = []
+    for n, (kind, text) in enumerate(prompts, 1):
+        try:
+            ids = prompt_ids(tokenizer, text, chat=True, context=target.args.max_position_embeddings)
+            token_budget(target, ids, max_tokens)
+        except InputError as exc:
+            raise InputError(f"prompt {n} ({text.splitlines()[0][:40]!r}...): {exc}") from None
+        encoded.append((kind, text, ids))
+    return encoded
+
+
 def run_bench(target: Model, tokenizer: Tokenizer, draft: Draft, prompts: list[tuple[str, str]], *,
               max_tokens: int = 128, temperatures: Sequence[float] = (0.0,), ks: Sequence[int] = (1, 2, 3, 4),
               adaptive: bool = True, repeats: int = 3, compare_mlx_lm: bool = False,
@@ -137,11 +153,11 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Draft, prompts: list[t
     """Run every configuration; return the report (see `report.SCHEMA_VERSION`). mlx-lm's
     speculative loop runs `mlx_lm_draft` when given (it cannot run a feature draft), else `draft`."""
     check_options(draft, mlx_lm_draft, compare_mlx_lm, repeats, max_tokens)
+    encoded = encode_prompts(target, tokenizer, prompts, max_tokens)
     bench = Bench(target, draft, ks, calibration or Calibration(), mlx_lm_draft, compare_mlx_lm)
     # before any timed run: the adaptive runs read these, and the predictions rest on them
     timings = {temp: bench.adaptive.timings(SamplingParams(temperature=temp)) for temp in temperatures}
     configs = configurations(ks, adaptive, compare_mlx_lm)
-    encoded = [(kind, text, tokenizer.apply_chat(text)) for kind, text in prompts]
     results = _run_all(bench, configs, encoded, temperatures, repeats, max_tokens, set(tokenizer.eos_ids), log)
     drafts = {"mlxspec": describe_draft(draft)}
     if compare_mlx_lm:

@@ -12,7 +12,7 @@ import mlx.core as mx
 import typer
 
 from . import demo as demo_pair
-from .arguments import check_generation, check_positive, read_prompt, run
+from .arguments import check_bench, check_generation, check_positive, read_prompt, run
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, calibration_progress, colours, friendly_errors, stats_line, stream_text, write_step
 from .convert.atomic import atomic_dir, check_writable
@@ -26,7 +26,6 @@ from .models import Model
 from .prompts import BUILTIN_PROMPTS, builtin_prompts, read_prompts
 from .report import demo_table, markdown, render_demo_table, write_report
 from .text import Tokenizer
-from .text.unicode import check_text
 
 app = typer.Typer(
     help="Speculative decoding for Mistral-class models on MLX.",
@@ -136,12 +135,12 @@ def demo(
     prompt is answered plainly and speculatively (streamed), and a side-by-side table ends it."""
     check_generation(max_tokens, num_draft_tokens, temperature, 1.0, 0)
     if prompt is not None:
-        check_text(prompt, "the --prompt argument")
+        prompt = read_prompt(prompt)
     dequant = _dequantize(dequantize)
     target, tokenizer, draft = _load(None, None, None, True, dequant)
     session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
-    prompts = [("prompt", prompt)] if prompt else [(kind, texts[0]) for kind, texts in BUILTIN_PROMPTS.items()]
+    prompts = [("prompt", prompt)] if prompt is not None else [(kind, texts[0]) for kind, texts in BUILTIN_PROMPTS.items()]
     demo_pair.warm_up(session, prompts[0][1], temperature)
     colour = colours(sys.stdout, verbose) and not as_json
     answers, totals = [], {"plain": [], "speculative": []}
@@ -208,12 +207,8 @@ def bench(
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
     k_list, temps = parse_ks(ks), parse_temperatures(temperatures)
-    check_generation(max_tokens, 1, 0.0, 1.0, 0)
-    if repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    check_bench(max_tokens, repeats, mlx_lm_draft is not None, compare_mlx_lm)
     prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
-    if mlx_lm_draft is not None and not compare_mlx_lm:
-        raise InputError("--mlx-lm-draft only applies with --compare-mlx-lm")
     sources = [p for p in (model, draft, pair, mlx_lm_draft) if p is not None]
     sources += demo_pair.demo_sources() if use_demo else []
     check_writable(out, force, sources=sources, kind="report")

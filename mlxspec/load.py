@@ -12,7 +12,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .drafts import DRAFT_TYPE, Draft, FeatureDraft
-from .drafts.pairing import PAIR_KINDS, SAME_VOCABULARY, pair_kind
+from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_kind
 from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
 from .hub import resolve
@@ -20,6 +20,7 @@ from .layout import check_layer_count, mistral_to_hf_name
 from .models import Model
 from .models.config import load_model_args, read_json
 from .text import Tokenizer, load_tokenizer
+from .validate import is_int
 
 _IGNORED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
 
@@ -216,6 +217,11 @@ def read_pair_manifest(pair_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{pair_dir}: no pair.json (write one with `mlxspec convert --target T --draft D -o {pair_dir}`)")
     manifest = read_json(path)
+    if manifest.get("format", "mlxspec-pair") != "mlxspec-pair":
+        raise ConfigError(f"{path}: not an mlxspec pair manifest (format {manifest.get('format')!r})")
+    if not is_int(manifest.get("version", 1)) or manifest.get("version", 1) > PAIR_VERSION:
+        raise ConfigError(f"{path}: written by a newer mlxspec (pair version {manifest.get('version')!r}; "
+                          f"this one reads up to {PAIR_VERSION})")
     for role in ("target", "draft"):
         value = manifest.get(role)
         if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:

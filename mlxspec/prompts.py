@@ -51,8 +51,10 @@ def read_prompts(path: Path) -> list[tuple[str, str]]:
         text = decode_utf8(Path(path).read_bytes(), f"prompts file {path}")
     except OSError as exc:
         raise InputError(f"cannot read prompts file {path}: {exc.strerror}") from None
-    blocks = [b.strip() for b in text.split("\n---\n")] if "\n---\n" in text else text.splitlines()
+    text = text.replace("\r\n", "\n")  # files written on Windows
+    separated = [b.strip() for b in f"\n{text}\n".split("\n---\n")]
+    blocks = separated if len(separated) > 1 else text.splitlines()
     prompts = [b.strip() for b in blocks if b.strip()]
     if not prompts:
-        raise InputError(f"{path}: no prompts (empty file)")
+        raise InputError(f"{path}: no prompts (the file holds only blank lines or '---' separators)")
     return [("file", p) for p in prompts]

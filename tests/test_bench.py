@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+import mlxspec
 from mlxspec import stream_generate
 from mlxspec.baseline import mlx_lm_models
 from mlxspec.bench import parse_ks, parse_temperatures
@@ -217,3 +218,26 @@ def test_bench_feature_draft_against_mlx_lm_with_a_draft_model(hf_full_dir, feat
     report = json.loads(res.stdout)
     assert report["drafts"]["mlxspec"].startswith("feature draft") and report["drafts"]["mlx-lm"].startswith("draft model")
     assert {(r["engine"], r["k"]) for r in report["rows"]} == {("mlxspec", 0), ("mlxspec", 1), ("mlx-lm", 0), ("mlx-lm", 1)}
+
+
+def test_prompts_files(tmp_path):
+    from mlxspec.prompts import read_prompts
+
+    (tmp_path / "crlf.txt").write_bytes(b"first prompt\r\nline two\r\n---\r\nsecond prompt\r\n")
+    assert [p for _, p in read_prompts(tmp_path / "crlf.txt")] == ["first prompt\nline two", "second prompt"]
+    (tmp_path / "lines.txt").write_text("one\n\ntwo\n")
+    assert [p for _, p in read_prompts(tmp_path / "lines.txt")] == ["one", "two"]
+    (tmp_path / "seps.txt").write_text("---\n\n---\n")
+    with pytest.raises(InputError, match="no prompts \\(the file holds only blank lines or '---' separators\\)"):
+        read_prompts(tmp_path / "seps.txt")
+
+
+def test_a_prompt_too_long_is_found_before_calibrating(hf_full_dir, small_draft_dir, monkeypatch):
+    import mlxspec.bench as bench_module
+
+    target, tokenizer = mlxspec.load(hf_full_dir)
+    draft = mlxspec.load_draft(small_draft_dir, target, tokenizer)
+    monkeypatch.setattr(bench_module, "Bench", lambda *a, **k: pytest.fail("calibrated before checking prompts"))
+    prompts = [("chat", "Hello"), ("file", "word " * 600)]
+    with pytest.raises(InputError, match="prompt 2 \\('word word"):
+        bench_module.run_bench(target, tokenizer, draft, prompts, max_tokens=4)

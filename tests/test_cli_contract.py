@@ -36,6 +36,7 @@ CASES = [
     ("seed -2", [*G, "--seed", "-2"], "seed must be in 0..2**64-1", E),
     ("seed 2**70", [*G, "--seed", str(2**70)], "seed must be in 0..2**64-1", E),
     ("prefill chunk 0", [*G, "--prefill-chunk", "0"], "prefill_chunk must be a positive integer", E),
+    ("prefill chunk 2**31", [*G, "--prefill-chunk", str(2**31)], "prefill_chunk must be a positive integer up to", E),
     ("empty prompt", ["generate", "-p", "  ", "-m", "{model}"], "prompt is empty", E),
     ("prompt not UTF-8", ["generate", "-p", "caf\udce9", "-m", "{model}"], "is not valid UTF-8 text", E),
     ("model and pair", [*G, "--pair", "{tmp}"], "give one of --model/--draft, --pair or --demo", E),
@@ -55,11 +56,15 @@ CASES = [
     ("demo budget", ["demo", "-n", "-1"], "max_tokens must be >= 0", E),
     ("demo k", ["demo", "-k", "0"], "--num-draft-tokens must be in 1..64", E),
     ("demo nan", ["demo", "-t", "nan"], "temperature must be a finite number >= 0", E),
+    ("demo blank prompt", ["demo", "-p", "  "], "prompt is empty", E),
+    ("demo empty prompt", ["demo", "-p", ""], "prompt is empty", E),
     # bench
     ("open range", ["bench", "--demo", "-k", "1.."], "cannot read '1..'", E),
     ("descending range", ["bench", "--demo", "-k", "8..1"], "range '8..1' runs backwards", E),
     ("empty temperature", ["bench", "--demo", "--temperatures", "0,,1"], "--temperatures: cannot read ''", E),
     ("no repeats", ["bench", "--demo", "--repeats", "0"], "--repeats must be >= 1", E),
+    ("one token", ["bench", "--demo", "-n", "1"], "--max-tokens must be >= 2", E),
+    ("report on a read-only place", ["bench", "--demo", "-o", "/proc/mlxspec-report"], "cannot write /proc/mlxspec-report", E),
     ("no draft", ["bench", "-m", "{model}"], "bench needs a draft", E),
     ("no prompts file", ["bench", "--demo", "--prompts", "{tmp}/absent.txt"], "cannot read prompts file", E),
     ("prompts not UTF-8", ["bench", "--demo", "--prompts", "{bad}/prompts.txt"], "is not valid UTF-8 text: byte 0xff", E),
@@ -120,8 +125,11 @@ def test_real_processes_bytes_in_argv_and_on_stdin(hf_window_dir):
     cmd = [sys.executable, "-m", "mlxspec", "generate", "-m", str(hf_window_dir), "-n", "2", "-p"]
     for args, stdin, message in [([b"caf\xe9"], None, "the --prompt argument is not valid UTF-8 text"),
                                  (["-"], b"caf\xe9 au lait", "standard input is not valid UTF-8 text: byte 0xe9"),
-                                 (["-"], b"", "prompt is empty (nothing on standard input)")]:
-        res = subprocess.run([*cmd, *args], input=stdin, capture_output=True, env=env, timeout=300)
+                                 (["-"], b"", "prompt is empty (nothing on standard input)"),
+                                 (["-"], "closed", "standard input is closed")]:
+        closed = stdin == "closed"  # `<&-`
+        res = subprocess.run([*cmd, *args], input=None if closed else stdin, capture_output=True, env=env,
+                             timeout=300, preexec_fn=(lambda: os.close(0)) if closed else None)
         err = res.stderr.decode()
         lines = err.strip().splitlines()
         assert res.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), err

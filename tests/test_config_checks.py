@@ -49,6 +49,11 @@ BASE = {"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2, "int
     ({"rope_traditional": 1}, "rope_traditional must be true or false"),
     ({"rope_scaling": "linear"}, "rope_scaling must be an object"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "unsupported RoPE scaling"),
+    ({"rope_scaling": {"rope_type": None, "type": "linear", "factor": 4}}, "unsupported RoPE scaling"),
+    ({"quantization_config": "gptq"}, "quantization_config must be an object"),
+    ({"quantization": {"bits": 4, "group_size": 64, "model.layers.0.mlp.up_proj": 3}},
+     "quantization\\['model.layers.0.mlp.up_proj'\\] must be an object"),
+    ({"num_attention_heads": 4, "head_dim": 2**30}, "num_attention_heads x head_dim = 4294967296 is more than"),
     ({"quantization": {"bits": 7, "group_size": 64}}, "bits must be one of"),
     ({"quantization": {"bits": 4, "group_size": "64"}}, "group_size must be one of"),
     ({"quantization": [4, 64]}, "quantization must be an object"),
@@ -121,3 +126,18 @@ def test_a_llama_ignores_sliding_window_as_transformers_does(tmp_path, hf_tokeni
     np.testing.assert_allclose(np.array(ours(mx.array(ids))), expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match="sliding_window is not part of the llama architecture"):
         ModelArgs(**{k: v for k, v in BASE.items() if k != "model_type"}, model_type="llama", sliding_window=8)
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "llama"])
+def test_defaults_are_transformers_defaults(model_type):
+    """A key a config leaves out means what it means to transformers (Mistral: a 4096 window)."""
+    from transformers import AutoConfig
+
+    config = {k: v for k, v in BASE.items() if k not in ("rms_norm_eps", "rope_theta")} | {"model_type": model_type}
+    ours, theirs = ModelArgs.from_hf_config(config), AutoConfig.for_model(**config)
+    assert ours.rms_norm_eps == theirs.rms_norm_eps
+    assert ours.sliding_window == (getattr(theirs, "sliding_window", None) if model_type == "mistral" else None)
+    assert ours.rope_theta == theirs.rope_parameters["rope_theta"]
+    for window in (None, 16):  # what mlxspec writes reads back the same, a missing window included
+        args = ModelArgs.from_hf_config({**config, "sliding_window": window})
+        assert ModelArgs.from_hf_config(args.to_hf_config()).sliding_window == args.sliding_window

@@ -249,6 +249,9 @@ def test_a_tokenizer_larger_than_the_embeddings_is_refused_before_writing(hf_ful
     ({"draft": "../elsewhere"}, "'draft' must name a folder inside"),
     ({"draft": None}, "'draft' must name a folder inside"),
     ({"kind": "telepathy"}, "pair kind 'telepathy' is not one this mlxspec runs"),
+    ({"format": "something-else"}, "not an mlxspec pair manifest"),
+    ({"version": 99}, "written by a newer mlxspec"),
+    ({"version": "2"}, "written by a newer mlxspec"),
 ])
 def test_pair_manifest_with_wrong_types(change, message, hf_full_dir, tmp_path):
     from mlxspec.convert.pair import convert_pair

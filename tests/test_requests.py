@@ -70,6 +70,27 @@ def test_a_tiny_temperature_is_as_good_as_greedy_never_nan(loaded, top_k, top_p)
                                 top_k=top_k, top_p=top_p) == greedy
 
 
+@pytest.mark.parametrize("top_p", [1e-46, 1e-300, 5e-324])
+def test_a_top_p_below_float32_keeps_the_most_likely_token(loaded, top_p):
+    model, tokenizer = loaded
+    greedy = mlxspec.generate(model, tokenizer, "Hello there", max_tokens=12)
+    assert mlxspec.generate(model, tokenizer, "Hello there", max_tokens=12, temperature=1.0, top_p=top_p,
+                            seed=5) == greedy
+
+
+def test_a_chat_template_that_fails_while_rendering_is_one_error(hf_window_dir):
+    model, tokenizer = mlxspec.load(hf_window_dir)
+    for template in ("{{ messages[0]['content'] + 1 }}", "{% for i in range(10**9) %}x{% endfor %}"):
+        tokenizer.chat_template = template
+        tokenizer.__dict__.pop("_chat", None)
+        with pytest.raises(mlxspec.TokenizerError, match="chat template failed"):
+            mlxspec.generate(model, tokenizer, "hi", chat=True, max_tokens=2)
+    tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
+    tokenizer.__dict__.pop("_chat", None)
+    with pytest.raises(InputError, match="chat template: roles must alternate"):
+        mlxspec.generate(model, tokenizer, "hi", chat=True, max_tokens=2)
+
+
 @pytest.mark.parametrize("prompt, message", [
     (b"Hello", "got bytes \\(decode it first"),
     (bytearray(b"Hello"), "got bytearray"),

@@ -9,6 +9,7 @@ from ..text import Tokenizer, compare_vocabularies
 
 SAME_VOCABULARY = "same-vocabulary"  # the draft proposes token ids the target reads as they are
 PAIR_KINDS = (SAME_VOCABULARY,)
+PAIR_VERSION = 2  # of pair.json: 2 records the kind
 
 
 def pair_kind(target: tuple[Tokenizer, int], draft: tuple[Tokenizer, int]) -> tuple[str, str]:

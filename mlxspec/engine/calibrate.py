@@ -150,7 +150,7 @@ class CalibrationCache:
             data = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             return self._unusable(f"unreadable ({type(exc).__name__})")
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
             return self._unusable("not a calibration file")

@@ -14,10 +14,12 @@ from ..models import Model
 from ..text import Message, StreamingDetokenizer, Tokenizer
 from ..text.chat import as_messages
 from ..text.unicode import check_text
-from .sampling import check_seed, is_int
+from ..validate import is_int
+from .sampling import check_seed
 from .stats import GenerationStats, GenerationStep
 
 Prompt = str | Sequence[int] | Sequence[Message]
+MAX_PREFILL_CHUNK = 2**20  # tokens per prefill pass; MLX indexes with 32-bit integers
 _PROMPT_KINDS = "text (str), chat messages (a list of role/content dicts) or token ids (a list of ints)"
 
 
@@ -80,8 +82,8 @@ def check_request(max_tokens: object, seed: object = None, prefill_chunk: object
     if max_tokens < 0:
         raise InputError(f"max_tokens must be >= 0, got {max_tokens}")
     check_seed(seed)
-    if prefill_chunk is not None and (not is_int(prefill_chunk) or prefill_chunk <= 0):
-        raise InputError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
+    if prefill_chunk is not None and (not is_int(prefill_chunk) or not 0 < prefill_chunk <= MAX_PREFILL_CHUNK):
+        raise InputError(f"prefill_chunk must be a positive integer up to {MAX_PREFILL_CHUNK}, got {prefill_chunk!r}")
 
 
 def token_budget(model: Model, ids: Sequence[int], max_tokens: int) -> int:

@@ -9,26 +9,16 @@ sampling preserves the target's *processed* distribution.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 
 from ..errors import InputError, InputTypeError
+from ..validate import is_int, is_real
 
 MIN_TEMPERATURE = 1e-6  # smaller ones divide as this (see `scaled`)
 SEED_RANGE = 2**64  # seeds are 0 .. 2**64 - 1; -1 means "random", as in llama.cpp
-
-
-def is_int(value: object) -> bool:
-    """An integer (Python's or numpy's), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_real(value: object) -> bool:
-    """A real number (int or float, Python's or numpy's), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_seed(seed: object) -> int | None:
@@ -102,6 +92,7 @@ def top_p_mask(logprobs: mx.array, p: float) -> mx.array:
     ascending = mx.sort(logprobs, axis=-1)
     mass_above = mx.cumsum(mx.exp(ascending), axis=-1, reverse=True, inclusive=False)
     dropped = (mass_above >= p).sum(axis=-1, keepdims=True)  # the least likely tokens, not needed to reach p
+    dropped = mx.minimum(dropped, logprobs.shape[-1] - 1)  # the most likely token always stays (p below float32)
     return logprobs >= mx.take_along_axis(ascending, dropped, axis=-1)
 
 

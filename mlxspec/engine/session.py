@@ -19,11 +19,12 @@ from ..errors import InputError, InputTypeError
 from ..models import Model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
 from ..text import Tokenizer
+from ..validate import is_int
 from .calibrate import Progress, calibrate, sampling_kind
 from .decode import default_chunk_size
 from .policy import AcceptanceEstimate, CostModel, DraftPolicy, FixedK, Heuristic, Plain, Timings
 from .request import Prompt, check_request, prompt_ids, steps, token_budget
-from .sampling import RandomKeys, SamplingParams, is_int
+from .sampling import RandomKeys, SamplingParams
 from .speculative import Generation
 from .stats import GenerationStep
 
@@ -84,6 +85,8 @@ class Session:
             check_draft(target, draft, num_draft_tokens)
         self.target, self.tokenizer, self.draft = target, tokenizer, draft
         self.k_max, self.draft_policy = num_draft_tokens, draft_policy
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise InputTypeError(f"calibration must be a Calibration, got {type(calibration).__name__}")
         self.calibration = calibration or Calibration()
         self._acceptance: dict[SamplingParams, AcceptanceEstimate] = {}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..validate import is_int, is_real
 
 SUPPORTED_ARCHITECTURES = ("mistral", "llama")
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
@@ -25,12 +26,8 @@ _UNSUPPORTED_MISTRAL = {"moe": "a mixture-of-experts model (Mixtral)", "vision_e
                         "rope_scaling": "RoPE scaling"}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+def _is_finite(value: Any) -> bool:
+    return is_real(value) and math.isfinite(value)
 
 
 def check_types(args: "ModelArgs") -> None:
@@ -38,17 +35,17 @@ def check_types(args: "ModelArgs") -> None:
     if args.model_type not in SUPPORTED_ARCHITECTURES:
         raise ConfigError(f"unsupported architecture {args.model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size"):
-        if not _is_int(getattr(args, name)) or not 0 < getattr(args, name) <= _MAX_DIM:
+        if not is_int(getattr(args, name)) or not 0 < getattr(args, name) <= _MAX_DIM:
             raise ConfigError(f"{name} must be a positive integer up to 2**31-1 (MLX shapes are 32-bit), "
                               f"got {getattr(args, name)!r}")
     for name in ("num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings", "head_vocab_size"):
         value, most = getattr(args, name), _MAX_WINDOW if name == "sliding_window" else _MAX_DIM
-        if value is not None and (not _is_int(value) or value <= 0 or (name != "max_position_embeddings"
+        if value is not None and (not is_int(value) or value <= 0 or (name != "max_position_embeddings"
                                                                       and value > most)):
             raise ConfigError(f"{name} must be a positive integer (or absent) up to {most}, got {value!r}")
     for name, most in (("rms_norm_eps", 1.0), ("rope_theta", 1e30)):
         value = getattr(args, name)
-        if not _is_real(value) or not 0 < value < most:
+        if not _is_finite(value) or not 0 < value < most:
             raise ConfigError(f"{name} must be a finite number in (0, {most:g}), got {value!r}")
     for name in ("rope_traditional", "tie_word_embeddings"):
         if not isinstance(getattr(args, name), bool):
@@ -61,12 +58,16 @@ def check_quantization(quant: Any) -> None:
         return
     if not isinstance(quant, dict):
         raise ConfigError(f"quantization must be an object, got {quant!r}")
+    odd = next((k for k, v in quant.items() if k not in ("bits", "group_size", "mode")
+                and not isinstance(v, (dict, bool))), None)
+    if odd is not None:
+        raise ConfigError(f"quantization[{odd!r}] must be an object (or false), got {quant[odd]!r}")
     for where, entry in [("quantization", quant), *((f"quantization[{k!r}]", v) for k, v in quant.items()
                                                     if isinstance(v, dict))]:
         bits, group = entry.get("bits", 4), entry.get("group_size", 64)
-        if not _is_int(bits) or bits not in QUANT_BITS:
+        if not is_int(bits) or bits not in QUANT_BITS:
             raise ConfigError(f"{where}: bits must be one of {QUANT_BITS}, got {bits!r}")
-        if not _is_int(group) or group not in QUANT_GROUPS:
+        if not is_int(group) or group not in QUANT_GROUPS:
             raise ConfigError(f"{where}: group_size must be one of {QUANT_GROUPS}, got {group!r}")
         if entry.get("mode", "affine") != "affine":
             raise ConfigError(f"{where}: quantization mode {entry.get('mode')!r} is not supported (affine is)")
@@ -108,13 +109,17 @@ class ModelArgs:
         cannot be built with."""
         check_types(self)
         for name in ("num_key_value_heads", "head_dim"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) <= 0:
+            if not is_int(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        for name in ("num_attention_heads", "num_key_value_heads"):
+            if getattr(self, name) * self.head_dim > _MAX_DIM:
+                raise ConfigError(f"{name} x head_dim = {getattr(self, name) * self.head_dim} is more than MLX "
+                                  "can index (2**31-1)")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.head_vocab_size is not None and not 0 < self.head_vocab_size <= self.vocab_size:
@@ -147,11 +152,12 @@ class ModelArgs:
                 vocab_size=config["vocab_size"],
                 num_key_value_heads=config.get("num_key_value_heads"),
                 head_dim=config.get("head_dim"),
-                rms_norm_eps=config.get("rms_norm_eps", 1e-5),
+                rms_norm_eps=config.get("rms_norm_eps", 1e-6),  # transformers' default, both architectures
                 rope_theta=rope_theta,
                 rope_traditional=config.get("rope_traditional", False),
-                # transformers' Llama never applies a window, whatever the config says
-                sliding_window=config.get("sliding_window") if model_type == "mistral" else None,
+                # transformers' Mistral windows 4096 tokens unless told otherwise (null: none); its
+                # Llama never applies a window, whatever the config says
+                sliding_window=config.get("sliding_window", 4096) if model_type == "mistral" else None,
                 max_position_embeddings=config.get("max_position_embeddings"),
                 tie_word_embeddings=config.get("tie_word_embeddings", False),
                 model_type=model_type,
@@ -193,6 +199,8 @@ class ModelArgs:
     def to_hf_config(self) -> dict[str, Any]:
         """The `config.json` dictionary that mlx-lm and mlxspec both read back."""
         config = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.model_type == "mistral":
+            config["sliding_window"] = self.sliding_window  # null, not absent: absent means 4096
         config["architectures"] = [
             "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
         ]
@@ -210,6 +218,8 @@ def check_honoured(config: dict[str, Any], model_type: str) -> None:
             if config.get(key, default) != default:
                 raise ConfigError(f"{key} = {config[key]!r} is not supported (biases in the llama blocks)")
     quant = config.get("quantization_config")
+    if quant is not None and not isinstance(quant, dict):
+        raise ConfigError(f"quantization_config must be an object, got {quant!r}")
     if isinstance(quant, dict) and quant.get("quant_method") not in (None, "mlx", "affine"):
         raise ConfigError(f"weights quantized with {quant.get('quant_method')!r} are not supported; "
                           "convert the full-precision checkpoint")
@@ -225,7 +235,7 @@ def _rope_theta(config: dict[str, Any]) -> Any:
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"{key} must be an object, got {value!r}")
         rope.update(value or {})
-    if rope.get("rope_type", rope.get("type")) not in (None, "default"):
+    if (rope.get("rope_type") or rope.get("type")) not in (None, "default"):
         raise ConfigError(f"unsupported RoPE scaling {rope!r}")
     return config.get("rope_theta", rope.get("rope_theta", 10000.0))
 
@@ -240,6 +250,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except ValueError as exc:  # e.g. a number of more digits than Python converts
+        raise ConfigError(f"{path} is not a usable JSON file ({str(exc).splitlines()[0][:80]})") from None
     except RecursionError:
         raise ConfigError(f"{path} is nested too deeply to be a configuration") from None
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import InputError, TokenizerError
+from ..errors import InputError, MlxspecError, TokenizerError
 from .unicode import check_text
 
 Message = dict[str, Any]
@@ -110,3 +110,7 @@ class ChatTemplate:
                                          **self._specials)
         except TemplateError as exc:
             raise TokenizerError(f"chat template: {exc}") from None
+        except MlxspecError:  # raise_exception(): the template refuses this conversation
+            raise
+        except Exception as exc:  # the template is the model's code: anything it raises is its failure
+            raise TokenizerError(f"chat template failed ({type(exc).__name__}: {str(exc)[:120]})") from None
