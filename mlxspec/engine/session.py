@@ -85,7 +85,7 @@ class Session:
             check_draft(target, draft, num_draft_tokens)
         self.target, self.tokenizer, self.draft = target, tokenizer, draft
         self.k_max, self.draft_policy = num_draft_tokens, draft_policy
-        if calibration is not None and not isinstance(calibration, Calibration):
+        if calibration is not None and not callable(getattr(calibration, "timings", None)):
             raise InputTypeError(f"calibration must be a Calibration, got {type(calibration).__name__}")
         self.calibration = calibration or Calibration()
         self._acceptance: dict[SamplingParams, AcceptanceEstimate] = {}
