@@ -64,6 +64,8 @@ def hub_unreachable(timeout: float = PROBE_SECONDS) -> str | None:
             result.append(None)
         except OSError as exc:
             result.append(f"{host}: {exc.strerror or exc}")
+        except Exception as exc:  # a thread's failure must not go unreported: it means "not reachable"
+            result.append(f"{host}: {type(exc).__name__}")
 
     worker = threading.Thread(target=probe, daemon=True)
     worker.start()
