@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS  # noqa: E402  (also puts tests/ on the path)
 
 from synthetic import mistral_tokenizer_file, write_random_hf_checkpoint  # noqa: E402
-from test_cli_contract import BAD_CONFIGS, CASES  # noqa: E402
+from test_cli_contract import CASES, broken_copies  # noqa: E402
 
 from mlxspec.models import ModelArgs  # noqa: E402
 from mlxspec.report import write_tables  # noqa: E402
@@ -65,15 +65,7 @@ def places(work: Path) -> dict[str, str]:
     args = ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=32000, max_position_embeddings=512, sliding_window=16)
     model = write_random_hf_checkpoint(work / "model", args, tokenizer_file=mistral_tokenizer_file())
-    bad = work / "bad"
-    for name, change in [*BAD_CONFIGS.items(), ("theta", {"rope_theta": "1e6"})]:
-        shutil.copytree(model, bad / name)
-        config = json.loads((bad / name / "config.json").read_text())
-        (bad / name / "config.json").write_text(json.dumps({**config, **change}))
-    shutil.copytree(model, bad / "bytes")
-    (bad / "bytes" / "config.json").write_bytes(b'{"model_type": "mistral\xff"}')
-    (bad / "prompts.txt").write_bytes(b"fine\n\xff\xfe not text\n")
-    return {"model": str(model), "bad": str(bad)}
+    return broken_copies(model, work / "bad")
 
 
 def contract_rows(cmd: list[str], work: Path, where: dict[str, str]) -> list[dict]:

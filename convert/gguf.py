@@ -29,6 +29,7 @@ import numpy as np
 from mlxspec.errors import CheckpointError, ConfigError
 from mlxspec.layout import permute_interleaved_to_half
 from mlxspec.models.config import ModelArgs
+from mlxspec.validate import is_int
 
 from .ggml_types import QUANT_BITS, decode_quantized, tensor_nbytes
 
@@ -132,7 +133,7 @@ def read_header(path: Path) -> GGUFFile:
             metadata = _read_metadata(r, n_kv)
             tensors = _read_tensors(r, n_tensors)
             alignment = metadata.get("general.alignment", 32)
-            if not _is_int(alignment) or alignment <= 0 or alignment & (alignment - 1):
+            if not is_int(alignment) or alignment <= 0 or alignment & (alignment - 1):
                 raise CheckpointError(f"{path}: general.alignment must be a power of two, got {_show(alignment)}")
             data_start = -(-f.tell() // alignment) * alignment
     except OSError as exc:
@@ -254,7 +255,7 @@ def _positive(gguf: GGUFFile, key: str, default: Any, kind: type) -> Any:
         raise ConfigError(f"{gguf.path}: GGUF metadata lacks {key}")
     if value is None:
         return None
-    numeric = _is_int(value) or (kind is float and isinstance(value, float) and math.isfinite(value))
+    numeric = is_int(value) or (kind is float and isinstance(value, float) and math.isfinite(value))
     if not numeric or value <= 0:
         what = "an integer" if kind is int else "a number"
         raise ConfigError(f"{gguf.path}: GGUF metadata {key} must be {what} > 0, got {_show(value)}")
@@ -284,9 +285,6 @@ def tensor_loaders(gguf: GGUFFile, args: ModelArgs) -> list[tuple[str, GGUFTenso
         out.append((name, tensor, load))
     return out
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _show(value: Any) -> str:

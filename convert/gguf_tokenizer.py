@@ -18,6 +18,7 @@ import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from mlxspec.errors import TokenizerError
+from mlxspec.validate import is_int
 
 if TYPE_CHECKING:
     from .gguf import GGUFFile
@@ -57,7 +58,7 @@ def tokenizer_files_from_gguf(gguf: "GGUFFile") -> dict[str, str]:
         "add_bos_token": add_bos,
         "add_eos_token": bool(gguf.get("tokenizer.ggml.add_eos_token", False)),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": context if _is_int(context) and context > 0 else 2048,
+        "model_max_length": context if is_int(context) and context > 0 else 2048,
         **specials,
         **({"chat_template": template} if template else {}),
     }
@@ -92,7 +93,7 @@ def _vocabulary(gguf: "GGUFFile") -> tuple[list[str], list[int]]:
     types = gguf.get("tokenizer.ggml.token_type")
     if types is None:
         return tokens, [1] * len(tokens)
-    _check_per_token(gguf, "token_type", types, len(tokens), _is_int, "integer")
+    _check_per_token(gguf, "token_type", types, len(tokens), is_int, "integer")
     return tokens, types
 
 
@@ -130,7 +131,7 @@ def _sentencepiece_bpe(gguf: "GGUFFile", tokens: list[str], types: list[int]) ->
     scores = gguf.get("tokenizer.ggml.scores")
     if scores is None:
         scores = [-float(i) for i in range(len(tokens))]
-    _check_per_token(gguf, "scores", scores, len(tokens), lambda x: _is_int(x) or isinstance(x, float), "number")
+    _check_per_token(gguf, "scores", scores, len(tokens), lambda x: is_int(x) or isinstance(x, float), "number")
     vocab = {token: i for i, token in enumerate(tokens)}
     # A merge (a, b) exists for every normal piece a+b splittable into two pieces; earlier
     # (higher-scoring) results merge first, as in SentencePiece's BPE.
@@ -188,16 +189,13 @@ def _special_tokens(gguf: "GGUFFile", tokens: list[str]) -> dict[str, str]:
         index = gguf.get(f"tokenizer.ggml.{role}_token_id")
         if index is None:
             continue
-        if not _is_int(index) or not 0 <= index < len(tokens):
+        if not is_int(index) or not 0 <= index < len(tokens):
             raise TokenizerError(f"{gguf.path}: tokenizer.ggml.{role}_token_id is {_show(index)}, "
                                  f"not a token index (0..{len(tokens) - 1})")
         name = {"unknown": "unk", "padding": "pad"}.get(role, role)
         specials[f"{name}_token"] = tokens[index]
     return specials
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _show(value: Any) -> str:

@@ -17,6 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxspec.errors import CheckpointError
+from mlxspec.validate import is_int
 
 # safetensors dtype -> (numpy dtype used to read the bytes, mlx dtype to view them as)
 _DTYPES: dict[str, tuple[np.dtype, mx.Dtype]] = {
@@ -129,9 +130,9 @@ def _check_entry(path: Path, name: str, info: Any, data_size: int) -> None:
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise CheckpointError(f"{where} has unsupported dtype {_show(dtype)} (supported: {', '.join(_DTYPES)})")
-    if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d <= _MAX_DIM for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d) and 0 <= d <= _MAX_DIM for d in shape):
         raise CheckpointError(f"{where} has shape {_show(shape)}, not a list of dimensions in 0..{_MAX_DIM}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets))
             and 0 <= offsets[0] <= offsets[1]):
         raise CheckpointError(f"{where} has data_offsets {_show(offsets)}, not [begin, end] with 0 <= begin <= end")
     begin, end = offsets
@@ -148,9 +149,6 @@ def _check_no_overlap(path: Path, header: dict[str, dict]) -> None:
         if after[0] < before[1]:
             raise CheckpointError(f"{path}: tensors {first!r} and {second!r} overlap")
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _show(value: Any) -> str:

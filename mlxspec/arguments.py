@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import typer
 
+from .bench import check_numbers
 from .drafts import MAX_DRAFT_TOKENS
 from .engine import SamplingParams
 from .engine.request import check_request
@@ -41,10 +42,7 @@ def check_generation(max_tokens: int, num_draft_tokens: int, temperature: float,
 
 def check_bench(max_tokens: int, repeats: int, mlx_lm_draft: bool, compare_mlx_lm: bool) -> None:
     """bench's own numbers and option pairs."""
-    if max_tokens < 2:
-        raise InputError(f"--max-tokens must be >= 2 (rates need two tokens), got {max_tokens}")
-    if repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    check_numbers(repeats, max_tokens)
     if mlx_lm_draft and not compare_mlx_lm:
         raise InputError("--mlx-lm-draft only applies with --compare-mlx-lm")
 

@@ -124,10 +124,15 @@ def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool
     """`InputError` for options the bench cannot run with."""
     if compare_mlx_lm and isinstance(mlx_lm_draft if mlx_lm_draft is not None else draft, FeatureDraft):
         raise InputError("mlx-lm cannot run a feature draft: give it a draft model of its own (--mlx-lm-draft)")
+    check_numbers(repeats, max_tokens)
+
+
+def check_numbers(repeats: int, max_tokens: int) -> None:
+    """What a bench needs of its numbers (checked by the CLI before anything is loaded)."""
     if repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {repeats}")
     if max_tokens < 2:
-        raise InputError(f"--max-tokens must be >= 2, got {max_tokens}")
+        raise InputError(f"--max-tokens must be >= 2 (rates need two tokens), got {max_tokens}")
 
 
 def encode_prompts(target: Model, tokenizer: Tokenizer, prompts: list[tuple[str, str]],

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,17 +90,22 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def places(hf_window_dir, tmp_path_factory) -> dict[str, str]:
-    bad = tmp_path_factory.mktemp("bad")
+def broken_copies(model: Path, bad: Path) -> dict[str, str]:
+    """Copies of `model` with the broken configs the table names, and a prompts file that is
+    not UTF-8, in `bad`: the placeholders {model} and {bad} (benchmarks/hostile.py uses it too)."""
     for name, change in [*BAD_CONFIGS.items(), ("theta", {"rope_theta": "1e6"})]:
-        shutil.copytree(hf_window_dir, bad / name)
+        shutil.copytree(model, bad / name)
         config = json.loads((bad / name / "config.json").read_text())
         (bad / name / "config.json").write_text(json.dumps({**config, **change}))
-    shutil.copytree(hf_window_dir, bad / "bytes")
+    shutil.copytree(model, bad / "bytes")
     (bad / "bytes" / "config.json").write_bytes(b'{"model_type": "mistral\xff"}')
     (bad / "prompts.txt").write_bytes(b"fine\n\xff\xfe not text\n")
-    return {"model": str(hf_window_dir), "bad": str(bad)}
+    return {"model": str(model), "bad": str(bad)}
+
+
+@pytest.fixture(scope="module")
+def places(hf_window_dir, tmp_path_factory) -> dict[str, str]:
+    return broken_copies(hf_window_dir, tmp_path_factory.mktemp("bad"))
 
 
 @pytest.mark.parametrize("name, args, message, early", CASES, ids=[c[0] for c in CASES])

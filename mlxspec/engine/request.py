@@ -62,9 +62,6 @@ def _array_ids(array: mx.array | np.ndarray) -> list[int]:
 def _encode(tokenizer: Tokenizer | None, prompt: str | list[Message], chat: bool, context: int | None) -> list[int]:
     if tokenizer is None:
         raise InputError("a text prompt needs a tokenizer (or pass token ids)")
-    if not isinstance(tokenizer, Tokenizer):
-        raise InputTypeError(f"tokenizer must be an mlxspec Tokenizer (mlxspec.load returns one), "
-                             f"got {type(tokenizer).__name__}")
     text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
     size = len(text.encode("utf-8"))
     if context is not None and size > (context + 16) * tokenizer.max_piece_bytes:
