@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import typer
 
 from .bench import check_numbers
-from .drafts import MAX_DRAFT_TOKENS
+from .drafts import check_draft_length
 from .engine import SamplingParams
 from .engine.request import check_request
 from .errors import InputError
@@ -35,8 +35,7 @@ def check_generation(max_tokens: int, num_draft_tokens: int, temperature: float,
     """The sampling settings, after every number of the request passed its check."""
     params = SamplingParams(temperature, top_p, top_k)
     check_request(max_tokens, seed, prefill_chunk)
-    if not 1 <= num_draft_tokens <= MAX_DRAFT_TOKENS:
-        raise InputError(f"--num-draft-tokens must be in 1..{MAX_DRAFT_TOKENS}, got {num_draft_tokens}")
+    check_draft_length(num_draft_tokens, "--num-draft-tokens")
     return params
 
 

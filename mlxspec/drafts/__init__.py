@@ -24,11 +24,16 @@ def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int) -> Drafter
     return ModelDrafter(draft, k_max, chunk)
 
 
+def check_draft_length(num_draft_tokens: int, option: str = "num_draft_tokens") -> None:
+    """At most MAX_DRAFT_TOKENS drafted per round (the caches keep that many for rollback)."""
+    if not 1 <= num_draft_tokens <= MAX_DRAFT_TOKENS:
+        raise InputError(f"{option} must be in 1..{MAX_DRAFT_TOKENS}, got {num_draft_tokens}")
+
+
 def check_draft(target: Model, draft: Draft, num_draft_tokens: int) -> None:
     """Raise `InputError` for a draft that cannot verify against this target; warn when a
     draft model is not smaller than the target (speculation would only slow things down)."""
-    if not 1 <= num_draft_tokens <= MAX_DRAFT_TOKENS:
-        raise InputError(f"num_draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {num_draft_tokens}")
+    check_draft_length(num_draft_tokens)
     if draft.args.vocab_size != target.args.vocab_size:
         raise InputError(
             f"draft vocabulary size {draft.args.vocab_size} differs from the target's {target.args.vocab_size}; "
@@ -55,5 +60,5 @@ def describe_draft(draft: Draft) -> str:
     return f"draft model, {a.num_hidden_layers} blocks{head}"
 
 
-__all__ = ["DRAFT_TYPE", "MAX_DRAFT_TOKENS", "Draft", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
+__all__ = ["DRAFT_TYPE", "MAX_DRAFT_TOKENS", "Draft", "check_draft_length", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
            "check_draft", "describe_draft", "draft_config", "make_drafter", "parameter_count", "target_subset_head"]
