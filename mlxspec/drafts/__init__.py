@@ -11,14 +11,20 @@ from ..errors import InputError
 from ..models import Model
 from .feature import DRAFT_TYPE, FeatureDraft, FeatureDrafter, draft_config, target_subset_head
 from .model_draft import ModelDrafter
-from .protocol import Drafter, Pick, Proposal
+from .ngram import NGramDraft, NGramDrafter
+from .protocol import Drafter, Outlook, Pick, Proposal
 
-Draft = Model | FeatureDraft  # what `load_draft` returns and a session drafts with
+Draft = Model | FeatureDraft | NGramDraft  # what `load_draft` returns and a session drafts with
+DRAFT_TYPES = (Model, FeatureDraft, NGramDraft)
 MAX_DRAFT_TOKENS = 64  # the caches keep this many positions to roll back; acceptance makes more pointless
 
 
-def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int) -> Drafter:
-    """A fresh drafter (its own cache) for one generation with this kind of draft."""
+def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, timing: bool = False) -> Drafter:
+    """A fresh drafter (its own cache) for one generation with this kind of draft. `timing`:
+    for the calibration, which times rounds of every length (prompt lookup then always
+    proposes k tokens, matched or not)."""
+    if isinstance(draft, NGramDraft):
+        return NGramDrafter(draft, always=timing)
     if isinstance(draft, FeatureDraft):
         return FeatureDrafter(draft, target, chunk)
     return ModelDrafter(draft, k_max, chunk)
@@ -34,6 +40,8 @@ def check_draft(target: Model, draft: Draft, num_draft_tokens: int) -> None:
     """Raise `InputError` for a draft that cannot verify against this target; warn when a
     draft model is not smaller than the target (speculation would only slow things down)."""
     check_draft_length(num_draft_tokens)
+    if isinstance(draft, NGramDraft):
+        return
     if draft.args.vocab_size != target.args.vocab_size:
         raise InputError(
             f"draft vocabulary size {draft.args.vocab_size} differs from the target's {target.args.vocab_size}; "
@@ -53,6 +61,8 @@ def parameter_count(model: Model) -> int:
 
 def describe_draft(draft: Draft) -> str:
     """One line saying what kind of draft this is."""
+    if isinstance(draft, NGramDraft):
+        return draft.describe()
     a = draft.args
     head = f", head over {a.head_vocab_size} tokens" if a.head_vocab_size else ""
     if isinstance(draft, FeatureDraft):
@@ -60,5 +70,5 @@ def describe_draft(draft: Draft) -> str:
     return f"draft model, {a.num_hidden_layers} blocks{head}"
 
 
-__all__ = ["DRAFT_TYPE", "MAX_DRAFT_TOKENS", "Draft", "check_draft_length", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
+__all__ = ["DRAFT_TYPE", "DRAFT_TYPES", "MAX_DRAFT_TOKENS", "Draft", "NGramDraft", "NGramDrafter", "Outlook", "check_draft_length", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
            "check_draft", "describe_draft", "draft_config", "make_drafter", "parameter_count", "target_subset_head"]

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..models import Cache, KVCache, Model, ModelArgs, SubsetHead, TransformerBlock
-from .protocol import Pick, Proposal, draw_proposal
+from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal
 
 DRAFT_TYPE = "eagle"
 
@@ -87,6 +87,10 @@ class FeatureDrafter:
     holds one more entry than `tokens`, the last feature waiting for `last` as its pair."""
 
     needs_features = True
+    varies = False
+
+    def outlook(self, last: int) -> Outlook:
+        return MODEL_OUTLOOK
 
     def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:
         self.draft, self.target, self.chunk = draft, target, chunk

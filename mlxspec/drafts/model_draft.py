@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..models import Model, SubsetHead
-from .protocol import Pick, Proposal, draw_proposal
+from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal
 
 
 class ModelDrafter:
@@ -14,6 +14,10 @@ class ModelDrafter:
     `pending` (verified tokens it has not seen), fed with `last` at the next proposal."""
 
     needs_features = False
+    varies = False
+
+    def outlook(self, last: int) -> Outlook:
+        return MODEL_OUTLOOK
 
     def __init__(self, draft: Model, k_max: int, chunk: int) -> None:
         self.draft, self.chunk = draft, chunk

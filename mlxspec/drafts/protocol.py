@@ -8,7 +8,11 @@ text and answers through the same three calls:
   `Proposal`; a draft whose head scores a subset of the vocabulary keeps its
   distributions over that subset: sampling them costs a fraction of the full vocabulary);
 - `settle(accepted, drafted, features)`: after verification, keep what the target
-  accepted (the target's hidden states over `last` and the drafts come along).
+  accepted (the target's hidden states over `last` and the drafts come along);
+- `outlook(last)`: before a round, what the next proposal would be (`Outlook`): which
+  acceptance estimate it falls under and how many tokens it can offer. A drafter whose
+  outlook changes from token to token (`varies`, e.g. prompt lookup) is asked again
+  after every plain step; a proposal may hold fewer than k tokens, even none.
 
 The loop's invariant (see `mlxspec.engine.speculative`): `last` is the newest token, fed to neither
 model; everything before it is verified. A drafter holds what it has not consumed yet.
@@ -31,10 +35,24 @@ class Proposal(NamedTuple):
     support: mx.array | None  # [S] the token id of each entry of `logprobs`; None: the whole vocabulary
 
 
+class Outlook(NamedTuple):
+    """What a drafter's next proposal would be: `key` names the acceptance estimate it
+    falls under (one per kind of proposal), `most` is how many tokens it can offer."""
+
+    key: str
+    most: int
+
+
+MODEL_OUTLOOK = Outlook("model", 1 << 30)  # a draft model always proposes, alike every round
+
+
 class Drafter(Protocol):
     """What the speculative loop needs from a draft."""
 
     needs_features: bool
+    varies: bool
+
+    def outlook(self, last: int) -> Outlook: ...
 
     def extend(self, tokens: list[int], features: mx.array | None) -> None: ...
 

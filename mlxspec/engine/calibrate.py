@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..drafts import Draft, make_drafter
@@ -59,9 +60,9 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
     (`weight_first_rows` of the target), sampling with `params`. The target is left in the
     order it was in."""
     before = next((m.weight_first_rows for m in target.modules() if isinstance(m, Linear)), 0)
-    generation = Generation(target, make_drafter(draft, target, k_max, context), FixedK(k_max), params,
+    generation = Generation(target, make_drafter(draft, target, k_max, context, timing=True), FixedK(k_max), params,
                             RandomKeys(0), prefill_chunk=context)
-    generation.prefill(made_up_tokens(context, min(target.args.vocab_size, draft.args.vocab_size)))
+    generation.prefill(made_up_tokens(context, min(target.args.vocab_size, draft_vocabulary(draft, target))))
     plain_steps = 4  # plain decoding pipelines its steps: time a few in a row
     samples: dict[int, dict[int, list[float]]] = {o: {k: [] for k in range(k_max + 1)} for o in orders}
     total, done = len(orders) * (k_max + 1) * (repeats + 1), 0
@@ -79,6 +80,12 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
     finally:
         set_weight_first_rows(target, before)
     return {o: {k: sorted(v)[len(v) // 2] for k, v in by_k.items()} for o, by_k in samples.items()}
+
+
+def draft_vocabulary(draft: Draft, target: Model) -> int:
+    """The size of the vocabulary the draft proposes from (prompt lookup: the target's)."""
+    args = getattr(draft, "args", None)
+    return args.vocab_size if args is not None else target.args.vocab_size
 
 
 def _timed(generation: Generation, k: int, plain_steps: int) -> float:
@@ -122,6 +129,8 @@ def measure(target: Model, draft: Draft, k_max: int, params: SamplingParams, row
 def fingerprint(target: Model, draft: Draft, k_max: int) -> str:
     """What a calibration is valid for: the pair's shapes, the device, the MLX version, k_max."""
     def describe(model: Model | Draft) -> dict:
+        if not isinstance(model, nn.Module):
+            return {"draft": repr(model)}
         params = sorted((k, str(v.dtype), v.shape) for k, v in tree_flatten(model.parameters()))
         return {"args": asdict(model.args), "params": params[:4], "n": len(params)}
 

@@ -39,11 +39,12 @@ def prefill(model: Model, prompt: Sequence[int], cache: list[Cache], chunk: int,
     return logits, mx.concatenate(kept, axis=1) if keep_hidden else None
 
 
-def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: Draw,
-                keep_hidden: bool) -> Iterator[tuple[int, mx.array | None]]:
+def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: Draw, keep_hidden: bool,
+                stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, mx.array | None]]:
     """`count` plain decoding steps, the first feeding `token`: yields each new token and the
     hidden state at the position fed to make it. Pipelined: the next step is queued
-    (`mx.async_eval`) before the current token is read back."""
+    (`mx.async_eval`) before the current token is read back. `stop`, asked after each token
+    is taken: True ends the run with the step already queued (one more token, none wasted)."""
 
     def step(fed: mx.array) -> tuple[mx.array, mx.array | None]:
         logits, hidden = forward(model, fed, cache, keep_hidden)
@@ -51,9 +52,13 @@ def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: 
 
     nxt, hidden = step(mx.array([[token]]))
     mx.async_eval(nxt)
-    for i in range(count):
+    i = 0
+    while i < count:
         current, current_hidden = nxt, hidden
         if i < count - 1:
             nxt, hidden = step(current)
             mx.async_eval(nxt)
         yield current.item(), current_hidden
+        if stop is not None and i < count - 2 and stop():
+            count = i + 2
+        i += 1

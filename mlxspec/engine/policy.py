@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from ..drafts.protocol import MODEL_OUTLOOK, Outlook
+
 # How much faster than plain decoding the model must predict drafting to be before it is
 # chosen: the timings and the acceptance estimate are noisy, and near break-even a wrong
 # choice costs more than it can gain.
@@ -127,8 +129,9 @@ class DraftPolicy(Protocol):
 
     k_max: int
 
-    def next_k(self, budget: int) -> int:
-        """Tokens to draft in the next round, at most min(k_max, budget - 1); 0: plain steps."""
+    def next_k(self, budget: int, outlook: Outlook = MODEL_OUTLOOK) -> int:
+        """Tokens to draft in the next round, at most min(k_max, budget - 1, outlook.most);
+        0: plain steps. `outlook` is what the drafter would propose next."""
         ...
 
     def plain_steps(self, budget: int) -> int:
@@ -146,7 +149,7 @@ class Plain:
 
     k_max = 0
 
-    def next_k(self, budget: int) -> int:
+    def next_k(self, budget: int, outlook: Outlook = MODEL_OUTLOOK) -> int:
         return 0
 
     def plain_steps(self, budget: int) -> int:
@@ -162,8 +165,8 @@ class FixedK:
     def __init__(self, k: int) -> None:
         self.k_max = k
 
-    def next_k(self, budget: int) -> int:
-        return min(self.k_max, budget - 1)
+    def next_k(self, budget: int, outlook: Outlook = MODEL_OUTLOOK) -> int:
+        return min(self.k_max, budget - 1, outlook.most)
 
     def plain_steps(self, budget: int) -> int:
         return 1
@@ -180,8 +183,8 @@ class Heuristic(FixedK):
         super().__init__(k_max)
         self.k = min(k_max, 5)
 
-    def next_k(self, budget: int) -> int:
-        return min(self.k, budget - 1)
+    def next_k(self, budget: int, outlook: Outlook = MODEL_OUTLOOK) -> int:
+        return min(self.k, budget - 1, outlook.most)
 
     def observe(self, k: int, accepted: int) -> None:
         if k:
@@ -190,24 +193,35 @@ class Heuristic(FixedK):
 
 class CostModel:
     """The draft length with the most expected tokens per second (`best_k`), from calibrated
-    round times and a running acceptance estimate. When plain decoding wins, single k = 1
-    rounds (probes) keep the estimate fresh, spaced in plain steps (counted across requests
-    that share the estimate) so that probing costs at most `explore` of the decoding time."""
+    round times and running acceptance estimates, one per kind of proposal (`Outlook.key`:
+    a draft model's proposals are all alike, prompt lookup's differ by match length). When
+    plain decoding wins, single k = 1 rounds (probes) keep an estimate fresh, spaced in plain
+    steps (counted across requests that share it) so that probing costs at most `explore`
+    of the decoding time."""
 
-    def __init__(self, timings: Timings, estimate: AcceptanceEstimate, k_max: int,
+    def __init__(self, timings: Timings, estimates: AcceptanceEstimate | dict[str, AcceptanceEstimate], k_max: int,
                  margin: float = MARGIN, explore: float = 0.01) -> None:
-        self.timings, self.estimate, self.k_max = timings, estimate, k_max
+        self.timings, self.k_max = timings, k_max
+        self.estimates = estimates if isinstance(estimates, dict) else {MODEL_OUTLOOK.key: estimates}
         self.margin, self.explore = margin, explore
+        self.key = MODEL_OUTLOOK.key
 
-    def next_k(self, budget: int) -> int:
-        limit = min(self.k_max, budget - 1)
+    @property
+    def estimate(self) -> AcceptanceEstimate:
+        """The estimate for the kind of proposal the last `next_k` was asked about."""
+        if self.key not in self.estimates:
+            self.estimates[self.key] = AcceptanceEstimate()
+        return self.estimates[self.key]
+
+    def next_k(self, budget: int, outlook: Outlook = MODEL_OUTLOOK) -> int:
+        self.key = outlook.key
+        limit = min(self.k_max, budget - 1, outlook.most)
         if limit <= 0:
             return 0
         k = best_k(self.estimate.per_position(limit), self.timings, limit, self.margin)
         if k == 0 and self.estimate.plain_steps >= self.probe_interval() and self.may_pay(limit):
             return 1
         return k
-
     def may_pay(self, limit: int) -> bool:
         """Whether drafting could pay at all: never probe when even perfect acceptance loses."""
         return best_k(1.0, self.timings, limit, self.margin) > 0

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from ..drafts import Draft, FeatureDraft, check_draft, make_drafter
+from ..drafts import DRAFT_TYPES, Draft, NGramDraft, check_draft, make_drafter
 from ..errors import InputError, InputTypeError
 from ..models import Model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
@@ -39,9 +39,19 @@ def check_parts(target: object, tokenizer: object, draft: object) -> None:
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
         raise InputTypeError(f"tokenizer must be an mlxspec Tokenizer (mlxspec.load returns one), "
                              f"got {type(tokenizer).__name__}")
-    if draft is not None and not isinstance(draft, (Model, FeatureDraft)):
+    if draft is not None and not isinstance(draft, DRAFT_TYPES):
         raise InputTypeError(f"draft must be a loaded draft (mlxspec.load_draft(path, model, tokenizer)), "
-                             f"got {type(draft).__name__}")
+                             f"\"ngram\" or an NGramDraft, got {type(draft).__name__}")
+
+
+def as_draft(draft: object) -> object:
+    """A draft as given, with the name "ngram" standing for prompt lookup's default settings."""
+    if isinstance(draft, str):
+        if draft != "ngram":
+            raise InputError(f"draft {draft!r}: load a draft folder with mlxspec.load_draft(path, model, tokenizer); "
+                             "the only draft named by a string is \"ngram\" (prompt lookup)")
+        return NGramDraft()
+    return draft
 
 
 class Calibration:
@@ -71,11 +81,13 @@ class Session:
 
     `draft_policy` chooses the draft length per round: "cost" (the calibrated cost model,
     which may also decode plainly when drafting does not pay), "fixed" (always
-    `num_draft_tokens`) or "heuristic" (transformers' +2/-1 schedule)."""
+    `num_draft_tokens`) or "heuristic" (transformers' +2/-1 schedule). `draft` is a loaded
+    draft, "ngram" or an `NGramDraft` (prompt lookup: the text drafts itself)."""
 
-    def __init__(self, target: Model, tokenizer: Tokenizer | None = None, draft: Draft | None = None, *,
+    def __init__(self, target: Model, tokenizer: Tokenizer | None = None, draft: Draft | str | None = None, *,
                  num_draft_tokens: int = 6, draft_policy: str = "cost",
                  calibration: Calibration | None = None) -> None:
+        draft = as_draft(draft)
         check_parts(target, tokenizer, draft)
         if draft_policy not in DRAFT_POLICIES:
             raise InputError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {draft_policy!r}")
@@ -88,7 +100,7 @@ class Session:
         if calibration is not None and not callable(getattr(calibration, "timings", None)):
             raise InputTypeError(f"calibration must be a Calibration, got {type(calibration).__name__}")
         self.calibration = calibration or Calibration()
-        self._acceptance: dict[SamplingParams, AcceptanceEstimate] = {}
+        self._acceptance: dict[SamplingParams, dict[str, AcceptanceEstimate]] = {}
 
     def timings(self, params: SamplingParams) -> Timings:
         """The calibrated round times for these sampling settings (measured on first use)."""
@@ -102,8 +114,8 @@ class Session:
             return FixedK(self.k_max)
         if self.draft_policy == "heuristic":
             return Heuristic(self.k_max)
-        estimate = AcceptanceEstimate() if seed is not None else self._acceptance.setdefault(params, AcceptanceEstimate())
-        return CostModel(self.timings(params), estimate, self.k_max)
+        estimates = {} if seed is not None else self._acceptance.setdefault(params, {})
+        return CostModel(self.timings(params), estimates, self.k_max)
 
     def stream(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int = 0, seed: int | None = None, chat: bool = False, prefill_chunk: int | None = None,

@@ -13,11 +13,12 @@ catches up at the start of its next proposal.
 from __future__ import annotations
 
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 
 from ..drafts import Drafter
+from ..drafts.protocol import MODEL_OUTLOOK, Outlook
 from ..errors import CheckpointError
 from ..models import Model
 from .decode import forward, plain_steps, prefill
@@ -82,10 +83,14 @@ class Generation:
         return self.last
 
     def round(self, k: int) -> list[tuple[int, bool]]:
-        """One round drafting k >= 1 tokens; returns the new (token, from_draft) pairs."""
+        """One round drafting up to k >= 1 tokens (a drafter may offer fewer); returns the
+        new (token, from_draft) pairs."""
         assert self.drafter is not None and isinstance(self.stats, SpeculativeStats)
         start = time.perf_counter()
         proposal = self.drafter.propose(self.last, k, self._pick)
+        k = proposal.tokens.shape[1]
+        if k == 0:
+            return self._undrafted_step()
         fed = mx.concatenate([mx.array([[self.last]]), proposal.tokens], axis=1)
         logits, hidden = forward(self.target, fed, self.cache, self.keeps_features)
         target_lp = logits if self.params.greedy else process_logits(logits, self.params)
@@ -107,15 +112,35 @@ class Generation:
         self.last = correction
         return [(t, True) for t in drafted[:n]] + [(correction, False)]
 
-    def plain(self, count: int) -> Iterator[tuple[int, bool]]:
-        """k = 0: `count` plain decoding steps (pipelined)."""
-        for token, hidden in plain_steps(self.target, self.cache, self.last, count, self._draw, self.keeps_features):
+    def _undrafted_step(self) -> list[tuple[int, bool]]:
+        """A round whose drafter had nothing to propose: one plain step, settled as a round."""
+        logits, hidden = forward(self.target, mx.array([[self.last]]), self.cache, self.keeps_features)
+        self.last = self._draw(logits[:, -1]).item()
+        self.drafter.settle(0, [], hidden)
+        self.stats.record(0, 0)
+        self.policy.observe(0, 0)
+        return [(self.last, False)]
+
+    def plain(self, count: int, stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, bool]]:
+        """k = 0: `count` plain decoding steps (pipelined); `stop` may end them early (see
+        `plain_steps`)."""
+        for token, hidden in plain_steps(self.target, self.cache, self.last, count, self._draw,
+                                         self.keeps_features, stop):
             self.stats.record(0, 0)
             self.policy.observe(0, 0)
             if self.drafter is not None:
                 self.drafter.extend([self.last], hidden)
             self.last = token
             yield token, False
+
+    def outlook(self) -> Outlook:
+        """What the drafter would propose after `last`."""
+        return self.drafter.outlook(self.last) if self.drafter is not None else MODEL_OUTLOOK
+
+    def wants_draft(self, left: int) -> bool:
+        """During plain steps: whether a drafter whose outlook changes token by token now
+        has a proposal the policy would draft."""
+        return left > 2 and self.policy.next_k(left - 1, self.outlook()) > 0
 
     def run(self, prompt: Sequence[int], budget: int) -> Iterator[tuple[int, bool]]:
         """Prefill, then rounds until `budget` >= 1 tokens were produced (the caller stops
@@ -127,8 +152,14 @@ class Generation:
         produced = 1
         while produced < budget:
             left = budget - produced
-            k = self.policy.next_k(left)
-            for token, from_draft in self.round(k) if k else self.plain(self.policy.plain_steps(left)):
+            k = self.policy.next_k(left, self.outlook())
+            if k:
+                steps = iter(self.round(k))
+            elif self.drafter is not None and self.drafter.varies:  # plain until a proposal is worth drafting
+                steps = self.plain(left, lambda: self.wants_draft(budget - produced))
+            else:
+                steps = self.plain(self.policy.plain_steps(left))
+            for token, from_draft in steps:
                 produced += 1
                 yield token, from_draft
                 if produced == budget:

@@ -1,0 +1,131 @@
+"""Prompt lookup (n-gram drafting): no draft model. The text so far (prompt and answer)
+is its own draft: find the most recent earlier occurrence of the last n tokens (n from
+`max_ngram` down to `min_ngram`) and propose what followed it. Its q is a point mass on
+the proposed token, so rejection sampling stays exact at any temperature: token x is
+accepted with probability p(x), and a rejection draws from p with x taken out.
+
+How long the match runs back (beyond n) says how likely the copy is to go on, so each
+proposal's `Outlook` names its match length: the policy learns acceptance per length and
+drafts only where a match has paid off before."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from ..errors import InputError
+from .protocol import Outlook, Pick, Proposal
+
+MATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # match lengths with an acceptance estimate of their own
+
+
+@dataclass(frozen=True)
+class NGramDraft:
+    """Prompt lookup's settings: the longest and shortest n-gram it looks up."""
+
+    max_ngram: int = 3
+    min_ngram: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_ngram", "min_ngram"):
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= 64:
+                raise InputError(f"prompt lookup: {name} must be an integer in 1..64, got {value!r}")
+        if self.min_ngram > self.max_ngram:
+            raise InputError(f"prompt lookup: min_ngram {self.min_ngram} > max_ngram {self.max_ngram}")
+
+    def describe(self) -> str:
+        """One line saying what this draft is."""
+        return f"prompt lookup (n-grams of {self.min_ngram}..{self.max_ngram} tokens, no draft model)"
+
+
+class NGramIndex:
+    """Where each n-gram of a growing token list last occurred (n in 1..max_ngram). An
+    n-gram enters the index once a token follows it, so a lookup of the list's own suffix
+    finds an earlier occurrence, with at least one token after it."""
+
+    def __init__(self, max_ngram: int) -> None:
+        self.max_ngram = max_ngram
+        self.tokens: list[int] = []
+        self.ends: dict[tuple[int, ...], int] = {}  # n-gram -> end (exclusive) of its newest indexed occurrence
+
+    def append(self, tokens: list[int]) -> None:
+        for token in tokens:
+            end = len(self.tokens)  # the n-grams ending here now have a follower
+            for n in range(1, min(self.max_ngram, end) + 1):
+                self.ends[tuple(self.tokens[end - n : end])] = end
+            self.tokens.append(token)
+
+    def lookup(self, n_max: int, n_min: int) -> tuple[int, int]:
+        """(end of the newest earlier occurrence of the longest suffix n-gram found, how many
+        tokens the match runs back, capped at the largest bucket); (-1, 0) when none matches."""
+        size = len(self.tokens)
+        for n in range(min(n_max, size - 1), n_min - 1, -1):
+            end = self.ends.get(tuple(self.tokens[size - n :]))
+            if end is not None:
+                length = n
+                while length < MATCH_BUCKETS[-1] and end - length > 0 and \
+                        self.tokens[end - length - 1] == self.tokens[size - length - 1]:
+                    length += 1
+                return end, length
+        return -1, 0
+
+
+def match_key(length: int) -> str:
+    """The acceptance class of a match that runs `length` tokens back."""
+    bucket = max(b for b in MATCH_BUCKETS if b <= length)
+    return f"lookup:{bucket}" + ("+" if bucket == MATCH_BUCKETS[-1] else "")
+
+
+class NGramDrafter:
+    """Prompt lookup over the verified text. With `always`, a proposal without a match
+    repeats the last token (the calibration times rounds of every length that way)."""
+
+    needs_features = False
+    varies = True
+
+    def __init__(self, draft: NGramDraft, always: bool = False) -> None:
+        self.draft, self.always = draft, always
+        self.index = NGramIndex(draft.max_ngram)
+        self.last: int | None = None
+
+    def extend(self, tokens: list[int], features: mx.array | None = None) -> None:
+        self.index.append(tokens)
+
+    def _match(self, last: int) -> tuple[list[int], int]:
+        """The continuation after the newest match of the text ending in `last` (the index
+        holds everything before it), and the match length."""
+        self.index.tokens.append(last)
+        try:
+            end, length = self.index.lookup(self.draft.max_ngram, self.draft.min_ngram)
+            return (self.index.tokens[end : end + MAX_CONTINUATION] if end >= 0 else []), length
+        finally:
+            self.index.tokens.pop()
+
+    def outlook(self, last: int) -> Outlook:
+        """What the next proposal would be: its match length's class and how many tokens."""
+        continuation, length = self._match(last)
+        return Outlook(match_key(length), len(continuation)) if continuation else Outlook("lookup:none", 0)
+
+    def propose(self, last: int, k: int, pick: Pick) -> Proposal:
+        self.last = last
+        tokens = self._match(last)[0][:k]
+        if self.always:
+            tokens += [last] * (k - len(tokens))
+        return point_mass(tokens)
+
+    def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
+        self.index.append([self.last, *drafted[:accepted]])
+
+
+MAX_CONTINUATION = 64
+
+
+def point_mass(tokens: list[int]) -> Proposal:
+    """A proposal of fixed tokens: each one's q puts all its mass on it (over `support`, the
+    proposed tokens themselves: entry j of position i is 0 where j == i, else -inf)."""
+    k = len(tokens)
+    eye = mx.eye(k, dtype=mx.bool_) if k else mx.zeros((0, 0), dtype=mx.bool_)
+    logprobs = mx.where(eye, 0.0, -mx.inf)[None]
+    return Proposal(mx.array([tokens], dtype=mx.int32).reshape(1, k), logprobs, mx.array(tokens, dtype=mx.int32))
