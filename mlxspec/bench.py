@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import mlx.core as mx
 
 from .baseline import mlx_lm_models, mlx_lm_tokens, rounds_from_flags
-from .drafts import MAX_DRAFT_TOKENS, Draft, FeatureDraft, describe_draft
+from .drafts import MAX_DRAFT_TOKENS, Draft, FeatureDraft, NGramDraft, describe_draft
 from .engine import Calibration, SamplingParams, Session, SpeculativeStats
 from .engine.request import prompt_ids, token_budget
 from .errors import InputError
@@ -122,8 +122,10 @@ def configurations(ks: Sequence[int], adaptive: bool, compare_mlx_lm: bool) -> l
 def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool, repeats: int,
                   max_tokens: int) -> None:
     """`InputError` for options the bench cannot run with."""
-    if compare_mlx_lm and isinstance(mlx_lm_draft if mlx_lm_draft is not None else draft, FeatureDraft):
-        raise InputError("mlx-lm cannot run a feature draft: give it a draft model of its own (--mlx-lm-draft)")
+    theirs = mlx_lm_draft if mlx_lm_draft is not None else draft
+    if compare_mlx_lm and isinstance(theirs, (FeatureDraft, NGramDraft)):
+        what = "a feature draft" if isinstance(theirs, FeatureDraft) else "prompt lookup"
+        raise InputError(f"mlx-lm cannot run {what}: give it a draft model of its own (--mlx-lm-draft)")
     check_numbers(repeats, max_tokens)
 
 

@@ -18,7 +18,7 @@ from .console import byte_bars, calibration_progress, colours, friendly_errors, 
 from .convert.atomic import atomic_dir, check_writable
 from .convert.converter import convert as convert_one
 from .convert.pair import convert_pair
-from .drafts import Draft, describe_draft
+from .drafts import Draft, NGramDraft, describe_draft
 from .engine import Calibration, Session
 from .errors import InputError
 from .load import load, load_draft, load_pair
@@ -34,8 +34,11 @@ app = typer.Typer(
 
 DEQUANTIZE_HELP = ("Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where "
                    "half-precision and quantized matmuls are slow).")
-DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokenizer, or a feature draft made for this "
-              "target (config.json says \"draft_type\": \"eagle\").")
+DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokenizer, a feature draft made for this "
+              "target (config.json says \"draft_type\": \"eagle\"), or 'ngram': prompt lookup, no draft model (the "
+              "answer's repeats of the prompt and of itself are drafted; a folder named ngram: ./ngram).")
+MAX_NGRAM_HELP = "With --draft ngram: the longest n-gram looked up (1..64)."
+MIN_NGRAM_HELP = "With --draft ngram: the shortest n-gram looked up (1..64)."
 ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
                  "when drafting does not pay); --no-adaptive always drafts -k tokens.")
 RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
@@ -52,8 +55,9 @@ def _weights_label(dequantize: bool) -> str:
 
 
 def _load(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-          dequantize: bool) -> tuple[Model, Tokenizer, Optional[Draft]]:
-    """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo."""
+          dequantize: bool, lookup: NGramDraft = NGramDraft()) -> tuple[Model, Tokenizer, Optional[Draft]]:
+    """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo; `--draft
+    ngram` is prompt lookup with the `lookup` settings."""
     if sum([pair is not None, use_demo, model is not None or draft is not None]) > 1:
         raise InputError("give one of --model/--draft, --pair or --demo")
     dtype = mx.float32 if dequantize else None
@@ -64,6 +68,8 @@ def _load(model: Optional[str], draft: Optional[str], pair: Optional[str], use_d
     if model is None:
         raise InputError("missing --model (or --pair / --demo)")
     target, tokenizer = load(model, dtype=dtype, dequantize=dequantize)
+    if draft == "ngram":
+        return target, tokenizer, lookup
     loaded = None if draft is None else load_draft(draft, target, tokenizer, dtype=dtype, dequantize=dequantize)
     return target, tokenizer, loaded
 
@@ -80,6 +86,8 @@ def generate(
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
     pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D` (instead of --model/--draft)."),
     num_draft_tokens: int = typer.Option(6, "--num-draft-tokens", "-k", help="Most tokens drafted per round (with --no-adaptive: exactly this many)."),
+    max_ngram: int = typer.Option(3, "--max-ngram", help=MAX_NGRAM_HELP),
+    min_ngram: int = typer.Option(1, "--min-ngram", help=MIN_NGRAM_HELP),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help=ADAPTIVE_HELP),
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, "--temperature", "--temp", "-t", help="Sampling temperature; 0 is greedy (argmax)."),
@@ -96,8 +104,9 @@ def generate(
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
     check_generation(max_tokens, num_draft_tokens, temperature, top_p, top_k, seed, prefill_chunk)
+    lookup = NGramDraft(max_ngram, min_ngram)
     text = read_prompt(prompt)
-    target, tokenizer, draft_model = _load(model, draft, pair, False, _dequantize(dequantize))
+    target, tokenizer, draft_model = _load(model, draft, pair, False, _dequantize(dequantize), lookup)
     session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
     steps = session.stream(text, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -190,6 +199,8 @@ def bench(
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Most tokens per answer (stops earlier at end of sequence)."),
     temperatures: str = typer.Option("0,1", "--temperatures", "--temp", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
     ks: str = typer.Option("1..4,6,8", "--num-draft-tokens", "-k", help="Draft lengths to measure, e.g. 1..8 or 2,4,6."),
+    max_ngram: int = typer.Option(3, "--max-ngram", help=MAX_NGRAM_HELP),
+    min_ngram: int = typer.Option(1, "--min-ngram", help=MIN_NGRAM_HELP),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also measure the cost model's adaptive draft length (up to the largest k)."),
     repeats: int = typer.Option(3, "--repeats", help="Runs of every configuration; the report gives medians."),
     compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also run mlx-lm's plain and speculative loops on the same weights."),
@@ -207,13 +218,14 @@ def bench(
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
     k_list, temps = parse_ks(ks), parse_temperatures(temperatures)
+    lookup = NGramDraft(max_ngram, min_ngram)
     check_bench(max_tokens, repeats, mlx_lm_draft is not None, compare_mlx_lm)
     prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
-    sources = [p for p in (model, draft, pair, mlx_lm_draft) if p is not None]
+    sources = [p for p in (model, draft if draft != "ngram" else None, pair, mlx_lm_draft) if p is not None]
     sources += demo_pair.demo_sources() if use_demo else []
     check_writable(out, force, sources=sources, kind="report")
     dequant = _dequantize(dequantize)
-    target, tokenizer, draft_model = _load(model, draft, pair, use_demo, dequant)
+    target, tokenizer, draft_model = _load(model, draft, pair, use_demo, dequant, lookup)
     their_draft = None
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
         their_draft = load_draft(mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer,

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .drafts import DRAFT_TYPE, Draft, FeatureDraft
+from .drafts import DRAFT_TYPE, Draft, FeatureDraft, OtherVocabularyDraft
 from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_kind
 from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
@@ -177,16 +177,19 @@ def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None,
     return model, tokenizer
 
 
-def check_same_vocabulary(target: tuple[Model, Tokenizer], draft: tuple[Model, Tokenizer]) -> str:
-    """The pair's kind (see `pair_kind`); raises `InputError` when the draft cannot propose
-    tokens the target understands."""
-    return pair_kind((target[1], target[0].args.vocab_size), (draft[1], draft[0].args.vocab_size))[0]
+def pair_draft(target: tuple[Model, Tokenizer], draft: tuple[Model, Tokenizer]) -> Draft:
+    """The draft model as the pair's kind (see `pair_kind`) needs it: itself with the
+    target's vocabulary, else an `OtherVocabularyDraft`. Raises `InputError` when the draft
+    cannot propose anything the target reads."""
+    kind = pair_kind((target[1], target[0].args.vocab_size), (draft[1], draft[0].args.vocab_size))[0]
+    return draft[0] if kind == SAME_VOCABULARY else OtherVocabularyDraft(draft[0], draft[1], target[1])
 
 
 def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer, dtype: mx.Dtype | None = None,
                dequantize: bool = False) -> Draft:
-    """Load a draft for `target`: a model of its own with the same vocabulary, or a feature
-    draft (`"draft_type": "eagle"` in its config.json) that reads the target's hidden states.
+    """Load a draft for `target`: a model of its own (with the target's vocabulary, or
+    another: then an `OtherVocabularyDraft`), or a feature draft (`"draft_type": "eagle"`
+    in its config.json) that reads the target's hidden states.
     Raises `InputError` when it cannot draft for this target."""
     if not isinstance(target, Model) or not isinstance(tokenizer, (Tokenizer, type(None))):
         raise InputTypeError("load_draft(path, target, tokenizer) needs the loaded target and its tokenizer "
@@ -197,9 +200,7 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
     if kind is None:
         if tokenizer is None:
             raise InputError("a draft model is checked against the target's tokenizer: pass it")
-        draft = load(folder, dtype=dtype, dequantize=dequantize)
-        check_same_vocabulary((target, tokenizer), draft)
-        return draft[0]
+        return pair_draft((target, tokenizer), load(folder, dtype=dtype, dequantize=dequantize))
     if kind != DRAFT_TYPE:
         raise ConfigError(f"{folder}: unknown draft_type {kind!r} (supported: {DRAFT_TYPE!r})")
     draft = _load_module(folder, FeatureDraft, dtype, dequantize)

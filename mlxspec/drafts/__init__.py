@@ -12,19 +12,23 @@ from ..models import Model
 from .feature import DRAFT_TYPE, FeatureDraft, FeatureDrafter, draft_config, target_subset_head
 from .model_draft import ModelDrafter
 from .ngram import NGramDraft, NGramDrafter
+from .other_vocabulary import OtherVocabularyDraft, OtherVocabularyDrafter
 from .protocol import Drafter, Outlook, Pick, Proposal
 
-Draft = Model | FeatureDraft | NGramDraft  # what `load_draft` returns and a session drafts with
-DRAFT_TYPES = (Model, FeatureDraft, NGramDraft)
+Draft = Model | FeatureDraft | NGramDraft | OtherVocabularyDraft  # what a session drafts with
+DRAFT_TYPES = (Model, FeatureDraft, NGramDraft, OtherVocabularyDraft)
 MAX_DRAFT_TOKENS = 64  # the caches keep this many positions to roll back; acceptance makes more pointless
 
 
-def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, timing: bool = False) -> Drafter:
-    """A fresh drafter (its own cache) for one generation with this kind of draft. `timing`:
-    for the calibration, which times rounds of every length (prompt lookup then always
-    proposes k tokens, matched or not)."""
+def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, greedy: bool = True,
+                 timing: bool = False) -> Drafter:
+    """A fresh drafter (its own cache) for one generation with this kind of draft, decoding
+    greedily or not. `timing`: for the calibration, which times rounds of every length
+    (prompt lookup and re-spelled drafts then always propose k tokens)."""
     if isinstance(draft, NGramDraft):
         return NGramDrafter(draft, always=timing)
+    if isinstance(draft, OtherVocabularyDraft):
+        return OtherVocabularyDrafter(draft, k_max, chunk, greedy, timing)
     if isinstance(draft, FeatureDraft):
         return FeatureDrafter(draft, target, chunk)
     return ModelDrafter(draft, k_max, chunk)
@@ -42,14 +46,15 @@ def check_draft(target: Model, draft: Draft, num_draft_tokens: int) -> None:
     check_draft_length(num_draft_tokens)
     if isinstance(draft, NGramDraft):
         return
-    if draft.args.vocab_size != target.args.vocab_size:
+    if not isinstance(draft, OtherVocabularyDraft) and draft.args.vocab_size != target.args.vocab_size:
         raise InputError(
             f"draft vocabulary size {draft.args.vocab_size} differs from the target's {target.args.vocab_size}; "
-            "drafts with another vocabulary are not supported yet"
+            "to draft across vocabularies, load it with mlxspec.load_draft(path, target, tokenizer)"
         )
-    if isinstance(draft, Model) and parameter_count(draft) >= parameter_count(target):
+    model = draft.model if isinstance(draft, OtherVocabularyDraft) else draft
+    if isinstance(model, Model) and parameter_count(model) >= parameter_count(target):
         warnings.warn(
-            f"the draft ({parameter_count(draft) / 1e6:.0f}M parameters) is not smaller than the target "
+            f"the draft ({parameter_count(model) / 1e6:.0f}M parameters) is not smaller than the target "
             f"({parameter_count(target) / 1e6:.0f}M); speculation will not pay off", stacklevel=3,
         )
 
@@ -61,7 +66,7 @@ def parameter_count(model: Model) -> int:
 
 def describe_draft(draft: Draft) -> str:
     """One line saying what kind of draft this is."""
-    if isinstance(draft, NGramDraft):
+    if isinstance(draft, (NGramDraft, OtherVocabularyDraft)):
         return draft.describe()
     a = draft.args
     head = f", head over {a.head_vocab_size} tokens" if a.head_vocab_size else ""
@@ -70,5 +75,5 @@ def describe_draft(draft: Draft) -> str:
     return f"draft model, {a.num_hidden_layers} blocks{head}"
 
 
-__all__ = ["DRAFT_TYPE", "DRAFT_TYPES", "MAX_DRAFT_TOKENS", "Draft", "NGramDraft", "NGramDrafter", "Outlook", "check_draft_length", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
+__all__ = ["DRAFT_TYPE", "DRAFT_TYPES", "MAX_DRAFT_TOKENS", "Draft", "NGramDraft", "NGramDrafter", "OtherVocabularyDraft", "OtherVocabularyDrafter", "Outlook", "check_draft_length", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
            "check_draft", "describe_draft", "draft_config", "make_drafter", "parameter_count", "target_subset_head"]

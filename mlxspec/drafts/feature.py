@@ -86,6 +86,7 @@ class FeatureDrafter:
     """A `FeatureDraft` on top of the target. It consumes pairs (f_t, x_{t+1}): `features`
     holds one more entry than `tokens`, the last feature waiting for `last` as its pair."""
 
+    mode = "feature draft"
     needs_features = True
     varies = False
 

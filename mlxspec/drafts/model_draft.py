@@ -13,6 +13,7 @@ class ModelDrafter:
     """An independent draft LM with the target's vocabulary. Its cache lacks only
     `pending` (verified tokens it has not seen), fed with `last` at the next proposal."""
 
+    mode = "draft model (same vocabulary)"
     needs_features = False
     varies = False
 

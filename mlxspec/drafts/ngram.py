@@ -82,6 +82,7 @@ class NGramDrafter:
     """Prompt lookup over the verified text. With `always`, a proposal without a match
     repeats the last token (the calibration times rounds of every length that way)."""
 
+    mode = "prompt lookup"
     needs_features = False
     varies = True
 

@@ -8,19 +8,30 @@ from ..errors import InputError
 from ..text import Tokenizer, compare_vocabularies
 
 SAME_VOCABULARY = "same-vocabulary"  # the draft proposes token ids the target reads as they are
-PAIR_KINDS = (SAME_VOCABULARY,)
+OTHER_VOCABULARY = "other-vocabulary"  # the draft meets the target on the text (`other_vocabulary`)
+PAIR_KINDS = (SAME_VOCABULARY, OTHER_VOCABULARY)
 PAIR_VERSION = 2  # of pair.json: 2 records the kind
+
+
+def shared_tokens(target: Tokenizer, draft: Tokenizer) -> int:
+    """How many of the draft's tokens spell the same bytes as one of the target's."""
+    spelled = {b for b in target.token_bytes() if b}
+    return sum(1 for b in draft.token_bytes() if b and b in spelled)
 
 
 def pair_kind(target: tuple[Tokenizer, int], draft: tuple[Tokenizer, int]) -> tuple[str, str]:
     """(kind, why) for a target and a draft, each given as (tokenizer, embedding rows).
 
     Same vocabulary: identical tokenizers, or compatible ones (same pieces for shared ids,
-    one padded) over equally sized embeddings. Raises `InputError` for any other pair."""
+    one padded) over equally sized embeddings. Any other pair drafts across vocabularies,
+    which needs tokens both spell alike: raises `InputError` when there are none."""
     verdict, why = compare_vocabularies(target[0], draft[0])
     if verdict == "identical" or (verdict == "compatible" and target[1] == draft[1]):
         return SAME_VOCABULARY, why
     if verdict == "compatible":
         why += f"; embedding rows {target[1]} vs {draft[1]}"
-    raise InputError(f"the draft's tokenizer does not match the target's: {why} "
-                     "(drafts with another vocabulary are not supported yet)")
+    shared = shared_tokens(target[0], draft[0])
+    if not shared:
+        raise InputError(f"the draft's tokenizer shares no token with the target's ({why}; no draft token spells "
+                         "the same text as a target token): it cannot draft for this target")
+    return OTHER_VOCABULARY, f"{why}; {shared} of the draft's tokens spell a target token"

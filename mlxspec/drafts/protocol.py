@@ -49,6 +49,7 @@ MODEL_OUTLOOK = Outlook("model", 1 << 30)  # a draft model always proposes, alik
 class Drafter(Protocol):
     """What the speculative loop needs from a draft."""
 
+    mode: str  # what kind of drafter, as stats and `--json` report it
     needs_features: bool
     varies: bool
 

@@ -26,7 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..drafts import Draft, make_drafter
+from ..drafts import Draft, NGramDraft, OtherVocabularyDraft, make_drafter
 from ..models import Linear, Model, set_weight_first_rows
 from .policy import FixedK, Timings
 from .sampling import RandomKeys, SamplingParams
@@ -60,7 +60,7 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
     (`weight_first_rows` of the target), sampling with `params`. The target is left in the
     order it was in."""
     before = next((m.weight_first_rows for m in target.modules() if isinstance(m, Linear)), 0)
-    generation = Generation(target, make_drafter(draft, target, k_max, context, timing=True), FixedK(k_max), params,
+    generation = Generation(target, make_drafter(draft, target, k_max, context, params.greedy, timing=True), FixedK(k_max), params,
                             RandomKeys(0), prefill_chunk=context)
     generation.prefill(made_up_tokens(context, min(target.args.vocab_size, draft_vocabulary(draft, target))))
     plain_steps = 4  # plain decoding pipelines its steps: time a few in a row
@@ -83,9 +83,9 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
 
 
 def draft_vocabulary(draft: Draft, target: Model) -> int:
-    """The size of the vocabulary the draft proposes from (prompt lookup: the target's)."""
-    args = getattr(draft, "args", None)
-    return args.vocab_size if args is not None else target.args.vocab_size
+    """The size of the vocabulary the draft proposes from (the target's, for prompt lookup
+    and drafts that re-spell their text)."""
+    return target.args.vocab_size if isinstance(draft, (OtherVocabularyDraft, NGramDraft)) else draft.args.vocab_size
 
 
 def _timed(generation: Generation, k: int, plain_steps: int) -> float:
@@ -129,6 +129,8 @@ def measure(target: Model, draft: Draft, k_max: int, params: SamplingParams, row
 def fingerprint(target: Model, draft: Draft, k_max: int) -> str:
     """What a calibration is valid for: the pair's shapes, the device, the MLX version, k_max."""
     def describe(model: Model | Draft) -> dict:
+        if isinstance(model, OtherVocabularyDraft):
+            return {"other-vocabulary": describe(model.model), "shared": model.shared_draft.size}
         if not isinstance(model, nn.Module):
             return {"draft": repr(model)}
         params = sorted((k, str(v.dtype), v.shape) for k, v in tree_flatten(model.parameters()))

@@ -134,7 +134,7 @@ class Session:
         chunk = prefill_chunk or default_chunk_size(self.target)
         drafting = speculative and self.draft is not None and budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(params, seed) if drafting else Plain()
-        drafter = make_drafter(self.draft, self.target, self.k_max, chunk) if drafting else None
+        drafter = make_drafter(self.draft, self.target, self.k_max, chunk, params.greedy) if drafting else None
         generation = Generation(self.target, drafter, policy, params, RandomKeys(seed), chunk)
         generation.stats.prompt_tokens = len(ids)
         return self._steps(generation, ids, budget)

@@ -48,7 +48,7 @@ class Generation:
         self.last: int | None = None
         self._draft_checked = False
         self.stats: GenerationStats = (GenerationStats() if drafter is None else SpeculativeStats(
-            accepted_per_position=[0] * policy.k_max, drafted_per_position=[0] * policy.k_max))
+            draft_mode=drafter.mode, accepted_per_position=[0] * policy.k_max, drafted_per_position=[0] * policy.k_max))
 
     @property
     def keeps_features(self) -> bool:

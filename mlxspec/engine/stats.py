@@ -48,6 +48,7 @@ class GenerationStats:
 class SpeculativeStats(GenerationStats):
     """Generation stats plus what speculation did."""
 
+    draft_mode: str = ""  # which kind of drafter ran (prompt lookup, draft model, ...)
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0

@@ -5,6 +5,7 @@ streaming detokenizer and the model's chat template."""
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 from ..errors import TokenizerError
 from .chat import MISTRAL_INSTRUCT, ChatTemplate, Message, as_messages, read_chat_template, side_file
 from .detokenizer import DecodeStreamDetokenizer, Detokenizer, StreamingDetokenizer
+from .spelling import byte_level_bytes, metaspace_bytes
 
 
 class Tokenizer:
@@ -32,6 +34,12 @@ class Tokenizer:
 
     def pieces(self) -> list[str]:
         """Every token's piece string, by id (used to compare vocabularies)."""
+        raise NotImplementedError
+
+    def token_bytes(self) -> list[bytes | None]:
+        """The bytes each token id spells in running text; None for a token that text never
+        becomes (SentencePiece's control tokens). HF's added tokens spell their content: its
+        `encode` turns that text into them."""
         raise NotImplementedError
 
     @functools.cached_property
@@ -87,6 +95,11 @@ class SentencePieceTokenizer(Tokenizer):
 
     def pieces(self) -> list[str]:
         return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+
+    def token_bytes(self) -> list[bytes | None]:
+        sp = self._sp
+        return [None if sp.is_control(i) or sp.is_unknown(i) else metaspace_bytes(sp.id_to_piece(i))
+                for i in range(self.vocab_size)]
 
     def specials(self) -> dict[str, str]:
         names = {self.bos_id: "bos_token", next(iter(self.eos_ids), None): "eos_token"}
@@ -152,6 +165,20 @@ class HFTokenizer(Tokenizer):
 
     def pieces(self) -> list[str]:
         return [self._tok.id_to_token(i) for i in range(self.vocab_size)]
+
+    def token_bytes(self) -> list[bytes | None]:
+        spec = json.loads(self._tok.to_str())
+        byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
+        added = {a["id"]: a for a in spec.get("added_tokens", []) if isinstance(a, dict) and "id" in a}
+        out: list[bytes | None] = []
+        for i, piece in enumerate(self.pieces()):
+            if piece is None:
+                out.append(None)
+            elif i in added:  # added tokens (special ones too) are matched in text as they are written
+                out.append(str(added[i].get("content", "")).encode("utf-8"))
+            else:
+                out.append(byte_level_bytes(piece) if byte_level else metaspace_bytes(piece))
+        return out
 
     def specials(self) -> dict[str, str]:
         return dict(self._specials)
