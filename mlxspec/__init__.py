@@ -5,12 +5,13 @@
     print(mlxspec.generate(model, tokenizer, "Hello", max_tokens=32))
 
     session = mlxspec.Session(model, tokenizer, draft)      # what an app keeps between requests
+    session = mlxspec.Session(model, tokenizer, "ngram")    # prompt lookup: no draft model
     for step in session.stream("Hello", max_tokens=32):
         print(step.text, end="")
 """
 
 from .convert.converter import convert  # a plain function; the subpackage stays importable as mlxspec.convert.*
-from .drafts import FeatureDraft
+from .drafts import FeatureDraft, NGramDraft, OtherVocabularyDraft
 from .engine import (Calibration, GenerationStats, GenerationStep, SamplingParams, Session, SpeculativeStats,
                      generate, stream_generate)
 from .errors import (CheckpointError, ConfigError, InputError, InputTypeError, MlxspecError, OutputError,
@@ -22,7 +23,8 @@ from .text import Tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Calibration", "CheckpointError", "ConfigError", "FeatureDraft", "GenerationStats", "GenerationStep",
+    "Calibration", "CheckpointError", "ConfigError", "FeatureDraft", "GenerationStats", "GenerationStep", "NGramDraft",
+    "OtherVocabularyDraft",
     "InputError", "InputTypeError", "MlxspecError", "Model", "ModelArgs", "OutputError", "SamplingParams", "Session",
     "SpeculativeStats", "Tokenizer", "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair",
     "stream_generate",

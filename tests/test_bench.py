@@ -171,15 +171,12 @@ def test_bench_bad_input(hf_full_dir, small_draft_dir, tmp_path):
     empty.write_text("\n  \n")
     other = tmp_path / "other"
     shutil.copytree(small_draft_dir, other)
-    spec = json.loads((other / "tokenizer.json").read_text())
-    vocab = spec["model"]["vocab"]
-    vocab["▁the"], vocab["▁a"] = vocab["▁a"], vocab["▁the"]
-    (other / "tokenizer.json").write_text(json.dumps(spec))
+    (other / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3}}')  # cannot be read
     base = ["bench", "--model", str(hf_full_dir), "-o", str(tmp_path / "out")]
     cases = [
         ([*base, "--draft", str(small_draft_dir), "--prompts", str(empty)], "no prompts"),
         ([*base, "--draft", str(small_draft_dir), "-k", "0"], "every k must be in 1..64"),
-        ([*base, "--draft", str(other)], "the draft's tokenizer does not match the target's"),
+        ([*base, "--draft", str(other)], "cannot load tokenizer"),
         (["bench", "--pair", str(tmp_path), "-o", str(tmp_path / "out")], "no pair.json"),
         ([*base], "bench needs a draft"),
         ([*base, "--draft", str(small_draft_dir), "--temperatures", "x"], "--temperatures"),
