@@ -23,7 +23,7 @@ from .engine import Calibration, Session
 from .errors import InputError
 from .load import load, load_draft, load_pair
 from .models import Model
-from .prompts import BUILTIN_PROMPTS, builtin_prompts, read_prompts
+from .prompts import BUILTIN_PROMPTS, chosen_prompts, read_prompts
 from .report import demo_table, markdown, render_demo_table, write_report
 from .text import Tokenizer
 
@@ -41,6 +41,7 @@ MAX_NGRAM_HELP = "With --draft ngram: the longest n-gram looked up (1..64)."
 MIN_NGRAM_HELP = "With --draft ngram: the shortest n-gram looked up (1..64)."
 ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
                  "when drafting does not pay); --no-adaptive always drafts -k tokens.")
+DEMO_KINDS = ("chat", "code", "summarisation")  # one prompt of each in `mlxspec demo`
 RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
 
 
@@ -149,7 +150,7 @@ def demo(
     target, tokenizer, draft = _load(None, None, None, True, dequant)
     session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
-    prompts = [("prompt", prompt)] if prompt is not None else [(kind, texts[0]) for kind, texts in BUILTIN_PROMPTS.items()]
+    prompts = [("prompt", prompt)] if prompt is not None else [(kind, BUILTIN_PROMPTS[kind][0]) for kind in DEMO_KINDS]
     demo_pair.warm_up(session, prompts[0][1], temperature)
     colour = colours(sys.stdout, verbose) and not as_json
     answers, totals = [], {"plain": [], "speculative": []}
@@ -195,7 +196,8 @@ def bench(
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
     pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D`."),
     use_demo: bool = typer.Option(False, "--demo", help="The demo pair (SmolLM2-135M-Instruct + the shipped feature draft)."),
-    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file: one per line, or blocks separated by a line '---' (default: built-in chat, code and summarisation prompts)."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file: one per line, or blocks separated by a line '---' (default: the built-in prompts)."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help=f"Built-in prompt kinds to run, comma-separated (default: all of {', '.join(BUILTIN_PROMPTS)})."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Most tokens per answer (stops earlier at end of sequence)."),
     temperatures: str = typer.Option("0,1", "--temperatures", "--temp", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
     ks: str = typer.Option("1..4,6,8", "--num-draft-tokens", "-k", help="Draft lengths to measure, e.g. 1..8 or 2,4,6."),
@@ -217,12 +219,11 @@ def bench(
     memory, and the cost model's predicted speedup next to the measured one."""
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
-    k_list, temps = parse_ks(ks), parse_temperatures(temperatures)
-    lookup = NGramDraft(max_ngram, min_ngram)
+    k_list, temps, lookup = parse_ks(ks), parse_temperatures(temperatures), NGramDraft(max_ngram, min_ngram)
     check_bench(max_tokens, repeats, mlx_lm_draft is not None, compare_mlx_lm)
-    prompt_list = read_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
-    sources = [p for p in (model, draft if draft != "ngram" else None, pair, mlx_lm_draft) if p is not None]
-    sources += demo_pair.demo_sources() if use_demo else []
+    prompt_list = chosen_prompts(prompts_file, kinds)
+    sources = [p for p in (model, draft, pair, mlx_lm_draft) if p not in (None, "ngram")] + \
+        (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
     dequant = _dequantize(dequantize)
     target, tokenizer, draft_model = _load(model, draft, pair, use_demo, dequant, lookup)
@@ -236,9 +237,8 @@ def bench(
                        calibration=_calibration(recalibrate), log=lambda line: typer.echo(line, err=True))
     with atomic_dir(out, force, sources=sources, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
-    names = ", ".join(p.name for p in written)
-    if plots and not any(p.suffix == ".png" for p in written):
-        names += " (no plots: pip install 'mlxspec[plots]' for matplotlib)"
+    names = ", ".join(p.name for p in written) + ("" if not plots or any(p.suffix == ".png" for p in written)
+                                                  else " (no plots: pip install 'mlxspec[plots]' for matplotlib)")
     typer.echo(json.dumps(report, indent=2) if as_json else markdown(report))
     typer.echo(f"wrote {out}: {names}", err=True)
 

@@ -69,9 +69,9 @@ def stats_line(stats: GenerationStats) -> str:
             f"generation: {stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s | "
             f"peak memory: {stats.peak_memory_gb:.3f} GB")
     if isinstance(stats, SpeculativeStats):
-        line += (f"\nspeculative ({stats.draft_mode}): acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens/round, "
+        line += (f"\nspeculative: acceptance {stats.acceptance_rate:.2f}, {stats.tokens_per_round:.2f} tokens/round, "
                  f"{stats.rounds} rounds, draft {stats.draft_time:.2f} s / target {stats.target_time:.2f} s, "
-                 f"draft lengths {dict(sorted(stats.k_counts.items()))}")
+                 f"draft lengths {dict(sorted(stats.k_counts.items()))}, drafter: {stats.draft_mode}")
     return line
 
 

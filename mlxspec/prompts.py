@@ -1,4 +1,5 @@
-"""Built-in prompts for `mlxspec demo` and `mlxspec bench`: chat, code and summarisation.
+"""Built-in prompts for `mlxspec demo` and `mlxspec bench`: chat, code, summarisation, and
+grounded work (edit this code, answer from this text, correct this paragraph).
 
 They are held out from the demo draft's distillation data (its training prompts are
 generated from other templates in benchmarks/demo_pair/distill.py), so the acceptance
@@ -33,6 +34,21 @@ BUILTIN_PROMPTS: dict[str, list[str]] = {
     "summarisation": [
         f"Summarise the following text in two sentences.\n\n{_SUMMARY_TEXT}",
     ],
+    # grounded work: the answer repeats spans of the prompt (where prompt lookup pays)
+    "grounded": [
+        "Here is a Python function:\n\n```python\ndef mean(values):\n    total = 0\n    for v in values:\n"
+        "        total += v\n    return total / len(values)\n```\n\nAdd a docstring to this function. "
+        "Show the whole function.",
+        "Fix the bug in this code and show the corrected code:\n\n```python\ndef is_even(n):\n"
+        "    if n % 2 == 1:\n        return True\n    return False\n```",
+        f"Read this text and answer the question using a quote from it.\n\nText: {_SUMMARY_TEXT}\n\n"
+        "Question: Why did few people own books before the printing press?",
+        "Correct the spelling mistakes in this paragraph and write it out again:\n\nThe wether was beautifull "
+        "on saturday, so we went to the park and had a picnick. The children played on the swings while the "
+        "adults talked about there plans for the summer.",
+        "Translate this Python function into JavaScript:\n\n```python\ndef greet(name):\n"
+        "    return 'Hello, ' + name + '!'\n```",
+    ],
 }
 
 
@@ -58,3 +74,13 @@ def read_prompts(path: Path) -> list[tuple[str, str]]:
     if not prompts:
         raise InputError(f"{path}: no prompts (the file holds only blank lines or '---' separators)")
     return [("file", p) for p in prompts]
+
+
+def chosen_prompts(prompts_file: Path | None, kinds: str | None) -> list[tuple[str, str]]:
+    """(kind, prompt) pairs from a prompts file, or the built-in kinds named comma-separated
+    (all of them when None)."""
+    if kinds is not None and prompts_file is not None:
+        raise InputError("give --prompts or --kinds, not both")
+    if prompts_file is not None:
+        return read_prompts(prompts_file)
+    return builtin_prompts(None if kinds is None else [k.strip() for k in kinds.split(",")])

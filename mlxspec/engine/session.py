@@ -48,8 +48,8 @@ def as_draft(draft: object) -> object:
     """A draft as given, with the name "ngram" standing for prompt lookup's default settings."""
     if isinstance(draft, str):
         if draft != "ngram":
-            raise InputError(f"draft {draft!r}: load a draft folder with mlxspec.load_draft(path, model, tokenizer); "
-                             "the only draft named by a string is \"ngram\" (prompt lookup)")
+            raise InputTypeError(f"draft must be a loaded draft (mlxspec.load_draft(path, model, tokenizer)) or "
+                                 f"\"ngram\" (prompt lookup), got the string {draft!r}")
         return NGramDraft()
     return draft
 
