@@ -49,12 +49,12 @@ def test_match_length_runs_back_past_n_and_names_the_estimate():
 def test_drafter_proposes_the_continuation_and_keeps_the_verified_text():
     drafter = NGramDrafter(NGramDraft(max_ngram=2))
     drafter.extend([4, 5, 6, 7, 8, 4])
-    assert drafter.outlook(5) == ("lookup:2", 5)  # 6 7 8 4 5 followed the earlier "4 5"
+    assert drafter.outlook(5)[:2] == ("lookup:2", 5)  # 6 7 8 4 5 followed the earlier "4 5"
     proposal = drafter.propose(5, 3, pick=None)
     assert proposal.tokens.tolist() == [[6, 7, 8]] and proposal.support.tolist() == [6, 7, 8]
     drafter.settle(1, [6, 7, 8])  # 5 and 6 verified; the target's correction comes next as `last`
     assert drafter.index.tokens == [4, 5, 6, 7, 8, 4, 5, 6]
-    assert drafter.outlook(1) == ("lookup:none", 0)
+    assert drafter.outlook(1)[:2] == ("lookup:none", 0)
     assert drafter.propose(1, 3, pick=None).tokens.shape == (1, 0)
 
 

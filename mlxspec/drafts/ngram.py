@@ -78,6 +78,12 @@ def match_key(length: int) -> str:
     return f"lookup:{bucket}" + ("+" if bucket == MATCH_BUCKETS[-1] else "")
 
 
+def match_prior(length: int) -> float:
+    """Acceptance to assume for a match length not seen yet: the longer a match runs back,
+    the likelier the copy goes on (a single repeated token is mostly chance)."""
+    return min(0.9, 0.2 * length)
+
+
 class NGramDrafter:
     """Prompt lookup over the verified text. With `always`, a proposal without a match
     repeats the last token (the calibration times rounds of every length that way)."""
@@ -107,7 +113,9 @@ class NGramDrafter:
     def outlook(self, last: int) -> Outlook:
         """What the next proposal would be: its match length's class and how many tokens."""
         continuation, length = self._match(last)
-        return Outlook(match_key(length), len(continuation)) if continuation else Outlook("lookup:none", 0)
+        if not continuation:
+            return Outlook("lookup:none", 0)
+        return Outlook(match_key(length), len(continuation), match_prior(length))
 
     def propose(self, last: int, k: int, pick: Pick) -> Proposal:
         self.last = last

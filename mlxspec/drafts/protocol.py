@@ -37,10 +37,12 @@ class Proposal(NamedTuple):
 
 class Outlook(NamedTuple):
     """What a drafter's next proposal would be: `key` names the acceptance estimate it
-    falls under (one per kind of proposal), `most` is how many tokens it can offer."""
+    falls under (one per kind of proposal), `most` is how many tokens it can offer, and
+    `prior` is the acceptance rate to assume for a kind not seen yet."""
 
     key: str
     most: int
+    prior: float = 0.5
 
 
 MODEL_OUTLOOK = Outlook("model", 1 << 30)  # a draft model always proposes, alike every round

@@ -204,17 +204,18 @@ class CostModel:
         self.timings, self.k_max = timings, k_max
         self.estimates = estimates if isinstance(estimates, dict) else {MODEL_OUTLOOK.key: estimates}
         self.margin, self.explore = margin, explore
-        self.key = MODEL_OUTLOOK.key
+        self.key, self.prior = MODEL_OUTLOOK.key, MODEL_OUTLOOK.prior
 
     @property
     def estimate(self) -> AcceptanceEstimate:
-        """The estimate for the kind of proposal the last `next_k` was asked about."""
+        """The estimate for the kind of proposal the last `next_k` was asked about (from the
+        outlook's prior when that kind is new)."""
         if self.key not in self.estimates:
-            self.estimates[self.key] = AcceptanceEstimate()
+            self.estimates[self.key] = AcceptanceEstimate(prior=self.prior)
         return self.estimates[self.key]
 
     def next_k(self, budget: int, outlook: Outlook = MODEL_OUTLOOK) -> int:
-        self.key = outlook.key
+        self.key, self.prior = outlook.key, outlook.prior
         limit = min(self.k_max, budget - 1, outlook.most)
         if limit <= 0:
             return 0
