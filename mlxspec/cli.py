@@ -18,14 +18,13 @@ from .console import byte_bars, calibration_progress, colours, friendly_errors, 
 from .convert.atomic import atomic_dir, check_writable
 from .convert.converter import convert as convert_one
 from .convert.pair import convert_pair
-from .drafts import Draft, NGramDraft, describe_draft
+from .drafts import NGramDraft, describe_draft
 from .engine import Calibration, Session
 from .errors import InputError
-from .load import load, load_draft, load_pair
-from .models import Model
-from .prompts import BUILTIN_PROMPTS, chosen_prompts, read_prompts
+from .selection import select_models
+from .load import load_draft
+from .prompts import BUILTIN_PROMPTS, chosen_prompts
 from .report import demo_table, markdown, render_demo_table, write_report
-from .text import Tokenizer
 
 app = typer.Typer(
     help="Speculative decoding for Mistral-class models on MLX.",
@@ -37,6 +36,8 @@ DEQUANTIZE_HELP = ("Load weights in float32, expanding quantized ones (default: 
 DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokenizer, a feature draft made for this "
               "target (config.json says \"draft_type\": \"eagle\"), or 'ngram': prompt lookup, no draft model (the "
               "answer's repeats of the prompt and of itself are drafted; a folder named ngram: ./ngram).")
+LOOKUP_HELP = ("With a draft model: prompt lookup proposes where the text repeats itself (a match running 3+ tokens "
+               "back), the draft model elsewhere.")
 MAX_NGRAM_HELP = "With --draft ngram: the longest n-gram looked up (1..64)."
 MIN_NGRAM_HELP = "With --draft ngram: the shortest n-gram looked up (1..64)."
 ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
@@ -55,26 +56,6 @@ def _weights_label(dequantize: bool) -> str:
             else "as stored (quantized)")
 
 
-def _load(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-          dequantize: bool, lookup: NGramDraft = NGramDraft()) -> tuple[Model, Tokenizer, Optional[Draft]]:
-    """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo; `--draft
-    ngram` is prompt lookup with the `lookup` settings."""
-    if sum([pair is not None, use_demo, model is not None or draft is not None]) > 1:
-        raise InputError("give one of --model/--draft, --pair or --demo")
-    dtype = mx.float32 if dequantize else None
-    if pair is not None:
-        return load_pair(pair, dtype=dtype, dequantize=dequantize)
-    if use_demo:
-        model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_draft())
-    if model is None:
-        raise InputError("missing --model (or --pair / --demo)")
-    target, tokenizer = load(model, dtype=dtype, dequantize=dequantize)
-    if draft == "ngram":
-        return target, tokenizer, lookup
-    loaded = None if draft is None else load_draft(draft, target, tokenizer, dtype=dtype, dequantize=dequantize)
-    return target, tokenizer, loaded
-
-
 def _calibration(recalibrate: bool, quiet: bool = False) -> Calibration:
     return Calibration(recalibrate=recalibrate, progress=calibration_progress(quiet))
 
@@ -87,6 +68,7 @@ def generate(
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
     pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D` (instead of --model/--draft)."),
     num_draft_tokens: int = typer.Option(6, "--num-draft-tokens", "-k", help="Most tokens drafted per round (with --no-adaptive: exactly this many)."),
+    lookup: bool = typer.Option(False, "--lookup", help=LOOKUP_HELP),
     max_ngram: int = typer.Option(3, "--max-ngram", help=MAX_NGRAM_HELP),
     min_ngram: int = typer.Option(1, "--min-ngram", help=MIN_NGRAM_HELP),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help=ADAPTIVE_HELP),
@@ -105,9 +87,9 @@ def generate(
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
     check_generation(max_tokens, num_draft_tokens, temperature, top_p, top_k, seed, prefill_chunk)
-    lookup = NGramDraft(max_ngram, min_ngram)
     text = read_prompt(prompt)
-    target, tokenizer, draft_model = _load(model, draft, pair, False, _dequantize(dequantize), lookup)
+    target, tokenizer, draft_model = select_models(model, draft, pair, False, _dequantize(dequantize),
+                                           NGramDraft(max_ngram, min_ngram), lookup)
     session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
     steps = session.stream(text, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -147,7 +129,7 @@ def demo(
     if prompt is not None:
         prompt = read_prompt(prompt)
     dequant = _dequantize(dequantize)
-    target, tokenizer, draft = _load(None, None, None, True, dequant)
+    target, tokenizer, draft = select_models(None, None, None, True, dequant)
     session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
     prompts = [("prompt", prompt)] if prompt is not None else [(kind, BUILTIN_PROMPTS[kind][0]) for kind in DEMO_KINDS]
@@ -226,7 +208,7 @@ def bench(
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
     dequant = _dequantize(dequantize)
-    target, tokenizer, draft_model = _load(model, draft, pair, use_demo, dequant, lookup)
+    target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, lookup)
     their_draft = None
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
         their_draft = load_draft(mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer,

@@ -146,3 +146,26 @@ def test_bad_lookup_settings_get_one_line():
             NGramDraft(**bad)
     with pytest.raises(InputError, match="ngram"):
         Session(TARGET, None, "lookup")
+
+
+def test_lookup_in_front_of_a_draft_model_equals_plain_and_uses_both(monkeypatch):
+    from mlxspec.drafts import LookupAndModel, LookupAndModelDrafter
+    from test_speculative import DRAFTS
+
+    used = []
+    propose = LookupAndModelDrafter.propose
+
+    def counted(self, last, k, pick):
+        used.append(type(self.chosen).__name__)
+        return propose(self, last, k, pick)
+
+    monkeypatch.setattr(LookupAndModelDrafter, "propose", counted)
+    expected, _ = tokens(TARGET, PROMPT, 60)
+    draft = LookupAndModel(DRAFTS["half"], NGramDraft(max_ngram=3), min_match=2)
+    for policy in ("fixed", "cost"):
+        session = Session(TARGET, None, draft, num_draft_tokens=4, draft_policy=policy, calibration=CheapRounds())
+        assert [s.token for s in session.stream(PROMPT, max_tokens=60)] == expected
+    assert {"NGramDrafter", "ModelDrafter"} <= set(used), used
+    with pytest.raises(InputError, match="not with a feature draft"):
+        from mlxspec.drafts import FeatureDraft, check_draft
+        check_draft(TARGET, LookupAndModel(FeatureDraft.__new__(FeatureDraft)), 4)

@@ -9,14 +9,15 @@ from mlx.utils import tree_flatten
 
 from ..errors import InputError
 from ..models import Model
+from .combined import LookupAndModel, LookupAndModelDrafter
 from .feature import DRAFT_TYPE, FeatureDraft, FeatureDrafter, draft_config, target_subset_head
 from .model_draft import ModelDrafter
 from .ngram import NGramDraft, NGramDrafter
 from .other_vocabulary import OtherVocabularyDraft, OtherVocabularyDrafter
 from .protocol import Drafter, Outlook, Pick, Proposal
 
-Draft = Model | FeatureDraft | NGramDraft | OtherVocabularyDraft  # what a session drafts with
-DRAFT_TYPES = (Model, FeatureDraft, NGramDraft, OtherVocabularyDraft)
+Draft = Model | FeatureDraft | NGramDraft | OtherVocabularyDraft | LookupAndModel  # what a session drafts with
+DRAFT_TYPES = (Model, FeatureDraft, NGramDraft, OtherVocabularyDraft, LookupAndModel)
 MAX_DRAFT_TOKENS = 64  # the caches keep this many positions to roll back; acceptance makes more pointless
 
 
@@ -27,6 +28,8 @@ def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, greedy: bo
     (prompt lookup and re-spelled drafts then always propose k tokens)."""
     if isinstance(draft, NGramDraft):
         return NGramDrafter(draft, always=timing)
+    if isinstance(draft, LookupAndModel):
+        return LookupAndModelDrafter(draft, make_drafter(draft.model, target, k_max, chunk, greedy, timing), timing)
     if isinstance(draft, OtherVocabularyDraft):
         return OtherVocabularyDrafter(draft, k_max, chunk, greedy, timing)
     if isinstance(draft, FeatureDraft):
@@ -44,6 +47,10 @@ def check_draft(target: Model, draft: Draft, num_draft_tokens: int) -> None:
     """Raise `InputError` for a draft that cannot verify against this target; warn when a
     draft model is not smaller than the target (speculation would only slow things down)."""
     check_draft_length(num_draft_tokens)
+    if isinstance(draft, LookupAndModel):
+        if not isinstance(draft.model, (Model, OtherVocabularyDraft)):
+            raise InputError("prompt lookup combines with a draft model, not with a feature draft")
+        draft = draft.model
     if isinstance(draft, NGramDraft):
         return
     if not isinstance(draft, OtherVocabularyDraft) and draft.args.vocab_size != target.args.vocab_size:
@@ -66,6 +73,8 @@ def parameter_count(model: Model) -> int:
 
 def describe_draft(draft: Draft) -> str:
     """One line saying what kind of draft this is."""
+    if isinstance(draft, LookupAndModel):
+        return draft.describe(describe_draft(draft.model))
     if isinstance(draft, (NGramDraft, OtherVocabularyDraft)):
         return draft.describe()
     a = draft.args
@@ -75,5 +84,5 @@ def describe_draft(draft: Draft) -> str:
     return f"draft model, {a.num_hidden_layers} blocks{head}"
 
 
-__all__ = ["DRAFT_TYPE", "DRAFT_TYPES", "MAX_DRAFT_TOKENS", "Draft", "NGramDraft", "NGramDrafter", "OtherVocabularyDraft", "OtherVocabularyDrafter", "Outlook", "check_draft_length", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
+__all__ = ["DRAFT_TYPE", "DRAFT_TYPES", "LookupAndModel", "LookupAndModelDrafter", "MAX_DRAFT_TOKENS", "Draft", "NGramDraft", "NGramDrafter", "OtherVocabularyDraft", "OtherVocabularyDrafter", "Outlook", "check_draft_length", "Drafter", "FeatureDraft", "FeatureDrafter", "ModelDrafter", "Pick", "Proposal",
            "check_draft", "describe_draft", "draft_config", "make_drafter", "parameter_count", "target_subset_head"]

@@ -200,9 +200,9 @@ class OtherVocabularyDrafter:
     def _intersection(self, logits: mx.array, k: int, pick: Pick) -> Proposal:
         """Sample k shared tokens from the draft's restricted distribution (its q over them)."""
         shared_draft, shared_target = self.draft.shared_draft, self.draft.shared_target
-        tokens, logprobs = [], []
+        tokens, logprobs, token = [], [], None
         for i in range(k):
-            if i:
+            if token is not None:
                 logits = self.draft.model(token, self.cache)[:, -1]
             choice, lp = pick(logits[:, shared_draft])
             token = shared_draft[choice]

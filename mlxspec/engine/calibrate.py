@@ -26,7 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..drafts import Draft, NGramDraft, OtherVocabularyDraft, make_drafter
+from ..drafts import Draft, LookupAndModel, NGramDraft, OtherVocabularyDraft, make_drafter
 from ..models import Linear, Model, set_weight_first_rows
 from .policy import FixedK, Timings
 from .sampling import RandomKeys, SamplingParams
@@ -85,6 +85,8 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
 def draft_vocabulary(draft: Draft, target: Model) -> int:
     """The size of the vocabulary the draft proposes from (the target's, for prompt lookup
     and drafts that re-spell their text)."""
+    if isinstance(draft, LookupAndModel):
+        draft = draft.model
     return target.args.vocab_size if isinstance(draft, (OtherVocabularyDraft, NGramDraft)) else draft.args.vocab_size
 
 
@@ -129,6 +131,8 @@ def measure(target: Model, draft: Draft, k_max: int, params: SamplingParams, row
 def fingerprint(target: Model, draft: Draft, k_max: int) -> str:
     """What a calibration is valid for: the pair's shapes, the device, the MLX version, k_max."""
     def describe(model: Model | Draft) -> dict:
+        if isinstance(model, LookupAndModel):
+            return {"lookup": repr(model.lookup), "min_match": model.min_match, "model": describe(model.model)}
         if isinstance(model, OtherVocabularyDraft):
             return {"other-vocabulary": describe(model.model), "shared": model.shared_draft.size}
         if not isinstance(model, nn.Module):
