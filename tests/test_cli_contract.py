@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import mlxspec.cli as cli
+import mlxspec.selection as selection
 from mlxspec.arguments import run
 from mlxspec.engine.calibrate import CALIBRATION_VERSION
 
@@ -41,6 +42,10 @@ CASES = [
     ("empty prompt", ["generate", "-p", "  ", "-m", "{model}"], "prompt is empty", E),
     ("prompt not UTF-8", ["generate", "-p", "caf\udce9", "-m", "{model}"], "is not valid UTF-8 text", E),
     ("model and pair", [*G, "--pair", "{tmp}"], "give one of --model/--draft, --pair or --demo", E),
+    ("n-gram of 0", [*G, "--draft", "ngram", "--max-ngram", "0"], "max_ngram must be an integer in 1..64", E),
+    ("n-grams backwards", [*G, "--draft", "ngram", "--min-ngram", "4"], "min_ngram 4 > max_ngram 3", E),
+    ("lookup, no draft", [*G, "--lookup"], "--lookup goes with a draft model", False),
+    ("draft tokenizer unreadable", [*G, "--draft", "{bad}/tokenizer"], "cannot load tokenizer", False),
     # generate: what is loaded
     ("no such model", ["generate", "-p", "hi", "-m", "{tmp}/absent"], "no such folder", False),
     ("model is a file", ["generate", "-p", "hi", "-m", "{model}/config.json"], "is a file; expected a model folder", False),
@@ -69,6 +74,8 @@ CASES = [
     ("no draft", ["bench", "-m", "{model}"], "bench needs a draft", E),
     ("no prompts file", ["bench", "--demo", "--prompts", "{tmp}/absent.txt"], "cannot read prompts file", E),
     ("prompts not UTF-8", ["bench", "--demo", "--prompts", "{bad}/prompts.txt"], "is not valid UTF-8 text: byte 0xff", E),
+    ("unknown prompt kind", ["bench", "--demo", "--kinds", "chat,poetry"], "unknown prompt kind 'poetry'", E),
+    ("kinds and prompts", ["bench", "--demo", "--kinds", "chat", "--prompts", "{bad}/prompts.txt"], "not both", E),
     ("report over a file", ["bench", "--demo", "-o", "{model}/config.json"], "exists and is not a folder", E),
     ("report over the model", ["bench", "-m", "{model}", "--draft", "{model}", "-o", "{model}", "--force"],
      "is the source", E),
@@ -100,6 +107,10 @@ def broken_copies(model: Path, bad: Path) -> dict[str, str]:
     shutil.copytree(model, bad / "bytes")
     (bad / "bytes" / "config.json").write_bytes(b'{"model_type": "mistral\xff"}')
     (bad / "prompts.txt").write_bytes(b"fine\n\xff\xfe not text\n")
+    shutil.copytree(model, bad / "tokenizer")  # a draft whose tokenizer cannot be read
+    for f in (bad / "tokenizer").glob("tokenizer*"):
+        f.unlink()
+    (bad / "tokenizer" / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3}}')
     return {"model": str(model), "bad": str(bad)}
 
 
@@ -114,8 +125,10 @@ def test_one_error_line(name, args, message, early, places, tmp_path, capsys, mo
         def loaded(*a, **k):
             raise AssertionError(f"{name}: something was loaded before the arguments were checked")
 
-        for attr in ("load", "load_pair", "load_draft", "convert_one", "convert_pair", "run_bench"):
+        for attr in ("load_draft", "convert_one", "convert_pair", "run_bench"):
             monkeypatch.setattr(cli, attr, loaded)
+        for attr in ("load", "load_pair", "load_draft"):
+            monkeypatch.setattr(selection, attr, loaded)
         monkeypatch.setattr(cli.demo_pair, "demo_target", loaded)
     argv = [a.format(tmp=tmp_path, **places) for a in args]
     code = run(cli.app, argv)
