@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -42,9 +43,10 @@ def transformers_rounds(prompts: list[str], n: int) -> tuple[list[tuple[int, int
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation import candidate_generator as cg
 
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    folder = Path(tempfile.mkdtemp()) / "smollm2-fp32"  # the demo target's weights, expanded, in the HF layout
+    mlxspec.convert(smollm2_gguf(), folder, dtype="float32")
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     rounds: list[tuple[int, int]] = []
     proposed: dict[str, int] = {}
     get, update = cg.PromptLookupCandidateGenerator.get_candidates, cg.PromptLookupCandidateGenerator.update_candidate_strategy
