@@ -70,17 +70,19 @@ class Shadow:
     def make_cache(self, max_rollback: int = 0) -> list:
         return [SimpleNamespace(ids=[], rollback=None)]
 
-    def model(self, tokens: mx.array, cache: list) -> None:
+    def model(self, tokens: mx.array, cache: list) -> mx.array:
+        """Log the tokens fed (the cache is the text so far); the 'hidden state' is a placeholder."""
         log = cache[0]
         log.ids.extend(tokens[0].tolist())
         log.rollback = lambda n: log.ids.__delitem__(slice(len(log.ids) - n, None))
+        self.current = tuple(log.ids)
+        return mx.zeros((1, tokens.shape[1], 1))
 
-    def __call__(self, tokens: mx.array, cache: list) -> mx.array:
-        self.model(tokens, cache)
-        ids = tuple(cache[0].ids)
-        if ids not in self.seen:
-            self.seen[ids] = self._predict(ids)
-        return self.seen[ids]
+    def head(self, hidden: mx.array) -> mx.array:
+        """Logits [1, V] after the text last fed."""
+        if self.current not in self.seen:
+            self.seen[self.current] = self._predict(self.current)
+        return self.seen[self.current]
 
     def _predict(self, ids: tuple[int, ...]) -> mx.array:
         text = b"".join(self.table[i] or b"" for i in ids).decode(errors="replace")
@@ -91,7 +93,7 @@ class Shadow:
         key = mx.random.key(len(ids))
         noisy = mx.where(shared, mapped, rest) + self.noise * mx.random.normal(mapped.shape, key=key)
         mx.eval(noisy)
-        return noisy[:, None]
+        return noisy
 
 
 def pair(kind: str, vocab_scale: float = 1.0, window: int | None = 8):

@@ -22,7 +22,7 @@ import math
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import Model
+from ..models import Model, SubsetHead
 from ..text import Tokenizer
 from ..text.spelling import complete_length, spell
 from .protocol import Outlook, Pick, Proposal
@@ -43,8 +43,12 @@ class OtherVocabularyDraft:
         for i, b in enumerate(self.target_bytes):
             if b:
                 by_bytes.setdefault(b, i)
-        rows = min(len(self.draft_bytes), model.args.vocab_size)
-        shared = [(d, by_bytes[b]) for d, b in enumerate(self.draft_bytes[:rows]) if b and b in by_bytes]
+        # the draft ids its head scores (a subset head scores only its `token_ids`), by row
+        head = getattr(model, "lm_head", None)
+        scored = head.token_ids.tolist() if isinstance(head, SubsetHead) else list(range(model.args.vocab_size))
+        self.head_ids = mx.array(scored, dtype=mx.int32)
+        spelled = lambda d: self.draft_bytes[d] if d < len(self.draft_bytes) else None  # noqa: E731
+        shared = [(row, by_bytes[spelled(d)]) for row, d in enumerate(scored) if spelled(d) in by_bytes]
         if not shared:
             raise InputError("the draft's vocabulary shares no token with the target's (no token spells the same "
                              "bytes in both): it cannot draft for this target")
@@ -52,7 +56,7 @@ class OtherVocabularyDraft:
         pieces = target_tokenizer.pieces()
         self.target_text = [b if b is not None else b"" if i == target_tokenizer.bos_id else
                             (pieces[i] or "").encode("utf-8") for i, b in enumerate(self.target_bytes)]
-        self.shared_draft = mx.array([d for d, _ in shared], dtype=mx.int32)
+        self.shared_rows = mx.array([r for r, _ in shared], dtype=mx.int32)  # head rows of the shared tokens
         self.shared_target = mx.array([t for _, t in shared], dtype=mx.int32)
 
     @property
@@ -63,7 +67,7 @@ class OtherVocabularyDraft:
     def describe(self) -> str:
         """One line saying what this draft is."""
         return (f"draft model with another vocabulary ({len(self.draft_bytes)} tokens, "
-                f"{self.shared_draft.size} shared with the target's {len(self.target_bytes)}), "
+                f"{self.shared_rows.size} it scores shared with the target's {len(self.target_bytes)}), "
                 f"{self.model.args.num_hidden_layers} blocks")
 
 
@@ -134,7 +138,7 @@ class OtherVocabularyDrafter:
         rest; the draft's logits after the whole text [1, V]."""
         keep = self.track.respell(bytes(self.text))
         if not self.track.ids:  # nothing the draft can read yet (a prompt of control tokens only)
-            return mx.zeros((1, self.draft.model.args.vocab_size))
+            return mx.zeros((1, self.draft.head_ids.size))
         back = max(0, self.fed - keep)
         if self.fed - back >= len(self.track.ids):  # nothing new: feed the last token again for its logits
             back = self.fed - len(self.track.ids) + 1
@@ -147,7 +151,14 @@ class OtherVocabularyDrafter:
             self.draft.model.model(mx.array([feed[s : s + self.chunk]]), self.cache)
         tail = feed[(len(feed) - 1) // self.chunk * self.chunk :]
         self.fed = len(self.track.ids)
-        return self.draft.model(mx.array([tail]), self.cache)[:, -1]
+        return self._logits(mx.array([tail]))
+
+    def _logits(self, tokens: mx.array) -> mx.array:
+        """The draft's logits at the last position over its head's rows (`head_ids`)."""
+        model = self.draft.model
+        hidden = model.model(tokens, self.cache)[:, -1]
+        head = getattr(model, "lm_head", None)
+        return head.subset_logits(hidden) if isinstance(head, SubsetHead) else model.head(hidden)
 
     def propose(self, last: int, k: int, pick: Pick) -> Proposal:
         self.extend([last])
@@ -168,8 +179,8 @@ class OtherVocabularyDrafter:
         tokens: list[mx.array] = []
         for i in range(m):
             if i:
-                logits = self.draft.model(tokens[-1], self.cache)[:, -1]
-            tokens.append(pick(logits)[0])
+                logits = self._logits(tokens[-1])
+            tokens.append(self.draft.head_ids[pick(logits)[0]])
             mx.async_eval(tokens[-1])
         self.generated = m - 1
         text = b""
@@ -199,13 +210,13 @@ class OtherVocabularyDrafter:
 
     def _intersection(self, logits: mx.array, k: int, pick: Pick) -> Proposal:
         """Sample k shared tokens from the draft's restricted distribution (its q over them)."""
-        shared_draft, shared_target = self.draft.shared_draft, self.draft.shared_target
+        rows, shared_target = self.draft.shared_rows, self.draft.shared_target
         tokens, logprobs, token = [], [], None
         for i in range(k):
             if token is not None:
-                logits = self.draft.model(token, self.cache)[:, -1]
-            choice, lp = pick(logits[:, shared_draft])
-            token = shared_draft[choice]
+                logits = self._logits(token)
+            choice, lp = pick(logits[:, rows])
+            token = self.draft.head_ids[rows[choice]]
             tokens.append(shared_target[choice])
             logprobs.append(lp)
             mx.async_eval(tokens[-1])

@@ -134,7 +134,7 @@ def fingerprint(target: Model, draft: Draft, k_max: int) -> str:
         if isinstance(model, LookupAndModel):
             return {"lookup": repr(model.lookup), "min_match": model.min_match, "model": describe(model.model)}
         if isinstance(model, OtherVocabularyDraft):
-            return {"other-vocabulary": describe(model.model), "shared": model.shared_draft.size}
+            return {"other-vocabulary": describe(model.model), "shared": model.shared_rows.size}
         if not isinstance(model, nn.Module):
             return {"draft": repr(model)}
         params = sorted((k, str(v.dtype), v.shape) for k, v in tree_flatten(model.parameters()))
