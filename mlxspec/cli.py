@@ -38,8 +38,8 @@ DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokeniz
               "answer's repeats of the prompt and of itself are drafted; a folder named ngram: ./ngram).")
 LOOKUP_HELP = ("With a draft model: prompt lookup proposes where the text repeats itself (a match running 3+ tokens "
                "back), the draft model elsewhere.")
-MAX_NGRAM_HELP = "With --draft ngram: the longest n-gram looked up (1..64)."
-MIN_NGRAM_HELP = "With --draft ngram: the shortest n-gram looked up (1..64)."
+MAX_NGRAM_HELP = "With --draft ngram or --lookup: the longest n-gram looked up (1..64)."
+MIN_NGRAM_HELP = "With --draft ngram or --lookup: the shortest n-gram looked up (1..64)."
 ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
                  "when drafting does not pay); --no-adaptive always drafts -k tokens.")
 DEMO_KINDS = ("chat", "code", "summarisation")  # one prompt of each in `mlxspec demo`
@@ -183,8 +183,8 @@ def bench(
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Most tokens per answer (stops earlier at end of sequence)."),
     temperatures: str = typer.Option("0,1", "--temperatures", "--temp", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
     ks: str = typer.Option("1..4,6,8", "--num-draft-tokens", "-k", help="Draft lengths to measure, e.g. 1..8 or 2,4,6."),
-    max_ngram: int = typer.Option(3, "--max-ngram", help=MAX_NGRAM_HELP),
-    min_ngram: int = typer.Option(1, "--min-ngram", help=MIN_NGRAM_HELP),
+    max_ngram: int = typer.Option(3, "--max-ngram", help=MAX_NGRAM_HELP.replace(" or --lookup", "")),
+    min_ngram: int = typer.Option(1, "--min-ngram", help=MIN_NGRAM_HELP.replace(" or --lookup", "")),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also measure the cost model's adaptive draft length (up to the largest k)."),
     repeats: int = typer.Option(3, "--repeats", help="Runs of every configuration; the report gives medians."),
     compare_mlx_lm: bool = typer.Option(False, "--compare-mlx-lm", help="Also run mlx-lm's plain and speculative loops on the same weights."),
