@@ -35,8 +35,10 @@ from mlxspec.text.spelling import spell  # noqa: E402
 from mlxspec.text.tokenizer import SentencePieceTokenizer  # noqa: E402
 
 
-def moved(draft: Model, bpe: mlxspec.Tokenizer, sp: SentencePieceTokenizer) -> Model:
-    """The draft's blocks under SentencePiece embeddings and a subset head over SentencePiece ids."""
+def moved(draft: Model, bpe: mlxspec.Tokenizer, sp: SentencePieceTokenizer, full_head: bool = False) -> Model:
+    """The draft's blocks under SentencePiece embeddings and a subset head over SentencePiece
+    ids; with `full_head`, a head over every id (rows the subset lacks: the token's input
+    embedding, rescaled), which transformers can load as it is."""
     embed = np.array(draft.model.embed_tokens.weight)
     head = draft.lm_head
     rows = {int(t): i for i, t in enumerate(np.array(head.token_ids))}
@@ -55,15 +57,23 @@ def moved(draft: Model, bpe: mlxspec.Tokenizer, sp: SentencePieceTokenizer) -> M
         if ids[0] in rows:
             head_ids.append(i)
             head_rows.append(out_w[rows[ids[0]]])
-    args = replace(draft.args, vocab_size=sp.vocab_size, head_vocab_size=len(head_ids))
+    if full_head:
+        scale = np.linalg.norm(out_w, axis=1).mean() / np.linalg.norm(new_embed, axis=1).mean()
+        full = new_embed * scale
+        full[head_ids] = np.stack(head_rows)
+        head_ids, head_rows = list(range(sp.vocab_size)), list(full)
+    args = replace(draft.args, vocab_size=sp.vocab_size, head_vocab_size=None if full_head else len(head_ids))
     model = Model(args)
     weights = dict(tree_flatten(draft.parameters()))
     weights = {k: v for k, v in weights.items() if not k.startswith(("lm_head", "model.embed_tokens"))}
     weights["model.embed_tokens.weight"] = mx.array(new_embed)
-    weights["lm_head.out_proj.weight"] = mx.array(np.stack(head_rows))
-    weights["lm_head.token_ids"] = mx.array(head_ids, dtype=mx.int32)
+    if full_head:
+        weights["lm_head.weight"] = mx.array(np.stack(head_rows))
+    else:
+        weights["lm_head.out_proj.weight"] = mx.array(np.stack(head_rows))
+        weights["lm_head.token_ids"] = mx.array(head_ids, dtype=mx.int32)
     model.load_weights(list(weights.items()))
-    assert isinstance(model.lm_head, SubsetHead)
+    assert isinstance(model.lm_head, SubsetHead) != full_head
     mx.eval(model.parameters())
     return model
 
@@ -72,7 +82,8 @@ def save(model: Model, sp_file: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
     config = model.args.to_hf_config()
-    config["head_vocab_size"] = model.args.head_vocab_size
+    if model.args.head_vocab_size:
+        config["head_vocab_size"] = model.args.head_vocab_size
     (out / "config.json").write_text(json.dumps(config, indent=2))
     shutil.copy(sp_file, out / "tokenizer.model")
 
