@@ -63,6 +63,8 @@ def theirs(target_dir: Path, draft_dir: Path, prompts: list[str], n: int, temper
     assistant.generation_config.num_assistant_tokens = K
     assistant.generation_config.num_assistant_tokens_schedule = "constant"
     assistant.generation_config.assistant_confidence_threshold = 0.0
+    if temperature:  # the assistant samples as the target does (its own config would draft greedily)
+        assistant.generation_config.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     rounds, state = [], {"depth": 0, "n": 0}
     for cls in (cg.AssistedCandidateGeneratorDifferentTokenizers, cg.UniversalSpeculativeDecodingGenerator,
                 cg.AssistedCandidateGenerator):
