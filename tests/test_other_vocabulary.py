@@ -78,11 +78,12 @@ class Shadow:
         self.current = tuple(log.ids)
         return mx.zeros((1, tokens.shape[1], 1))
 
-    def head(self, hidden: mx.array) -> mx.array:
-        """Logits [1, V] after the text last fed."""
+    def __call__(self, tokens: mx.array, cache: list) -> mx.array:
+        """Logits [1, 1, V] after the text fed so far (only the last position is asked for)."""
+        self.model(tokens, cache)
         if self.current not in self.seen:
             self.seen[self.current] = self._predict(self.current)
-        return self.seen[self.current]
+        return self.seen[self.current][:, None]
 
     def _predict(self, ids: tuple[int, ...]) -> mx.array:
         text = b"".join(self.table[i] or b"" for i in ids).decode(errors="replace")

@@ -9,6 +9,14 @@ from ..models import Model, SubsetHead
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal
 
 
+def last_logits(draft: Model, tokens: mx.array, cache: list) -> mx.array:
+    """A draft model's logits [1, rows] at the last position of `tokens` fed after `cache`:
+    over its head's subset when it has one (rows = `lm_head.token_ids`), else the vocabulary."""
+    if isinstance(getattr(draft, "lm_head", None), SubsetHead):
+        return draft.lm_head.subset_logits(draft.model(tokens, cache)[:, -1])
+    return draft(tokens, cache)[:, -1]
+
+
 class ModelDrafter:
     """An independent draft LM with the target's vocabulary. Its cache lacks only
     `pending` (verified tokens it has not seen), fed with `last` at the next proposal."""
@@ -28,10 +36,7 @@ class ModelDrafter:
         self.support = head.token_ids if isinstance(head, SubsetHead) else None
 
     def _logits(self, tokens: mx.array) -> mx.array:
-        """The draft's logits at the last position (over its head's subset, if it has one)."""
-        if self.support is None:
-            return self.draft(tokens, self.cache)[:, -1]
-        return self.draft.lm_head.subset_logits(self.draft.model(tokens, self.cache)[:, -1])
+        return last_logits(self.draft, tokens, self.cache)
 
     def extend(self, tokens: list[int], features: mx.array | None = None) -> None:
         self.pending.extend(tokens)

@@ -18,6 +18,7 @@ from ..errors import InputError
 from .protocol import Outlook, Pick, Proposal
 
 MATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # match lengths with an acceptance estimate of their own
+MAX_CONTINUATION = 64  # tokens of a match's continuation offered at most
 
 
 @dataclass(frozen=True)
@@ -96,19 +97,24 @@ class NGramDrafter:
         self.draft, self.always = draft, always
         self.index = NGramIndex(draft.max_ngram)
         self.last: int | None = None
+        self.matched: tuple[tuple[int, int], list[int], int] | None = None  # the last lookup, by (text length, last)
 
     def extend(self, tokens: list[int], features: mx.array | None = None) -> None:
         self.index.append(tokens)
 
     def _match(self, last: int) -> tuple[list[int], int]:
         """The continuation after the newest match of the text ending in `last` (the index
-        holds everything before it), and the match length."""
-        self.index.tokens.append(last)
-        try:
-            end, length = self.index.lookup(self.draft.max_ngram, self.draft.min_ngram)
-            return (self.index.tokens[end : end + MAX_CONTINUATION] if end >= 0 else []), length
-        finally:
-            self.index.tokens.pop()
+        holds everything before it), and the match length; the outlook's lookup is reused
+        by the proposal that follows it."""
+        at = (len(self.index.tokens), last)
+        if self.matched is None or self.matched[0] != at:
+            self.index.tokens.append(last)
+            try:
+                end, length = self.index.lookup(self.draft.max_ngram, self.draft.min_ngram)
+                self.matched = at, (self.index.tokens[end : end + MAX_CONTINUATION] if end >= 0 else []), length
+            finally:
+                self.index.tokens.pop()
+        return self.matched[1], self.matched[2]
 
     def outlook(self, last: int) -> Outlook:
         """What the next proposal would be: its match length's class and how many tokens."""
@@ -126,9 +132,6 @@ class NGramDrafter:
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
         self.index.append([self.last, *drafted[:accepted]])
-
-
-MAX_CONTINUATION = 64
 
 
 def point_mass(tokens: list[int]) -> Proposal:

@@ -25,7 +25,8 @@ from ..errors import InputError
 from ..models import Model, SubsetHead
 from ..text import Tokenizer
 from ..text.spelling import complete_length, spell
-from .protocol import Outlook, Pick, Proposal
+from .model_draft import last_logits
+from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal
 
 LOOKBACK = 4  # tokens re-spelled before new text: enough for the merges at a boundary,
 LOOKBACK_BYTES = 24  # and at least this much text (a special token's name, written out)
@@ -125,7 +126,7 @@ class OtherVocabularyDrafter:
         self.bos = draft.target_tokenizer.bos_id
 
     def outlook(self, last: int) -> Outlook:
-        return Outlook("model", 1 << 30)
+        return MODEL_OUTLOOK
 
     def extend(self, tokens: list[int], features: mx.array | None = None) -> None:
         for t in tokens:
@@ -155,10 +156,7 @@ class OtherVocabularyDrafter:
 
     def _logits(self, tokens: mx.array) -> mx.array:
         """The draft's logits at the last position over its head's rows (`head_ids`)."""
-        model = self.draft.model
-        hidden = model.model(tokens, self.cache)[:, -1]
-        head = getattr(model, "lm_head", None)
-        return head.subset_logits(hidden) if isinstance(head, SubsetHead) else model.head(hidden)
+        return last_logits(self.draft.model, tokens, self.cache)
 
     def propose(self, last: int, k: int, pick: Pick) -> Proposal:
         self.extend([last])

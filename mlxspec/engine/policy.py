@@ -223,6 +223,7 @@ class CostModel:
         if k == 0 and self.estimate.plain_steps >= self.probe_interval() and self.may_pay(limit):
             return 1
         return k
+
     def may_pay(self, limit: int) -> bool:
         """Whether drafting could pay at all: never probe when even perfect acceptance loses."""
         return best_k(1.0, self.timings, limit, self.margin) > 0

@@ -154,7 +154,7 @@ class Generation:
             left = budget - produced
             k = self.policy.next_k(left, self.outlook())
             if k:
-                steps = iter(self.round(k))
+                steps = self.round(k)
             elif self.drafter is not None and self.drafter.varies:  # plain until a proposal is worth drafting
                 steps = self.plain(left, lambda: self.wants_draft(budget - produced))
             else:

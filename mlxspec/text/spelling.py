@@ -64,19 +64,21 @@ def spell(encode, token_bytes: list[bytes | None], text: bytes) -> tuple[list[in
         return [], []
     string = text.decode("utf-8", errors="replace")
     ids = encode(ANCHOR + string)
-    ends, total = [], 0
-    for i in ids:
-        total += len(token_bytes[i] or b"") if 0 <= i < len(token_bytes) else 0
-        ends.append(total)
-    start = total - len(text)
+    ends = _ends(ids, token_bytes)
+    start = (ends[-1] if ends else 0) - len(text)
     if start in ends and start >= 0:
         first = ends.index(start) + 1
         while first < len(ids) and ends[first] == start:
             first += 1  # empty tokens at the boundary belong to the anchor
         return ids[first:], [e - start for e in ends[first:]]
     ids = encode(string)
+    return ids, [min(e, len(text)) for e in _ends(ids, token_bytes)]
+
+
+def _ends(ids: list[int], token_bytes: list[bytes | None]) -> list[int]:
+    """Where each token of `ids` ends in the bytes they spell together."""
     ends, total = [], 0
     for i in ids:
         total += len(token_bytes[i] or b"") if 0 <= i < len(token_bytes) else 0
-        ends.append(min(total, len(text)))
-    return ids, ends
+        ends.append(total)
+    return ends

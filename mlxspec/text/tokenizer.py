@@ -39,7 +39,13 @@ class Tokenizer:
     def token_bytes(self) -> list[bytes | None]:
         """The bytes each token id spells in running text; None for a token that text never
         becomes (SentencePiece's control tokens). HF's added tokens spell their content: its
-        `encode` turns that text into them."""
+        `encode` turns that text into them. Built once per tokenizer (pairing a draft and
+        drafting with it both read it); not to be changed by the caller."""
+        if "_token_bytes" not in self.__dict__:
+            self._token_bytes = self._spelled_tokens()
+        return self._token_bytes
+
+    def _spelled_tokens(self) -> list[bytes | None]:
         raise NotImplementedError
 
     @functools.cached_property
@@ -96,7 +102,7 @@ class SentencePieceTokenizer(Tokenizer):
     def pieces(self) -> list[str]:
         return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
 
-    def token_bytes(self) -> list[bytes | None]:
+    def _spelled_tokens(self) -> list[bytes | None]:
         sp = self._sp
         return [None if sp.is_control(i) or sp.is_unknown(i) else metaspace_bytes(sp.id_to_piece(i))
                 for i in range(self.vocab_size)]
@@ -166,7 +172,7 @@ class HFTokenizer(Tokenizer):
     def pieces(self) -> list[str]:
         return [self._tok.id_to_token(i) for i in range(self.vocab_size)]
 
-    def token_bytes(self) -> list[bytes | None]:
+    def _spelled_tokens(self) -> list[bytes | None]:
         spec = json.loads(self._tok.to_str())
         byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
         added = {a["id"]: a for a in spec.get("added_tokens", []) if isinstance(a, dict) and "id" in a}
