@@ -24,7 +24,9 @@ from typing import Callable, NamedTuple, Protocol
 
 import mlx.core as mx
 
-Pick = Callable[[mx.array], tuple[mx.array, mx.array | None]]
+# pick(logits, support=None, target_ids=False) -> (token [B, 1], processed log-probabilities or None):
+# `target_ids` says the logits score target token ids (`support` of them, or all).
+Pick = Callable[..., tuple[mx.array, mx.array | None]]
 
 
 class Proposal(NamedTuple):
@@ -72,7 +74,7 @@ def draw_proposal(step: Callable[[mx.array], mx.array], first: mx.array, k: int,
     for i in range(k):
         if i:
             logits = step(tokens[-1])
-        token, lp = pick(logits)
+        token, lp = pick(logits, support, True)
         if support is not None:
             token = support[token]
         mx.async_eval(token)  # compute this step while the next one is being built

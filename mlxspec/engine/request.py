@@ -4,6 +4,7 @@ and turning generated ids into streamed text with a finish reason."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import mlx.core as mx
@@ -13,12 +14,29 @@ from ..errors import InputError, InputTypeError
 from ..models import Model
 from ..text import Message, StreamingDetokenizer, Tokenizer
 from ..text.chat import as_messages
+from ..text.stops import StopMatcher
 from ..text.unicode import check_text
 from ..validate import is_int
-from .sampling import check_seed
+from .logprobs import TokenLogprob
+from .sampling import SamplingParams, check_seed
 from .stats import GenerationStats, GenerationStep
 
 Prompt = str | Sequence[int] | Sequence[Message]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked request: the prompt's token ids and how to decode after it."""
+
+    ids: list[int]
+    params: SamplingParams
+    budget: int  # tokens it may generate (max_tokens, capped by the context)
+    stops: list[str]
+    logprobs: int | None
+    seed: int | None
+    chunk: int  # prompt tokens per prefill pass
+    speculative: bool  # whether a draft may propose
+    prompt_cache: bool
 MAX_PREFILL_CHUNK = 2**20  # tokens per prefill pass; MLX indexes with 32-bit integers
 _PROMPT_KINDS = "text (str), chat messages (a list of role/content dicts) or token ids (a list of ints)"
 
@@ -103,23 +121,45 @@ def peak_memory_gb() -> float:
     return mx.get_peak_memory() / 1e9
 
 
-def steps(tokens: Iterator[tuple[int, bool]], tokenizer: Tokenizer | None, stats: GenerationStats,
-          budget: int) -> Iterator[GenerationStep]:
-    """Detokenize, time and stop at an end-of-sequence token or the budget: the part every
-    way of decoding shares. The token stream times its own prefill into `stats.prompt_time`."""
-    detok = tokenizer.detokenizer() if tokenizer is not None else StreamingDetokenizer(lambda ids: "")
-    eos_ids = tokenizer.eos_ids if tokenizer is not None else set()
-    start = time.perf_counter()
-    for n, (token, from_draft) in enumerate(tokens, 1):
-        stats.generation_tokens = n
-        stats.generation_time = time.perf_counter() - start - stats.prompt_time
+class StepText:
+    """Turns one generation's tokens into `GenerationStep`s, pushed one at a time: text
+    deltas, timing, and the end at an end-of-sequence token, a stop string (never emitted:
+    the step that completed it carries what came before it) or the budget (`done`)."""
+
+    def __init__(self, tokenizer: Tokenizer | None, stats: GenerationStats, budget: int,
+                 stops: Sequence[str] = ()) -> None:
+        self.detok = tokenizer.detokenizer() if tokenizer is not None else StreamingDetokenizer(lambda ids: "")
+        self.eos_ids = tokenizer.eos_ids if tokenizer is not None else set()
+        self.matcher = StopMatcher(stops)
+        self.stats, self.budget = stats, budget
+        self.start = time.perf_counter()
+        self.done = False
+
+    def add(self, token: int, from_draft: bool = False, logprob: TokenLogprob | None = None) -> GenerationStep:
+        """The step for the next token."""
+        stats, matcher = self.stats, self.matcher
+        stats.generation_tokens += 1
+        stats.generation_time = time.perf_counter() - self.start - stats.prompt_time
         stats.peak_memory_gb = peak_memory_gb()
-        if token in eos_ids:
-            stats.finish_reason = "stop"
-            yield GenerationStep(token, detok.finalize(), stats, from_draft)
+        if token in self.eos_ids:
+            text = matcher.add(self.detok.finalize()) + matcher.flush()
+            stats.finish_reason, self.done = "stop", True
+            return GenerationStep(token, text, stats, from_draft, logprob)
+        text = matcher.add(self.detok.add(token))
+        if not matcher.stopped and stats.generation_tokens == self.budget:
+            text += matcher.add(self.detok.finalize()) + matcher.flush()
+            stats.finish_reason, self.done = "length", True
+        if matcher.stopped:
+            stats.finish_reason, self.done = "stop", True
+        return GenerationStep(token, text, stats, from_draft, logprob)
+
+
+def steps(tokens: Iterator[tuple[int, bool, TokenLogprob | None]], tokenizer: Tokenizer | None,
+          stats: GenerationStats, budget: int, stops: Sequence[str] = ()) -> Iterator[GenerationStep]:
+    """Detokenize, time and stop (see `StepText`): the part every way of decoding shares. The
+    token stream times its own prefill into `stats.prompt_time`."""
+    text = StepText(tokenizer, stats, budget, stops)
+    for token, from_draft, logprob in tokens:
+        yield text.add(token, from_draft, logprob)
+        if text.done:
             return
-        text = detok.add(token)
-        if n == budget:
-            stats.finish_reason = "length"
-            text += detok.finalize()
-        yield GenerationStep(token, text, stats, from_draft)

@@ -1,9 +1,14 @@
-"""From logits to a next token: temperature, top-k, top-p, the draw, and each request's
-own random stream.
+"""From logits to a next token: the repetition penalty, temperature, top-k, top-p, min-p,
+the draw, and each request's own random stream.
 
 `process_logits` returns the log-probabilities of the distribution actually sampled
-from; the speculative loop applies it to both target and draft so that rejection
-sampling preserves the target's *processed* distribution.
+from. Rejection sampling keeps the output exactly on the target's *processed*
+distribution p whatever distribution q the draft drew from, as long as q is the one it
+really drew from; so every option is applied to the target's logits (that is what makes
+it the output's distribution) and the same options are applied to the draft's (so that q
+resembles p and more drafts are accepted). The repetition penalty depends on the text
+before each position: a verification pass penalises position j by the tokens up to the
+j-th draft, exactly what plain decoding would have seen there.
 """
 
 from __future__ import annotations
@@ -39,9 +44,12 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one (0 disables)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens among the last `repetition_context` (1 disables)
+    repetition_context: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p"):
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
             if not is_real(getattr(self, name)):
                 raise InputTypeError(f"{name} must be a number, got {getattr(self, name)!r}")
         if not is_int(self.top_k):
@@ -52,6 +60,18 @@ class SamplingParams:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise InputError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise InputError(f"min_p must be in [0, 1) (0 disables it), got {self.min_p}")
+        if not (0 < self.repetition_penalty and math.isfinite(self.repetition_penalty)):
+            raise InputError(f"repetition_penalty must be a finite number > 0 (1 disables it), "
+                             f"got {self.repetition_penalty}")
+        if not is_int(self.repetition_context) or not 1 <= self.repetition_context <= 4096:
+            raise InputError(f"repetition_context must be an integer in 1..4096, got {self.repetition_context!r}")
+
+    @property
+    def penalized(self) -> bool:
+        """True when the repetition penalty changes logits."""
+        return self.repetition_penalty != 1.0
 
     @property
     def greedy(self) -> bool:
@@ -62,7 +82,8 @@ class SamplingParams:
     def truncation(self) -> str:
         """The truncations that apply ("none", "top-k", "top-p" or "top-k+top-p"): what a
         draw costs depends on these (each sorts the vocabulary), not on the temperature."""
-        kinds = [name for name, on in (("top-k", self.top_k > 0), ("top-p", self.top_p < 1.0)) if on]
+        kinds = [name for name, on in (("top-k", self.top_k > 0), ("top-p", self.top_p < 1.0),
+                                       ("min-p", self.min_p > 0)) if on]
         return "+".join(kinds) or "none"
 
 
@@ -110,11 +131,44 @@ def process_logits(logits: mx.array, params: SamplingParams, normalize: bool = T
     if 0 < params.top_k < logits.shape[-1]:
         logits = mx.where(top_k_mask(logits, params.top_k), logits, -mx.inf)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    cut = False
     if params.top_p < 1.0:
         logprobs = mx.where(top_p_mask(logprobs, params.top_p), logprobs, -mx.inf)
-        if normalize:
-            logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+        cut = True
+    if params.min_p > 0:  # relative to the most likely token, whose log-probability is the maximum
+        floor = mx.max(logprobs, axis=-1, keepdims=True) + math.log(params.min_p)
+        logprobs = mx.where(logprobs >= floor, logprobs, -mx.inf)
+        cut = True
+    if cut and normalize:
+        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
     return logprobs
+
+
+def recent_windows(history: list[int], drafts: mx.array | None, context: int, vocab: int) -> mx.array:
+    """The token ids the repetition penalty looks at for each position of a pass that feeds
+    the newest token and then `drafts` [k]: [k + 1, context] ids, position j seeing the last
+    `context` of history + drafts[:j]; `vocab` pads where the text is shorter."""
+    head = [vocab] * max(0, context - len(history)) + history[-context:]
+    seq = mx.array(head, dtype=mx.int32)
+    if drafts is not None and drafts.size:
+        seq = mx.concatenate([seq, drafts.astype(mx.int32).reshape(-1)])
+    k = seq.shape[0] - context
+    return seq[mx.arange(k + 1)[:, None] + mx.arange(context)[None, :]]
+
+
+def penalize(logits: mx.array, recent: mx.array, penalty: float, vocab: int,
+             support: mx.array | None = None) -> mx.array:
+    """The repetition penalty (Keskar et al. 2019, as in mlx-lm and llama.cpp): a logit of a
+    token among `recent` is divided by `penalty` when positive, multiplied when negative.
+    `logits` [..., P, S], `recent` [P, R] ids (`vocab` pads); `support`: the token id of each
+    of the S logits when they cover a subset of the vocabulary."""
+    P = recent.shape[0]
+    seen = mx.zeros((P, vocab + 1), dtype=mx.int32).at[mx.arange(P)[:, None], recent].add(1)[:, :vocab] > 0
+    if support is not None:
+        seen = seen[:, support]
+    logits = logits.astype(mx.float32)
+    hit = mx.where(logits < 0, logits * penalty, logits / penalty)
+    return mx.where(seen, hit, logits)
 
 
 def sample(logits: mx.array, params: SamplingParams, key: mx.array | None = None) -> mx.array:

@@ -10,7 +10,7 @@ and this device's calibration, never on what ran before it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import mlx.core as mx
 
@@ -18,12 +18,16 @@ from ..drafts import DRAFT_TYPES, Draft, NGramDraft, check_draft, make_drafter
 from ..errors import InputError, InputTypeError
 from ..models import Model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
-from ..text import Tokenizer
+from ..text import Message, Tokenizer
+from ..text.chat import as_messages
+from ..text.stops import check_stops
 from ..validate import is_int
 from .calibrate import Progress, calibrate, sampling_kind
 from .decode import default_chunk_size
+from .logprobs import check_logprobs
 from .policy import AcceptanceEstimate, CostModel, DraftPolicy, FixedK, Heuristic, Plain, Timings
-from .request import Prompt, check_request, prompt_ids, steps, token_budget
+from .prompt_cache import DEFAULT_ENTRIES, PromptCache
+from .request import Prompt, Request, check_request, prompt_ids, steps, token_budget
 from .sampling import RandomKeys, SamplingParams
 from .speculative import Generation
 from .stats import GenerationStep
@@ -86,7 +90,7 @@ class Session:
 
     def __init__(self, target: Model, tokenizer: Tokenizer | None = None, draft: Draft | str | None = None, *,
                  num_draft_tokens: int = 6, draft_policy: str = "cost",
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None, prompt_cache_entries: int = DEFAULT_ENTRIES) -> None:
         draft = as_draft(draft)
         check_parts(target, tokenizer, draft)
         if draft_policy not in DRAFT_POLICIES:
@@ -101,6 +105,9 @@ class Session:
             raise InputTypeError(f"calibration must be a Calibration, got {type(calibration).__name__}")
         self.calibration = calibration or Calibration()
         self._acceptance: dict[SamplingParams, dict[str, AcceptanceEstimate]] = {}
+        if not is_int(prompt_cache_entries) or prompt_cache_entries < 0:
+            raise InputError(f"prompt_cache_entries must be an integer >= 0, got {prompt_cache_entries!r}")
+        self.prompt_cache = PromptCache(prompt_cache_entries)
 
     def timings(self, params: SamplingParams) -> Timings:
         """The calibrated round times for these sampling settings (measured on first use)."""
@@ -114,41 +121,90 @@ class Session:
             return FixedK(self.k_max)
         if self.draft_policy == "heuristic":
             return Heuristic(self.k_max)
-        estimates = {} if seed is not None else self._acceptance.setdefault(params, {})
-        return CostModel(self.timings(params), estimates, self.k_max)
+        return CostModel(self.timings(params), self.acceptance(params, seed), self.k_max)
 
-    def stream(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-               top_k: int = 0, seed: int | None = None, chat: bool = False, prefill_chunk: int | None = None,
-               speculative: bool = True) -> Iterator[GenerationStep]:
-        """Generate, one `GenerationStep` per token; the request is checked before this returns.
+    def acceptance(self, params: SamplingParams, seed: int | None) -> dict[str, AcceptanceEstimate]:
+        """The acceptance estimates a request starts from: the session's for these settings,
+        or fresh ones for a seeded request (its text then depends on nothing before it)."""
+        return {} if seed is not None else self._acceptance.setdefault(params, {})
+
+    def request(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                top_k: int = 0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                stop: str | list[str] | None = None, logprobs: int | None = None, seed: int | None = None,
+                chat: bool = False, prefill_chunk: int | None = None, speculative: bool = True,
+                prompt_cache: bool = True) -> Request:
+        """Check a request and tokenize its prompt: what `stream` runs and a batch row is made of.
 
         The prompt is text (`chat` wraps it in the model's template), chat messages or token
-        ids. Decodes speculatively when the session has a draft (unless `speculative` is
-        False). Stops at an end-of-sequence token, after `max_tokens`, or at the model's
-        context length; the last step's `stats.finish_reason` says which ("stop" or "length").
-        Without a tokenizer, steps carry ids only (empty text, no end-of-sequence stop)."""
-        params = SamplingParams(temperature, top_p, top_k)
+        ids. Decoding stops at an end-of-sequence token, at a `stop` string (never emitted),
+        after `max_tokens`, or at the model's context length. `temperature`, `top_p`,
+        `top_k`, `min_p` and `repetition_penalty` shape the distribution sampled from (see
+        `SamplingParams`); `seed` makes the draws repeatable. `logprobs` (0..20) adds each
+        token's log-probability and that many alternatives. `speculative=False` decodes
+        without the draft. With `prompt_cache` the longest prefix shared with a recent
+        request is not prefilled again (`stats.prompt_cached_tokens`)."""
+        params = SamplingParams(temperature, top_p, top_k, min_p, repetition_penalty)
         check_request(max_tokens, seed, prefill_chunk)
+        stops, top = check_stops(stop), check_logprobs(logprobs)
+        if not isinstance(speculative, bool) or not isinstance(prompt_cache, bool):
+            raise InputTypeError("speculative and prompt_cache must be True or False")
         ids = prompt_ids(self.tokenizer, prompt, chat, context=self.target.args.max_position_embeddings)
         budget = token_budget(self.target, ids, max_tokens)
-        chunk = prefill_chunk or default_chunk_size(self.target)
-        drafting = speculative and self.draft is not None and budget > 0  # nothing to calibrate for 0 tokens
-        policy = self.policy(params, seed) if drafting else Plain()
-        drafter = make_drafter(self.draft, self.target, self.k_max, chunk, params.greedy) if drafting else None
-        generation = Generation(self.target, drafter, policy, params, RandomKeys(seed), chunk)
-        generation.stats.prompt_tokens = len(ids)
-        return self._steps(generation, ids, budget)
+        return Request(ids, params, budget, stops, top, seed, prefill_chunk or default_chunk_size(self.target),
+                       speculative and self.draft is not None, prompt_cache)
 
-    def _steps(self, generation: Generation, ids: list[int], budget: int) -> Iterator[GenerationStep]:
+    def stream(self, prompt: Prompt, **options: Any) -> Iterator[GenerationStep]:
+        """Generate, one `GenerationStep` per token; the request (options as in `request`) is
+        checked before this returns. Decodes speculatively when the session has a draft. The
+        last step's `stats.finish_reason` says why it ended ("stop" or "length"). Without a
+        tokenizer, steps carry ids only."""
+        req = self.request(prompt, **options)
+        drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
+        policy = self.policy(req.params, req.seed) if drafting else Plain()
+        drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
+        reuse = req.prompt_cache and not (drafter is not None and drafter.needs_features)  # features: every position
+        cache, reused = self.prompt_cache.take(req.ids) if reuse else (None, 0)
+        cache = cache if cache is not None else self.target.make_cache(max_rollback=self.k_max)
+        generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,
+                                reused, req.logprobs)
+        generation.stats.prompt_tokens, generation.stats.prompt_cached_tokens = len(req.ids), reused
+        return self._steps(generation, req.ids, req.budget, req.stops, reuse)
+
+    def _steps(self, generation: Generation, ids: list[int], budget: int, stops: list[str],
+               keep: bool) -> Iterator[GenerationStep]:
         if budget == 0:
             return
         mx.reset_peak_memory()
-        yield from steps(generation.run(ids, budget), self.tokenizer, generation.stats, budget)
+        try:
+            yield from steps(generation.run(ids, budget), self.tokenizer, generation.stats, budget, stops)
+        except GeneratorExit:  # the caller stopped reading: what was computed is still good
+            self._keep(generation, keep)
+            raise
+        self._keep(generation, keep)
 
-    def generate(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, chat: bool = False, prefill_chunk: int | None = None,
-                 speculative: bool = True) -> str:
-        """The whole completion text (see `stream`)."""
-        return "".join(step.text for step in self.stream(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-            chat=chat, prefill_chunk=prefill_chunk, speculative=speculative))
+    def _keep(self, generation: Generation, keep: bool) -> None:
+        """Return a finished generation's cache to the prompt cache."""
+        if keep and generation.cache[0].offset <= len(generation.history):
+            self.prompt_cache.put(generation.cached_tokens(), generation.cache)
+
+    def generate(self, prompt: Prompt, **options: Any) -> str:
+        """The whole completion text (options as in `stream`)."""
+        return "".join(step.text for step in self.stream(prompt, **options))
+
+    def stream_chat(self, messages: Sequence[Message], **options: Any) -> Iterator[GenerationStep]:
+        """The assistant's reply to role/content `messages` (system, user, assistant), in the
+        model's chat template, one step per token (options as in `stream`). Send the whole
+        conversation each turn: the prompt cache prefills only what is new."""
+        return self.stream(as_messages(messages), **options)
+
+    def chat(self, messages: Sequence[Message], **options: Any) -> str:
+        """The assistant's whole reply to `messages` (see `stream_chat`)."""
+        return "".join(step.text for step in self.stream_chat(messages, **options))
+
+    def batch_generate(self, prompts: Sequence[Prompt], **options: Any) -> list:
+        """Decode several prompts together in one batch, speculating inside it when the
+        draft batches (a draft model with the target's vocabulary, or prompt lookup);
+        options as in `request`. Returns a `Completion` (text, tokens, stats) per prompt."""
+        from .batch import batch_generate
+
+        return batch_generate(self, prompts, **options)

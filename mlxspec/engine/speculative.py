@@ -23,9 +23,9 @@ from ..errors import CheckpointError
 from ..models import Model
 from .decode import forward, plain_steps, prefill
 from .policy import DraftPolicy
-from .sampling import RandomKeys, SamplingParams, process_logits, sample
+from .sampler import Sampler
+from .sampling import RandomKeys, SamplingParams
 from .stats import GenerationStats, SpeculativeStats
-from .verify import verify
 
 
 def check_finite(logits: mx.array, whose: str) -> None:
@@ -38,13 +38,20 @@ def check_finite(logits: mx.array, whose: str) -> None:
 
 class Generation:
     """The state of one generation: the target's cache, the drafter (None: plain decoding),
-    the draft-length policy, the request's random stream, the newest token and the stats."""
+    the draft-length policy, the request's draws (`sampler`: settings, random stream, the
+    text so far) and the stats.
+
+    `cache` may come holding the first `reused` prompt tokens already (a prompt cache);
+    `logprobs` (None: off) keeps the log-probability of every token and its `logprobs`
+    most likely alternatives, under the target's unprocessed distribution."""
 
     def __init__(self, target: Model, drafter: Drafter | None, policy: DraftPolicy, params: SamplingParams,
-                 keys: RandomKeys, prefill_chunk: int) -> None:
+                 keys: RandomKeys, prefill_chunk: int, cache: list | None = None, reused: int = 0,
+                 logprobs: int | None = None) -> None:
         self.target, self.drafter, self.policy, self.params = target, drafter, policy, params
-        self.keys, self.chunk = keys, prefill_chunk
-        self.cache = target.make_cache(max_rollback=policy.k_max)
+        self.chunk, self.reused = prefill_chunk, reused
+        self.cache = cache if cache is not None else target.make_cache(max_rollback=policy.k_max)
+        self.sampler = Sampler(params, keys, target.args.vocab_size, logprobs)
         self.last: int | None = None
         self._draft_checked = False
         self.stats: GenerationStats = (GenerationStats() if drafter is None else SpeculativeStats(
@@ -55,31 +62,32 @@ class Generation:
         """Whether the drafter reads the target's hidden states."""
         return self.drafter is not None and self.drafter.needs_features
 
-    def _key(self) -> mx.array | None:
-        return None if self.params.greedy else self.keys()
+    @property
+    def history(self) -> list[int]:
+        """The prompt and every token produced (the newest is `last`)."""
+        return self.sampler.history
 
     def _draw(self, logits: mx.array) -> mx.array:
-        """A token id per row of the target's logits, from the processed distribution."""
-        return sample(logits, self.params, self._key())
+        return self.sampler.draw(logits)
 
-    def _pick(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
-        """A drafter's next token [B, 1] from its logits [B, S], and the processed
-        log-probabilities it was drawn from (None when greedy: argmax needs none)."""
+    def _pick(self, logits: mx.array, support: mx.array | None = None,
+              target_ids: bool = False) -> tuple[mx.array, mx.array | None]:
+        """The sampler's pick, the draft's first logits checked for NaN/Inf."""
         if not self._draft_checked:
             check_finite(logits, "the draft")
             self._draft_checked = True
-        if self.params.greedy:
-            return mx.argmax(logits, axis=-1)[:, None], None
-        lp = process_logits(logits, self.params)
-        return mx.random.categorical(lp, key=self.keys())[:, None], lp
+        return self.sampler.pick(logits, support, target_ids)
 
     def prefill(self, prompt: Sequence[int]) -> int:
-        """Feed the prompt to the target (the drafter catches up lazily); the first new token."""
-        logits, hidden = prefill(self.target, prompt, self.cache, self.chunk, self.keeps_features)
+        """Feed the prompt to the target (all but the `reused` tokens its cache came with;
+        the drafter catches up lazily); the first new token."""
+        self.sampler.added(list(prompt))
+        logits, hidden = prefill(self.target, prompt[self.reused:], self.cache, self.chunk, self.keeps_features)
         if self.drafter is not None:
             self.drafter.extend(list(prompt), hidden)
         check_finite(logits, "the target")
         self.last = self._draw(logits).item()
+        self.sampler.added([self.last])
         return self.last
 
     def round(self, k: int) -> list[tuple[int, bool]]:
@@ -87,15 +95,14 @@ class Generation:
         new (token, from_draft) pairs."""
         assert self.drafter is not None and isinstance(self.stats, SpeculativeStats)
         start = time.perf_counter()
+        self.sampler.start_round()
         proposal = self.drafter.propose(self.last, k, self._pick)
         k = proposal.tokens.shape[1]
         if k == 0:
             return self._undrafted_step()
         fed = mx.concatenate([mx.array([[self.last]]), proposal.tokens], axis=1)
-        logits, hidden = forward(self.target, fed, self.cache, self.keeps_features)
-        target_lp = logits if self.params.greedy else process_logits(logits, self.params)
-        n, correction = verify(target_lp, proposal.logprobs, proposal.tokens, self.params.greedy,
-                               proposal.support, self._key())
+        raw, hidden = forward(self.target, fed, self.cache, self.keeps_features)
+        n, correction = self.sampler.verify(raw, proposal)
         result = mx.concatenate([n, proposal.tokens[0], correction])
         mx.async_eval(result)
         mx.eval(proposal.tokens)  # only to split the time between draft and target
@@ -110,12 +117,14 @@ class Generation:
         self.stats.record(k, n)
         self.policy.observe(k, n)
         self.last = correction
+        self.sampler.settle(raw, drafted[:n] + [correction])
         return [(t, True) for t in drafted[:n]] + [(correction, False)]
 
     def _undrafted_step(self) -> list[tuple[int, bool]]:
         """A round whose drafter had nothing to propose: one plain step, settled as a round."""
         logits, hidden = forward(self.target, mx.array([[self.last]]), self.cache, self.keeps_features)
         self.last = self._draw(logits[:, -1]).item()
+        self.sampler.added([self.last])
         self.drafter.settle(0, [], hidden)
         self.stats.record(0, 0)
         self.policy.observe(0, 0)
@@ -131,6 +140,7 @@ class Generation:
             if self.drafter is not None:
                 self.drafter.extend([self.last], hidden)
             self.last = token
+            self.sampler.added([token])
             yield token, False
 
     def outlook(self) -> Outlook:
@@ -142,9 +152,18 @@ class Generation:
         has a proposal the policy would draft."""
         return left > 2 and self.policy.next_k(left - 1, self.outlook()) > 0
 
-    def run(self, prompt: Sequence[int], budget: int) -> Iterator[tuple[int, bool]]:
+    def cached_tokens(self) -> list[int]:
+        """The tokens the target's cache holds now (a prefix of `history`)."""
+        return self.history[: self.cache[0].offset]
+
+    def run(self, prompt: Sequence[int], budget: int) -> Iterator[tuple[int, bool, tuple | None]]:
         """Prefill, then rounds until `budget` >= 1 tokens were produced (the caller stops
-        earlier at an end-of-sequence token). Yields (token, came from the draft)."""
+        earlier at an end-of-sequence token). Yields (token, came from the draft, its
+        log-probability record or None)."""
+        for token, from_draft in self._tokens(prompt, budget):
+            yield token, from_draft, self.sampler.records.next()
+
+    def _tokens(self, prompt: Sequence[int], budget: int) -> Iterator[tuple[int, bool]]:
         start = time.perf_counter()
         first = self.prefill(prompt)
         self.stats.prompt_time = time.perf_counter() - start

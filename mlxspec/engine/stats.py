@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .logprobs import TokenLogprob
+
 
 @dataclass
 class GenerationStats:
     """Running statistics of one generation (times in seconds, memory in GB)."""
 
     prompt_tokens: int = 0
+    prompt_cached_tokens: int = 0  # of `prompt_tokens`, how many came from the prompt cache (not prefilled)
     prompt_time: float = 0.0
     generation_tokens: int = 0
     generation_time: float = 0.0
@@ -19,8 +22,8 @@ class GenerationStats:
 
     @property
     def prompt_tps(self) -> float:
-        """Prompt (prefill) tokens per second."""
-        return self.prompt_tokens / self.prompt_time if self.prompt_time else 0.0
+        """Prompt tokens prefilled per second (cached ones were not)."""
+        return (self.prompt_tokens - self.prompt_cached_tokens) / self.prompt_time if self.prompt_time else 0.0
 
     @property
     def generation_tps(self) -> float:
@@ -91,9 +94,11 @@ class SpeculativeStats(GenerationStats):
 
 @dataclass
 class GenerationStep:
-    """One generated token: its id, the text it completed, and the stats so far."""
+    """One generated token: its id, the text it completed, the stats so far, whether the
+    draft proposed it, and (when asked for) its log-probability record."""
 
     token: int
     text: str
     stats: GenerationStats
     from_draft: bool = False
+    logprob: TokenLogprob | None = None

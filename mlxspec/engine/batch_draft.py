@@ -1,0 +1,135 @@
+"""Drafting for a batch: a proposal per row, each row with its own length (0: none) and its
+own draws. A draft model runs once for all rows, over a ragged batch cache; prompt lookup
+runs per row (it costs no model pass). Other kinds of draft (feature drafts, drafts with
+another vocabulary) are not batched: a batch with one of them decodes without drafting.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import mlx.core as mx
+
+from ..drafts import FeatureDraft, NGramDraft
+from ..drafts.model_draft import ModelDrafter
+from ..drafts.ngram import NGramDrafter
+from ..drafts.protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal
+from ..models import Model, SubsetHead
+from ..models.batch_cache import BatchCache
+
+
+class BatchModelDrafter:
+    """A draft model with the target's vocabulary, one row per sequence. Row b's cache lacks
+    only `pending[b]` (verified tokens it has not seen), fed with its newest token at the
+    next proposal: rows catch up together, right-padded, the padding rolled back."""
+
+    mode = ModelDrafter.mode
+
+    def __init__(self, draft: Model, chunk: int) -> None:
+        self.draft, self.chunk = draft, chunk
+        self.cache = BatchCache(len(draft.layers), draft.args.sliding_window)
+        self.pending: list[list[int]] = []
+        head = getattr(draft, "lm_head", None)
+        self.support = head.token_ids if isinstance(head, SubsetHead) else None
+        self.k = 0
+
+    def add(self, prompt: list[int]) -> None:
+        """A new last row: the draft reads its prompt alone, then joins the batch."""
+        cache = self.draft.make_cache()
+        for start in range(0, len(prompt), self.chunk):
+            self.draft.model(mx.array([prompt[start : start + self.chunk]]), cache)
+            mx.eval([c.keys for c in cache])
+        self.cache.add(cache)
+        self.pending.append([])
+
+    def keep(self, rows: list[int]) -> None:
+        self.cache.keep(rows)
+        self.pending = [self.pending[r] for r in rows]
+
+    def outlook(self, b: int, last: int) -> Outlook:
+        return MODEL_OUTLOOK
+
+    def extend(self, b: int, tokens: list[int]) -> None:
+        self.pending[b].extend(tokens)
+
+    def _logits(self, tokens: mx.array, at: Sequence[int] | None = None) -> mx.array:
+        """Logits [B, S] after feeding `tokens` [B, n], read at position at[b] of each row
+        (default: the last), over the head's subset when it has one."""
+        self.cache.layout.begin(tokens.shape[1])
+        hidden = self.draft.model(tokens, self.cache.layers)
+        rows = hidden[:, -1] if at is None else hidden[mx.arange(hidden.shape[0]), mx.array(at)]
+        return self.draft.lm_head.subset_logits(rows) if self.support is not None else self.draft.head(rows)
+
+    def propose(self, lasts: list[int], ks: list[int], picks: list[Pick]) -> list[Proposal]:
+        """Up to max(ks) draft steps for every row; row b keeps its first ks[b] tokens."""
+        self.k = k = max(ks)
+        feeds = [p + [last] for p, last in zip(self.pending, lasts)]
+        width = max(len(f) for f in feeds)
+        logits = self._logits(mx.array([f + [0] * (width - len(f)) for f in feeds]), [len(f) - 1 for f in feeds])
+        self.cache.layout.rollback([width - len(f) for f in feeds])
+        self.pending = [[] for _ in feeds]
+        tokens, logprobs = [], []
+        for i in range(k):
+            if i:
+                logits = self._logits(tokens[-1])
+            picked = [pick(logits[b : b + 1], self.support, True) for b, pick in enumerate(picks)]
+            token = mx.concatenate([t for t, _ in picked], axis=0)
+            tokens.append(token if self.support is None else self.support[token])
+            logprobs.append([lp for _, lp in picked])
+            mx.async_eval(tokens[-1])
+        drafted = mx.concatenate(tokens, axis=1)
+        return [Proposal(drafted[b : b + 1, :kb], None if kb == 0 or logprobs[0][b] is None else
+                         mx.stack([lp[b] for lp in logprobs[:kb]], axis=1), self.support)
+                for b, kb in enumerate(ks)]
+
+    def settle(self, accepted: list[int], drafted: list[list[int]]) -> None:
+        """Keep each row's accepted drafts: its cache holds the newest token and drafts
+        1..k-1 of the last proposal (all rows drafted k; a row kept fewer)."""
+        self.cache.layout.rollback([self.k - 1 - n if n < self.k else 0 for n in accepted])
+        for b, n in enumerate(accepted):
+            if n == self.k:
+                self.pending[b] = [drafted[b][-1]]
+
+
+class BatchLookupDrafter:
+    """Prompt lookup, one index per row."""
+
+    mode = NGramDrafter.mode
+
+    def __init__(self, draft: NGramDraft) -> None:
+        self.draft = draft
+        self.rows: list[NGramDrafter] = []
+
+    def add(self, prompt: list[int]) -> None:
+        row = NGramDrafter(self.draft)
+        row.extend(prompt)
+        self.rows.append(row)
+
+    def keep(self, rows: list[int]) -> None:
+        self.rows = [self.rows[r] for r in rows]
+
+    def outlook(self, b: int, last: int) -> Outlook:
+        return self.rows[b].outlook(last)
+
+    def extend(self, b: int, tokens: list[int]) -> None:
+        self.rows[b].extend(tokens)
+
+    def propose(self, lasts: list[int], ks: list[int], picks: list[Pick]) -> list[Proposal]:
+        return [row.propose(last, k, pick) for row, last, k, pick in zip(self.rows, lasts, ks, picks)]
+
+    def settle(self, accepted: list[int], drafted: list[list[int]]) -> None:
+        for row, n, tokens in zip(self.rows, accepted, drafted):
+            row.settle(n, tokens)
+
+
+BatchDrafter = BatchModelDrafter | BatchLookupDrafter
+
+
+def batch_drafter(draft: object, target: Model, chunk: int) -> BatchDrafter | None:
+    """The batched drafter for a session's draft; None for kinds that do not batch."""
+    if isinstance(draft, NGramDraft):
+        return BatchLookupDrafter(draft)
+    if isinstance(draft, Model) and not isinstance(draft, FeatureDraft) and \
+            draft.args.vocab_size == target.args.vocab_size:
+        return BatchModelDrafter(draft, chunk)
+    return None

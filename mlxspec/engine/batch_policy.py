@@ -1,0 +1,71 @@
+"""How many tokens to draft in a batch step. One length k for the whole step (each row may
+offer fewer: its budget, its drafter's outlook, speculation switched off for it), chosen
+for the most expected tokens per second over all rows.
+
+What a step costs depends on the batch size: a verification pass over k + 1 tokens per row
+costs little more than one token per row when the batch is small (the weights are read
+once either way) and nearly k + 1 times as much once the rows fill the machine. So the
+step times are measured as the batch runs, per (rows, k), and an unmeasured one is
+estimated from the nearest measured k at that size, scaled as the single-request
+calibration scales (or from the calibration alone at a size never run yet).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .policy import MARGIN, AcceptanceEstimate, Timings, expected_tokens
+
+FORGET = 0.3  # weight of the newest measurement of a step time
+PROBE_EVERY = 32  # plain steps between single-token probes while drafting does not pay
+
+
+class BatchCost:
+    """The batch's draft length from measured step times and the rows' acceptance estimates."""
+
+    def __init__(self, timings: Timings, k_max: int, margin: float = MARGIN) -> None:
+        self.timings, self.k_max, self.margin = timings, k_max, margin
+        self.times: dict[tuple[int, int], float] = {}
+        self.plain_run = 0
+
+    def step_time(self, rows: int, k: int) -> float:
+        """Seconds of a step drafting k tokens with `rows` rows (measured, or estimated)."""
+        if (rows, k) in self.times:
+            return self.times[rows, k]
+        known = [kk for (r, kk) in self.times if r == rows]
+        if not known:
+            return self.timings.round(k) * self._size_factor(rows)
+        near = min(known, key=lambda kk: abs(kk - k))
+        return self.times[rows, near] * self.timings.round(k) / self.timings.round(near)
+
+    def _size_factor(self, rows: int) -> float:
+        """How much a plain step at `rows` costs over one at the nearest measured size."""
+        sizes = sorted({r for r, k in self.times if k == 0})
+        if not sizes:
+            return 1.0
+        near = min(sizes, key=lambda r: abs(r - rows))
+        return self.times[near, 0] / self.timings.round(0) * max(1.0, rows / near) ** 0.5
+
+    def observe(self, rows: int, k: int, seconds: float) -> None:
+        """A step ran: keep its time."""
+        old = self.times.get((rows, k))
+        self.times[rows, k] = seconds if old is None else (1 - FORGET) * old + FORGET * seconds
+        self.plain_run = self.plain_run + 1 if k == 0 else 0
+
+    def next_k(self, limits: Sequence[int], estimates: Sequence[AcceptanceEstimate | None]) -> int:
+        """The step's k: row b drafts min(k, limits[b]) tokens (0: none) with acceptance
+        `estimates[b]` (None: not drafting)."""
+        top = min(self.k_max, max(limits, default=0))
+        if top <= 0:
+            return 0
+        rates = [e.per_position(min(top, lim)) if e is not None and lim > 0 else [] for e, lim in
+                 zip(estimates, limits)]
+
+        def speed(k: int) -> float:
+            tokens = sum(expected_tokens(r, min(k, len(r))) if r else 1.0 for r in rates)
+            return tokens / self.step_time(len(limits), k)
+
+        k = max(range(top + 1), key=speed)
+        if k and speed(k) > (1 + self.margin) * speed(0):
+            return k
+        return 1 if self.plain_run >= PROBE_EVERY else 0

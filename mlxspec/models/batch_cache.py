@@ -1,0 +1,199 @@
+"""Key/value caches for a batch of independent sequences: ragged rows, each with its own
+length, position and rollback.
+
+Every row owns a run of slots in one `[B, heads, T, head_dim]` buffer per layer. A pass
+feeds the same number n of tokens to every row; row b writes them at its own next slots
+(`lengths[b]` ..) and rotates them from its own next position (`offsets[b]` ..). Each
+slot remembers the position it holds, and the mask is computed from those positions
+(causal, and banded with a sliding window), so rows never see each other's slots, a row's
+unused slots, or keys outside its window. Rolling a row back moves its length and
+position back: the slots are overwritten by its next pass.
+
+The bookkeeping is the same for every layer, so it lives once, in a `BatchLayout` that
+all the layers' `BatchKVCache`s share; `BatchLayout.begin(n)` is called before each pass.
+A sequence enters the batch from a single-sequence cache (`KVCache` or `RollingKVCache`,
+e.g. after its prefill) and leaves it by index.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from .cache import KVCache, Mask, RollingKVCache
+
+STEP = 256  # slots are added in multiples of this
+
+
+def held_slots(cache: KVCache | RollingKVCache) -> int:
+    """How many leading slots of a single-sequence cache hold positions."""
+    if isinstance(cache, RollingKVCache):
+        return 0 if cache.keys is None else min(cache.keys.shape[2], cache.offset)
+    return cache.offset
+
+
+def held_positions(cache: KVCache | RollingKVCache) -> mx.array:
+    """The position held by each of those slots."""
+    size = held_slots(cache)
+    if isinstance(cache, RollingKVCache):
+        last = cache.offset - 1
+        return last - (last - mx.arange(size)) % cache.capacity
+    return mx.arange(size)
+
+
+class BatchLayout:
+    """Where each row's tokens are: slots used, next position, and each slot's position."""
+
+    def __init__(self, window: int | None) -> None:
+        self.window = window
+        self.lengths: list[int] = []
+        self.offsets: list[int] = []
+        self.positions = mx.zeros((0, 0), dtype=mx.int32)  # [B, T]
+        self.start = mx.zeros((0,), dtype=mx.int32)  # this pass's first position per row
+        self.slots = mx.zeros((0, 0), dtype=mx.int32)  # this pass's slots per row
+        self.mask: Mask = None
+        self.used = 0  # slots in use after this pass (the longest row)
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def begin(self, n: int) -> None:
+        """Prepare a pass feeding n tokens to every row: slots, positions and the mask."""
+        lengths = mx.array(self.lengths, dtype=mx.int32)
+        self.start = mx.array(self.offsets, dtype=mx.int32)
+        self.slots = lengths[:, None] + mx.arange(n, dtype=mx.int32)[None]
+        self.used = max(self.lengths) + n
+        if self.used > self.positions.shape[1]:
+            grow = -(-self.used // STEP) * STEP - self.positions.shape[1]
+            self.positions = mx.concatenate([self.positions, mx.full((self.rows, grow), -1, mx.int32)], axis=1)
+        query = self.start[:, None] + mx.arange(n, dtype=mx.int32)[None]  # [B, n]
+        self.positions = mx.put_along_axis(self.positions, self.slots, query, axis=1)
+        key = self.positions[:, None, : self.used]  # [B, 1, T]
+        written = (mx.arange(self.used)[None] < (lengths + n)[:, None])[:, None]
+        mask = written & (key >= 0) & (key <= query[..., None])
+        if self.window is not None:
+            mask = mask & (key > query[..., None] - self.window)
+        self.mask = mask[:, None]  # [B, 1, n, T]
+        self.lengths = [x + n for x in self.lengths]
+        self.offsets = [x + n for x in self.offsets]
+
+    def rollback(self, counts: list[int]) -> None:
+        """Forget the newest counts[b] positions of each row b."""
+        self.lengths = [x - c for x, c in zip(self.lengths, counts)]
+        self.offsets = [x - c for x, c in zip(self.offsets, counts)]
+
+    def add(self, positions: mx.array, offset: int) -> None:
+        """A new last row whose slots hold `positions` [S]; its next position is `offset`."""
+        width = max(self.positions.shape[1], positions.shape[0])
+        rows = [_pad(self.positions, width, -1, axis=1), _pad(positions[None], width, -1, axis=1)]
+        self.positions = mx.concatenate(rows, axis=0)
+        self.lengths.append(positions.shape[0])
+        self.offsets.append(offset)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order."""
+        self.positions = self.positions[mx.array(rows, dtype=mx.int32)] if rows else self.positions[:0]
+        self.lengths = [self.lengths[r] for r in rows]
+        self.offsets = [self.offsets[r] for r in rows]
+
+
+def _pad(a: mx.array, width: int, value: int | float, axis: int) -> mx.array:
+    """`a` padded with `value` to `width` along `axis`."""
+    missing = width - a.shape[axis]
+    if missing <= 0:
+        return a
+    shape = list(a.shape)
+    shape[axis] = missing
+    return mx.concatenate([a, mx.full(shape, value, a.dtype)], axis=axis)
+
+
+class BatchKVCache:
+    """One layer's keys and values for all rows of a batch (see the module docstring)."""
+
+    def __init__(self, layout: BatchLayout) -> None:
+        self.layout = layout
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+
+    @property
+    def offset(self) -> mx.array:
+        """The first position of the current pass, per row ([B]; rotary embeddings use it)."""
+        return self.layout.start
+
+    def make_mask(self, n: int) -> Mask:
+        """The current pass's mask [B, 1, n, T] (prepared by `BatchLayout.begin`)."""
+        return self.layout.mask
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Write the pass's keys/values [B, H, n, D] at each row's slots; return every slot in use."""
+        used = self.layout.used
+        if self.keys is None or used > self.keys.shape[2]:
+            width = -(-used // STEP) * STEP
+            self.keys = _pad(self.keys if self.keys is not None else keys[:, :, :0], width, 0, axis=2)
+            self.values = _pad(self.values if self.values is not None else values[:, :, :0], width, 0, axis=2)
+        slots = self.layout.slots[:, None, :, None]
+        self.keys = mx.put_along_axis(self.keys, slots, keys, axis=2)
+        self.values = mx.put_along_axis(self.values, slots, values, axis=2)
+        return self.keys[:, :, :used], self.values[:, :, :used]
+
+    def add(self, cache: KVCache | RollingKVCache) -> None:
+        """Append a single-sequence cache's slots as a new last row (before `layout.add`)."""
+        size = held_slots(cache)
+        keys, values = cache.keys[:, :, :size], cache.values[:, :, :size]
+        if self.keys is None:
+            self.keys, self.values = keys, values
+            return
+        width = max(self.keys.shape[2], keys.shape[2])
+        self.keys = mx.concatenate([_pad(self.keys, width, 0, 2), _pad(keys, width, 0, 2)], axis=0)
+        self.values = mx.concatenate([_pad(self.values, width, 0, 2), _pad(values, width, 0, 2)], axis=0)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order (none: the buffers are freed)."""
+        if not rows:
+            self.keys = self.values = None
+            return
+        index = mx.array(rows, dtype=mx.int32)
+        self.keys, self.values = self.keys[index], self.values[index]
+
+    def row(self, b: int, length: int) -> KVCache:
+        """Row b's first `length` slots as a single-sequence cache (full attention only)."""
+        cache = KVCache()
+        cache.keys, cache.values = self.keys[b : b + 1, :, :length], self.values[b : b + 1, :, :length]
+        cache.offset = length
+        return cache
+
+    @property
+    def max_rollback(self) -> int:
+        return 1 << 30
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+class BatchCache:
+    """The layers' caches of one model for one batch, and their shared layout."""
+
+    def __init__(self, layers: int, window: int | None) -> None:
+        self.layout = BatchLayout(window)
+        self.layers = [BatchKVCache(self.layout) for _ in range(layers)]
+
+    def add(self, caches: list[KVCache | RollingKVCache]) -> None:
+        """A sequence's single caches (one per layer) become the batch's last row."""
+        for layer, cache in zip(self.layers, caches):
+            layer.add(cache)
+        self.layout.add(held_positions(caches[0]), caches[0].offset)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order."""
+        for layer in self.layers:
+            layer.keep(rows)
+        self.layout.keep(rows)
+
+    def row(self, b: int) -> list[KVCache] | None:
+        """Row b as single caches (for the prompt cache), when its slots are simply positions
+        0.. in order (full attention, nothing rolled in from a window); else None."""
+        length = self.layout.lengths[b]
+        if length == 0 or not mx.array_equal(self.layout.positions[b, :length], mx.arange(length)).item():
+            return None
+        return [layer.row(b, length) for layer in self.layers]
