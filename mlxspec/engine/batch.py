@@ -15,7 +15,8 @@ cache (`mlxspec.models.batch_cache`):
   each row rolls back what it did not keep.
 
 `BatchCost` picks k per step from measured step times at the current batch size: the
-more rows, the less drafting pays, and at some size it stops paying.
+more rows, the less drafting pays, and at some size it stops paying. (A session whose
+`draft_policy` is not "cost" drafts its `num_draft_tokens` every step.)
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ class Batch:
             return
         start = time.perf_counter()
         limits, estimates = self._outlooks()
-        if any(limits) and self.cost is None:
+        if any(limits) and self.cost is None and self.session.draft_policy == "cost":
             self.cost = BatchCost(self.session.timings(self.rows[0].sampler.params), self.session.k_max)
-        k = self.cost.next_k(limits, estimates) if any(limits) else 0
+        k = 0 if not any(limits) else self.cost.next_k(limits, estimates) if self.cost else self.session.k_max
         ks = [min(k, limit) for limit in limits]
         drafted = self._speculate(ks) if max(ks) else self._plain()
         if self.cost is not None:

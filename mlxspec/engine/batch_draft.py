@@ -125,11 +125,15 @@ class BatchLookupDrafter:
 BatchDrafter = BatchModelDrafter | BatchLookupDrafter
 
 
+def batches(draft: object, target: Model) -> bool:
+    """Whether this kind of draft drafts inside a batch (prompt lookup, a draft model with the
+    target's vocabulary)."""
+    return isinstance(draft, NGramDraft) or (isinstance(draft, Model) and not isinstance(draft, FeatureDraft)
+                                             and draft.args.vocab_size == target.args.vocab_size)
+
+
 def batch_drafter(draft: object, target: Model, chunk: int) -> BatchDrafter | None:
     """The batched drafter for a session's draft; None for kinds that do not batch."""
-    if isinstance(draft, NGramDraft):
-        return BatchLookupDrafter(draft)
-    if isinstance(draft, Model) and not isinstance(draft, FeatureDraft) and \
-            draft.args.vocab_size == target.args.vocab_size:
-        return BatchModelDrafter(draft, chunk)
-    return None
+    if not batches(draft, target):
+        return None
+    return BatchLookupDrafter(draft) if isinstance(draft, NGramDraft) else BatchModelDrafter(draft, chunk)

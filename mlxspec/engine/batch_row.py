@@ -39,6 +39,7 @@ class Row:
         self.last: int | None = None
         self.cancelled = False
         self.finished = False
+        self.on_finish: Callable[[], None] | None = None
         self._outlook: Outlook | None = None
 
     @property
@@ -60,8 +61,10 @@ class Row:
         self.cancelled = True
 
     def finish(self) -> None:
-        """Called once as it leaves the batch."""
+        """Called once as it leaves the batch (or never joins it)."""
         self.finished = True
+        if self.on_finish is not None:
+            self.on_finish()
 
     def estimate(self, outlook: Outlook) -> AcceptanceEstimate:
         """The acceptance estimate for this kind of proposal (from its prior when new)."""

@@ -1,0 +1,142 @@
+"""The HTTP side: OpenAI-compatible routes on Starlette. Every request is checked before it
+is queued (a bad one gets a 400 and an OpenAI error body, a full queue a 429); steps come
+back from the engine thread on an asyncio queue; a client that goes away cancels its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any, AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import MlxspecError
+from . import openai as oa
+from .engine import Engine, QueueFull
+
+POLL = 0.25  # seconds between checks that a waiting client is still there
+
+
+def fail(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
+    return JSONResponse(oa.error(message, kind, code), status_code=status)
+
+
+def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starlette:
+    """The app serving `engine`'s session as model `model_id`; `defaults` are request
+    options a body does not set (max_tokens, temperature, ...)."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": model_id, "running": engine.running, "waiting": engine.waiting,
+                             "speculative": engine.drafting})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "mlxspec"}]})
+
+    async def chat(request: Request) -> Response:
+        return await _serve(request, "chat", oa.chat_prompt)
+
+    async def completions(request: Request) -> Response:
+        return await _serve(request, "text", oa.completion_prompt)
+
+    async def _serve(request: Request, kind: str, prompt_of: Callable[[dict], Any]) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return fail(400, f"the request body is not valid JSON: {e}")
+        if not isinstance(body, dict):
+            return fail(400, "the request body must be a JSON object")
+        model = body.get("model")
+        if model not in (None, "", model_id, "default"):
+            return fail(400, f"model {model!r} is not served here; GET /v1/models lists {model_id!r}",
+                        code="model_not_found")
+        out: asyncio.Queue = asyncio.Queue()
+        try:
+            opts = oa.options(body, defaults, kind == "chat")
+            row = engine.submit(opts, prompt_of(body), asyncio.get_running_loop(), out)
+        except QueueFull as e:
+            return fail(429, str(e), "rate_limit_error")
+        except MlxspecError as e:
+            return fail(400, str(e))
+        rid = oa.new_id("chatcmpl" if kind == "chat" else "cmpl")
+        if body.get("stream"):
+            usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
+            return StreamingResponse(_events(request, row, out, kind, rid, bool(usage)),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        steps = []
+        async for step in _steps(request, row, out):
+            steps.append(step)
+        if isinstance(steps[-1:] and steps[-1], BaseException):
+            return fail(500, f"generation failed: {steps[-1]}", "server_error")
+        return JSONResponse(_whole(kind, rid, steps, len(row.prompt)))
+
+    def _whole(kind: str, rid: str, steps: list, prompt_tokens: int) -> dict:
+        text = "".join(s.text for s in steps)
+        stats = steps[-1].stats if steps else None
+        logs = (oa.chat_logprobs if kind == "chat" else oa.completion_logprobs)(engine.session.tokenizer, steps)
+        return oa.completion(kind, rid, model_id, text, stats.finish_reason if stats else "length", stats, logs,
+                             prompt_tokens)
+
+    async def _steps(request: Request, row: Any, out: asyncio.Queue) -> AsyncIterator[Any]:
+        """The row's steps (an exception last if it failed); cancels the row if the client leaves."""
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(out.get(), POLL)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        row.cancel()
+                        return
+                    continue
+                if item is None:
+                    return
+                yield item
+                if isinstance(item, BaseException):
+                    return
+        finally:
+            if not row.finished:
+                row.cancel()
+
+    async def _events(request: Request, row: Any, out: asyncio.Queue, kind: str, rid: str,
+                      usage: bool) -> AsyncIterator[str]:
+        tokenizer, last = engine.session.tokenizer, None
+        if kind == "chat":
+            yield _sse(oa.chunk(kind, rid, model_id, "", role=True))
+        async for step in _steps(request, row, out):
+            if isinstance(step, BaseException):
+                yield _sse(oa.error(f"generation failed: {step}", "server_error"))
+                return
+            last = step
+            logs = (oa.chat_logprobs if kind == "chat" else oa.completion_logprobs)(tokenizer, [step])
+            finish = step.stats.finish_reason
+            if step.text or logs or finish:
+                yield _sse(oa.chunk(kind, rid, model_id, step.text, finish, logs))
+        if usage:
+            done = oa.chunk(kind, rid, model_id, None)
+            done["choices"], done["usage"] = [], oa.usage(last.stats if last else None, len(row.prompt))
+            yield _sse(done)
+        yield "data: [DONE]\n\n"
+
+    routes = [Route("/health", health), Route("/v1/models", models),
+              Route("/v1/chat/completions", chat, methods=["POST"]),
+              Route("/v1/completions", completions, methods=["POST"])]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,118 @@
+"""The engine thread: the one thread that runs MLX for the server. Requests arrive as
+batch rows on a queue; between steps the thread lets waiting rows join the batch (up to
+`max_rows`) and drops the ones whose clients went away. Each row's steps are handed back
+to the caller's event loop as they come.
+
+Everything MLX computes for the server happens on this thread, the calibration and the
+batch's own arrays included: MLX keeps a stream per thread, and arrays or compiled
+functions built on one thread and run on another are what it handles worst."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any, Callable
+
+from ..engine.batch import Batch, make_row
+from ..engine.batch_draft import batches
+from ..engine.batch_row import Row
+from ..engine.session import Session
+from ..engine.stats import GenerationStep
+from ..errors import MlxspecError
+
+
+class QueueFull(MlxspecError):
+    """Too many requests are waiting; the server answers 429."""
+
+
+class Engine:
+    """Runs a session's requests in one continuous batch on a thread of its own."""
+
+    def __init__(self, session: Session, max_rows: int = 8, max_queue: int = 64,
+                 warm_up: Callable[[Session], None] | None = None) -> None:
+        self.session, self.max_rows, self.max_queue = session, max_rows, max_queue
+        self.warm_up = warm_up
+        self.batch: Batch | None = None
+        self.drafting = session.draft is not None and batches(session.draft, session.target)
+        self.inbox: queue.Queue[Row] = queue.Queue()
+        self._stop, self.ready = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mlxspec-engine", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the thread (once) and wait until it has warmed up; re-raises a failure there."""
+        if not self._thread.is_alive() and not self.ready.is_set():
+            self._thread.start()
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """End the thread after its current step."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def running(self) -> int:
+        return len(self.batch.rows) if self.batch is not None else 0
+
+    @property
+    def waiting(self) -> int:
+        return self.inbox.qsize()
+
+    def submit(self, options: dict[str, Any], prompt: Any, loop: asyncio.AbstractEventLoop,
+               out: asyncio.Queue) -> Row:
+        """Check a request (raising `InputError` etc. at once) and queue it; its steps, then
+        None (finished) or an exception, arrive on `out`."""
+        if self.waiting >= self.max_queue:
+            raise QueueFull(f"{self.waiting} requests are waiting (--max-queue {self.max_queue}); try again shortly")
+        request = self.session.request(prompt, **options)
+        send: Callable[[GenerationStep | BaseException | None], None] = \
+            lambda item: loop.call_soon_threadsafe(out.put_nowait, item)  # noqa: E731
+        row = make_row(self.session, request, send)
+        row.on_finish = lambda: send(None)
+        if request.budget == 0:
+            send(None)
+            return row
+        self.inbox.put(row)
+        return row
+
+    def _admit(self) -> None:
+        block = not self.batch.rows
+        while len(self.batch.rows) < self.max_rows:
+            try:
+                row = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if row.cancelled:
+                row.finish()
+                continue
+            try:
+                self.batch.add(row)
+            except Exception as error:  # a request that cannot run fails alone
+                row.emit(error)
+                row.finish()
+
+    def _loop(self) -> None:
+        try:
+            self.batch = Batch(self.session)
+            if self.warm_up is not None:
+                self.warm_up(self.session)
+        except BaseException as error:  # reported by `start`
+            self.error = error
+            return
+        finally:
+            self.ready.set()
+        while not self._stop.is_set():
+            self._admit()
+            if not self.batch.rows:
+                continue
+            try:
+                self.batch.step()
+            except Exception as error:  # never leave clients waiting: fail the batch, keep serving
+                for row in self.batch.rows:
+                    row.emit(error)
+                    row.cancel()
+                self.batch.drop_finished()

@@ -1,0 +1,160 @@
+"""OpenAI's request and response shapes: a request body to a prompt and `Session.request`
+options, and steps back to completions, chunks, usage and logprobs. Extensions a client
+may send: `top_k`, `min_p`, `repetition_penalty`, `num_draft_tokens` (0: no
+speculation) and `speculative`; responses add a `speculative` object to `usage`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from ..engine.logprobs import TokenLogprob
+from ..engine.stats import GenerationStats, GenerationStep, SpeculativeStats
+from ..errors import InputError, InputTypeError
+from ..text import Tokenizer
+
+SAMPLING = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float,
+            "seed": int}
+
+
+
+def _typed(body: dict, name: str, kind: type, default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+    if not ok or isinstance(value, bool) != (kind is bool):
+        raise InputTypeError(f"'{name}' must be {kind.__name__ if kind is not float else 'a number'}, got {value!r}")
+    return value
+
+
+def options(body: dict, defaults: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """`Session.request` options from a request body (everything checked there again)."""
+    if _typed(body, "n", int, 1) != 1:
+        raise InputError("'n' must be 1 (one completion per request)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if _typed(body, name, float, 0.0) != 0.0:
+            raise InputError(f"'{name}' is not supported; use 'repetition_penalty' (e.g. 1.1)")
+    opts = {name: _typed(body, name, kind) for name, kind in SAMPLING.items() if body.get(name) is not None}
+    opts = {**defaults, **opts}
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    opts["max_tokens"] = _typed({"max_tokens": limit}, "max_tokens", int, defaults.get("max_tokens", 512))
+    if body.get("stop") is not None:
+        opts["stop"] = body["stop"]
+    opts.update(_logprobs(body, chat))
+    draft = _typed(body, "num_draft_tokens", int)
+    speculative = _typed(body, "speculative", bool, True)
+    if draft is not None and draft < 0:
+        raise InputError(f"'num_draft_tokens' must be >= 0 (0: no speculation), got {draft}")
+    opts["speculative"] = speculative and draft != 0
+    return opts
+
+
+def _logprobs(body: dict, chat: bool) -> dict[str, Any]:
+    if chat:
+        if not _typed(body, "logprobs", bool, False):
+            return {}
+        return {"logprobs": _typed(body, "top_logprobs", int, 0)}
+    top = _typed(body, "logprobs", int)
+    return {} if top is None else {"logprobs": top}
+
+
+def chat_prompt(body: dict) -> list[dict]:
+    """The messages of a chat request."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InputTypeError("'messages' must be a non-empty list of {role, content} objects")
+    return messages
+
+
+def completion_prompt(body: dict) -> str | list[int]:
+    """The prompt of a completion request: text or token ids (a list of one is unwrapped)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt)):
+        return prompt
+    raise InputTypeError("'prompt' must be a string or a list of token ids (one prompt per request)")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(stats: GenerationStats | None, prompt_tokens: int = 0) -> dict:
+    """OpenAI's usage, with the prompt cache's share and what speculation did."""
+    if stats is None:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
+    out = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generation_tokens,
+           "total_tokens": stats.prompt_tokens + stats.generation_tokens,
+           "prompt_tokens_details": {"cached_tokens": stats.prompt_cached_tokens}}
+    if isinstance(stats, SpeculativeStats):
+        out["speculative"] = {"rounds": stats.rounds, "drafted": stats.drafted, "accepted": stats.accepted,
+                              "acceptance_rate": round(stats.acceptance_rate, 4),
+                              "tokens_per_round": round(stats.tokens_per_round, 4)}
+    return out
+
+
+def _token(tokenizer: Tokenizer, token: int) -> tuple[str, list[int]]:
+    text = tokenizer.decode([token])
+    return text, list(text.encode("utf-8"))
+
+
+def chat_logprobs(tokenizer: Tokenizer, steps: list[GenerationStep]) -> dict | None:
+    """The `logprobs` of a chat choice (None when not asked for)."""
+    if not steps or steps[0].logprob is None:
+        return None
+    content = []
+    for step in steps:
+        record: TokenLogprob = step.logprob
+        text, raw = _token(tokenizer, step.token)
+        top = [{"token": t, "logprob": lp, "bytes": b} for (t, b), lp in
+               ((_token(tokenizer, i), lp) for i, lp in record.top)]
+        content.append({"token": text, "logprob": record.logprob, "bytes": raw, "top_logprobs": top})
+    return {"content": content}
+
+
+def completion_logprobs(tokenizer: Tokenizer, steps: list[GenerationStep]) -> dict | None:
+    """The legacy completions `logprobs` object (None when not asked for)."""
+    if not steps or steps[0].logprob is None:
+        return None
+    tokens, offsets, at = [], [], 0
+    for step in steps:
+        tokens.append(tokenizer.decode([step.token]))
+        offsets.append(at)
+        at += len(step.text)
+    return {"tokens": tokens, "token_logprobs": [s.logprob.logprob for s in steps], "text_offset": offsets,
+            "top_logprobs": [{tokenizer.decode([i]): lp for i, lp in s.logprob.top} for s in steps]}
+
+
+def completion(kind: str, rid: str, model: str, text: str, finish: str | None, stats: GenerationStats | None,
+               logprobs: dict | None, prompt_tokens: int = 0) -> dict:
+    """A whole chat completion (`kind` "chat") or text completion."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish or "length", "logprobs": logprobs}
+    if kind == "chat":
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [choice], "usage": usage(stats, prompt_tokens)}
+
+
+def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None = None,
+          logprobs: dict | None = None, role: bool = False) -> dict:
+    """One streamed chunk."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
+    if kind == "chat":
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice["delta"] = delta
+    else:
+        choice["text"] = text or ""
+    return {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [choice]}
+
+
+def error(message: str, kind: str = "invalid_request_error", code: str | None = None) -> dict:
+    """OpenAI's error body."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
