@@ -304,9 +304,11 @@ def serve_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP + " Feature drafts do not batch: the server then decodes without speculation."),
     use_demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo pair (SmolLM2-135M-Instruct and the shipped draft model)."),
+    served: Optional[str] = typer.Option(None, "--name", "--alias", help="The model id clients send and /v1/models lists (default: the model folder's name)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per step."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose each step's draft length from step times measured at the current batch size (0 = no drafting where it does not pay); --no-adaptive always drafts -k tokens."),
     max_batch: int = typer.Option(8, "--max-batch", help="Most requests decoded together; more wait in the queue."),
     max_queue: int = typer.Option(64, "--max-queue", help="Most requests waiting; beyond it requests get 429."),
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Default max_tokens of a request that sets none."),
@@ -321,9 +323,11 @@ def serve_command(
         raise InputError(f"--port must be in 1..65535, got {port}")
     if max_batch < 1 or max_queue < 0:
         raise InputError("--max-batch must be >= 1 and --max-queue >= 0")
+    if served is not None and not served.strip():
+        raise InputError("--name is empty")
     session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens, _dequantize(dequantize),
-                                             _calibration(recalibrate))
-    conversation.serve(session, name, host, port, max_batch, max_queue,
+                                             _calibration(recalibrate), adaptive)
+    conversation.serve(session, served or name, host, port, max_batch, max_queue,
                        {"max_tokens": max_tokens, "temperature": temperature})
 
 

@@ -23,7 +23,7 @@ HELP = ("/reset clears the conversation, /system TEXT sets the system prompt (an
 
 
 def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_draft_tokens: int,
-                dequantize: bool, calibration: Calibration) -> tuple[Session, str]:
+                dequantize: bool, calibration: Calibration, adaptive: bool = True) -> tuple[Session, str]:
     """The session and the name clients call its model by. The demo pairs SmolLM2 with the
     shipped draft *model* (a feature draft does not batch)."""
     if use_demo:
@@ -32,7 +32,8 @@ def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_
         model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_token_draft())
     target, tokenizer, loaded = select_models(model, draft, None, False, dequantize, NGramDraft())
     name = "smollm2-135m-instruct" if use_demo else Path(model).name or model
-    return Session(target, tokenizer, loaded, num_draft_tokens=num_draft_tokens, calibration=calibration), name
+    return Session(target, tokenizer, loaded, num_draft_tokens=num_draft_tokens, calibration=calibration,
+                   draft_policy="cost" if adaptive else "fixed"), name
 
 
 def chat_loop(session: Session, system: Optional[str], options: dict, colour: bool, verbose: bool) -> None:
@@ -77,7 +78,7 @@ def chat_loop(session: Session, system: Optional[str], options: dict, colour: bo
 
 def warm_up(session: Session) -> None:
     """Calibrate before the first request (greedy and sampled), so no client waits for it."""
-    if session.draft is not None:
+    if session.draft is not None and session.draft_policy == "cost":
         for temperature in (0.0, 1.0):
             session.timings(SamplingParams(temperature))
 

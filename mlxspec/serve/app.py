@@ -33,6 +33,7 @@ def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starl
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": model_id, "running": engine.running, "waiting": engine.waiting,
+                             "peak_running": engine.peak_rows,
                              "speculative": engine.drafting})
 
     async def models(request: Request) -> Response:

@@ -39,6 +39,7 @@ class Engine:
         self._stop, self.ready = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlxspec-engine", daemon=True)
         self.error: BaseException | None = None
+        self.peak_rows = 0  # the most rows decoded together so far
 
     def start(self) -> None:
         """Start the thread (once) and wait until it has warmed up; re-raises a failure there."""
@@ -109,6 +110,7 @@ class Engine:
             self._admit()
             if not self.batch.rows:
                 continue
+            self.peak_rows = max(self.peak_rows, len(self.batch.rows))
             try:
                 self.batch.step()
             except Exception as error:  # never leave clients waiting: fail the batch, keep serving
