@@ -11,16 +11,18 @@ from typing import Optional
 import mlx.core as mx
 import typer
 
-from . import conversation
 from . import demo as demo_pair
 from .arguments import check_bench, check_generation, check_positive, read_prompt, run
+from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
+                          MIN_NGRAM_HELP, RECALIBRATE_HELP, calibration_for, dequantize_default, weights_label)
+from .cli_conversation import chat_command, serve_command
 from .bench import parse_ks, parse_temperatures, run_bench
-from .console import byte_bars, calibration_progress, colours, friendly_errors, stats_line, stream_text, write_step
+from .console import byte_bars, colours, friendly_errors, stats_line, stream_text, write_step
 from .convert.atomic import atomic_dir, check_writable
 from .convert.converter import convert as convert_one
 from .convert.pair import convert_pair
 from .drafts import NGramDraft, describe_draft
-from .engine import Calibration, Session
+from .engine import Session
 from .errors import InputError
 from .selection import select_models
 from .load import load_draft
@@ -31,35 +33,6 @@ app = typer.Typer(
     help="Speculative decoding for Mistral-class models on MLX.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
-
-DEQUANTIZE_HELP = ("Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where "
-                   "half-precision and quantized matmuls are slow).")
-DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokenizer, a feature draft made for this "
-              "target (config.json says \"draft_type\": \"eagle\"), or 'ngram': prompt lookup, no draft model (the "
-              "answer's repeats of the prompt and of itself are drafted; a folder named ngram: ./ngram).")
-LOOKUP_HELP = ("With a draft model: prompt lookup proposes where the text repeats itself (a match running 3+ tokens "
-               "back), the draft model elsewhere.")
-MAX_NGRAM_HELP = "With --draft ngram or --lookup: the longest n-gram looked up (1..64)."
-MIN_NGRAM_HELP = "With --draft ngram or --lookup: the shortest n-gram looked up (1..64)."
-ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
-                 "when drafting does not pay); --no-adaptive always drafts -k tokens.")
-DEMO_KINDS = ("chat", "code", "summarisation")  # one prompt of each in `mlxspec demo`
-RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
-
-
-def _dequantize(choice: Optional[bool]) -> bool:
-    """Default: dequantize on MLX's CPU backend, where quantized matmuls are slow."""
-    return choice if choice is not None else mx.default_device() == mx.cpu
-
-
-def _weights_label(dequantize: bool) -> str:
-    return ("dequantized to float32 at load (--dequantize; default on the CPU backend)" if dequantize
-            else "as stored (quantized)")
-
-
-def _calibration(recalibrate: bool, quiet: bool = False) -> Calibration:
-    return Calibration(recalibrate=recalibrate, progress=calibration_progress(quiet))
-
 
 @app.command()
 @friendly_errors
@@ -89,10 +62,10 @@ def generate(
     decode speculatively (the output follows the target's distribution exactly)."""
     check_generation(max_tokens, num_draft_tokens, temperature, top_p, top_k, seed, prefill_chunk)
     text = read_prompt(prompt)
-    target, tokenizer, draft_model = select_models(model, draft, pair, False, _dequantize(dequantize),
+    target, tokenizer, draft_model = select_models(model, draft, pair, False, dequantize_default(dequantize),
                                            NGramDraft(max_ngram, min_ngram), lookup)
     session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
-                      draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
+                      draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
     steps = session.stream(text, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                            seed=seed, chat=chat, prefill_chunk=prefill_chunk)
     if as_json:
@@ -129,10 +102,10 @@ def demo(
     check_generation(max_tokens, num_draft_tokens, temperature, 1.0, 0)
     if prompt is not None:
         prompt = read_prompt(prompt)
-    dequant = _dequantize(dequantize)
+    dequant = dequantize_default(dequantize)
     target, tokenizer, draft = select_models(None, None, None, True, dequant)
     session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
-                      draft_policy="cost" if adaptive else "fixed", calibration=_calibration(recalibrate, as_json))
+                      draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
     prompts = [("prompt", prompt)] if prompt is not None else [(kind, BUILTIN_PROMPTS[kind][0]) for kind in DEMO_KINDS]
     demo_pair.warm_up(session, prompts[0][1], temperature)
     colour = colours(sys.stdout, verbose) and not as_json
@@ -146,12 +119,12 @@ def demo(
         answers.append({"kind": kind, "prompt": text, **{m: {"text": t, **s.as_dict()} for m, (t, s) in runs.items()}})
     table = demo_table(totals)
     if as_json:
-        typer.echo(json.dumps({"weights": _weights_label(dequant), "answers": answers, "summary": table}, indent=2))
+        typer.echo(json.dumps({"weights": weights_label(dequant), "answers": answers, "summary": table}, indent=2))
         return
     typer.echo(("\n(green: accepted draft tokens; plain: tokens from the target)\n" if colour else "\n")
                + render_demo_table(table), err=True)
     typer.echo(f"draft lengths per round (k: rounds; 0 = plain step chosen by the cost model): "
-               f"{table[1]['draft_lengths']}\nweights: {_weights_label(dequant)}; target SmolLM2-135M-Instruct; "
+               f"{table[1]['draft_lengths']}\nweights: {weights_label(dequant)}; target SmolLM2-135M-Instruct; "
                f"draft: distilled {describe_draft(draft)}", err=True)
 
 
@@ -208,7 +181,7 @@ def bench(
     sources = [p for p in (model, draft, pair, mlx_lm_draft) if p not in (None, "ngram")] + \
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
-    dequant = _dequantize(dequantize)
+    dequant = dequantize_default(dequantize)
     target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, lookup)
     their_draft = None
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
@@ -216,8 +189,8 @@ def bench(
                                  dtype=mx.float32 if dequant else None, dequantize=dequant)
     report = run_bench(target, tokenizer, draft_model, prompt_list, max_tokens=max_tokens, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
-                       mlx_lm_draft=their_draft, weights=_weights_label(dequant),
-                       calibration=_calibration(recalibrate), log=lambda line: typer.echo(line, err=True))
+                       mlx_lm_draft=their_draft, weights=weights_label(dequant),
+                       calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True))
     with atomic_dir(out, force, sources=sources, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written) + ("" if not plots or any(p.suffix == ".png" for p in written)
@@ -272,63 +245,8 @@ def convert(
                f"pair: {manifest['kind']} ({manifest['tokenizers']})", err=True)
 
 
-@app.command("chat")
-@friendly_errors
-def chat_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
-    use_demo: bool = typer.Option(False, "--demo", help="Chat with the embedded demo pair (SmolLM2-135M-Instruct and the shipped draft)."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt (also /system TEXT in the chat)."),
-    num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per round."),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per answer."),
-    temperature: float = typer.Option(0.0, "--temperature", "--temp", "-t", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 disables)."),
-    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens less likely than this fraction of the most likely one (0 disables)."),
-    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Above 1 discourages repeating recent tokens (1 disables)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour accepted draft tokens green (on a terminal) and print stats after each answer."),
-    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
-    recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
-) -> None:
-    """Chat on the terminal: history kept, answers streamed, each turn prefilling only what is new."""
-    check_generation(max_tokens, num_draft_tokens, temperature, top_p, 0, seed)
-    options = conversation.chat_options(max_tokens, temperature, top_p, min_p, repetition_penalty, seed)
-    session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, _dequantize(dequantize),
-                                          _calibration(recalibrate))
-    conversation.chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
-
-
-@app.command("serve")
-@friendly_errors
-def serve_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP + " Feature drafts do not batch: the server then decodes without speculation."),
-    use_demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo pair (SmolLM2-135M-Instruct and the shipped draft model)."),
-    served: Optional[str] = typer.Option(None, "--name", "--alias", help="The model id clients send and /v1/models lists (default: the model folder's name)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
-    port: int = typer.Option(8080, "--port", help="TCP port."),
-    num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per step."),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose each step's draft length from step times measured at the current batch size (0 = no drafting where it does not pay); --no-adaptive always drafts -k tokens."),
-    max_batch: int = typer.Option(8, "--max-batch", help="Most requests decoded together; more wait in the queue."),
-    max_queue: int = typer.Option(64, "--max-queue", help="Most requests waiting; beyond it requests get 429."),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Default max_tokens of a request that sets none."),
-    temperature: float = typer.Option(1.0, "--temperature", "--temp", "-t", help="Default temperature of a request that sets none (OpenAI's default is 1)."),
-    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
-    recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
-) -> None:
-    """An OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
-    Concurrent requests share one batch, with speculative decoding inside it."""
-    check_generation(max_tokens, num_draft_tokens, temperature, 1.0, 0)
-    if not 0 < port < 65536:
-        raise InputError(f"--port must be in 1..65535, got {port}")
-    if max_batch < 1 or max_queue < 0:
-        raise InputError("--max-batch must be >= 1 and --max-queue >= 0")
-    if served is not None and not served.strip():
-        raise InputError("--name is empty")
-    session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens, _dequantize(dequantize),
-                                             _calibration(recalibrate), adaptive)
-    conversation.serve(session, served or name, host, port, max_batch, max_queue,
-                       {"max_tokens": max_tokens, "temperature": temperature})
+app.command("chat")(friendly_errors(chat_command))
+app.command("serve")(friendly_errors(serve_command))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -27,26 +27,31 @@ def fail(status: int, message: str, kind: str = "invalid_request_error", code: s
     return JSONResponse(oa.error(message, kind, code), status_code=status)
 
 
-def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starlette:
-    """The app serving `engine`'s session as model `model_id`; `defaults` are request
-    options a body does not set (max_tokens, temperature, ...)."""
+class Routes:
+    """The handlers, over one engine serving its session as model `model_id`; `defaults` are
+    request options a body does not set (max_tokens, temperature, ...)."""
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": model_id, "running": engine.running, "waiting": engine.waiting,
-                             "peak_running": engine.peak_rows,
+    def __init__(self, engine: Engine, model_id: str, defaults: dict[str, Any]) -> None:
+        self.engine, self.model_id, self.defaults = engine, model_id, defaults
+
+    async def health(self, request: Request) -> Response:
+        engine = self.engine
+        return JSONResponse({"status": "ok", "model": self.model_id, "running": engine.running,
+                             "waiting": engine.waiting, "peak_running": engine.peak_rows,
                              "speculative": engine.drafting})
 
-    async def models(request: Request) -> Response:
+    async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
-            {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "mlxspec"}]})
+            {"id": self.model_id, "object": "model", "created": int(time.time()), "owned_by": "mlxspec"}]})
 
-    async def chat(request: Request) -> Response:
-        return await _serve(request, "chat", oa.chat_prompt)
+    async def chat(self, request: Request) -> Response:
+        return await self.serve(request, "chat", oa.chat_prompt)
 
-    async def completions(request: Request) -> Response:
-        return await _serve(request, "text", oa.completion_prompt)
+    async def completions(self, request: Request) -> Response:
+        return await self.serve(request, "text", oa.completion_prompt)
 
-    async def _serve(request: Request, kind: str, prompt_of: Callable[[dict], Any]) -> Response:
+    async def serve(self, request: Request, kind: str, prompt_of: Callable[[dict], Any]) -> Response:
+        """Check, queue, and answer whole or as server-sent events."""
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -54,13 +59,13 @@ def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starl
         if not isinstance(body, dict):
             return fail(400, "the request body must be a JSON object")
         model = body.get("model")
-        if model not in (None, "", model_id, "default"):
-            return fail(400, f"model {model!r} is not served here; GET /v1/models lists {model_id!r}",
+        if model not in (None, "", self.model_id, "default"):
+            return fail(400, f"model {model!r} is not served here; GET /v1/models lists {self.model_id!r}",
                         code="model_not_found")
         out: asyncio.Queue = asyncio.Queue()
         try:
-            opts = oa.options(body, defaults, kind == "chat")
-            row = engine.submit(opts, prompt_of(body), asyncio.get_running_loop(), out)
+            opts = oa.options(body, self.defaults, kind == "chat")
+            row = self.engine.submit(opts, prompt_of(body), asyncio.get_running_loop(), out)
         except QueueFull as e:
             return fail(429, str(e), "rate_limit_error")
         except MlxspecError as e:
@@ -68,23 +73,24 @@ def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starl
         rid = oa.new_id("chatcmpl" if kind == "chat" else "cmpl")
         if body.get("stream"):
             usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
-            return StreamingResponse(_events(request, row, out, kind, rid, bool(usage)),
+            return StreamingResponse(self.events(request, row, out, kind, rid, bool(usage)),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        steps = []
-        async for step in _steps(request, row, out):
-            steps.append(step)
-        if isinstance(steps[-1:] and steps[-1], BaseException):
+        steps = [step async for step in self.steps(request, row, out)]
+        if steps and isinstance(steps[-1], BaseException):
             return fail(500, f"generation failed: {steps[-1]}", "server_error")
-        return JSONResponse(_whole(kind, rid, steps, len(row.prompt)))
+        return JSONResponse(self.whole(kind, rid, steps, len(row.prompt)))
 
-    def _whole(kind: str, rid: str, steps: list, prompt_tokens: int) -> dict:
-        text = "".join(s.text for s in steps)
+    def logprobs(self, kind: str, steps: list) -> dict | None:
+        return (oa.chat_logprobs if kind == "chat" else oa.completion_logprobs)(self.engine.session.tokenizer, steps)
+
+    def whole(self, kind: str, rid: str, steps: list, prompt_tokens: int) -> dict:
+        """A whole completion from its steps."""
         stats = steps[-1].stats if steps else None
-        logs = (oa.chat_logprobs if kind == "chat" else oa.completion_logprobs)(engine.session.tokenizer, steps)
-        return oa.completion(kind, rid, model_id, text, stats.finish_reason if stats else "length", stats, logs,
+        return oa.completion(kind, rid, self.model_id, "".join(s.text for s in steps),
+                             stats.finish_reason if stats else "length", stats, self.logprobs(kind, steps),
                              prompt_tokens)
 
-    async def _steps(request: Request, row: Any, out: asyncio.Queue) -> AsyncIterator[Any]:
+    async def steps(self, request: Request, row: Any, out: asyncio.Queue) -> AsyncIterator[Any]:
         """The row's steps (an exception last if it failed); cancels the row if the client leaves."""
         try:
             while True:
@@ -92,7 +98,6 @@ def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starl
                     item = await asyncio.wait_for(out.get(), POLL)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
-                        row.cancel()
                         return
                     continue
                 if item is None:
@@ -104,29 +109,30 @@ def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starl
             if not row.finished:
                 row.cancel()
 
-    async def _events(request: Request, row: Any, out: asyncio.Queue, kind: str, rid: str,
-                      usage: bool) -> AsyncIterator[str]:
-        tokenizer, last = engine.session.tokenizer, None
+    async def events(self, request: Request, row: Any, out: asyncio.Queue, kind: str, rid: str,
+                     usage: bool) -> AsyncIterator[str]:
+        """Server-sent events: a chunk per step with text, then usage if asked, then [DONE]."""
+        last = None
         if kind == "chat":
-            yield _sse(oa.chunk(kind, rid, model_id, "", role=True))
-        async for step in _steps(request, row, out):
+            yield _sse(oa.chunk(kind, rid, self.model_id, "", role=True))
+        async for step in self.steps(request, row, out):
             if isinstance(step, BaseException):
                 yield _sse(oa.error(f"generation failed: {step}", "server_error"))
                 return
-            last = step
-            logs = (oa.chat_logprobs if kind == "chat" else oa.completion_logprobs)(tokenizer, [step])
-            finish = step.stats.finish_reason
+            last, logs, finish = step, self.logprobs(kind, [step]), step.stats.finish_reason
             if step.text or logs or finish:
-                yield _sse(oa.chunk(kind, rid, model_id, step.text, finish, logs))
+                yield _sse(oa.chunk(kind, rid, self.model_id, step.text, finish, logs))
         if usage:
-            done = oa.chunk(kind, rid, model_id, None)
+            done = oa.chunk(kind, rid, self.model_id, None)
             done["choices"], done["usage"] = [], oa.usage(last.stats if last else None, len(row.prompt))
             yield _sse(done)
         yield "data: [DONE]\n\n"
 
-    routes = [Route("/health", health), Route("/v1/models", models),
-              Route("/v1/chat/completions", chat, methods=["POST"]),
-              Route("/v1/completions", completions, methods=["POST"])]
+
+def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starlette:
+    """The app serving `engine`'s session as model `model_id` (see `Routes`); the engine
+    thread starts with the app (if not started yet) and stops with it."""
+    routes = Routes(engine, model_id, defaults)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -136,7 +142,9 @@ def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starl
         finally:
             engine.stop()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=[Route("/health", routes.health), Route("/v1/models", routes.models),
+                             Route("/v1/chat/completions", routes.chat, methods=["POST"]),
+                             Route("/v1/completions", routes.completions, methods=["POST"])], lifespan=lifespan)
 
 
 def _sse(payload: dict) -> str:

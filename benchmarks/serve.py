@@ -1,0 +1,183 @@
+"""Serving benchmark: aggregate tokens per second and time to first token with 1, 2, 4 and 8
+concurrent clients (the real `openai` client, streaming), against one server at a time:
+
+- mlxspec serve, batching alone (the demo target, no draft);
+- mlxspec serve, batching + speculation (the demo target and its shipped draft model,
+  draft lengths chosen per step from measured step times);
+- mlx_lm.server with the same target and the same draft (it serves a draft model one
+  request at a time: `is_batchable = draft_model is None`), and without the draft (batched).
+
+Every client sends `--requests` distinct prompts one after another, greedy, `--max-tokens`
+each; the servers run one at a time on this machine. Output:
+benchmarks/results/serve/report.{json,md}.
+
+    LD_PRELOAD=... .venv/bin/python benchmarks/serve.py [--max-tokens 96] [--requests 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, ROOT
+
+PROMPTS = [
+    "What are the main differences between a comet and an asteroid?",
+    "Give me three tips for staying focused while studying at home.",
+    "Why is the sky blue? Explain it to a ten-year-old.",
+    "Write a Python function that returns the n-th Fibonacci number using iteration.",
+    "Write a Python function that reverses the words in a sentence.",
+    "Explain what a Python list comprehension is, with an example.",
+    "Describe how a bicycle gear system works.",
+    "What should I pack for a weekend hiking trip?",
+    "Summarise the causes of the French Revolution in a few sentences.",
+    "How do vaccines train the immune system?",
+    "Write a haiku about autumn leaves and explain its imagery.",
+    "What is the difference between weather and climate?",
+    "Give me a simple recipe for pancakes.",
+    "Explain recursion to a beginner programmer.",
+    "What are black holes and how do they form?",
+    "List some ways to reduce household energy use.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int) -> subprocess.Popen:
+    import urllib.request
+
+    log = open(RESULTS / "serve" / f"server-{port}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    for _ in range(1200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd} exited; see {log.name}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{cmd} did not start")
+
+
+def one_request(client, model: str, prompt: str, max_tokens: int) -> dict:
+    """Stream one chat completion: time to first token, tokens, seconds."""
+    start = time.perf_counter()
+    first, text, usage = None, [], None
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                            max_tokens=max_tokens, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter() - start
+            text.append(chunk.choices[0].delta.content)
+    return {"ttft": first or time.perf_counter() - start, "tokens": usage.completion_tokens if usage else None,
+            "text": "".join(text), "seconds": time.perf_counter() - start}
+
+
+def load_level(port: int, model: str, clients: int, requests: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `requests` prompts in turn."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600, max_retries=0)
+    one_request(client, model, "Hello!", 8)  # warm-up
+
+    def worker(c: int) -> list[dict]:
+        return [one_request(client, model, PROMPTS[(c * requests + r) % len(PROMPTS)], max_tokens)
+                for r in range(requests)]
+
+    start = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(worker, range(clients)) for r in rs]
+    wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] or 0 for r in results)
+    return {"clients": clients, "requests": len(results), "tokens": tokens, "seconds": wall,
+            "tokens_per_second": tokens / wall, "ttft_median": statistics.median(r["ttft"] for r in results),
+            "texts": [r["text"] for r in results]}
+
+
+def servers(k: int) -> dict[str, list[str]]:
+    py, mlxspec = sys.executable, str(Path(sys.executable).parent / "mlxspec")
+    target = None
+    from mlxspec import demo  # the converted demo target (made on first use)
+
+    target = str(demo.demo_target())
+    return {
+        "mlxspec batching": [mlxspec, "serve", "--model", target, "--name", "demo"],
+        "mlxspec batching + speculation": [mlxspec, "serve", "--demo", "--name", "demo", "-k", str(k)],
+        "mlx_lm.server + draft": [py, "benchmarks/serve_mlx_lm.py", "--num-draft-tokens", str(k)],
+        "mlx_lm.server (no draft)": [py, "benchmarks/serve_mlx_lm.py", "--no-draft"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--requests", type=int, default=2, help="prompts each client sends in turn")
+    parser.add_argument("--levels", default="1,2,4,8")
+    parser.add_argument("-k", type=int, default=2, help="most draft tokens (both servers)")
+    parser.add_argument("--only", default=None, help="comma-separated server names to run")
+    args = parser.parse_args()
+    (RESULTS / "serve").mkdir(parents=True, exist_ok=True)
+    levels = [int(x) for x in args.levels.split(",")]
+    report = {"max_tokens": args.max_tokens, "requests_per_client": args.requests, "k": args.k, "runs": {}}
+    for name, cmd in servers(args.k).items():
+        if args.only and name not in args.only.split(","):
+            continue
+        port = free_port()
+        cmd = cmd + ["--port", str(port)]
+        print(f"== {name}", flush=True)
+        proc = start(cmd, port)
+        model = "demo" if name.startswith("mlxspec") else "default_model"
+        try:
+            runs = []
+            for clients in levels:
+                run = load_level(port, model, clients, args.requests, args.max_tokens)
+                print(f"  {clients} clients: {run['tokens_per_second']:.1f} tok/s, "
+                      f"TTFT {run['ttft_median']:.2f} s", flush=True)
+                runs.append(run)
+            report["runs"][name] = runs
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    write(report, levels)
+
+
+def write(report: dict, levels: list[int]) -> None:
+    out = RESULTS / "serve"
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    names = list(report["runs"])
+    lines = ["| server | " + " | ".join(f"{c} clients tok/s (TTFT s)" for c in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    for name in names:
+        cells = [f"{r['tokens_per_second']:.1f} ({r['ttft_median']:.2f})" for r in report["runs"][name]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    base = report["runs"].get("mlxspec batching")
+    spec = report["runs"].get("mlxspec batching + speculation")
+    if base and spec:
+        ratio = [s["tokens_per_second"] / b["tokens_per_second"] for s, b in zip(spec, base)]
+        lines.append("| speculation / batching alone | " + " | ".join(f"{r:.2f}x" for r in ratio) + " |")
+        lines.append("| batching: aggregate / 1 client | " + " | ".join(
+            f"{b['tokens_per_second'] / base[0]['tokens_per_second']:.2f}x" for b in base) + " |")
+        same = [a == b for s, b2 in zip(spec, base) for a, b in zip(s["texts"], b2["texts"])]
+        lines.append(f"\ngreedy texts equal between the two mlxspec servers: {sum(same)}/{len(same)}")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

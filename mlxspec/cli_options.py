@@ -1,0 +1,39 @@
+"""What several commands' options share: help texts, and the defaults that depend on the
+backend (dequantize on the CPU backend) or on how the command reports (calibration progress)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+
+from .console import calibration_progress
+from .engine import Calibration
+
+DEQUANTIZE_HELP = ("Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where "
+                   "half-precision and quantized matmuls are slow).")
+DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokenizer, a feature draft made for this "
+              "target (config.json says \"draft_type\": \"eagle\"), or 'ngram': prompt lookup, no draft model (the "
+              "answer's repeats of the prompt and of itself are drafted; a folder named ngram: ./ngram).")
+LOOKUP_HELP = ("With a draft model: prompt lookup proposes where the text repeats itself (a match running 3+ tokens "
+               "back), the draft model elsewhere.")
+MAX_NGRAM_HELP = "With --draft ngram or --lookup: the longest n-gram looked up (1..64)."
+MIN_NGRAM_HELP = "With --draft ngram or --lookup: the shortest n-gram looked up (1..64)."
+ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
+                 "when drafting does not pay); --no-adaptive always drafts -k tokens.")
+DEMO_KINDS = ("chat", "code", "summarisation")  # one prompt of each in `mlxspec demo`
+RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
+
+
+def dequantize_default(choice: Optional[bool]) -> bool:
+    """Default: dequantize on MLX's CPU backend, where quantized matmuls are slow."""
+    return choice if choice is not None else mx.default_device() == mx.cpu
+
+
+def weights_label(dequantize: bool) -> str:
+    return ("dequantized to float32 at load (--dequantize; default on the CPU backend)" if dequantize
+            else "as stored (quantized)")
+
+
+def calibration_for(recalibrate: bool, quiet: bool = False) -> Calibration:
+    return Calibration(recalibrate=recalibrate, progress=calibration_progress(quiet))
