@@ -21,11 +21,14 @@ def alone(session: Session, prompt: list[int], **options) -> list[int]:
     return [s.token for s in session.stream(prompt, speculative=False, prompt_cache=False, **options)]
 
 
-@pytest.mark.parametrize("draft", ["model", "ngram", None])
+@pytest.mark.parametrize("draft", ["model", "feature", "ngram", None])
 @pytest.mark.parametrize("window", [None, 8])
 def test_batched_rows_equal_their_greedy_output_alone(draft, window):
-    target = tiny(20, window=window)
-    kind = {"model": perturbed(target, 0.05, 21), "ngram": "ngram", None: None}[draft]
+    from test_feature_draft import feature_draft, one_block_target
+
+    target = one_block_target(20, window=window) if draft == "feature" else tiny(20, window=window)
+    kind = {"model": lambda: perturbed(target, 0.05, 21), "ngram": lambda: "ngram", None: lambda: None,
+            "feature": lambda: feature_draft(target, 21, oracle=True, head_vocab=48)}[draft]()
     session = Session(target, None, kind, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
     results = session.batch_generate(PROMPTS, max_tokens=30)
     for prompt, result in zip(PROMPTS, results):
@@ -88,6 +91,28 @@ def test_ragged_batch_cache_gives_each_row_its_own_logits():
     for b, (prompt, kept) in enumerate(zip(rows, ([], [7], [7, 8]))):
         expect = target(mx.array([prompt + kept + [9]]))[0, -1]
         assert mx.allclose(logits[b], expect, atol=1e-4).item()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_each_row_drafts_and_draws_exactly_as_alone(temperature):
+    """With a fixed draft length, a row's drafts, acceptance and (seeded) draws in a batch
+    are the ones it has alone: the feature drafter pairs each row's own hidden states with
+    its own tokens (a draft that reads its features for real, so a row mix-up shows)."""
+    from test_feature_draft import feature_draft, one_block_target
+
+    target = one_block_target(25, window=None)
+    draft = feature_draft(target, 26)
+    d = target.args.hidden_size
+    draft.fc.weight, draft.fc.bias = mx.concatenate([mx.eye(d), 0.5 * mx.eye(d)], axis=1), mx.zeros((d,))
+    draft.layers[0].update(target.layers[0].parameters())
+    session = Session(target, None, draft, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
+    options = dict(max_tokens=40, temperature=temperature, seed=5)
+    batched = session.batch_generate(PROMPTS, **options)
+    for prompt, result in zip(PROMPTS, batched):
+        single = list(session.stream(prompt, **options))
+        assert result.tokens == [s.token for s in single]
+        assert (result.stats.accepted, result.stats.drafted) == (single[-1].stats.accepted, single[-1].stats.drafted)
+    assert sum(r.stats.accepted for r in batched) > 10
 
 
 def batch_first_tokens(target, draft, temperature: float, length: int, runs: int, rows: int) -> np.ndarray:

@@ -53,6 +53,11 @@ class Batch:
         self.steps = 0
 
     @property
+    def features(self) -> bool:
+        """Whether the drafter reads the target's hidden states."""
+        return self.drafter is not None and self.drafter.needs_features
+
+    @property
     def drafting(self) -> bool:
         """Whether this batch can speculate (its session's draft batches)."""
         return self.drafter is not None
@@ -60,10 +65,11 @@ class Batch:
     def add(self, row: Row) -> None:
         """Prefill a row alone, draw its first token and let it join the batch."""
         ids = row.prompt
-        cache, reused = self.session.prompt_cache.take(ids) if row.prompt_cache else (None, 0)
+        reuse = row.prompt_cache and not self.features  # a feature draft reads every prompt position
+        cache, reused = self.session.prompt_cache.take(ids) if reuse else (None, 0)
         cache = cache if cache is not None else self.target.make_cache(max_rollback=self.session.k_max)
         start = time.perf_counter()
-        logits, _ = prefill(self.target, ids[reused:], cache, self.chunk, False)
+        logits, hidden = prefill(self.target, ids[reused:], cache, self.chunk, self.features)
         check_finite(logits, "the target")
         row.sampler.added(ids)
         first = row.sampler.draw(logits).item()
@@ -72,7 +78,7 @@ class Batch:
         row.stats.prompt_time = time.perf_counter() - start
         self.cache.add(cache)
         if self.drafter is not None:
-            self.drafter.add(ids)
+            self.drafter.add(ids, hidden)
         row.last = first
         self.rows.append(row)
         row.push([(first, False)])
@@ -133,11 +139,12 @@ class Batch:
     def _plain(self) -> int:
         """Every row's newest token in, one new token per row out."""
         self.cache.layout.begin(1)
-        logits = self.target(mx.array([[row.last] for row in self.rows]), self.cache.layers)[:, -1]
+        hidden = self.target.model(mx.array([[row.last] for row in self.rows]), self.cache.layers)
+        logits = self.target.head(hidden)[:, -1]
         drawn = mx.concatenate([row.sampler.draw(logits[b : b + 1]) for b, row in enumerate(self.rows)])
         for b, (row, token) in enumerate(zip(self.rows, drawn.tolist())):
             if self.drafter is not None:
-                self.drafter.extend(b, [row.last])
+                self.drafter.extend(b, [row.last], hidden[b : b + 1])
             row.take_plain(token)
         return 0
 
@@ -153,7 +160,8 @@ class Batch:
                                mx.zeros((1, width - n), mx.int32)], axis=1)
                for row, p, n in zip(self.rows, proposals, lengths)]
         self.cache.layout.begin(width + 1)
-        raw = self.target(mx.concatenate(fed, axis=0), self.cache.layers)
+        hidden = self.target.model(mx.concatenate(fed, axis=0), self.cache.layers)
+        raw = self.target.head(hidden)
         results = []
         for b, (row, p, n) in enumerate(zip(self.rows, proposals, lengths)):
             if n:
@@ -165,7 +173,7 @@ class Batch:
         values = [r.tolist() for r in results]
         accepted = [v[0] for v in values]
         self.cache.layout.rollback([width - a for a in accepted])
-        self.drafter.settle(accepted, [v[2:] for v in values])
+        self.drafter.settle(accepted, [v[2:] for v in values], hidden)
         for b, (row, v, n) in enumerate(zip(self.rows, values, lengths)):
             row.take_round(raw[b : b + 1], n, v[0], v[2:], v[1])
         return width

@@ -12,11 +12,13 @@ calibration scales (or from the calibration alone at a size never run yet).
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from typing import Sequence
 
 from .policy import MARGIN, AcceptanceEstimate, Timings, expected_tokens
 
-FORGET = 0.3  # weight of the newest measurement of a step time
+RECENT = 15  # step times kept per (rows, k): their median is the estimate (robust to a slow step)
 PROBE_EVERY = 32  # plain steps between single-token probes while drafting does not pay
 
 
@@ -25,7 +27,8 @@ class BatchCost:
 
     def __init__(self, timings: Timings, k_max: int, margin: float = MARGIN) -> None:
         self.timings, self.k_max, self.margin = timings, k_max, margin
-        self.times: dict[tuple[int, int], float] = {}
+        self.samples: dict[tuple[int, int], deque] = {}
+        self.times: dict[tuple[int, int], float] = {}  # the median of each one's samples
         self.plain_run = 0
 
     def step_time(self, rows: int, k: int) -> float:
@@ -36,7 +39,16 @@ class BatchCost:
         if not known:
             return self.timings.round(k) * self._size_factor(rows)
         near = min(known, key=lambda kk: abs(kk - k))
-        return self.times[rows, near] * self.timings.round(k) / self.timings.round(near)
+        return self.times[rows, near] * self._k_factor(rows, k, near)
+
+    def _k_factor(self, rows: int, k: int, near: int) -> float:
+        """How a step drafting k compares with one drafting `near`: as measured at the nearest
+        other batch size where both ran, else as in the single-request calibration."""
+        sizes = [r for (r, kk) in self.times if kk == k and (r, near) in self.times]
+        if not sizes:
+            return self.timings.round(k) / self.timings.round(near)
+        other = min(sizes, key=lambda r: abs(r - rows))
+        return self.times[other, k] / self.times[other, near]
 
     def _size_factor(self, rows: int) -> float:
         """How much a plain step at `rows` costs over one at the nearest measured size."""
@@ -47,10 +59,14 @@ class BatchCost:
         return self.times[near, 0] / self.timings.round(0) * max(1.0, rows / near) ** 0.5
 
     def observe(self, rows: int, k: int, seconds: float) -> None:
-        """A step ran: keep its time."""
-        old = self.times.get((rows, k))
-        self.times[rows, k] = seconds if old is None else (1 - FORGET) * old + FORGET * seconds
+        """A step ran: keep its time (not the first at a new shape: that one compiles)."""
         self.plain_run = self.plain_run + 1 if k == 0 else 0
+        if (rows, k) not in self.samples:
+            self.samples[rows, k] = deque(maxlen=RECENT)
+            return
+        samples = self.samples[rows, k]
+        samples.append(seconds)
+        self.times[rows, k] = statistics.median(samples)
 
     def next_k(self, limits: Sequence[int], estimates: Sequence[AcceptanceEstimate | None]) -> int:
         """The step's k: row b drafts min(k, limits[b]) tokens (0: none) with acceptance
