@@ -2,9 +2,10 @@
 concurrent clients (the real `openai` client, streaming), against one server at a time:
 
 - mlxspec serve, batching alone (the demo target, no draft);
-- mlxspec serve, batching + speculation (the demo target and its shipped draft model,
-  draft lengths chosen per step from measured step times);
-- mlx_lm.server with the same target and the same draft (it serves a draft model one
+- mlxspec serve, batching + speculation (`--demo`: the demo target and its shipped feature
+  draft, draft lengths chosen per step from measured step times);
+- mlxspec serve, batching + speculation with the shipped draft *model* (what mlx-lm can run);
+- mlx_lm.server with the same target and that draft model (it serves a draft model one
   request at a time: `is_batchable = draft_model is None`), and without the draft (batched).
 
 Every client sends `--requests` distinct prompts one after another, greedy, `--max-tokens`
@@ -115,10 +116,13 @@ def servers(k: int) -> dict[str, list[str]]:
     from mlxspec import demo  # the converted demo target (made on first use)
 
     target = str(demo.demo_target())
+    draft_model = str(demo.demo_token_draft())
     return {
         "mlxspec batching": [mlxspec, "serve", "--model", target, "--name", "demo"],
         "mlxspec batching + speculation": [mlxspec, "serve", "--demo", "--name", "demo", "-k", str(k)],
-        "mlx_lm.server + draft": [py, "benchmarks/serve_mlx_lm.py", "--num-draft-tokens", str(k)],
+        "mlxspec batching + draft model": [mlxspec, "serve", "--model", target, "--draft", draft_model,
+                                           "--name", "demo", "-k", str(k)],
+        "mlx_lm.server + draft model": [py, "benchmarks/serve_mlx_lm.py", "--num-draft-tokens", str(k)],
         "mlx_lm.server (no draft)": [py, "benchmarks/serve_mlx_lm.py", "--no-draft"],
     }
 

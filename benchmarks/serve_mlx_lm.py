@@ -1,7 +1,9 @@
-"""mlx_lm.server with the demo pair, for `benchmarks/serve.py`: the same target weights and
-the same draft (mlxspec's shipped draft has a head over its 8192 most frequent tokens,
-which mlx-lm cannot load, so the draft reaches mlx-lm's server as the module
-`mlxspec.baseline` builds for `bench --compare-mlx-lm`: mlx-lm's body under that head).
+"""mlx_lm.server with the demo pair, for `benchmarks/serve.py`: the same weights as mlxspec
+serves, in float32 (the demo target's file is 4-bit, and quantized matmuls are slow on
+MLX's CPU backend: mlxspec expands them at load here, so mlx-lm gets the expanded ones),
+and the same draft model. Both reach mlx-lm's server as the modules `mlxspec.baseline`
+builds for `bench --compare-mlx-lm` (mlx-lm's Llama module; the shipped draft's head over
+its 8192 most frequent tokens, which mlx-lm cannot load, kept under mlx-lm's body).
 
     python benchmarks/serve_mlx_lm.py --port 8090 [--no-draft] [--num-draft-tokens 2]
 """
@@ -31,16 +33,15 @@ def main() -> None:
     target_dir = str(demo.demo_target())
     target, tokenizer = load(target_dir, dtype=mx.float32, dequantize=True)
     draft = load_draft(str(demo.demo_token_draft()), target, tokenizer, dtype=mx.float32, dequantize=True)
-    _, their_draft = mlx_lm_models(target, draft)
+    their_target, their_draft = mlx_lm_models(target, draft)
     original = server.load
 
-    def load_with_our_draft(path, *a, **kw):
-        if path == DRAFT:  # the draft: mlx-lm's body under our head, with the target's tokenizer
-            _, their_tokenizer = original(target_dir)
-            return their_draft, their_tokenizer
-        return original(path, *a, **kw)
+    def load_expanded(path, *a, **kw):
+        """mlx-lm's own loading (tokenizer, config), our float32 modules."""
+        model, their_tokenizer, *config = original(target_dir, *a, **kw)
+        return (their_draft if path == DRAFT else their_target, their_tokenizer, *config)
 
-    server.load = load_with_our_draft
+    server.load = load_expanded
     sys.argv = ["mlx_lm.server", "--model", target_dir, "--port", str(args.port), "--temp", "0",
                 "--log-level", "WARNING"]
     if not args.no_draft:

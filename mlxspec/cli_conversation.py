@@ -41,8 +41,8 @@ def chat_command(
 
 def serve_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP + " Feature drafts do not batch: the server then decodes without speculation."),
-    use_demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo pair (SmolLM2-135M-Instruct and the shipped draft model)."),
+    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP + " Drafts with another vocabulary do not batch: the server then decodes without speculation."),
+    use_demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo pair (SmolLM2-135M-Instruct and the shipped feature draft)."),
     served: Optional[str] = typer.Option(None, "--name", "--alias", help="The model id clients send and /v1/models lists (default: the model folder's name)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),

@@ -24,12 +24,12 @@ HELP = ("/reset clears the conversation, /system TEXT sets the system prompt (an
 
 def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_draft_tokens: int,
                 dequantize: bool, calibration: Calibration, adaptive: bool = True) -> tuple[Session, str]:
-    """The session and the name clients call its model by. The demo pairs SmolLM2 with the
-    shipped draft *model* (a feature draft does not batch)."""
+    """The session and the name clients call its model by (the demo: SmolLM2-135M-Instruct
+    with the shipped feature draft, as `mlxspec demo` runs it)."""
     if use_demo:
         if model is not None or draft is not None:
             raise InputError("give --demo or --model/--draft, not both")
-        model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_token_draft())
+        model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_draft())
     target, tokenizer, loaded = select_models(model, draft, None, False, dequantize, NGramDraft())
     name = "smollm2-135m-instruct" if use_demo else Path(model).name or model
     return Session(target, tokenizer, loaded, num_draft_tokens=num_draft_tokens, calibration=calibration,

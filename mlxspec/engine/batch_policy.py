@@ -12,14 +12,15 @@ calibration scales (or from the calibration alone at a size never run yet).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .policy import MARGIN, AcceptanceEstimate, Timings, expected_tokens
 
 RECENT = 15  # step times kept per (rows, k): their median is the estimate (robust to a slow step)
-PROBE_EVERY = 32  # plain steps between single-token probes while drafting does not pay
+EXPLORE = 0.02  # the share of decoding time that probes (k = 1 steps while drafting does not pay) may cost
 
 
 class BatchCost:
@@ -84,4 +85,12 @@ class BatchCost:
         k = max(range(top + 1), key=speed)
         if k and speed(k) > (1 + self.margin) * speed(0):
             return k
-        return 1 if self.plain_run >= PROBE_EVERY else 0
+        return 1 if self.plain_run >= self._probe_interval(len(limits), speed) else 0
+
+    def _probe_interval(self, rows: int, speed: Callable[[int], float]) -> int:
+        """Plain steps between probes: a probe loses what a k = 1 step gives up against plain
+        steps (with the margin); probes stay within `EXPLORE` of the decoding time, so a
+        draft near paying is probed often and a useless one rarely."""
+        plain = self.step_time(rows, 0)
+        loss = max(self.step_time(rows, 1) * (1 - speed(1) / speed(0) / (1 + self.margin)), 0.0)
+        return max(1, min(512, math.ceil(loss / (EXPLORE * plain))))
