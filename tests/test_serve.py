@@ -124,6 +124,15 @@ def test_chat_and_completion_streamed_and_not_equal_the_library(server, local):
     assert "".join(c.choices[0].text for c in streamed) == text
 
 
+def test_content_parts_and_the_speculation_switch(server, local):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
+    answer = server.client.chat.completions.create(model=MODEL, messages=parts, max_tokens=8, temperature=0,
+                                                   extra_body={"num_draft_tokens": 0})
+    assert answer.choices[0].message.content == local.chat([{"role": "user", "content": "Hello there"}],
+                                                           max_tokens=8, speculative=False)
+    assert answer.usage.model_extra.get("speculative", {"drafted": 0})["drafted"] == 0  # switched off
+
+
 def test_eight_concurrent_clients_each_get_their_text_alone(server, local):
     def ask(question: str):
         return server.client.chat.completions.create(
@@ -162,6 +171,15 @@ def test_a_cancelled_stream_frees_its_row(server):
     (json.dumps({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}).encode(), 400, "not served"),
     (json.dumps({"messages": [{"role": "user", "content": "word " * 3000}]}).encode(), 400, "context"),
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), 400, "'n'"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "num_draft_tokens": 9}).encode(), 400, "0..3"),
+    (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
+                ).encode(), 400, "text content parts"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}).encode(), 400, "stop string"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 99}).encode(),
+     400, "logprobs"),
+    ("{\"messages\": [{\"role\": \"user\", \"content\": \"\udcff\"}]}".encode("utf-8", "surrogatepass"),
+     400, ""),
+    (b'{"messages": [{"role": "user", "content": "\\udcff"}]}', 400, ""),
 ])
 def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, body, status, needle):
     code, answer = server.post("/v1/chat/completions", body)
@@ -189,3 +207,20 @@ def test_a_full_queue_gets_429_and_then_requests_work_again(pair, tmp_path):
         assert ask(0) == 200
     finally:
         server.stop()
+
+
+def test_mlxspec_chat_keeps_the_history_and_reuses_the_cache(pair, tmp_path, local):
+    """The terminal chat: two turns (the second prefills only its new tokens), /system,
+    /reset, /exit; answers equal the library's for the same conversation."""
+    env = dict(os.environ, MLXSPEC_CACHE=str(tmp_path))
+    script = "Hello there\nAnd then?\n/system Be brief.\n/reset\nHello there\n/exit\nnever read\n"
+    done = subprocess.run([sys.executable, "-m", "mlxspec", "chat", "--model", str(pair[0]), "--draft", str(pair[1]),
+                           "-n", "8", "-v"], input=script, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first = local.chat([{"role": "user", "content": "Hello there"}], max_tokens=8, speculative=False)
+    second = local.chat([{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first},
+                         {"role": "user", "content": "And then?"}], max_tokens=8, speculative=False)
+    assert done.stdout.split("\n")[:2] == [first, second]
+    cached = [int(line.split()[2]) for line in done.stderr.splitlines() if line.startswith("prompt cache:")]
+    assert len(cached) == 3 and cached[1] > 0
+    assert "(system prompt set" in done.stderr and "(conversation cleared)" in done.stderr

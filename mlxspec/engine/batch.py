@@ -184,7 +184,7 @@ def make_row(session: object, request: Request, emit: Emit) -> Row:
     drafting = request.speculative and session.draft is not None
     return Row(request.ids, request.params, request.budget, session.tokenizer, session.target.args.vocab_size,
                emit, seed=request.seed, stops=request.stops, logprobs=request.logprobs,
-               k_max=session.k_max if drafting else 0,
+               k_max=request.k_max if drafting else 0,
                estimates=session.acceptance(request.params, request.seed) if drafting else None,
                drafting=drafting, prompt_cache=request.prompt_cache)
 

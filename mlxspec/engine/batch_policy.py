@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from .policy import MARGIN, AcceptanceEstimate, Timings, expected_tokens
 
 RECENT = 15  # step times kept per (rows, k): their median is the estimate (robust to a slow step)
-EXPLORE = 0.02  # the share of decoding time that probes (k = 1 steps while drafting does not pay) may cost
+EXPLORE = 0.01  # the share of decoding time that probes (k = 1 steps while drafting does not pay) may cost
 
 
 class BatchCost:
@@ -73,7 +73,7 @@ class BatchCost:
         """The step's k: row b drafts min(k, limits[b]) tokens (0: none) with acceptance
         `estimates[b]` (None: not drafting)."""
         top = min(self.k_max, max(limits, default=0))
-        if top <= 0:
+        if top <= 0 or (len(limits), 0) not in self.times:  # plain steps first: the baseline is measured
             return 0
         rates = [e.per_position(min(top, lim)) if e is not None and lim > 0 else [] for e, lim in
                  zip(estimates, limits)]

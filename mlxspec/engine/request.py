@@ -37,6 +37,7 @@ class Request:
     chunk: int  # prompt tokens per prefill pass
     speculative: bool  # whether a draft may propose
     prompt_cache: bool
+    k_max: int = 0  # the most tokens drafted per round
 MAX_PREFILL_CHUNK = 2**20  # tokens per prefill pass; MLX indexes with 32-bit integers
 _PROMPT_KINDS = "text (str), chat messages (a list of role/content dicts) or token ids (a list of ints)"
 

@@ -115,13 +115,14 @@ class Session:
             raise InputError("a session without a draft has nothing to calibrate")
         return self.calibration.timings(self.target, self.draft, self.k_max, params)
 
-    def policy(self, params: SamplingParams, seed: int | None) -> DraftPolicy:
-        """The draft-length policy for one request."""
+    def policy(self, params: SamplingParams, seed: int | None, k_max: int | None = None) -> DraftPolicy:
+        """The draft-length policy for one request (drafting at most `k_max`, default the session's)."""
+        k_max = self.k_max if k_max is None else k_max
         if self.draft_policy == "fixed":
-            return FixedK(self.k_max)
+            return FixedK(k_max)
         if self.draft_policy == "heuristic":
-            return Heuristic(self.k_max)
-        return CostModel(self.timings(params), self.acceptance(params, seed), self.k_max)
+            return Heuristic(k_max)
+        return CostModel(self.timings(params), self.acceptance(params, seed), k_max)
 
     def acceptance(self, params: SamplingParams, seed: int | None) -> dict[str, AcceptanceEstimate]:
         """The acceptance estimates a request starts from: the session's for these settings,
@@ -132,7 +133,7 @@ class Session:
                 top_k: int = 0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                 stop: str | list[str] | None = None, logprobs: int | None = None, seed: int | None = None,
                 chat: bool = False, prefill_chunk: int | None = None, speculative: bool = True,
-                prompt_cache: bool = True) -> Request:
+                num_draft_tokens: int | None = None, prompt_cache: bool = True) -> Request:
         """Check a request and tokenize its prompt: what `stream` runs and a batch row is made of.
 
         The prompt is text (`chat` wraps it in the model's template), chat messages or token
@@ -141,17 +142,22 @@ class Session:
         `top_k`, `min_p` and `repetition_penalty` shape the distribution sampled from (see
         `SamplingParams`); `seed` makes the draws repeatable. `logprobs` (0..20) adds each
         token's log-probability and that many alternatives. `speculative=False` decodes
-        without the draft. With `prompt_cache` the longest prefix shared with a recent
+        without the draft; `num_draft_tokens` caps this request's drafts (0..the session's
+        `num_draft_tokens`; 0 is the same as `speculative=False`). With `prompt_cache` the longest prefix shared with a recent
         request is not prefilled again (`stats.prompt_cached_tokens`)."""
         params = SamplingParams(temperature, top_p, top_k, min_p, repetition_penalty)
         check_request(max_tokens, seed, prefill_chunk)
         stops, top = check_stops(stop), check_logprobs(logprobs)
         if not isinstance(speculative, bool) or not isinstance(prompt_cache, bool):
             raise InputTypeError("speculative and prompt_cache must be True or False")
+        k_max = self.k_max if num_draft_tokens is None else num_draft_tokens
+        if not is_int(k_max) or not 0 <= k_max <= self.k_max:
+            raise InputError(f"num_draft_tokens must be an integer in 0..{self.k_max} (the session's), "
+                             f"got {num_draft_tokens!r}")
         ids = prompt_ids(self.tokenizer, prompt, chat, context=self.target.args.max_position_embeddings)
         budget = token_budget(self.target, ids, max_tokens)
         return Request(ids, params, budget, stops, top, seed, prefill_chunk or default_chunk_size(self.target),
-                       speculative and self.draft is not None, prompt_cache)
+                       speculative and self.draft is not None and k_max > 0, prompt_cache, k_max)
 
     def stream(self, prompt: Prompt, **options: Any) -> Iterator[GenerationStep]:
         """Generate, one `GenerationStep` per token; the request (options as in `request`) is
@@ -160,7 +166,7 @@ class Session:
         tokenizer, steps carry ids only."""
         req = self.request(prompt, **options)
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
-        policy = self.policy(req.params, req.seed) if drafting else Plain()
+        policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
         drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
         reuse = req.prompt_cache and not (drafter is not None and drafter.needs_features)  # features: every position
         cache, reused = self.prompt_cache.take(req.ids) if reuse else (None, 0)

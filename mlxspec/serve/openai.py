@@ -1,7 +1,7 @@
 """OpenAI's request and response shapes: a request body to a prompt and `Session.request`
 options, and steps back to completions, chunks, usage and logprobs. Extensions a client
-may send: `top_k`, `min_p`, `repetition_penalty`, `num_draft_tokens` (0: no
-speculation) and `speculative`; responses add a `speculative` object to `usage`."""
+may send: `top_k`, `min_p`, `repetition_penalty`, `num_draft_tokens` (the most drafted
+per step for this request, up to the server's `-k`; 0: no speculation) and `speculative`; responses add a `speculative` object to `usage`."""
 
 from __future__ import annotations
 
@@ -44,10 +44,9 @@ def options(body: dict, defaults: dict[str, Any], chat: bool) -> dict[str, Any]:
         opts["stop"] = body["stop"]
     opts.update(_logprobs(body, chat))
     draft = _typed(body, "num_draft_tokens", int)
-    speculative = _typed(body, "speculative", bool, True)
-    if draft is not None and draft < 0:
-        raise InputError(f"'num_draft_tokens' must be >= 0 (0: no speculation), got {draft}")
-    opts["speculative"] = speculative and draft != 0
+    if draft is not None:
+        opts["num_draft_tokens"] = draft
+    opts["speculative"] = _typed(body, "speculative", bool, True)
     return opts
 
 
@@ -61,11 +60,20 @@ def _logprobs(body: dict, chat: bool) -> dict[str, Any]:
 
 
 def chat_prompt(body: dict) -> list[dict]:
-    """The messages of a chat request."""
+    """The messages of a chat request; content given as parts ([{"type": "text", "text": ...}])
+    is joined into its text."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InputTypeError("'messages' must be a non-empty list of {role, content} objects")
-    return messages
+    return [_text_content(m, i) if isinstance(m, dict) and isinstance(m.get("content"), list) else m
+            for i, m in enumerate(messages)]
+
+
+def _text_content(message: dict, index: int) -> dict:
+    parts = message["content"]
+    if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+        raise InputError(f"messages[{index}]: only text content parts are supported (type 'text')")
+    return {**message, "content": "".join(p["text"] for p in parts)}
 
 
 def completion_prompt(body: dict) -> str | list[int]:
