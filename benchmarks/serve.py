@@ -9,10 +9,11 @@ concurrent clients (the real `openai` client, streaming), against one server at 
   request at a time: `is_batchable = draft_model is None`), and without the draft (batched).
 
 Every client sends `--requests` distinct prompts one after another, greedy, `--max-tokens`
-each; the servers run one at a time on this machine. Output:
-benchmarks/results/serve/report.{json,md}.
+each. All servers are started together and measured in turn (one at a time, the order
+rotated between repeats), so each table cell is the median of `--repeats` runs spread over
+the same stretch of time. Output: benchmarks/results/serve/report.{json,md}.
 
-    LD_PRELOAD=... .venv/bin/python benchmarks/serve.py [--max-tokens 96] [--requests 2]
+    LD_PRELOAD=... .venv/bin/python benchmarks/serve.py [--max-tokens 96] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -130,34 +131,46 @@ def servers(k: int) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--requests", type=int, default=2, help="prompts each client sends in turn")
+    parser.add_argument("--requests", type=int, default=1, help="prompts each client sends in turn")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every (server, clients); medians reported")
     parser.add_argument("--levels", default="1,2,4,8")
     parser.add_argument("-k", type=int, default=2, help="most draft tokens (both servers)")
     parser.add_argument("--only", default=None, help="comma-separated server names to run")
     args = parser.parse_args()
     (RESULTS / "serve").mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
-    report = {"max_tokens": args.max_tokens, "requests_per_client": args.requests, "k": args.k, "runs": {}}
-    for name, cmd in servers(args.k).items():
-        if args.only and name not in args.only.split(","):
-            continue
-        port = free_port()
-        cmd = cmd + ["--port", str(port)]
-        print(f"== {name}", flush=True)
-        proc = start(cmd, port)
-        model = "demo" if name.startswith("mlxspec") else "default_model"
-        try:
-            runs = []
-            for clients in levels:
-                run = load_level(port, model, clients, args.requests, args.max_tokens)
-                print(f"  {clients} clients: {run['tokens_per_second']:.1f} tok/s, "
-                      f"TTFT {run['ttft_median']:.2f} s", flush=True)
-                runs.append(run)
-            report["runs"][name] = runs
-        finally:
+    chosen = {n: c for n, c in servers(args.k).items() if not args.only or n in args.only.split(",")}
+    procs, ports = {}, {}
+    try:
+        for name, cmd in chosen.items():  # all up at once (idle servers cost nothing), measured in turn
+            ports[name] = free_port()
+            print(f"starting {name}", flush=True)
+            procs[name] = start(cmd + ["--port", str(ports[name])], ports[name])
+        runs = {name: {c: [] for c in levels} for name in chosen}
+        for clients in levels:
+            for repeat in range(args.repeats):
+                order = list(chosen)[repeat % len(chosen):] + list(chosen)[: repeat % len(chosen)]
+                for name in order:
+                    model = "demo" if name.startswith("mlxspec") else "default_model"
+                    run = load_level(ports[name], model, clients, args.requests, args.max_tokens)
+                    runs[name][clients].append(run)
+                    print(f"  {name}, {clients} clients: {run['tokens_per_second']:.1f} tok/s, "
+                          f"TTFT {run['ttft_median']:.2f} s", flush=True)
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=30)
+    report = {"max_tokens": args.max_tokens, "requests_per_client": args.requests, "k": args.k,
+              "repeats": args.repeats, "runs": {name: [median_run(runs[name][c]) for c in levels] for name in chosen},
+              "all_runs": runs}
     write(report, levels)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The median throughput and time to first token of repeated runs (texts of the first)."""
+    return {"clients": runs[0]["clients"], "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
+            "ttft_median": statistics.median(r["ttft_median"] for r in runs), "texts": runs[0]["texts"],
+            "repeats": [round(r["tokens_per_second"], 2) for r in runs]}
 
 
 def write(report: dict, levels: list[int]) -> None:
@@ -176,7 +189,7 @@ def write(report: dict, levels: list[int]) -> None:
         lines.append("| speculation / batching alone | " + " | ".join(f"{r:.2f}x" for r in ratio) + " |")
         lines.append("| batching: aggregate / 1 client | " + " | ".join(
             f"{b['tokens_per_second'] / base[0]['tokens_per_second']:.2f}x" for b in base) + " |")
-        same = [a == b for s, b2 in zip(spec, base) for a, b in zip(s["texts"], b2["texts"])]
+        same = [x == y for s, b in zip(spec, base) for x, y in zip(s["texts"], b["texts"])]
         lines.append(f"\ngreedy texts equal between the two mlxspec servers: {sum(same)}/{len(same)}")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -78,7 +78,11 @@ class Batch:
         row.stats.prompt_time = time.perf_counter() - start
         self.cache.add(cache)
         if self.drafter is not None:
-            self.drafter.add(ids, hidden)
+            try:
+                self.drafter.add(ids, hidden)
+            except BaseException:  # the batch stays as it was
+                self.cache.keep(list(range(len(self.rows))))
+                raise
         row.last = first
         self.rows.append(row)
         row.push([(first, False)])

@@ -104,7 +104,7 @@ class BatchFeatureDrafter:
         self.embed = target.model.embed_tokens
         self.head = target_subset_head(target, draft.token_ids)
         self.cache = BatchCache(len(draft.layers), None)
-        self.features: list[mx.array] = []  # [1, n + 1, d] per row
+        self.features: list[list[mx.array]] = []  # per row, pieces [1, n_i, d] of its n + 1 features
         self.tokens: list[list[int]] = []
         self.k = 0
 
@@ -116,7 +116,7 @@ class BatchFeatureDrafter:
             self.draft(hidden[:, s : s + ids.shape[1]], self.embed(ids), cache)
             mx.eval([c.keys for c in cache])
         self.cache.add(cache)
-        self.features.append(hidden[:, -1:])
+        self.features.append([hidden[:, -1:]])
         self.tokens.append([])
 
     def keep(self, rows: list[int]) -> None:
@@ -129,7 +129,7 @@ class BatchFeatureDrafter:
 
     def extend(self, b: int, tokens: list[int], hidden: mx.array) -> None:
         self.tokens[b].extend(tokens)
-        self.features[b] = mx.concatenate([self.features[b], hidden], axis=1)
+        self.features[b].append(hidden)  # joined once, when the row next drafts
 
     def _run(self, features: mx.array, tokens: mx.array) -> mx.array:
         self.cache.layout.begin(tokens.shape[1])
@@ -139,11 +139,12 @@ class BatchFeatureDrafter:
         self.k = k = max(ks)
         feeds = [t + [last] for t, last in zip(self.tokens, lasts)]
         width = max(len(f) for f in feeds)
-        features = mx.concatenate([mx.pad(f, [(0, 0), (0, width - f.shape[1]), (0, 0)]) for f in self.features])
+        rows = [mx.concatenate(f, axis=1) if len(f) > 1 else f[0] for f in self.features]
+        features = mx.concatenate([mx.pad(f, [(0, 0), (0, width - f.shape[1]), (0, 0)]) for f in rows])
         pred = self._run(features, mx.array([f + [0] * (width - len(f)) for f in feeds]))
         pred = pred[mx.arange(len(feeds)), mx.array([len(f) - 1 for f in feeds])][:, None]
         self.cache.layout.rollback([width - len(f) for f in feeds])
-        self.tokens, self.features = [[] for _ in feeds], [f[:, :0] for f in self.features]
+        self.tokens, self.features = [[] for _ in feeds], [[] for _ in feeds]
         tokens, logprobs = [], []
         for i in range(k):
             if i:

@@ -90,11 +90,14 @@ class BatchLayout:
         self.lengths.append(positions.shape[0])
         self.offsets.append(offset)
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep only these rows, in this order."""
-        self.positions = self.positions[mx.array(rows, dtype=mx.int32)] if rows else self.positions[:0]
+    def keep(self, rows: list[int]) -> int:
+        """Keep only these rows, in this order; returns the slots they still need (the buffers
+        shrink once the longest row has left)."""
         self.lengths = [self.lengths[r] for r in rows]
         self.offsets = [self.offsets[r] for r in rows]
+        width = min(self.positions.shape[1], -(-max(self.lengths, default=0) // STEP) * STEP)
+        self.positions = self.positions[mx.array(rows, dtype=mx.int32), :width] if rows else self.positions[:0, :0]
+        return width
 
 
 def _pad(a: mx.array, width: int, value: int | float, axis: int) -> mx.array:
@@ -147,13 +150,13 @@ class BatchKVCache:
         self.keys = mx.concatenate([_pad(self.keys, width, 0, 2), _pad(keys, width, 0, 2)], axis=0)
         self.values = mx.concatenate([_pad(self.values, width, 0, 2), _pad(values, width, 0, 2)], axis=0)
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep only these rows, in this order (none: the buffers are freed)."""
+    def keep(self, rows: list[int], width: int) -> None:
+        """Keep only these rows, in this order, and `width` slots (none: the buffers are freed)."""
         if not rows:
             self.keys = self.values = None
             return
         index = mx.array(rows, dtype=mx.int32)
-        self.keys, self.values = self.keys[index], self.values[index]
+        self.keys, self.values = self.keys[index, :, :width], self.values[index, :, :width]
 
     def row(self, b: int, length: int) -> KVCache:
         """Row b's first `length` slots as a single-sequence cache (full attention only)."""
@@ -186,9 +189,9 @@ class BatchCache:
 
     def keep(self, rows: list[int]) -> None:
         """Keep only these rows, in this order."""
+        width = self.layout.keep(rows)
         for layer in self.layers:
-            layer.keep(rows)
-        self.layout.keep(rows)
+            layer.keep(rows, width)
 
     def row(self, b: int) -> list[KVCache] | None:
         """Row b as single caches (for the prompt cache), when its slots are simply positions
