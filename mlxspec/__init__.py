@@ -8,12 +8,16 @@
     session = mlxspec.Session(model, tokenizer, "ngram")    # prompt lookup: no draft model
     for step in session.stream("Hello", max_tokens=32):
         print(step.text, end="")
+    reply = session.chat([{"role": "user", "content": "Hi"}], stop=["\n\n"])   # the prompt cache keeps turns cheap
+    done = session.batch_generate(["Hello", "Bonjour"], max_tokens=32)         # one batch, speculating inside it
 """
 
 from .convert.converter import convert  # a plain function; the subpackage stays importable as mlxspec.convert.*
 from .drafts import FeatureDraft, NGramDraft, OtherVocabularyDraft
 from .engine import (Calibration, GenerationStats, GenerationStep, SamplingParams, Session, SpeculativeStats,
                      generate, stream_generate)
+from .engine.batch import Completion
+from .engine.logprobs import TokenLogprob
 from .errors import (CheckpointError, ConfigError, InputError, InputTypeError, MlxspecError, OutputError,
                      TokenizerError)
 from .load import load, load_draft, load_pair
@@ -23,9 +27,9 @@ from .text import Tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Calibration", "CheckpointError", "ConfigError", "FeatureDraft", "GenerationStats", "GenerationStep", "NGramDraft",
+    "Calibration", "CheckpointError", "Completion", "ConfigError", "FeatureDraft", "GenerationStats", "GenerationStep", "NGramDraft",
     "OtherVocabularyDraft",
     "InputError", "InputTypeError", "MlxspecError", "Model", "ModelArgs", "OutputError", "SamplingParams", "Session",
-    "SpeculativeStats", "Tokenizer", "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair",
+    "SpeculativeStats", "TokenLogprob", "Tokenizer", "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair",
     "stream_generate",
 ]
