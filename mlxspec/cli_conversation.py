@@ -50,6 +50,7 @@ def serve_command(
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Choose each step's draft length from step times measured at the current batch size (0 = no drafting where it does not pay); --no-adaptive always drafts -k tokens."),
     max_batch: int = typer.Option(8, "--max-batch", help="Most requests decoded together; more wait in the queue."),
     max_queue: int = typer.Option(64, "--max-queue", help="Most requests waiting; beyond it requests get 429."),
+    prompt_cache: int = typer.Option(4, "--prompt-cache", help="Caches of recent requests kept, so a request that begins like one of them (the next turn of a conversation) prefills only what is new; 0 disables. Each holds its request's keys and values."),
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Default max_tokens of a request that sets none."),
     temperature: float = typer.Option(1.0, "--temperature", "--temp", "-t", help="Default temperature of a request that sets none (OpenAI's default is 1)."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
@@ -65,6 +66,6 @@ def serve_command(
     if served is not None and not served.strip():
         raise InputError("--name is empty")
     session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
-                                             calibration_for(recalibrate), adaptive)
+                                             calibration_for(recalibrate), adaptive, prompt_cache)
     conversation.serve(session, served or name, host, port, max_batch, max_queue,
                        {"max_tokens": max_tokens, "temperature": temperature})

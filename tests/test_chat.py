@@ -116,3 +116,23 @@ def test_logprobs_are_the_targets_log_softmax(hf_full_dir):
 def test_bad_options_are_one_clear_error(options, error):
     with pytest.raises(error):
         Session(tiny(34)).stream([1, 2, 3], **options)
+
+
+def test_the_prompt_cache_past_a_sliding_window():
+    """A rolling cache remembers only its window (+ k): a prompt that extends what it holds is
+    reused and gives a fresh run's tokens; one that differs earlier than it can roll back is
+    prefilled from the start."""
+    target = tiny(35, window=8)
+    session = Session(target, None, perturbed(target, 0.05, 36), num_draft_tokens=3, calibration=FixedTimings(),
+                      draft_policy="fixed")
+    first_prompt = list(range(3, 23))
+    first = [s.token for s in session.stream(first_prompt, max_tokens=12)]
+    follow = first_prompt + first + [40, 41, 42]
+    steps = list(session.stream(follow, max_tokens=12))
+    assert steps[-1].stats.prompt_cached_tokens >= len(first_prompt) + len(first) - 1
+    fresh = Session(target)
+    assert [s.token for s in steps] == [s.token for s in fresh.stream(follow, max_tokens=12, prompt_cache=False)]
+    diverged = first_prompt[:10] + [50, 51, 52] + first_prompt[10:]
+    steps = list(session.stream(diverged, max_tokens=12))
+    assert steps[-1].stats.prompt_cached_tokens == 0  # 10 shared tokens, but the window has moved past them
+    assert [s.token for s in steps] == [s.token for s in fresh.stream(diverged, max_tokens=12, prompt_cache=False)]
