@@ -65,9 +65,7 @@ class Batch:
     def add(self, row: Row) -> None:
         """Prefill a row alone, draw its first token and let it join the batch."""
         ids = row.prompt
-        reuse = row.prompt_cache and not self.features  # a feature draft reads every prompt position
-        cache, reused = self.session.prompt_cache.take(ids) if reuse else (None, 0)
-        cache = cache if cache is not None else self.target.make_cache(max_rollback=self.session.k_max)
+        cache, reused = self.session.starting_cache(ids, row.prompt_cache and not self.features)
         start = time.perf_counter()
         logits, hidden = prefill(self.target, ids[reused:], cache, self.chunk, self.features)
         check_finite(logits, "the target")

@@ -12,12 +12,13 @@ from typing import Sequence
 import mlx.core as mx
 
 from ..drafts import FeatureDraft, NGramDraft
-from ..drafts.feature import target_subset_head
+from ..drafts.feature import FeatureDrafter, target_subset_head
 from ..drafts.model_draft import ModelDrafter
 from ..drafts.ngram import NGramDrafter
 from ..drafts.protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal
 from ..models import Model, SubsetHead
 from ..models.batch_cache import BatchCache
+from .decode import prefill
 
 
 class BatchModelDrafter:
@@ -39,9 +40,7 @@ class BatchModelDrafter:
     def add(self, prompt: list[int], hidden: mx.array | None = None) -> None:
         """A new last row: the draft reads its prompt alone, then joins the batch."""
         cache = self.draft.make_cache()
-        for start in range(0, len(prompt), self.chunk):
-            self.draft.model(mx.array([prompt[start : start + self.chunk]]), cache)
-            mx.eval([c.keys for c in cache])
+        prefill(self.draft, prompt, cache, self.chunk, False)
         self.cache.add(cache)
         self.pending.append([])
 
@@ -96,7 +95,7 @@ class BatchFeatureDrafter:
     target's hidden states and tokens; `features[b]` holds one more entry than `tokens[b]`
     (the last waits for the row's newest token). Rows catch up together, right-padded."""
 
-    mode = "feature draft"
+    mode = FeatureDrafter.mode
     needs_features = True
 
     def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:

@@ -23,6 +23,9 @@ from .stats import GenerationStats, GenerationStep
 
 Prompt = str | Sequence[int] | Sequence[Message]
 
+MAX_PREFILL_CHUNK = 2**20  # tokens per prefill pass; MLX indexes with 32-bit integers
+_PROMPT_KINDS = "text (str), chat messages (a list of role/content dicts) or token ids (a list of ints)"
+
 
 @dataclass(frozen=True)
 class Request:
@@ -38,8 +41,6 @@ class Request:
     speculative: bool  # whether a draft may propose
     prompt_cache: bool
     k_max: int = 0  # the most tokens drafted per round
-MAX_PREFILL_CHUNK = 2**20  # tokens per prefill pass; MLX indexes with 32-bit integers
-_PROMPT_KINDS = "text (str), chat messages (a list of role/content dicts) or token ids (a list of ints)"
 
 
 def prompt_ids(tokenizer: Tokenizer | None, prompt: Prompt, chat: bool = False,

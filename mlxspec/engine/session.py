@@ -143,8 +143,9 @@ class Session:
         `SamplingParams`); `seed` makes the draws repeatable. `logprobs` (0..20) adds each
         token's log-probability and that many alternatives. `speculative=False` decodes
         without the draft; `num_draft_tokens` caps this request's drafts (0..the session's
-        `num_draft_tokens`; 0 is the same as `speculative=False`). With `prompt_cache` the longest prefix shared with a recent
-        request is not prefilled again (`stats.prompt_cached_tokens`)."""
+        `num_draft_tokens`; 0 is the same as `speculative=False`). With `prompt_cache` the
+        longest prefix shared with a recent request is not prefilled again
+        (`stats.prompt_cached_tokens`)."""
         params = SamplingParams(temperature, top_p, top_k, min_p, repetition_penalty)
         check_request(max_tokens, seed, prefill_chunk)
         stops, top = check_stops(stop), check_logprobs(logprobs)
@@ -168,13 +169,20 @@ class Session:
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
         drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
-        reuse = req.prompt_cache and not (drafter is not None and drafter.needs_features)  # features: every position
-        cache, reused = self.prompt_cache.take(req.ids) if reuse else (None, 0)
-        cache = cache if cache is not None else self.target.make_cache(max_rollback=self.k_max)
+        reuse = req.prompt_cache and not (drafter is not None and drafter.needs_features)
+        cache, reused = self.starting_cache(req.ids, reuse)
         generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,
                                 reused, req.logprobs)
         generation.stats.prompt_tokens, generation.stats.prompt_cached_tokens = len(req.ids), reused
         return self._steps(generation, req.ids, req.budget, req.stops, reuse)
+
+    def starting_cache(self, ids: list[int], reuse: bool) -> tuple[list, int]:
+        """The target cache a request starts from and how many of its prompt tokens it holds:
+        with `reuse`, the prompt cache's longest shared prefix; else (or when none shares
+        one) an empty cache. A feature draft reads every prompt position, so a request
+        drafting with one must not reuse."""
+        cache, reused = self.prompt_cache.take(ids) if reuse else (None, 0)
+        return (cache if cache is not None else self.target.make_cache(max_rollback=self.k_max)), reused
 
     def _steps(self, generation: Generation, ids: list[int], budget: int, stops: list[str],
                keep: bool) -> Iterator[GenerationStep]:
