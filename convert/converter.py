@@ -113,6 +113,8 @@ def convert_tensor(ref: TensorRef, bits: int | None, group_size: int, dtype: mx.
         base = ref.name[: -len(".weight")]
         weight, scales, biases = ref.load_packed()
         return {f"{base}.weight": weight, f"{base}.scales": scales, f"{base}.biases": biases}
+    if ref.parts is not None:
+        return _convert_experts(ref, bits, group_size, dtype)
     arr = ref.load()
     if ref.quant is not None and dtype is None:
         dtype = mx.float16  # dequantized from a GGUF block format, whose scales are f16
@@ -123,6 +125,23 @@ def convert_tensor(ref: TensorRef, bits: int | None, group_size: int, dtype: mx.
     weight, scales, biases = mx.quantize(arr, group_size=group_size, bits=bits)
     base = ref.name[: -len(".weight")]
     return {f"{base}.weight": weight, f"{base}.scales": scales, f"{base}.biases": biases}
+
+
+def _convert_experts(ref: TensorRef, bits: int | None, group_size: int, dtype: mx.Dtype | None) -> dict[str, mx.array]:
+    """A stacked experts tensor converted expert by expert (each cast and quantized, then
+    evaluated, before the next is read), so one expert is held at full precision, not E."""
+    base = ref.name[: -len(".weight")]
+    pieces: list[tuple[mx.array, ...]] = []
+    for load in ref.parts:
+        arr = load()
+        if dtype is not None:
+            arr = arr.astype(dtype)
+        piece = tuple(mx.quantize(arr, group_size=group_size, bits=bits)) if bits is not None else (arr,)
+        mx.eval(piece)
+        pieces.append(piece)
+    if bits is None:
+        return {ref.name: mx.stack([p[0] for p in pieces])}
+    return {f"{base}.{kind}": mx.stack([p[i] for p in pieces]) for i, kind in enumerate(("weight", "scales", "biases"))}
 
 
 def check_group_size(source: Source, bits: int | None, group_size: int) -> None:

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from mlxspec.errors import CheckpointError, ConfigError
-from mlxspec.layout import check_layer_count, hf_tensor_shapes, mistral_to_hf_name, permute_interleaved_to_half
+from mlxspec.layout import (check_layer_count, group_experts, hf_tensor_shapes, mistral_to_hf_name,
+                            permute_interleaved_to_half)
 from mlxspec.models.config import ModelArgs, load_model_args, read_json
 
 from . import gguf as gguf_format
@@ -43,6 +44,9 @@ class TensorRef:
     # (weight, scales, biases) in MLX's affine format; `load` then dequantizes.
     quant: tuple[int, int] | None = None
     load_packed: Callable[[], tuple[mx.array, mx.array, mx.array]] | None = None
+    # Experts stacked from one tensor per expert: a loader per expert, so the converter
+    # can cast and quantize them one at a time (`load` stacks them all).
+    parts: list[Callable[[], mx.array]] | None = None
 
 
 @dataclass
@@ -76,7 +80,7 @@ def open_source(root: Path) -> Source:
         refs = _mistral_tensors(root, args)
         args.rope_traditional = False  # permuted to rotate-half on load
         config["rope_traditional"] = False
-    refs = [r for r in refs if not r.name.endswith(_IGNORED)]
+    refs = stack_experts([r for r in refs if not r.name.endswith(_IGNORED)], root)
     if args.tie_word_embeddings:
         refs = [r for r in refs if r.name != "lm_head.weight"]
     _check_tensors(refs, args, root)
@@ -103,6 +107,24 @@ def _check_tensors(refs: list[TensorRef], args: ModelArgs, root: Path) -> None:
     missing = [n for n in expected if n not in seen]
     if missing:
         raise CheckpointError(f"{root}: missing tensor {missing[0]!r} ({len(missing)} missing)")
+
+
+def stack_experts(refs: list[TensorRef], root: Path) -> list[TensorRef]:
+    """A Mixtral's per-expert matrices replaced by one stacked reference per layer and
+    matrix ([E, out, in], read expert by expert); every other reference as it was."""
+    by_name = {r.name: r for r in refs}
+    stacks = group_experts(by_name, root)
+    members = {name for names in stacks.values() for name in names}
+    out = [r for r in refs if r.name not in members]
+    for stacked, names in stacks.items():
+        experts = [by_name[n] for n in names]
+        if len({e.shape for e in experts}) > 1:
+            raise CheckpointError(f"{experts[0].where}: the experts of {stacked!r} differ in shape")
+        parts = [e.load for e in experts]
+        out.append(TensorRef(stacked, (len(experts), *experts[0].shape), sum(e.nbytes for e in experts),
+                             experts[0].where, lambda parts=parts: mx.stack([load() for load in parts]),
+                             parts=parts))
+    return out
 
 
 def _safetensors_refs(files: list[Path], rename: Callable[[str, Path], str],

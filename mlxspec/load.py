@@ -16,7 +16,7 @@ from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_kind
 from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
 from .hub import resolve
-from .layout import check_layer_count, mistral_to_hf_name
+from .layout import check_layer_count, group_experts, mistral_to_hf_name
 from .models import Model
 from .models.config import load_model_args, read_json
 from .text import Tokenizer, load_tokenizer
@@ -57,6 +57,17 @@ def read_weights(files: list[Path], mistral_names: bool) -> dict[str, mx.array]:
                     raise CheckpointError(f"{file}: unexpected tensor {name!r}")
                 name = new
             weights[name] = tensor
+    return stack_experts(weights, files[0].parent)
+
+
+def stack_experts(weights: dict[str, mx.array], where: Path) -> dict[str, mx.array]:
+    """A Mixtral checkpoint's per-expert matrices (HF's and Mistral's layouts) stacked into
+    one [E, out, in] tensor per layer and matrix, as the model holds them."""
+    for stacked, names in group_experts(weights, where).items():
+        shapes = {tuple(weights[n].shape) for n in names}
+        if len(shapes) > 1:
+            raise CheckpointError(f"{where}: the experts of {stacked!r} differ in shape ({sorted(shapes)})")
+        weights[stacked] = mx.stack([weights.pop(n) for n in names])
     return weights
 
 

@@ -12,16 +12,18 @@ from typing import Any
 from ..errors import ConfigError
 from ..validate import is_int, is_real
 
-SUPPORTED_ARCHITECTURES = ("mistral", "llama")
+SUPPORTED_ARCHITECTURES = ("mistral", "llama", "mixtral")
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
 _MAX_DIM = 2**31 - 1  # MLX shapes and slice indices are 32-bit
 _MAX_WINDOW = 2**30  # the rolling cache adds the rollback slots to the window
 QUANT_GROUPS = (32, 64, 128)
+_MAX_EXPERTS = 1024
 # Config keys that change the computation and that the Mistral/Llama blocks here do not
 # implement: refused by name when set to anything but the value shown.
 _UNSUPPORTED_HF = {"attention_bias": False, "mlp_bias": False}
-_ACTIVATIONS = ("silu", "swish")  # one function (transformers' ACT2FN maps both to SiLU)
-_UNSUPPORTED_MISTRAL = {"moe": "a mixture-of-experts model (Mixtral)", "vision_encoder": "a vision model",
+_ACTIVATIONS = ("silu", "swish")
+_ARCHITECTURE_CLASSES = {"mistral": "MistralForCausalLM", "llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}  # one function (transformers' ACT2FN maps both to SiLU)
+_UNSUPPORTED_MISTRAL = {"vision_encoder": "a vision model",
                         "lora": "LoRA adapters", "quantization": "quantized weights", "yarn": "YaRN RoPE scaling",
                         "rope_scaling": "RoPE scaling"}
 
@@ -43,6 +45,7 @@ def check_types(args: "ModelArgs") -> None:
         if value is not None and (not is_int(value) or value <= 0 or (name != "max_position_embeddings"
                                                                       and value > most)):
             raise ConfigError(f"{name} must be a positive integer (or absent) up to {most}, got {value!r}")
+    check_experts(args)
     for name, most in (("rms_norm_eps", 1.0), ("rope_theta", 1e30)):
         value = getattr(args, name)
         if not _is_finite(value) or not 0 < value < most:
@@ -50,6 +53,21 @@ def check_types(args: "ModelArgs") -> None:
     for name in ("rope_traditional", "tie_word_embeddings"):
         if not isinstance(getattr(args, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(args, name)!r}")
+
+
+def check_experts(args: "ModelArgs") -> None:
+    """A mixture of experts (mixtral) names how many experts each layer has and how many
+    each token reads; the dense architectures name neither."""
+    experts, used = args.num_local_experts, args.num_experts_per_tok
+    if args.model_type != "mixtral":
+        if experts is not None or used is not None:
+            raise ConfigError(f"num_local_experts / num_experts_per_tok describe a mixture of experts, "
+                              f"not a {args.model_type} model")
+        return
+    if not is_int(experts) or not 0 < experts <= _MAX_EXPERTS:
+        raise ConfigError(f"num_local_experts must be an integer in 1..{_MAX_EXPERTS}, got {experts!r}")
+    if not is_int(used) or not 0 < used <= experts:
+        raise ConfigError(f"num_experts_per_tok must be an integer in 1..num_local_experts ({experts}), got {used!r}")
 
 
 def check_quantization(quant: Any) -> None:
@@ -94,6 +112,9 @@ class ModelArgs:
     model_type: str = "mistral"
     # Drafts only: the head scores this many tokens (`lm_head.token_ids`), see SubsetHead.
     head_vocab_size: int | None = None
+    # Mixtral only: experts per layer and experts each token reads (top-k routing).
+    num_local_experts: int | None = None
+    num_experts_per_tok: int | None = None
     quantization: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +145,8 @@ class ModelArgs:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.head_vocab_size is not None and not 0 < self.head_vocab_size <= self.vocab_size:
             raise ConfigError(f"head_vocab_size must be in 1..vocab_size, got {self.head_vocab_size}")
+        if self.model_type == "mixtral" and self.head_vocab_size is not None:
+            raise ConfigError("head_vocab_size is for dense drafts, not a mixture of experts")
         if self.sliding_window is not None and self.model_type == "llama":
             raise ConfigError("sliding_window is not part of the llama architecture (transformers' Llama ignores "
                               "it); use model_type 'mistral' for windowed attention")
@@ -155,13 +178,13 @@ class ModelArgs:
                 rms_norm_eps=config.get("rms_norm_eps", 1e-6),  # transformers' default, both architectures
                 rope_theta=rope_theta,
                 rope_traditional=config.get("rope_traditional", False),
-                # transformers' Mistral windows 4096 tokens unless told otherwise (null: none); its
-                # Llama never applies a window, whatever the config says
-                sliding_window=config.get("sliding_window", 4096) if model_type == "mistral" else None,
+                sliding_window=_window(config, model_type),
                 max_position_embeddings=config.get("max_position_embeddings"),
                 tie_word_embeddings=config.get("tie_word_embeddings", False),
                 model_type=model_type,
                 head_vocab_size=config.get("head_vocab_size"),
+                num_local_experts=config.get("num_local_experts", 8) if model_type == "mixtral" else None,
+                num_experts_per_tok=config.get("num_experts_per_tok", 2) if model_type == "mixtral" else None,
                 quantization=config.get("quantization"),
             )
         except KeyError as missing:
@@ -172,10 +195,14 @@ class ModelArgs:
         """Build from Mistral's `params.json` (reference implementation layout).
 
         Mistral's checkpoints keep q/k in the interleaved RoPE layout, hence `rope_traditional`.
+        A `moe` block ({"num_experts", "num_experts_per_tok"}) makes it a Mixtral.
         """
         for key, what in _UNSUPPORTED_MISTRAL.items():
             if params.get(key) not in (None, False):
                 raise ConfigError(f"params.json describes {what} ({key!r}), which mlxspec does not support yet")
+        moe = params.get("moe")
+        if moe is not None and not isinstance(moe, dict):
+            raise ConfigError(f"params.json: moe must be an object, got {moe!r}")
         try:
             return cls(
                 hidden_size=params["dim"],
@@ -191,7 +218,9 @@ class ModelArgs:
                 sliding_window=params.get("sliding_window"),
                 max_position_embeddings=params.get("max_seq_len"),
                 tie_word_embeddings=False,
-                model_type="mistral",
+                model_type="mistral" if moe is None else "mixtral",
+                num_local_experts=None if moe is None else moe.get("num_experts"),
+                num_experts_per_tok=None if moe is None else moe.get("num_experts_per_tok", 2),
             )
         except KeyError as missing:
             raise ConfigError(f"params.json lacks required key {missing}") from None
@@ -199,12 +228,18 @@ class ModelArgs:
     def to_hf_config(self) -> dict[str, Any]:
         """The `config.json` dictionary that mlx-lm and mlxspec both read back."""
         config = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.model_type == "mistral":
+        if self.model_type in ("mistral", "mixtral"):
             config["sliding_window"] = self.sliding_window  # null, not absent: absent means 4096
-        config["architectures"] = [
-            "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
-        ]
+        config["architectures"] = [_ARCHITECTURE_CLASSES[self.model_type]]
         return config
+
+
+def _window(config: dict[str, Any], model_type: str) -> Any:
+    """The sliding window transformers applies: its Mistral windows 4096 tokens unless told
+    otherwise (null: none), its Mixtral none unless told, its Llama never, whatever the config says."""
+    if model_type == "mistral":
+        return config.get("sliding_window", 4096)
+    return config.get("sliding_window") if model_type == "mixtral" else None
 
 
 def check_honoured(config: dict[str, Any], model_type: str) -> None:

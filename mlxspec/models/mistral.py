@@ -17,6 +17,7 @@ import mlx.nn as nn
 from .cache import KVCache, Mask, RollingKVCache
 from .config import ModelArgs
 from .linear import Linear
+from .moe import SparseMoE
 
 Cache = KVCache | RollingKVCache
 
@@ -98,7 +99,8 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """x + attn(norm(x)), then h + mlp(norm(h))."""
+    """x + attn(norm(x)), then h + ffn(norm(h)); the feed-forward is a SwiGLU (`mlp`) or,
+    in a Mixtral, a sparse mixture of SwiGLU experts (`block_sparse_moe`)."""
 
     # Passes over at most this many tokens after a cache (decoding, a speculative round's
     # verification, a draft's steps) run the block compiled; see `step`.
@@ -107,7 +109,10 @@ class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.self_attn = Attention(args)
-        self.mlp = MLP(args)
+        if args.num_local_experts is None:
+            self.mlp = MLP(args)
+        else:
+            self.block_sparse_moe = SparseMoE(args)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
@@ -115,7 +120,11 @@ class TransformerBlock(nn.Module):
         if cache is not None and x.shape[1] <= self.step_tokens:
             return self.step(x, mask, cache)
         h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        return h + self.feed_forward(self.post_attention_layernorm(h))
+
+    def feed_forward(self, h: mx.array) -> mx.array:
+        """The block's feed-forward: dense SwiGLU or the mixture of experts."""
+        return self.mlp(h) if "mlp" in self else self.block_sparse_moe(h)
 
     def step(self, x: mx.array, mask: Mask, cache: Cache) -> mx.array:
         """The same block for a few tokens after `cache`, with all but the cache write and the
@@ -139,7 +148,7 @@ def _before_attention(block: TransformerBlock, x: mx.array, offset: mx.array, or
 
 def _after_attention(block: TransformerBlock, x: mx.array, attended: mx.array, order: int) -> mx.array:
     h = x + block.self_attn.o_proj(attended)
-    return h + block.mlp(block.post_attention_layernorm(h))
+    return h + block.feed_forward(block.post_attention_layernorm(h))
 
 
 class MistralModel(nn.Module):
@@ -191,7 +200,7 @@ class SubsetHead(nn.Module):
 
 
 class Model(nn.Module):
-    """A Mistral/Llama-family causal LM: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
+    """A Mistral/Llama/Mixtral-family causal LM: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
