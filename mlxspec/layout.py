@@ -101,7 +101,7 @@ def check_layer_count(names: Iterable[str], layers: int, where: object) -> None:
 
 def hf_tensor_shapes(args: ModelArgs) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(HF name, shape) of every tensor of a model with `args`, in checkpoint order."""
-    d, f, hd = args.hidden_size, args.intermediate_size, args.head_dim
+    d, hd = args.hidden_size, args.head_dim
     q, kv = args.num_attention_heads * hd, args.num_key_value_heads * hd
     yield "model.embed_tokens.weight", (args.vocab_size, d)
     for i in range(args.num_hidden_layers):

@@ -85,7 +85,7 @@ def test_settings_transformers_ignores_or_that_mean_the_same_load(change):
     ModelArgs.from_hf_config({**BASE, **change})  # a Mistral has no biases in transformers, whatever the flag
 
 
-@pytest.mark.parametrize("key", ["moe", "vision_encoder", "lora", "quantization", "yarn"])
+@pytest.mark.parametrize("key", ["vision_encoder", "lora", "quantization", "yarn"])
 def test_mistral_params_we_do_not_implement_are_named(key):
     params = {"dim": 64, "n_layers": 2, "hidden_dim": 128, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 32000,
               "norm_eps": 1e-5, key: {"something": 1}}

@@ -103,5 +103,9 @@ def test_config_validation():
         ModelArgs.from_hf_config({"model_type": "llama", **base, "rope_scaling": {"rope_type": "llama3"}})
     nested = ModelArgs.from_hf_config({"model_type": "mistral", **base, "rope_parameters": {"rope_theta": 1e6}})
     assert nested.rope_theta == 1e6  # transformers >= 5 layout
-    with pytest.raises(ConfigError, match="Mixtral"):
-        ModelArgs.from_mistral_params({"dim": 8, "moe": {}})
+    moe = {"dim": 64, "n_layers": 2, "hidden_dim": 128, "n_heads": 4, "vocab_size": 100}
+    with pytest.raises(ConfigError, match="num_local_experts must be"):
+        ModelArgs.from_mistral_params({**moe, "moe": {}})
+    with pytest.raises(ConfigError, match="moe must be an object"):
+        ModelArgs.from_mistral_params({**moe, "moe": 8})
+    assert ModelArgs.from_mistral_params({**moe, "moe": {"num_experts": 8}}).num_experts_per_tok == 2

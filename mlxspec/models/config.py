@@ -1,23 +1,18 @@
-"""`ModelArgs`: the shape of a Mistral/Llama-family model, read from HF `config.json`
-or Mistral's `params.json`, and validated before any weight is touched."""
+"""`ModelArgs`: the shape of a Mistral/Llama/Mixtral-family model, read from HF
+`config.json` or Mistral's `params.json`, and validated before any weight is touched
+(the field checks: `config_checks`)."""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..validate import is_int, is_real
+from ..validate import is_int
+from .config_checks import MAX_DIM, SUPPORTED_ARCHITECTURES, check_quantization, check_types
 
-SUPPORTED_ARCHITECTURES = ("mistral", "llama", "mixtral")
-QUANT_BITS = (2, 3, 4, 5, 6, 8)
-_MAX_DIM = 2**31 - 1  # MLX shapes and slice indices are 32-bit
-_MAX_WINDOW = 2**30  # the rolling cache adds the rollback slots to the window
-QUANT_GROUPS = (32, 64, 128)
-_MAX_EXPERTS = 1024
 # Config keys that change the computation and that the Mistral/Llama blocks here do not
 # implement: refused by name when set to anything but the value shown.
 _UNSUPPORTED_HF = {"attention_bias": False, "mlp_bias": False}
@@ -26,69 +21,6 @@ _ARCHITECTURE_CLASSES = {"mistral": "MistralForCausalLM", "llama": "LlamaForCaus
 _UNSUPPORTED_MISTRAL = {"vision_encoder": "a vision model",
                         "lora": "LoRA adapters", "quantization": "quantized weights", "yarn": "YaRN RoPE scaling",
                         "rope_scaling": "RoPE scaling"}
-
-
-def _is_finite(value: Any) -> bool:
-    return is_real(value) and math.isfinite(value)
-
-
-def check_types(args: "ModelArgs") -> None:
-    """Every field of `ModelArgs` has the type and range it needs (before anything is derived)."""
-    if args.model_type not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(f"unsupported architecture {args.model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size"):
-        if not is_int(getattr(args, name)) or not 0 < getattr(args, name) <= _MAX_DIM:
-            raise ConfigError(f"{name} must be a positive integer up to 2**31-1 (MLX shapes are 32-bit), "
-                              f"got {getattr(args, name)!r}")
-    for name in ("num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings", "head_vocab_size"):
-        value, most = getattr(args, name), _MAX_WINDOW if name == "sliding_window" else _MAX_DIM
-        if value is not None and (not is_int(value) or value <= 0 or (name != "max_position_embeddings"
-                                                                      and value > most)):
-            raise ConfigError(f"{name} must be a positive integer (or absent) up to {most}, got {value!r}")
-    check_experts(args)
-    for name, most in (("rms_norm_eps", 1.0), ("rope_theta", 1e30)):
-        value = getattr(args, name)
-        if not _is_finite(value) or not 0 < value < most:
-            raise ConfigError(f"{name} must be a finite number in (0, {most:g}), got {value!r}")
-    for name in ("rope_traditional", "tie_word_embeddings"):
-        if not isinstance(getattr(args, name), bool):
-            raise ConfigError(f"{name} must be true or false, got {getattr(args, name)!r}")
-
-
-def check_experts(args: "ModelArgs") -> None:
-    """A mixture of experts (mixtral) names how many experts each layer has and how many
-    each token reads; the dense architectures name neither."""
-    experts, used = args.num_local_experts, args.num_experts_per_tok
-    if args.model_type != "mixtral":
-        if experts is not None or used is not None:
-            raise ConfigError(f"num_local_experts / num_experts_per_tok describe a mixture of experts, "
-                              f"not a {args.model_type} model")
-        return
-    if not is_int(experts) or not 0 < experts <= _MAX_EXPERTS:
-        raise ConfigError(f"num_local_experts must be an integer in 1..{_MAX_EXPERTS}, got {experts!r}")
-    if not is_int(used) or not 0 < used <= experts:
-        raise ConfigError(f"num_experts_per_tok must be an integer in 1..num_local_experts ({experts}), got {used!r}")
-
-
-def check_quantization(quant: Any) -> None:
-    """mlx-lm's `quantization` block: affine bits/group size, optional per-layer overrides."""
-    if quant is None:
-        return
-    if not isinstance(quant, dict):
-        raise ConfigError(f"quantization must be an object, got {quant!r}")
-    odd = next((k for k, v in quant.items() if k not in ("bits", "group_size", "mode")
-                and not isinstance(v, (dict, bool))), None)
-    if odd is not None:
-        raise ConfigError(f"quantization[{odd!r}] must be an object (or false), got {quant[odd]!r}")
-    for where, entry in [("quantization", quant), *((f"quantization[{k!r}]", v) for k, v in quant.items()
-                                                    if isinstance(v, dict))]:
-        bits, group = entry.get("bits", 4), entry.get("group_size", 64)
-        if not is_int(bits) or bits not in QUANT_BITS:
-            raise ConfigError(f"{where}: bits must be one of {QUANT_BITS}, got {bits!r}")
-        if not is_int(group) or group not in QUANT_GROUPS:
-            raise ConfigError(f"{where}: group_size must be one of {QUANT_GROUPS}, got {group!r}")
-        if entry.get("mode", "affine") != "affine":
-            raise ConfigError(f"{where}: quantization mode {entry.get('mode')!r} is not supported (affine is)")
 
 
 @dataclass
@@ -138,7 +70,7 @@ class ModelArgs:
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
         for name in ("num_attention_heads", "num_key_value_heads"):
-            if getattr(self, name) * self.head_dim > _MAX_DIM:
+            if getattr(self, name) * self.head_dim > MAX_DIM:
                 raise ConfigError(f"{name} x head_dim = {getattr(self, name) * self.head_dim} is more than MLX "
                                   "can index (2**31-1)")
         if self.head_dim % 2:
