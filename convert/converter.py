@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from mlxspec.validate import is_int
 from mlxspec.text import Tokenizer, load_tokenizer
 
 from .atomic import atomic_dir, check_writable
+from .kquants import REQUANTIZATION_BOUND, REQUANTIZED, requantize
 from .safetensors_io import ShardedWriter
 from .sources import Source, TensorRef, open_source
 
@@ -28,6 +30,10 @@ BITS = (2, 3, 4, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
 Progress = Callable[[int, int, str], None]  # (bytes done so far, total bytes, tensor just written)
+
+
+class RequantizationWarning(UserWarning):
+    """GGUF tensors re-quantized because MLX has no exact form for their blocks (Q6_K)."""
 
 
 def resolve_source(src: str | Path, revision: str | None = None) -> Path:
@@ -117,7 +123,7 @@ def convert_tensor(ref: TensorRef, bits: int | None, group_size: int, dtype: mx.
         return _convert_experts(ref, bits, group_size, dtype)
     arr = ref.load()
     if ref.quant is not None and dtype is None:
-        dtype = mx.float16  # dequantized from a GGUF block format, whose scales are f16
+        dtype = mx.float16  # dequantized from GGUF blocks: half precision unless --dtype says otherwise
     if dtype is not None and mx.issubdtype(arr.dtype, mx.floating):
         arr = arr.astype(dtype)
     if bits is None or not quantizable(ref.name):
@@ -215,16 +221,21 @@ def convert(
 
 
 def write_model(source: Source, folder: Path, bits: int | None, group_size: int, dtype: mx.Dtype | None,
-                max_shard_bytes: int, progress: Progress | None = None) -> None:
-    """Stream every tensor of `source` into `folder`, then the config and tokenizer files."""
+                max_shard_bytes: int, progress: Progress | None = None) -> dict[str, float]:
+    """Stream every tensor of `source` into `folder`, then the config and tokenizer files;
+    return the errors of the tensors re-quantized (see `report_requantized`)."""
     check_group_size(source, bits, group_size)
     writer = ShardedWriter(folder, max_shard_bytes, max_tensors=3 * len(source.tensors))
     done, total = 0, source.total_bytes
     previous: tuple[TensorRef, dict[str, mx.array]] | None = None
+    errors: dict[str, mx.array] = {}
     for ref in [*source.tensors, None]:
         if ref is not None:  # start converting this tensor while the previous one is written
-            converted = convert_tensor(ref, bits, group_size, dtype)
-            mx.async_eval(list(converted.values()))
+            if keeps_quantization(ref, bits, dtype) and ref.load_packed is None:
+                converted, errors[ref.name] = requantized_tensors(ref)
+            else:
+                converted = convert_tensor(ref, bits, group_size, dtype)
+            mx.async_eval([*converted.values(), *errors.values()])
         if previous is not None:
             for name, arr in previous[1].items():
                 writer.add(name, arr)
@@ -238,3 +249,25 @@ def write_model(source: Source, folder: Path, bits: int | None, group_size: int,
         shutil.copy(file, folder / file.name)
     for name, text in source.generated_files.items():
         (folder / name).write_text(text)
+    return report_requantized(source, errors)
+
+
+def requantized_tensors(ref: TensorRef) -> tuple[dict[str, mx.array], mx.array]:
+    """A tensor with no exact MLX form (Q6_K) re-quantized to `ref.quant`, and the error made."""
+    (weight, scales, biases), error = requantize(ref.load(), *ref.quant)
+    base = ref.name[: -len(".weight")]
+    return {f"{base}.weight": weight, f"{base}.scales": scales, f"{base}.biases": biases}, error
+
+
+def report_requantized(source: Source, errors: dict[str, mx.array]) -> dict[str, float]:
+    """Re-quantization errors by tensor (see `kquants.requantize`), summed up for the user in
+    one `RequantizationWarning`: the worst of them."""
+    measured = {name: error.item() for name, error in errors.items()}
+    if measured:
+        worst = max(measured, key=measured.__getitem__)
+        bits, group = next(ref.quant for ref in source.tensors if ref.name == worst)
+        warnings.warn(f"{source.root}: {len(measured)} {'/'.join(REQUANTIZED)} tensors re-quantized to {bits} bits "
+                      f"in groups of {group} (MLX has no groups of 16): worst error {measured[worst]:.2%} of a "
+                      f"tensor's largest weight ({worst}), under the {REQUANTIZATION_BOUND:.0%} bound",
+                      RequantizationWarning, stacklevel=3)
+    return measured

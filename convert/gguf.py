@@ -17,7 +17,6 @@ along columns, see `ggml_types`).
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,15 @@ from typing import Any, BinaryIO, Callable
 import mlx.core as mx
 import numpy as np
 
-from mlxspec.errors import CheckpointError, ConfigError
+from mlxspec.errors import CheckpointError
 from mlxspec.layout import permute_interleaved_to_half
 from mlxspec.models.config import ModelArgs
 from mlxspec.validate import is_int
 
+from . import kquants
 from .ggml_types import QUANT_BITS, decode_quantized, tensor_nbytes
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("llama", "mistral")
 
 # GGUF metadata value types -> struct format (scalars) ; 8 = string, 9 = array.
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -45,6 +44,9 @@ _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    # Mixtral: the router and the experts, stacked [experts, out, in]
+    "ffn_gate_inp": "block_sparse_moe.gate", "ffn_gate_exps": "block_sparse_moe.switch_mlp.gate_proj",
+    "ffn_up_exps": "block_sparse_moe.switch_mlp.up_proj", "ffn_down_exps": "block_sparse_moe.switch_mlp.down_proj",
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
@@ -134,7 +136,7 @@ def read_header(path: Path) -> GGUFFile:
             tensors = _read_tensors(r, n_tensors)
             alignment = metadata.get("general.alignment", 32)
             if not is_int(alignment) or alignment <= 0 or alignment & (alignment - 1):
-                raise CheckpointError(f"{path}: general.alignment must be a power of two, got {_show(alignment)}")
+                raise CheckpointError(f"{path}: general.alignment must be a power of two, got {show(alignment)}")
             data_start = -(-f.tell() // alignment) * alignment
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
@@ -185,11 +187,17 @@ def _check_layout(path: Path, tensors: list[GGUFTensor], alignment: int, data_st
 
 
 def read_tensor(gguf: GGUFFile, tensor: GGUFTensor) -> np.ndarray | tuple[np.ndarray, ...]:
-    """One tensor's data: a float array, or the (weight, scales, biases) of a quantized one."""
+    """One tensor's data: a float array, or the MLX (weight, scales, biases) of a quantized
+    one that maps exactly (Q6_K, which does not, comes as its float32 values)."""
     raw = np.fromfile(gguf.path, dtype=np.uint8, count=tensor.nbytes, offset=gguf.data_start + tensor.offset)
-    if tensor.type_name in QUANT_BITS:
-        rows = int(np.prod(tensor.shape[:-1]))
-        return decode_quantized(raw, tensor.type_name, rows, tensor.shape[-1])
+    rows = int(np.prod(tensor.shape[:-1]))
+    if tensor.type_name in kquants.K_QUANTS:
+        data = kquants.decode(raw, tensor.type_name, rows, tensor.shape[-1])
+    elif tensor.type_name in QUANT_BITS:
+        data = decode_quantized(raw, tensor.type_name, rows, tensor.shape[-1])
+    if tensor.type_name in kquants.K_QUANTS or tensor.type_name in QUANT_BITS:  # stacked experts keep their axis
+        return tuple(p.reshape(*tensor.shape[:-1], -1) for p in data) if isinstance(data, tuple) \
+            else data.reshape(tensor.shape)
     if tensor.type_name == "BF16":
         return raw.view(np.uint16).reshape(tensor.shape)
     return raw.view(np.float32 if tensor.type_name == "F32" else np.float16).reshape(tensor.shape)
@@ -206,60 +214,6 @@ def hf_name(name: str) -> str | None:
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES:
         return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.weight"
     return None
-
-
-def model_args(gguf: GGUFFile) -> ModelArgs:
-    """The model's shape from the GGUF metadata (`llama.*` keys), each value type- and range-checked."""
-    arch = gguf.get("general.architecture")
-    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(f"{gguf.path}: unsupported GGUF architecture {_show(arch)} "
-                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    if gguf.get(f"{arch}.expert_count", 0):
-        raise ConfigError(f"{gguf.path}: mixture-of-experts GGUF files are not supported yet")
-    if gguf.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
-        raise ConfigError(f"{gguf.path}: RoPE scaling {_show(gguf.get(f'{arch}.rope.scaling.type'))} is not supported")
-
-    def key(name: str, default: Any = KeyError, kind: type = int) -> Any:
-        return _positive(gguf, f"{arch}.{name}", default, kind)
-
-    tokens = gguf.get("tokenizer.ggml.tokens")
-    n_tokens = len(tokens) if isinstance(tokens, list) else 0
-    heads, hidden = key("attention.head_count"), key("embedding_length")
-    shape = dict(
-        hidden_size=hidden,
-        num_hidden_layers=key("block_count"),
-        intermediate_size=key("feed_forward_length"),
-        num_attention_heads=heads,
-        num_key_value_heads=key("attention.head_count_kv", heads),
-        head_dim=key("attention.key_length", hidden // heads),
-        vocab_size=_positive(gguf, f"{arch}.vocab_size", n_tokens or KeyError, int),
-        rms_norm_eps=float(f"{key('attention.layer_norm_rms_epsilon', 1e-5, float):.7g}"),
-        rope_theta=float(key("rope.freq_base", 10000.0, float)),
-        # llama.cpp's llama architecture never windows attention, whatever the metadata says
-        sliding_window=key("attention.sliding_window", None) if arch == "mistral" else None,
-        max_position_embeddings=key("context_length", None),
-        tie_word_embeddings="output.weight" not in {t.name for t in gguf.tensors},
-        model_type="llama" if arch == "llama" else "mistral",
-    )
-    try:
-        return ModelArgs(**shape)
-    except ConfigError as exc:  # what ModelArgs checks across values (heads and kv heads, even head_dim)
-        raise ConfigError(f"{gguf.path}: {exc}") from None
-
-
-def _positive(gguf: GGUFFile, key: str, default: Any, kind: type) -> Any:
-    """A positive int (or finite positive number when `kind` is float) from the metadata;
-    `default` when absent (KeyError: required)."""
-    value = gguf.get(key, default)
-    if value is KeyError:
-        raise ConfigError(f"{gguf.path}: GGUF metadata lacks {key}")
-    if value is None:
-        return None
-    numeric = is_int(value) or (kind is float and isinstance(value, float) and math.isfinite(value))
-    if not numeric or value <= 0:
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{gguf.path}: GGUF metadata {key} must be {what} > 0, got {_show(value)}")
-    return value
 
 
 def tensor_loaders(gguf: GGUFFile, args: ModelArgs) -> list[tuple[str, GGUFTensor, Callable[[], Any]]]:
@@ -286,8 +240,7 @@ def tensor_loaders(gguf: GGUFFile, args: ModelArgs) -> list[tuple[str, GGUFTenso
     return out
 
 
-
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A metadata value for an error message, cut short (arrays can be long)."""
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."

@@ -21,8 +21,10 @@ from mlxspec.layout import (check_layer_count, group_experts, hf_tensor_shapes, 
 from mlxspec.models.config import ModelArgs, load_model_args, read_json
 
 from . import gguf as gguf_format
-from .ggml_types import GROUP_SIZE, QUANT_BITS
+from .gguf_config import model_args
+from .ggml_types import QUANT_FORMATS
 from .gguf_tokenizer import tokenizer_files_from_gguf
+from .kquants import REQUANTIZED
 from .safetensors_io import SafetensorsReader
 
 
@@ -41,7 +43,8 @@ class TensorRef:
     where: Path
     load: Callable[[], mx.array]
     # Tensors stored quantized (GGUF): (bits, group size) and a loader of the packed
-    # (weight, scales, biases) in MLX's affine format; `load` then dequantizes.
+    # (weight, scales, biases) in MLX's affine format; `load` then dequantizes. Without
+    # `load_packed` (Q6_K: no exact MLX form), the converter re-quantizes `load()` to `quant`.
     quant: tuple[int, int] | None = None
     load_packed: Callable[[], tuple[mx.array, mx.array, mx.array]] | None = None
     # Experts stacked from one tensor per expert: a loader per expert, so the converter
@@ -246,20 +249,18 @@ def _check_state_dict(file: Path, state: Any, torch: Any) -> None:
 
 def _gguf_source(path: Path) -> Source:
     header = gguf_format.read_header(path)
-    args = gguf_format.model_args(header)
+    args = model_args(header)
     refs = []
     for name, tensor, load in gguf_format.tensor_loaders(header, args):
-        if tensor.type_name in QUANT_BITS:
-            bits = QUANT_BITS[tensor.type_name]
+        if tensor.type_name in QUANT_FORMATS:
+            bits, group = QUANT_FORMATS[tensor.type_name]
 
-            def dequantized(load=load, bits=bits) -> mx.array:
-                w, s, b = load()  # expanded in float32: exact for f16 scales and biases
-                return mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32),
-                                     group_size=GROUP_SIZE, bits=bits)
+            def dequantized(load=load, bits=bits, group=group) -> mx.array:
+                w, s, b = load()  # expanded in float32: exact for f16 and f32 scales and biases
+                return mx.dequantize(w, s.astype(mx.float32), b.astype(mx.float32), group_size=group, bits=bits)
 
-            refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, dequantized,
-                                  (bits, GROUP_SIZE), load))
-        else:
-            refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, load))
+            refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, dequantized, (bits, group), load))
+        else:  # floats, and Q6_K's exact float32 values (re-quantized to REQUANTIZED by the converter)
+            refs.append(TensorRef(name, tensor.shape, tensor.nbytes, path, load, REQUANTIZED.get(tensor.type_name)))
     _check_tensors(refs, args, path)
     return Source(path, args, args.to_hf_config(), refs, [], tokenizer_files_from_gguf(header))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +15,7 @@ import typer
 from . import demo as demo_pair
 from .arguments import check_bench, check_generation, check_positive, read_prompt, run
 from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
-                          MIN_NGRAM_HELP, RECALIBRATE_HELP, calibration_for, dequantize_default, weights_label)
+                          MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for, dequantize_default, weights_label)
 from .cli_conversation import chat_command, serve_command
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, colours, friendly_errors, stats_line, stream_text, write_step
@@ -24,7 +25,8 @@ from .convert.pair import convert_pair
 from .drafts import NGramDraft, describe_draft
 from .engine import Session
 from .errors import InputError
-from .selection import select_models
+from .selection import named_models, select_models, weights_dtype
+from .pipeline import PipelineError, close as close_pipeline, connect, lost_peers, pipeline_errors, serve_rank
 from .load import load_draft
 from .prompts import BUILTIN_PROMPTS, chosen_prompts
 from .report import demo_table, markdown, render_demo_table, write_report
@@ -57,17 +59,43 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
+    connect_timeout: float = typer.Option(60.0, "--connect-timeout", help="With --pipeline: seconds to wait for every rank to connect."),
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
     check_generation(max_tokens, num_draft_tokens, temperature, top_p, top_k, seed, prefill_chunk)
+    check_positive(connect_timeout, "--connect-timeout")
     text = read_prompt(prompt)
-    target, tokenizer, draft_model = select_models(model, draft, pair, False, dequantize_default(dequantize),
-                                           NGramDraft(max_ngram, min_ngram), lookup)
-    session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
-                      draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
-    steps = session.stream(text, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                           seed=seed, chat=chat, prefill_chunk=prefill_chunk)
+    dequant = dequantize_default(dequantize)
+    group = connect(connect_timeout) if pipeline else None
+    if group is not None and group.rank() > 0:  # this rank serves its blocks to rank 0; only rank 0 prints
+        return serve_rank(named_models(model, draft, pair, False)[0], group, weights_dtype(dequant), dequant)
+    target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant, NGramDraft(max_ngram, min_ngram),
+                                                   lookup, group=group)
+    with pipeline_errors(0), closing(target):
+        session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
+                          draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
+        steps = session.stream(text, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                               seed=seed, chat=chat, prefill_chunk=prefill_chunk)
+        _print_generation(steps, as_json, verbose)
+
+
+@contextmanager
+def closing(target):
+    """Stop the other ranks of a pipelined target at the end, unless one of them is gone
+    (then the ring is broken and they stop by themselves)."""
+    try:
+        yield
+    except BaseException as exc:
+        if not (lost_peers(exc) or isinstance(exc, PipelineError)):
+            close_pipeline(target)
+        raise
+    close_pipeline(target)
+
+
+def _print_generation(steps, as_json: bool, verbose: bool) -> None:
+    """The generated text streamed (stats on stderr), or one JSON object with `as_json`."""
     if as_json:
         pieces = [(step.text, step.stats) for step in steps]
         stats = pieces[-1][1].as_dict() if pieces else {}
@@ -204,7 +232,7 @@ def bench(
 def convert(
     src: Optional[str] = typer.Argument(None, help="Checkpoint to convert: a local folder (HF or Mistral layout), a .gguf file (llama.cpp/Ollama) or a Hugging Face repo id."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder (mlx-lm layout). With --target/--draft: the pair folder."),
-    bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Quantize projections and embeddings to 2, 3, 4, 6 or 8 bits (default: no quantization; a GGUF file's Q4_0/Q4_1/Q8_0 tensors are kept as they are)."),
+    bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Quantize projections and embeddings to 2, 3, 4, 6 or 8 bits (default: no quantization; a GGUF file's quantized tensors are kept as they are, Q6_K's re-quantized to 8 bits)."),
     group_size: int = typer.Option(64, "--group-size", "-g", help="Columns per quantization scale: 32, 64 or 128."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32 for unquantized weights (default: as stored); with a GGUF file, expands its quantized tensors to this type."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder that mlxspec wrote as a model or pair (never a source, never a folder it did not write)."),

@@ -22,6 +22,9 @@ MIN_NGRAM_HELP = "With --draft ngram or --lookup: the shortest n-gram looked up 
 ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
                  "when drafting does not pay); --no-adaptive always drafts -k tokens.")
 DEMO_KINDS = ("chat", "code", "summarisation")  # one prompt of each in `mlxspec demo`
+PIPELINE_HELP = ("Split the target across the ranks that mlx.launch started (pipeline parallel; the draft runs on "
+                 "rank 0, which alone prints): mlx.launch -n 2 --backend ring --python PYTHON -- -m mlxspec "
+                 "generate --pipeline --model M ...")
 RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
 
 

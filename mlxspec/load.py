@@ -143,8 +143,10 @@ def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool 
     return _load_module(model_dir, Model, dtype, dequantize)
 
 
-def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: bool):
-    """`build(args)` for the folder's config, with its weights loaded (see `load_model`)."""
+def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: bool, select=None):
+    """`build(args)` for the folder's config, with its weights loaded (see `load_model`).
+    `select(weights, args) -> (weights, args)`, if given, picks the part of a checkpoint to
+    load (a pipeline rank's share) once the whole has been checked; nothing else is read."""
     dtype = as_dtype(dtype)
     args = load_model_args(model_dir)
     files, mistral_names = weight_files(model_dir)
@@ -153,6 +155,8 @@ def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: boo
     check_layer_count(weights, args.num_hidden_layers, model_dir)
     if args.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
+    if select is not None:
+        weights, args = select(weights, args)
     if dequantize and args.quantization:
         weights = dequantize_weights(weights, args.quantization)
         args.quantization = None

@@ -3,25 +3,27 @@ or --demo; `--draft ngram` is prompt lookup, and --lookup puts it in front of a 
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import mlx.core as mx
 
 from . import demo as demo_pair
 from .drafts import Draft, LookupAndModel, NGramDraft
 from .errors import InputError
-from .load import load, load_draft, load_pair
+from .load import load, load_draft, read_pair_manifest
 from .models import Model
+from .pipeline import load_lead
 from .text import Tokenizer
 
 
 def select_models(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-                  dequantize: bool, lookup: NGramDraft = NGramDraft(),
-                  combine: bool = False) -> tuple[Model, Tokenizer, Optional[Draft]]:
+                  dequantize: bool, lookup: NGramDraft = NGramDraft(), combine: bool = False,
+                  group: Any = None) -> tuple[Model, Tokenizer, Optional[Draft]]:
     """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo; `--draft
     ngram` is prompt lookup with the `lookup` settings, which `combine` (--lookup) puts in
-    front of a draft model."""
-    target, tokenizer, loaded = _load_parts(model, draft, pair, use_demo, dequantize, lookup)
+    front of a draft model. With a pipeline `group` (on rank 0) the target is its part."""
+    target, tokenizer, loaded = _load_parts(model, draft, pair, use_demo, dequantize, lookup, group)
     if combine and loaded is not None and not isinstance(loaded, NGramDraft):
         loaded = LookupAndModel(loaded, lookup)
     elif combine and loaded is None:
@@ -30,19 +32,37 @@ def select_models(model: Optional[str], draft: Optional[str], pair: Optional[str
 
 
 def _load_parts(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-                dequantize: bool, lookup: NGramDraft) -> tuple[Model, Tokenizer, Optional[Draft]]:
-    """What the options name, loaded (prompt lookup alone for `--draft ngram`)."""
-    if sum([pair is not None, use_demo, model is not None or draft is not None]) > 1:
-        raise InputError("give one of --model/--draft, --pair or --demo")
-    dtype = mx.float32 if dequantize else None
-    if pair is not None:
-        return load_pair(pair, dtype=dtype, dequantize=dequantize)
-    if use_demo:
-        model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_draft())
-    if model is None:
-        raise InputError("missing --model (or --pair / --demo)")
-    target, tokenizer = load(model, dtype=dtype, dequantize=dequantize)
+                dequantize: bool, lookup: NGramDraft, group: Any) -> tuple[Model, Tokenizer, Optional[Draft]]:
+    """What the options name, loaded (prompt lookup alone for `--draft ngram`); with a
+    pipeline `group`, rank 0's part of the target."""
+    target_path, draft = named_models(model, draft, pair, use_demo)
+    dtype = weights_dtype(dequantize)
+    if group is None:
+        target, tokenizer = load(target_path, dtype=dtype, dequantize=dequantize)
+    else:
+        target, tokenizer = load_lead(target_path, group, dtype=dtype, dequantize=dequantize)
     if draft == "ngram":
         return target, tokenizer, lookup
     loaded = None if draft is None else load_draft(draft, target, tokenizer, dtype=dtype, dequantize=dequantize)
     return target, tokenizer, loaded
+
+
+def named_models(model: Optional[str], draft: Optional[str], pair: Optional[str],
+                 use_demo: bool) -> tuple[str | Path, Optional[str | Path]]:
+    """(target, draft or None) that --model/--draft, --pair or --demo name, unloaded."""
+    if sum([pair is not None, use_demo, model is not None or draft is not None]) > 1:
+        raise InputError("give one of --model/--draft, --pair or --demo")
+    if pair is not None:
+        folder = Path(pair).expanduser()
+        manifest = read_pair_manifest(folder)
+        return folder / manifest["target"], folder / manifest["draft"]
+    if use_demo:
+        return demo_pair.demo_target(), demo_pair.demo_draft()
+    if model is None:
+        raise InputError("missing --model (or --pair / --demo)")
+    return model, draft
+
+
+def weights_dtype(dequantize: bool) -> Optional[mx.Dtype]:
+    """Weights are expanded to float32 when dequantized, else kept as stored."""
+    return mx.float32 if dequantize else None

@@ -127,7 +127,7 @@ def test_one_error_line(name, args, message, early, places, tmp_path, capsys, mo
 
         for attr in ("load_draft", "convert_one", "convert_pair", "run_bench"):
             monkeypatch.setattr(cli, attr, loaded)
-        for attr in ("load", "load_pair", "load_draft"):
+        for attr in ("load", "load_lead", "read_pair_manifest", "load_draft"):
             monkeypatch.setattr(selection, attr, loaded)
         monkeypatch.setattr(cli.demo_pair, "demo_target", loaded)
     argv = [a.format(tmp=tmp_path, **places) for a in args]

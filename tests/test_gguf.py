@@ -17,9 +17,10 @@ import pytest
 from mlxspec.models.config import load_model_args
 from mlxspec import convert
 from mlxspec.convert import gguf as gguf_format
+from mlxspec.convert.gguf_config import model_args
 from mlxspec.layout import permute_half_to_interleaved
 from mlxspec.errors import CheckpointError, ConfigError
-from mlxspec.load import load, load_model
+from mlxspec.load import load, load_model, stack_experts
 
 from conftest import make_hf_checkpoint, smollm2_or_skip
 
@@ -32,7 +33,9 @@ _LLAMA_CPP_NAMES = {
 }
 _LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+          "block_sparse_moe.gate": "ffn_gate_inp", "block_sparse_moe.switch_mlp.gate_proj": "ffn_gate_exps",
+          "block_sparse_moe.switch_mlp.up_proj": "ffn_up_exps", "block_sparse_moe.switch_mlp.down_proj": "ffn_down_exps"}
 
 
 def llama_cpp_name(name: str) -> str:
@@ -67,8 +70,12 @@ def write_gguf(hf_dir: Path, out: Path, sp_model_file: Path, types: dict[str, in
     args = load_model_args(hf_dir)
     weights = {}
     for f in sorted(hf_dir.glob("model*.safetensors")):
-        weights.update({k: np.array(v) for k, v in mx.load(str(f)).items()})
+        weights.update(mx.load(str(f)))
+    weights = {k: np.array(v) for k, v in stack_experts(weights, hf_dir).items()}  # llama.cpp stacks them too
     writer = gguf.GGUFWriter(str(out), arch)
+    if args.num_local_experts:
+        writer.add_expert_count(args.num_local_experts)
+        writer.add_expert_used_count(args.num_experts_per_tok)
     writer.add_block_count(args.num_hidden_layers)
     writer.add_context_length(args.max_position_embeddings or 2048)
     writer.add_embedding_length(args.hidden_size)
@@ -85,7 +92,7 @@ def write_gguf(hf_dir: Path, out: Path, sp_model_file: Path, types: dict[str, in
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = args.num_attention_heads if "q_proj" in name else args.num_key_value_heads
             w = permute_half_to_interleaved(w, heads)
-        qtype = (types or {}).get(name.split(".")[-2], Q.F32) if w.ndim == 2 else Q.F32
+        qtype = (types or {}).get(name.split(".")[-2], Q.F32) if w.ndim >= 2 else Q.F32
         if qtype == Q.F32:
             writer.add_tensor(llama_cpp_name(name), w.astype(np.float32))
         elif qtype == Q.F16:
@@ -255,4 +262,4 @@ def test_bad_gguf_files_fail_with_one_line(hf_llama, sp_model_file, tmp_path):
     with pytest.raises(CheckpointError, match="not a GGUF"):
         gguf_format.read_header(not_gguf)
     with pytest.raises(ConfigError, match="gpt2"):
-        gguf_format.model_args(gguf_format.read_header(other))
+        model_args(gguf_format.read_header(other))

@@ -208,3 +208,27 @@ def test_bad_mixtral_configs_and_checkpoints(mixtral_dir, tmp_path):
     for action in (lambda: load_model(broken), lambda: convert(broken, tmp_path / "out")):
         with pytest.raises(CheckpointError, match="lacks expert 2"):
             action()
+
+
+def test_mixtral_gguf_with_stacked_experts(mixtral_dir, sp_model_file, tmp_path):
+    """llama.cpp's Mixtral layout (`llama` + expert_count, experts stacked in ffn_*_exps,
+    the router in ffn_gate_inp): F32 gives the original logits; Q8_0 experts stay quantized
+    (stacked), equal their own dequantized form and stay close to full precision."""
+    from test_gguf import Q, write_gguf
+
+    if json.loads((mixtral_dir / "config.json").read_text())["sliding_window"]:
+        pytest.skip("llama.cpp's llama architecture has no sliding window")
+    expected = np.array(load_model(mixtral_dir, dtype=mx.float32)(mx.array(TOKENS)))
+    f32 = load_model(convert(write_gguf(mixtral_dir, tmp_path / "f32.gguf", sp_model_file), tmp_path / "a"),
+                     dtype=mx.float32)
+    assert f32.args.model_type == "mixtral" and f32.args.num_experts_per_tok == USED
+    np.testing.assert_allclose(np.array(f32(mx.array(TOKENS))), expected, atol=1e-4)
+    types = {"gate_proj": Q.Q8_0, "up_proj": Q.Q8_0, "down_proj": Q.Q8_0}
+    out = convert(write_gguf(mixtral_dir, tmp_path / "q8.gguf", sp_model_file, types), tmp_path / "b")
+    quantized = load_model(out, dtype=mx.float32)
+    experts = quantized.layers[1].block_sparse_moe.switch_mlp.down_proj
+    assert experts.bits == 8 and experts.weight.shape[0] == EXPERTS
+    logits = np.array(quantized(mx.array(TOKENS)))
+    np.testing.assert_allclose(logits, np.array(load_model(out, dtype=mx.float32, dequantize=True)(mx.array(TOKENS))),
+                               atol=1e-4)
+    np.testing.assert_allclose(logits, expected, atol=0.1)

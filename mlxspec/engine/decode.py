@@ -34,7 +34,7 @@ def prefill(model: Model, prompt: Sequence[int], cache: list[Cache], chunk: int,
         hidden = model.model(ids[:, start : start + chunk], cache)
         if keep_hidden:
             kept.append(hidden)
-        mx.eval(hidden if keep_hidden else [c.keys for c in cache])
+        mx.eval(hidden, [c.keys for c in cache if c.keys is not None])  # the cache writes, too
     logits = model.head(hidden[:, -1:])[:, -1]
     return logits, mx.concatenate(kept, axis=1) if keep_hidden else None
 

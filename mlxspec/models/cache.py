@@ -188,3 +188,9 @@ class RollingKVCache:
     def nbytes(self) -> int:
         """Bytes held by the key/value buffers (constant once the buffer is full)."""
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+def layer_cache(window: int | None, max_rollback: int = 0) -> KVCache | RollingKVCache:
+    """A new cache for one layer: rolling (window + `max_rollback` slots) with a sliding
+    window, growing without one."""
+    return KVCache() if window is None else RollingKVCache(window, max_rollback)

@@ -14,7 +14,7 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cache import KVCache, Mask, RollingKVCache
+from .cache import KVCache, Mask, RollingKVCache, layer_cache
 from .config import ModelArgs
 from .linear import Linear
 from .moe import SparseMoE
@@ -162,15 +162,18 @@ class MistralModel(nn.Module):
         self.sliding_window = args.sliding_window
 
     def __call__(self, tokens: mx.array, cache: list[Cache] | None) -> mx.array:
-        h = self.embed_tokens(tokens)
+        return self.norm(self.blocks(self.embed_tokens(tokens), cache))
+
+    def blocks(self, h: mx.array, cache: list[Cache] | None) -> mx.array:
+        """Hidden states [B, L, dim] through every block (one cache each, or none)."""
         if cache is None:
-            mask = full_pass_mask(tokens.shape[1], self.sliding_window)
+            mask = full_pass_mask(h.shape[1], self.sliding_window)
             cache = [None] * len(self.layers)
         else:
-            mask = cache[0].make_mask(tokens.shape[1])
-        for layer, layer_cache in zip(self.layers, cache):
-            h = layer(h, mask, layer_cache)
-        return self.norm(h)
+            mask = cache[0].make_mask(h.shape[1])
+        for layer, c in zip(self.layers, cache):
+            h = layer(h, mask, c)
+        return h
 
 
 class SubsetHead(nn.Module):
@@ -229,7 +232,4 @@ class Model(nn.Module):
     def make_cache(self, max_rollback: int = 0) -> list[Cache]:
         """One cache per layer: rolling (window + `max_rollback` slots) with a sliding window,
         growing without one. `max_rollback` is the most positions a caller will roll back at once."""
-        window = self.args.sliding_window
-        if window is None:
-            return [KVCache() for _ in self.layers]
-        return [RollingKVCache(window, max_rollback) for _ in self.layers]
+        return [layer_cache(self.args.sliding_window, max_rollback) for _ in self.layers]

@@ -1,0 +1,146 @@
+"""What passes between the ranks of a pipeline, and each end of it.
+
+Rank 0 runs everything a single process runs (tokenizer, embedding, its own blocks, the
+final norm and head, the draft, the speculative loop); ranks 1..n-1 each hold a run of
+the following blocks. On rank 0 the other ranks' blocks are one more "layer",
+`RemoteStages`, whose cache is a `RemoteCache`: so the engine drives a pipeline exactly as
+it drives one process, and every rank rolls back the same positions because rank 0 tells
+it to.
+
+Messages go round the ring 0 -> 1 -> ... -> n-1 (-> 0 for the hidden states coming back):
+first a header (an int32 vector: operation, cache id, two arguments, the dtype code),
+which every rank passes on, then for a forward pass the hidden states [B, L, dim].
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..errors import InputError
+from ..models import Model
+from ..models.cache import Mask, layer_cache
+
+NEW, FREE, ROLLBACK, FORWARD, STOP = range(5)
+DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+NO_CACHE = -1
+
+
+class Link:
+    """Rank 0's end of the ring: sends commands and hidden states to rank 1, receives the
+    last rank's output. Caches freed on rank 0 are freed on the others with the next command."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.next_id = 0
+        self.freed: list[int] = []
+        self.closed = False
+
+    def send_header(self, op: int, cache_id: int = NO_CACHE, a: int = 0, b: int = 0, dtype: int = 0) -> None:
+        """One command to every other rank (rank 1 passes it on)."""
+        if self.closed:
+            raise InputError("the pipeline was closed: its other ranks have stopped")
+        pending, self.freed = self.freed, []
+        for freed in pending:
+            mx.eval(mx.distributed.send(mx.array([FREE, freed, 0, 0, 0], dtype=mx.int32), 1, group=self.group))
+        mx.eval(mx.distributed.send(mx.array([op, cache_id, a, b, dtype], dtype=mx.int32), 1, group=self.group))
+
+    def new_cache(self, max_rollback: int) -> int:
+        """A new set of caches on every other rank; its id."""
+        self.next_id += 1
+        self.send_header(NEW, self.next_id, max_rollback)
+        return self.next_id
+
+    def forward(self, h: mx.array, cache_id: int) -> mx.array:
+        """`h` [B, L, dim] through every other rank's blocks (continuing cache `cache_id`)."""
+        B, L, _ = h.shape
+        self.send_header(FORWARD, cache_id, B, L, DTYPES.index(h.dtype))
+        mx.eval(mx.distributed.send(h, 1, group=self.group))
+        return mx.distributed.recv_like(h, self.group.size() - 1, group=self.group)
+
+    def close(self) -> None:
+        """Tell the other ranks to stop (they exit); idempotent."""
+        if not self.closed:
+            self.send_header(STOP)
+            self.closed = True
+
+
+class RemoteCache:
+    """Rank 0's handle on the other ranks' caches for one sequence: the offset is mirrored
+    here, a rollback is sent on."""
+
+    keys = values = None  # held by the other ranks
+
+    def __init__(self, link: Link, max_rollback: int) -> None:
+        self.link, self.offset = link, 0
+        self.id = link.new_cache(max_rollback)
+        weakref.finalize(self, link.freed.append, self.id)
+
+    def rollback(self, n: int) -> None:
+        """Forget the newest `n` positions on every other rank (rank 0's own caches,
+        rolled back first, have checked that they can)."""
+        self.link.send_header(ROLLBACK, self.id, n)
+        self.offset -= n
+
+
+class RemoteStages(nn.Module):
+    """The blocks of ranks 1..n-1, as one layer of rank 0's model."""
+
+    def __init__(self, link: Link) -> None:
+        super().__init__()
+        self._link = link
+
+    def __call__(self, x: mx.array, mask: Mask, cache: RemoteCache | None) -> mx.array:
+        if cache is not None and not isinstance(cache, RemoteCache):
+            raise InputError("a pipeline runs one sequence at a time (batches are not supported across ranks yet)")
+        out = self._link.forward(x, NO_CACHE if cache is None else cache.id)
+        if cache is not None:
+            cache.offset += x.shape[1]
+        return out
+
+
+class LeadModel(Model):
+    """Rank 0's model: the embedding, its blocks, then the other ranks' blocks as one
+    `RemoteStages` layer (attached once every rank has loaded), the norm and the head."""
+
+    link: Link | None = None
+
+    def attach(self, link: Link) -> None:
+        """Append the other ranks' blocks, reached through `link`."""
+        self.link = link
+        self.model.layers.append(RemoteStages(link))
+
+    def make_cache(self, max_rollback: int = 0) -> list:
+        """Rank 0's own layers' caches, then the handle on the other ranks' caches."""
+        own = [layer_cache(self.args.sliding_window, max_rollback) for _ in self.layers[:-1]]
+        return own + [RemoteCache(self.link, max_rollback)]
+
+
+def serve(stage: nn.Module, group: Any) -> None:
+    """A worker rank's loop: carry out rank 0's commands with this rank's blocks
+    (`stage.model.blocks`) until told to stop."""
+    rank, size = group.rank(), group.size()
+    caches: dict[int, list] = {}
+    header = mx.zeros((5,), dtype=mx.int32)
+    while True:
+        received = mx.distributed.recv_like(header, rank - 1, group=group)
+        mx.eval(received)
+        if rank + 1 < size:
+            mx.eval(mx.distributed.send(received, rank + 1, group=group))
+        op, cache_id, a, b, dtype = received.tolist()
+        if op == STOP:
+            return
+        if op == NEW:
+            caches[cache_id] = [layer_cache(stage.args.sliding_window, a) for _ in stage.model.layers]
+        elif op == FREE:
+            caches.pop(cache_id, None)
+        elif op == ROLLBACK:
+            for c in caches[cache_id]:
+                c.rollback(a)
+        elif op == FORWARD:
+            h = mx.distributed.recv((a, b, stage.args.hidden_size), DTYPES[dtype], rank - 1, group=group)
+            out = stage.model.blocks(h, None if cache_id == NO_CACHE else caches[cache_id]).astype(h.dtype)
+            mx.eval(mx.distributed.send(out, (rank + 1) % size, group=group))

@@ -1,0 +1,183 @@
+"""Pipeline parallel over `mx.distributed` (ring backend on loopback): two ranks give the
+tokens one process gives, plain and speculative; each rank holds about half the weights;
+a rank that dies, never connects or loaded another model ends the others with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from conftest import make_hf_checkpoint
+from mlxspec import stream_generate
+from mlxspec.load import load_model
+from mlxspec.models import ModelArgs
+from mlxspec.pipeline import split_layers
+from synthetic import write_random_hf_checkpoint
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PYTHONPATH": str(HERE)}
+
+
+def free_ports(n: int) -> int:
+    """A first port of `n` consecutive free loopback ports."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n < 65536 and all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def launch(*command: str, ranks: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`command` (arguments to python) on `ranks` ranks through mlx.launch."""
+    return subprocess.run([str(BIN / "mlx.launch"), "-n", str(ranks), "--backend", "ring", "-p", str(free_ports(ranks)),
+                           "--python", sys.executable, "--", *command],
+                          capture_output=True, text=True, timeout=240, env=env or ENV)
+
+
+def by_hand(tmp_path: Path, commands: list[list[str]]) -> list[subprocess.Popen]:
+    """Each rank started as mlx.launch would, without it (as on two Macs started by hand)."""
+    base = free_ports(len(commands))
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps([[f"127.0.0.1:{base + r}"] for r in range(len(commands))]))
+    return [subprocess.Popen([sys.executable, *command], env={**ENV, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hosts)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for r, command in enumerate(commands)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, hf_tokenizer_dir) -> tuple[Path, Path]:
+    """A 6-layer windowed target and a draft that agrees with it part of the time (the
+    target with noise on its weights), both with the Mistral tokenizer."""
+    root = tmp_path_factory.mktemp("pipeline")
+    target = make_hf_checkpoint(root / "target", hf_tokenizer_dir, seed=4, num_hidden_layers=6, sliding_window=12)
+    draft = make_hf_checkpoint(root / "draft", hf_tokenizer_dir, seed=4, num_hidden_layers=6, sliding_window=12)
+    weights = mx.load(str(draft / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    noisy = {k: v + mx.array(0.05 * rng.standard_normal(v.shape).astype(np.float32)) * mx.abs(v).mean()
+             for k, v in weights.items()}
+    mx.save_safetensors(str(draft / "model.safetensors"), noisy, metadata={"format": "pt"})
+    return target, draft
+
+
+def generate_json(*args: str, pipeline: bool, cache: Path) -> dict:
+    command = ["-m", "mlxspec", "generate", "--json", "--prompt", "The ring of ranks", "-n", "40", *args]
+    env = {**ENV, "MLXSPEC_CACHE": str(cache / ("pipeline" if pipeline else "alone"))}  # calibrated apart
+    if pipeline:
+        done = launch(*command[:3], "--pipeline", *command[3:], env=env)
+    else:
+        done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout[done.stdout.index("{"):])
+
+
+@pytest.mark.parametrize("draft", ["none", "model", "model-adaptive", "ngram"])
+def test_two_ranks_give_the_tokens_of_one_process(models, draft, tmp_path):
+    target, draft_dir = models
+    options = {"none": [], "model": ["--draft", str(draft_dir), "-k", "3", "--no-adaptive"],
+               "model-adaptive": ["--draft", str(draft_dir)], "ngram": ["--draft", "ngram"]}[draft]
+    args = ["--model", str(target), *options]
+    alone, pipelined = generate_json(*args, pipeline=False, cache=tmp_path), generate_json(*args, pipeline=True, cache=tmp_path)
+    assert pipelined["text"] == alone["text"]
+    assert alone["generation_tokens"] == pipelined["generation_tokens"] == 40
+    if draft == "model":  # drafts were rejected and accepted: every rank rolled back alike
+        assert 0 < pipelined["acceptance_rate"] < 1
+        assert pipelined["accepted_per_position"] == alone["accepted_per_position"]
+
+
+def test_each_rank_holds_about_half_the_weights(tmp_path):
+    args = ModelArgs(hidden_size=256, num_hidden_layers=8, intermediate_size=1024, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=1024, sliding_window=None)
+    folder = write_random_hf_checkpoint(tmp_path / "model", args, seed=5)
+    assert split_layers(args, 2) == [(0, 4), (4, 8)]
+    single = load_model(folder, dtype=mx.float32)
+    expected = [s.token for s in stream_generate(single, None, list(range(5, 17)), max_tokens=24)]
+    whole = sum(v.nbytes for _, v in tree_flatten(single.parameters()))
+    done = launch(str(HERE / "pipeline_rank.py"), str(folder))
+    assert done.returncode == 0, done.stderr[-2000:]
+    reports = {r["rank"]: r for r in map(json.loads, (line for line in done.stdout.splitlines() if line.startswith("{")))}
+    assert reports[0]["tokens"] == expected
+    for rank in (0, 1):
+        assert 0.4 < reports[rank]["weights"] / whole < 0.6, (rank, reports[rank]["weights"], whole)
+
+
+def test_speculative_library_run_across_ranks(models):
+    target, draft = models
+    single = load_model(target, dtype=mx.float32)
+    expected = [s.token for s in stream_generate(single, None, list(range(5, 17)), max_tokens=30)]
+    done = launch(str(HERE / "pipeline_rank.py"), str(target), "--draft", str(draft), "--tokens", "30")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = next(json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"rank": 0'))
+    assert report["tokens"] == expected and report["accepted"] > 0
+
+
+def last_error_line(stderr: str) -> str:
+    return [line for line in stderr.splitlines() if line.strip()][-1]
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_rank_killed_mid_run_ends_the_other_within_seconds(models, tmp_path, victim):
+    target, _ = models
+    command = ["-m", "mlxspec", "generate", "--pipeline", "--model", str(target), "--prompt", "Go on", "-n", "100000"]
+    ranks = by_hand(tmp_path, [command, command])
+    try:
+        ranks[0].stdout.read(100)  # rank 0 is streaming tokens: both ranks are working
+        ranks[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        survivor = ranks[1 - victim]
+        _, stderr = survivor.communicate(timeout=30)
+        assert time.monotonic() - killed_at < 10
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert survivor.returncode == 1
+    assert last_error_line(stderr) == (f"error: pipeline rank {1 - victim} lost the connection to another rank: "
+                                       "it exited or was killed (see its output)")
+
+
+def test_a_rank_that_never_connects_and_one_with_another_model(models, tmp_path):
+    target, draft = models
+    command = ["-m", "mlxspec", "generate", "--pipeline", "--connect-timeout", "2", "--prompt", "x"]
+    alone = by_hand(tmp_path, [command + ["--model", str(target)], ["-c", "import time; time.sleep(60)"]])
+    started = time.monotonic()
+    _, stderr = alone[0].communicate(timeout=30)
+    alone[1].kill()
+    assert time.monotonic() - started < 15 and alone[0].returncode != 0
+    assert "error: pipeline rank 0 could not reach the other ranks within 2 s" in last_error_line(stderr)
+    other = ModelArgs(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2,
+                      vocab_size=32000, sliding_window=None)
+    different = write_random_hf_checkpoint(tmp_path / "other", other, seed=1)
+    mixed = by_hand(tmp_path, [command + ["--model", str(target)], command + ["--model", str(different)]])
+    for rank in mixed:
+        _, stderr = rank.communicate(timeout=60)
+        assert rank.returncode == 2
+        assert "loaded a different model" in last_error_line(stderr)
+
+
+def test_pipeline_outside_a_launcher_is_one_line():
+    done = subprocess.run([sys.executable, "-m", "mlxspec", "generate", "--pipeline", "--model", "x", "--prompt", "y"],
+                          capture_output=True, text=True, env={k: v for k, v in ENV.items() if not k.startswith("MLX_")})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --pipeline runs under mlx.launch") and len(done.stderr.splitlines()) == 1
