@@ -91,7 +91,10 @@ def closing(target):
         if not (lost_peers(exc) or isinstance(exc, PipelineError)):
             close_pipeline(target)
         raise
-    close_pipeline(target)
+    try:
+        close_pipeline(target)
+    except PipelineError:  # a rank left just as the text was done: nothing is lost
+        pass
 
 
 def _print_generation(steps, as_json: bool, verbose: bool) -> None:

@@ -153,6 +153,7 @@ def test_a_rank_killed_mid_run_ends_the_other_within_seconds(models, tmp_path, v
         for rank in ranks:
             rank.kill()
     assert survivor.returncode == 1
+    assert len(stderr.strip().splitlines()) == 1, stderr  # MLX's per-socket lines filtered out
     assert last_error_line(stderr) == (f"error: pipeline rank {1 - victim} lost the connection to another rank: "
                                        "it exited or was killed (see its output)")
 
@@ -165,6 +166,7 @@ def test_a_rank_that_never_connects_and_one_with_another_model(models, tmp_path)
     _, stderr = alone[0].communicate(timeout=30)
     alone[1].kill()
     assert time.monotonic() - started < 15 and alone[0].returncode != 0
+    assert len(stderr.strip().splitlines()) == 1, stderr
     assert "error: pipeline rank 0 could not reach the other ranks within 2 s" in last_error_line(stderr)
     other = ModelArgs(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2,
                       vocab_size=32000, sliding_window=None)
@@ -181,3 +183,24 @@ def test_pipeline_outside_a_launcher_is_one_line():
                           capture_output=True, text=True, env={k: v for k, v in ENV.items() if not k.startswith("MLX_")})
     assert done.returncode == 2
     assert done.stderr.startswith("error: --pipeline runs under mlx.launch") and len(done.stderr.splitlines()) == 1
+
+
+def test_under_mlx_launch_a_killed_rank_stops_the_other_with_one_line(models, tmp_path):
+    """mlx.launch stops the other ranks when one dies: rank 0 says why, once, no traceback."""
+    target, _ = models
+    launcher = subprocess.Popen([str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "-p", str(free_ports(2)),
+                                 "--python", sys.executable, "--", str(HERE / "pipeline_rank.py"), str(target),
+                                 "--tokens", "450", "--pid-dir", str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"rank{r}").is_file() for r in (0, 1)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # loaded and decoding
+        os.kill(int((tmp_path / "rank1").read_text()), signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert "another rank" in errors[0]

@@ -47,6 +47,7 @@ def connect(timeout: float = 60.0) -> Any:
                          "--python PYTHON -- -m mlxspec generate --pipeline ...")
     if not mx.distributed.is_available():
         raise InputError("this MLX build has no distributed backend")
+    _quiet_ring_errors()
     watchdog = subprocess.Popen([sys.executable, "-m", "mlxspec.pipeline.watchdog", str(os.getpid()), str(timeout),
                                  os.environ["MLX_RANK"]], stdin=subprocess.PIPE)
     try:
@@ -62,8 +63,22 @@ def connect(timeout: float = 60.0) -> Any:
     return group
 
 
+def _quiet_ring_errors() -> None:
+    """This process's standard error through `quiet`, which drops MLX's per-socket lines."""
+    sys.stderr.flush()
+    read, write = os.pipe()
+    subprocess.Popen([sys.executable, "-m", "mlxspec.pipeline.quiet"], stdin=read)
+    os.dup2(write, 2)
+    os.close(read)
+    os.close(write)
+
+
 def _stopped(signum: int, frame: Any) -> None:
-    raise PipelineError("stopped: another rank of the pipeline exited (mlx.launch then stops the rest)")
+    """mlx.launch stops the other ranks when one exits with an error: say so and leave at
+    once (unwinding could wait on passes the gone rank will never answer)."""
+    sys.stdout.flush()
+    os.write(2, b"error: stopped: another rank of the pipeline exited (mlx.launch then stops the rest)\n")
+    os._exit(1)
 
 
 def lost_peers(exc: BaseException) -> bool:
@@ -79,6 +94,7 @@ def pipeline_errors(rank: int) -> Iterator[None]:
     except RuntimeError as exc:
         if not lost_peers(exc):
             raise
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # this line says it all: a launcher's stop ends us quietly
         raise PipelineError(f"pipeline rank {rank} lost the connection to another rank: it exited or was "
                             "killed (see its output)") from None
 
