@@ -86,6 +86,36 @@ def passes(model: Model, repeats: int) -> dict[int, dict[str, float]]:
     return out
 
 
+def mlx_lm_passes(model: Model, repeats: int) -> dict[int, dict[str, float]]:
+    """The same passes through mlx-lm's Mixtral holding the same weights (its names are ours)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import mixtral
+    from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+    a = model.args
+    theirs = mixtral.Model(mixtral.ModelArgs(
+        model_type="mixtral", vocab_size=a.vocab_size, hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
+        num_hidden_layers=a.num_hidden_layers, num_attention_heads=a.num_attention_heads,
+        num_experts_per_tok=a.num_experts_per_tok, num_key_value_heads=a.num_key_value_heads,
+        num_local_experts=a.num_local_experts, rms_norm_eps=a.rms_norm_eps, rope_theta=a.rope_theta))
+    theirs.load_weights(list(tree_flatten(model.parameters())))
+    mx.eval(theirs.parameters())
+    cache = make_prompt_cache(theirs)
+    mx.eval(theirs(mx.array([[(7 * i + 3) % 32000 for i in range(64)]]), cache=cache))
+    out = {}
+    for n in SIZES:
+        times = []
+        for r in range(repeats + 2):
+            tokens = mx.array([[(97 * (r * 8 + i) + 11) % 32000 for i in range(n)]])
+            start = time.perf_counter()
+            mx.eval(theirs(tokens, cache=cache))
+            if r >= 2:
+                times.append(time.perf_counter() - start)
+            trim_prompt_cache(cache, n)
+        out[n] = {"ms": 1000 * statistics.median(times), "experts": None}
+    return out
+
+
 def calibrated(model: Model, draft: Model) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         timings = calibrate(model, draft, 7, cache_dir=Path(folder))
@@ -96,11 +126,11 @@ def calibrated(model: Model, draft: Model) -> dict:
 
 def markdown(report: dict) -> str:
     names = list(report["passes"])
-    lines = ["| tokens a pass | " + " | ".join(f"{n} ms (x step)" for n in names) + " | experts read a layer (MoE) |",
-             "|---" * (len(names) + 2) + "|"]
+    columns = {**report["passes"], "mlx-lm's Mixtral, same weights": report["mlx_lm_moe"]}
+    lines = ["| tokens a pass | " + " | ".join(f"{n} ms (x step)" for n in columns) + " | experts read a layer (MoE) |",
+             "|---" * (len(columns) + 2) + "|"]
     for size in SIZES:
-        cells = [f"{report['passes'][n][size]['ms']:.1f} ({report['passes'][n][size]['ms'] / report['passes'][n][1]['ms']:.2f}x)"
-                 for n in names]
+        cells = [f"{c[size]['ms']:.1f} ({c[size]['ms'] / c[1]['ms']:.2f}x)" for c in columns.values()]
         lines.append(f"| {size} | " + " | ".join(cells) + f" | {report['passes'][names[0]][size]['experts']:.2f} of 8 |")
     lines += ["", "| calibrated round (1-layer draft) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for k in range(8):
@@ -121,6 +151,7 @@ def main() -> None:
                             intermediate_size=256))
     mx.eval(draft.parameters())
     report = {"passes": {n: passes(m, options.repeats) for n, m in built.items()},
+              "mlx_lm_moe": mlx_lm_passes(built["moe (8 experts, top 2)"], options.repeats),
               "calibration": {n: calibrated(m, draft) for n, m in built.items()}}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "report.json").write_text(json.dumps(report, indent=2))

@@ -3,7 +3,9 @@ MLX_HOSTFILE set by hand): every rank loads its blocks; rank 0 decodes greedily 
 draft, speculatively with a fixed k) from token ids; every rank prints one JSON line with
 what it holds in memory (and rank 0 the tokens).
 
-    python pipeline_rank.py MODEL [--draft D] [--tokens N] [--pid-dir DIR]
+    python pipeline_rank.py MODEL [--draft D] [--tokens N] [--pid-dir DIR] [--alone]
+
+`--alone`: the same in one process, for comparison.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import mlx.core as mx
 
 from mlxspec import stream_generate
+from mlxspec.errors import MlxspecError
 from mlxspec.load import load_model
 from mlxspec.pipeline import close, connect, pipeline_errors
 from mlxspec.pipeline.link import Link, serve
@@ -28,7 +32,14 @@ def main() -> None:
     parser.add_argument("--draft", type=Path)
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--pid-dir", type=Path)
+    parser.add_argument("--alone", action="store_true")
     options = parser.parse_args()
+    if options.alone:
+        model = load_model(options.model, dtype=mx.float32)
+        report = {"rank": None, "weights": mx.get_active_memory()}
+        steps = list(stream_generate(model, None, list(range(5, 17)), max_tokens=options.tokens))
+        print(json.dumps({**report, "tokens": [s.token for s in steps], "peak": mx.get_peak_memory()}), flush=True)
+        return
     group = connect(30)
     rank = group.rank()
     if options.pid_dir is not None:
@@ -51,4 +62,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MlxspecError as exc:  # as the CLI reports it: one line
+        sys.exit(f"error: {exc}")

@@ -107,7 +107,7 @@ def test_two_ranks_give_the_tokens_of_one_process(models, draft, tmp_path):
         assert pipelined["accepted_per_position"] == alone["accepted_per_position"]
 
 
-def test_each_rank_holds_about_half_the_weights(tmp_path):
+def test_each_rank_holds_about_half_the_weights_and_peak_memory(tmp_path):
     args = ModelArgs(hidden_size=256, num_hidden_layers=8, intermediate_size=1024, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=1024, sliding_window=None)
     folder = write_random_hf_checkpoint(tmp_path / "model", args, seed=5)
@@ -119,8 +119,13 @@ def test_each_rank_holds_about_half_the_weights(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     reports = {r["rank"]: r for r in map(json.loads, (line for line in done.stdout.splitlines() if line.startswith("{")))}
     assert reports[0]["tokens"] == expected
+    alone = subprocess.run([sys.executable, str(HERE / "pipeline_rank.py"), str(folder), "--alone"],
+                           capture_output=True, text=True, env=ENV, timeout=120)
+    one = json.loads(alone.stdout.splitlines()[-1])
+    assert one["tokens"] == expected
     for rank in (0, 1):
         assert 0.4 < reports[rank]["weights"] / whole < 0.6, (rank, reports[rank]["weights"], whole)
+        assert 0.35 < reports[rank]["peak"] / one["peak"] < 0.65, (rank, reports[rank]["peak"], one["peak"])
 
 
 def test_speculative_library_run_across_ranks(models):

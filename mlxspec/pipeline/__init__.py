@@ -94,7 +94,7 @@ def pipeline_errors(rank: int) -> Iterator[None]:
     except RuntimeError as exc:
         if not lost_peers(exc):
             raise
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # this line says it all: a launcher's stop ends us quietly
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving anyway: a launcher's stop must not cut this line short
         raise PipelineError(f"pipeline rank {rank} lost the connection to another rank: it exited or was "
                             "killed (see its output)") from None
 
