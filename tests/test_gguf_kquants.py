@@ -56,7 +56,7 @@ def k_blocks(qtype: int, rows: int, cols: int, rng: np.random.Generator) -> np.n
 def raw_blocks(qtype: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """A tensor of `shape` in `qtype`: raw blocks (K-quants, Q8_0) or float32 (F32)."""
     if qtype in _K_LAYOUT:
-        return k_blocks(qtype, *shape, rng)
+        return k_blocks(qtype, int(np.prod(shape[:-1])), shape[-1], rng).reshape(*shape[:-1], -1)
     if len(shape) == 1:
         return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)  # norms near 1
     w = (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
@@ -67,10 +67,13 @@ def oracle(raw: np.ndarray, qtype: int, shape: tuple[int, ...]) -> np.ndarray:
     return raw if qtype == Q.F32 else gguf.quants.dequantize(raw, qtype).reshape(shape)
 
 
-def write(path: Path, tensors: dict[str, tuple[int, np.ndarray]], metadata: bool = True) -> Path:
-    """A GGUF file (llama metadata and a 300-token vocabulary when `metadata`) holding
-    `tensors` {name: (type, raw blocks or float32 array)}."""
+def write(path: Path, tensors: dict[str, tuple[int, np.ndarray]], metadata: bool = True, experts: int = 0) -> Path:
+    """A GGUF file (llama metadata and a 300-token vocabulary when `metadata`; a Mixtral with
+    `experts`, two of them used) holding `tensors` {name: (type, raw blocks or float32 array)}."""
     writer = gguf.GGUFWriter(str(path), "llama")
+    if experts:
+        writer.add_expert_count(experts)
+        writer.add_expert_used_count(2)
     if metadata:
         writer.add_block_count(LAYERS)
         writer.add_context_length(128)
@@ -202,3 +205,28 @@ def test_k_quant_rows_must_be_whole_super_blocks_and_other_k_quants_are_refused(
         (tmp_path / "bad.gguf").write_bytes(gguf_bytes(meta, bad, data))
         with pytest.raises(CheckpointError, match=needle):
             convert(tmp_path / "bad.gguf", tmp_path / "out")
+
+
+def test_a_k_quant_mixtral_gives_the_oracle_logits(tmp_path):
+    """Stacked experts in K-quants (Q4_K gate, Q5_K up, Q6_K down) as llama.cpp writes a
+    Mixtral: expanded, the logits of the gguf package's dequantization; kept, its own."""
+    rng = np.random.default_rng(2)
+    experts = 4
+    shapes = {n: s for n, s in SHAPES.items() if not n.split(".")[-1].startswith("ffn_") or n.endswith("ffn_norm")}
+    moe = {"ffn_gate_inp": ((experts, 256), Q.F32), "ffn_gate_exps": ((experts, 512, 256), Q.Q4_K),
+           "ffn_up_exps": ((experts, 512, 256), Q.Q5_K), "ffn_down_exps": ((experts, 256, 512), Q.Q6_K)}
+    raw, floats = {}, {}
+    for name, shape in [*shapes.items(), *((f"blk.{i}.{n}", s) for i in range(LAYERS) for n, (s, _) in moe.items())]:
+        qtype = moe[name.split(".")[-1]][1] if name.split(".")[-1] in moe else mix_type(name)
+        raw[f"{name}.weight"] = (qtype, raw_blocks(qtype, shape, rng))
+        floats[f"{name}.weight"] = (Q.F32, oracle(raw[f"{name}.weight"][1], qtype, shape))
+    kq = write(tmp_path / "kq.gguf", raw, experts=experts)
+    reference = load_model(convert(write(tmp_path / "f32.gguf", floats, experts=experts), tmp_path / "ref"))
+    assert reference.args.model_type == "mixtral" and reference.args.num_local_experts == experts
+    expanded = load_model(convert(kq, tmp_path / "f32", dtype="float32"))
+    assert mx.abs(expanded(TOKENS) - reference(TOKENS)).max().item() < 1e-4
+    with pytest.warns(RequantizationWarning):
+        kept = load_model(convert(kq, tmp_path / "kept"))
+    down = kept.layers[0].block_sparse_moe.switch_mlp.down_proj
+    assert (down.bits, down.weight.shape[0]) == (8, experts)
+    assert mx.abs(kept(TOKENS) - load_model(tmp_path / "kept", dequantize=True)(TOKENS)).max().item() < 1e-4

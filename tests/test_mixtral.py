@@ -232,3 +232,20 @@ def test_mixtral_gguf_with_stacked_experts(mixtral_dir, sp_model_file, tmp_path)
     np.testing.assert_allclose(logits, np.array(load_model(out, dtype=mx.float32, dequantize=True)(mx.array(TOKENS))),
                                atol=1e-4)
     np.testing.assert_allclose(logits, expected, atol=0.1)
+
+
+@pytest.mark.parametrize("experts, used", [(3, 1), (3, 3), (5, 4)])
+def test_other_expert_counts_equal_transformers(experts, used, tmp_path, hf_tokenizer_dir):
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(experts * 10 + used)
+    config = MixtralConfig(**{**TINY, "num_hidden_layers": 1}, num_local_experts=experts, num_experts_per_tok=used,
+                           tie_word_embeddings=False, attn_implementation="eager", sliding_window=None)
+    model = MixtralForCausalLM(config).eval()
+    reinit_(model, experts)
+    model.save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        expected = model(torch.tensor(TOKENS)).logits.numpy()
+    ours = load_model(tmp_path, dtype=mx.float32)
+    np.testing.assert_allclose(chunked_logits(ours, TOKENS, (4, 5)), expected, atol=1e-4, rtol=0)

@@ -209,3 +209,23 @@ def test_under_mlx_launch_a_killed_rank_stops_the_other_with_one_line(models, tm
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in stderr, stderr
     assert "another rank" in errors[0]
+
+
+def test_three_ranks_with_a_feature_draft_sampling_with_a_seed(models, tmp_path):
+    """Three ranks, a feature draft (which reads the hidden states coming back to rank 0),
+    sampling at T = 1 with a seed and a fixed k, a prompt prefilled in several chunks: the one-process text
+    (an adaptive k follows each layout's own timings, so its sampled text may differ)."""
+    from test_feature_draft import feature_draft, save
+
+    target, _ = models
+    save(feature_draft(load_model(target, dtype=mx.float32), seed=3), tmp_path / "feature")
+    args = ["--model", str(target), "--draft", str(tmp_path / "feature"), "--temperature", "1", "--seed", "3", "-k", "3",
+            "--no-adaptive",  # the same k every round: the same draws
+            "--prefill-chunk", "8", "--prompt", "one two three four five six seven eight nine ten eleven twelve"]
+    alone = generate_json(*args, pipeline=False, cache=tmp_path)
+    command = ["-m", "mlxspec", "generate", "--pipeline", "--json", "-n", "40", *args]
+    done = launch(*command, ranks=3, env={**ENV, "MLXSPEC_CACHE": str(tmp_path / "three")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    pipelined = json.loads(done.stdout[done.stdout.index("{"):])
+    assert pipelined["text"] == alone["text"] and pipelined["prompt_tokens"] > 8  # two prefill chunks
+    assert pipelined["draft_mode"] == alone["draft_mode"]
