@@ -17,6 +17,7 @@ from .arguments import check_bench, check_generation, check_positive, read_promp
 from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
                           MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for, dequantize_default, weights_label)
 from .cli_conversation import chat_command, serve_command
+from .cli_distill import distill_command
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, colours, friendly_errors, stats_line, stream_text, write_step
 from .convert.atomic import atomic_dir, check_writable
@@ -278,6 +279,7 @@ def convert(
 
 app.command("chat")(friendly_errors(chat_command))
 app.command("serve")(friendly_errors(serve_command))
+app.command("distill")(friendly_errors(distill_command))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -1,0 +1,74 @@
+"""`mlxspec distill`: the command line of `mlxspec.distill` — options, progress bars with
+an estimate of the time left, and the result as a line or as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Optional
+
+import typer
+
+from .distill import KINDS, distill
+
+
+def stage_bars(quiet: bool):
+    """A progress callback drawing one bar per stage on a terminal's stderr, with the time
+    left at the stage's current pace; and a function that closes the last bar."""
+    state: dict = {"stage": None, "start": 0.0}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if quiet or not sys.stderr.isatty():
+            return
+        if stage != state["stage"]:
+            state.update(stage=stage, start=time.monotonic(), first=done)
+        elapsed, made = time.monotonic() - state["start"], max(done - state["first"], 1)
+        left = elapsed / made * (total - done)
+        filled = int(30 * done / max(total, 1))
+        sys.stderr.write(f"\r{stage:<24} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}  ~{left:.0f} s left ")
+        sys.stderr.flush()
+
+    def close() -> None:
+        if state["stage"] is not None and sys.stderr.isatty() and not quiet:
+            sys.stderr.write("\n")
+
+    return update, close
+
+
+def distill_command(
+    target: str = typer.Option(..., "--target", "-m", help="The target: a model folder (any layout mlxspec loads) or Hugging Face repo id."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the draft (loadable with --draft); its work folder OUT.work holds the resumable state."),
+    kind: str = typer.Option("feature", "--kind", help=f"Which draft: {' or '.join(KINDS)} (feature: reads the target's hidden states, EAGLE-style; model: a small model of the target's vocabulary)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="JSONL file, one prompt per line: a string, {\"prompt\": ...} or {\"messages\": [...]} (default: a built-in varied set). A tenth is held out for evaluation."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Time budget for the whole run (answers up to 40%, training to 85%, then evaluation); default: none."),
+    steps: int = typer.Option(2000, "--steps", help="Most training steps."),
+    layers: int = typer.Option(1, "--layers", help="Transformer blocks in the draft (started from the target's first blocks)."),
+    head_vocab: int = typer.Option(8192, "--head-vocab", help="Tokens the draft's head scores (the most frequent in the answers)."),
+    unroll: int = typer.Option(2, "--unroll", help="Feature draft: passes over its own predicted features in training (1 = true features only)."),
+    batch: int = typer.Option(8, "--batch", help="Rows a training step."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
+    max_new: int = typer.Option(128, "--max-new", help="Most tokens of each answer the target writes."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Positions of a training row (the end of prompt + answer)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT.work (answers kept, training from its last checkpoint)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT (a draft mlxspec wrote) or start OUT.work over."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompts' split and order, the sampled answers and the batches."),
+    as_json: bool = typer.Option(False, "--json", help="Print training.json's evaluation as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train a draft for your own target on this machine: the target answers prompts, the
+    draft learns its distributions, and is evaluated through mlxspec's speculative loop."""
+    update, close = stage_bars(quiet)
+    try:
+        folder = distill(target, out, kind=kind, prompts=prompts, minutes=minutes, steps=steps, layers=layers,
+                         head_vocab=head_vocab, unroll=unroll, batch=batch, lr=lr, max_new=max_new, seq_len=seq_len,
+                         resume=resume, force=force, seed=seed, progress=update)
+    finally:
+        close()
+    info = json.loads((folder / "training.json").read_text())
+    if as_json:
+        typer.echo(json.dumps({"out": str(folder), "stopped_by": info["stopped_by"], **info["evaluation"]}, indent=2))
+        return
+    ev = info["evaluation"]
+    typer.echo(f"wrote {folder} ({info['stopped_by']}, {info['seconds']:.0f} s): held-out top-1 "
+               f"{ev['held_top1_before']} -> {ev['held_top1']}; acceptance per position at T=0 {ev['acceptance_T0']}")

@@ -1,0 +1,108 @@
+"""The training data: the target's own answers to the prompts, decoded in batches, with its
+final hidden states ("features") at every position kept from the decode itself.
+
+A batch's prompts are left-padded to one width and decoded together (greedy for two
+batches in three, sampled for the third: the draft meets both kinds of text). Each batch
+is written to the work folder as soon as it is done, so a killed run loses at most one
+batch. The target's next-token distribution at any position is its head applied to the
+feature there, so features are all a draft of either kind needs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import numpy as np
+
+from ..models import Model
+from ..text import Tokenizer
+from .prompts_file import Prompt
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def left_pad(prompts: list[list[int]], max_new: int) -> tuple[np.ndarray, mx.array]:
+    """Prompts left-padded to one width [B, W], and which positions hold real tokens
+    [B, W + max_new]."""
+    width = max(len(p) for p in prompts)
+    padded = np.zeros((len(prompts), width), np.int32)
+    keep = np.zeros((len(prompts), width + max_new), bool)
+    for r, p in enumerate(prompts):
+        padded[r, width - len(p):] = p
+        keep[r, width - len(p):] = True
+    return padded, mx.array(keep)
+
+
+def padded_features(target: Model, tokens: mx.array, cache: list, keep: mx.array) -> mx.array:
+    """Final hidden states of a left-padded batch: real queries never see padding, a padding
+    query sees only itself; RoPE is relative, so each row computes what it would alone."""
+    n = tokens.shape[1]
+    end = cache[0].offset + n
+    q_pos, k_pos = mx.arange(end - n, end)[:, None], mx.arange(end)[None]
+    mask = (k_pos <= q_pos)[None, None] & (keep[:, None, None, :end] | (k_pos == q_pos)[None, None])
+    h = target.model.embed_tokens(tokens)
+    for layer, layer_cache in zip(target.layers, cache):
+        h = layer(h, mask, layer_cache)
+    return target.model.norm(h)
+
+
+def answer_batch(target: Model, prompts: list[list[int]], greedy: bool, max_new: int, eos: set[int],
+                 seq_len: int) -> dict[str, np.ndarray]:
+    """One batch answered, as training rows: the last `seq_len` positions of prompt + answer
+    (tokens, float16 features, valid mask), right-padded."""
+    padded, keep = left_pad(prompts, max_new)
+    width, cache = padded.shape[1], target.make_cache()
+    h = padded_features(target, mx.array(padded), cache, keep)
+    feats, tokens = [np.array(h.astype(mx.float16))], []
+    lengths, done = np.full(len(prompts), max_new), np.zeros(len(prompts), bool)
+    for t in range(max_new):
+        logits = target.head(h[:, -1])
+        nxt = mx.argmax(logits, axis=-1) if greedy else mx.random.categorical(logits)
+        h = padded_features(target, nxt[:, None], cache, keep)
+        mx.eval(nxt, h)
+        tokens.append(np.array(nxt)), feats.append(np.array(h.astype(mx.float16)))
+        for r, tok in enumerate(tokens[-1].tolist()):
+            if not done[r] and tok in eos:
+                done[r], lengths[r] = True, t + 1
+        if done.all():
+            break
+    return _rows(prompts, np.stack(tokens, axis=1), np.concatenate(feats, axis=1), lengths, width, seq_len)
+
+
+def _rows(prompts: list[list[int]], gen: np.ndarray, feats: np.ndarray, lengths: np.ndarray, width: int,
+          seq_len: int) -> dict[str, np.ndarray]:
+    rows = len(prompts)
+    out = {"tokens": np.zeros((rows, seq_len), np.int32), "valid": np.zeros((rows, seq_len), np.float32),
+           "features": np.zeros((rows, seq_len, feats.shape[-1]), np.float16)}
+    for r, p in enumerate(prompts):
+        seq = np.concatenate([p, gen[r, :lengths[r]]])
+        f = feats[r, width - len(p):width + lengths[r]]
+        n = min(len(seq), seq_len)
+        out["tokens"][r, :n], out["features"][r, :n], out["valid"][r, :n] = seq[-n:], f[-n:], 1
+    return out
+
+
+def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], folder: Path, *, batch: int,
+                   max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress) -> dict[str, np.ndarray]:
+    """Every batch of `prompts` answered (those in `folder` already are reused), until
+    `deadline` (time.monotonic()); returns all rows answered so far, concatenated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [tokenizer.apply_chat(p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
+    groups = [order[i:i + batch] for i in range(0, len(order), batch)]
+    eos = set(tokenizer.eos_ids)
+    for g, group in enumerate(groups):
+        path = folder / f"{g:05d}.npz"
+        if not path.is_file():
+            if time.monotonic() > deadline:
+                break
+            mx.random.seed(seed * 100003 + g)
+            data = answer_batch(target, [ids[i] for i in group], g % 3 != 2, max_new, eos, seq_len)
+            np.savez(folder / f"{g:05d}.tmp.npz", **data)
+            (folder / f"{g:05d}.tmp.npz").replace(path)
+        progress("answering the prompts", g + 1, len(groups))
+    parts = [np.load(folder / f"{g:05d}.npz") for g in range(len(groups)) if (folder / f"{g:05d}.npz").is_file()]
+    return {key: np.concatenate([p[key] for p in parts]) for key in ("tokens", "valid", "features")} if parts else {}

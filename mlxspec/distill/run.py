@@ -1,0 +1,133 @@
+"""`distill`: a draft for any target mlxspec loads, trained on this machine.
+
+Stages, all resumable from the work folder `OUT.work` beside the output: the target answers
+the training prompts (`answers`), the draft trains (`train`), it is evaluated on held-out
+prompts (`evaluate`) and written to OUT with `training.json` (the arguments, the loss curve,
+the evaluation, the stages each run continued from). A time budget covers everything: the
+answers may use 40% of it, training runs to 85%, evaluation takes what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from ..convert.atomic import atomic_dir, check_writable
+from ..drafts.feature import draft_config, target_subset_head
+from ..errors import InputError, OutputError
+from ..hub import resolve
+from ..load import load
+from ..convert.sources import TOKENIZER_FILES
+from ..validate import is_int
+from .answers import answer_prompts
+from .drafts import KINDS, feature_loss, head_subset, model_loss, new_draft
+from .evaluate import acceptance, top1
+from .prompts_file import split_prompts
+from .train import Schedule, train
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# Settings the data and the draft's shape depend on: a resumed run must keep them.
+_FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len", "max_new", "unroll")
+
+
+def _check(options: dict[str, Any]) -> None:
+    if options["kind"] not in KINDS:
+        raise InputError(f"--kind must be one of {', '.join(KINDS)}, got {options['kind']!r}")
+    for name in ("layers", "head_vocab", "seq_len", "max_new", "unroll", "steps", "batch", "answer_batch", "eval_k"):
+        if not is_int(options[name]) or options[name] < 1:
+            raise InputError(f"{name} must be a positive integer, got {options[name]!r}")
+    minutes = options["minutes"]
+    if minutes is not None and not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise InputError(f"--minutes must be a number > 0, got {minutes!r}")
+
+
+def _work_folder(out: Path, options: dict[str, Any], resume: bool, force: bool) -> Path:
+    """`OUT.work`: continued with `resume` (same data settings), started over with `force`."""
+    work = out.with_name(out.name + ".work")
+    record = work / "run.json"
+    if work.exists() and not record.is_file():
+        raise OutputError(f"{work} exists and was not written by mlxspec distill; move it away")
+    if record.is_file() and not resume:
+        if not force:
+            raise OutputError(f"{work} holds a started distillation: --resume continues it, --force starts over")
+        shutil.rmtree(work)
+    if resume and record.is_file():
+        before = json.loads(record.read_text())["options"]
+        changed = [k for k in _FIXED if before.get(k) != options[k]]
+        if changed:
+            raise InputError(f"--resume: {changed[0]} differs from the run in {work} ({before.get(changed[0])!r}); "
+                             "keep it, or start over with --force")
+    work.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(record.read_text())["runs"] if record.is_file() else []
+    record.write_text(json.dumps({"options": options, "runs": runs + [{"steps": options["steps"],
+                                                                        "minutes": options["minutes"]}]}))
+    return work
+
+
+def distill(target: str | Path, out: str | Path, *, kind: str = "feature", prompts: str | Path | None = None,
+            minutes: float | None = None, steps: int = 2000, layers: int = 1, head_vocab: int = 8192,
+            seq_len: int = 256, max_new: int = 128, unroll: int = 2, batch: int = 8, lr: float = 3e-4,
+            answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8, seed: int = 0, resume: bool = False,
+            force: bool = False, progress: Progress | None = None) -> Path:
+    """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
+    (loadable with `--draft` / `load_draft`); see the module docstring. `progress(stage,
+    done, total)` is called as each stage advances. Returns `out`."""
+    options = dict(target=str(target), kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
+                   layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
+                   steps=steps, batch=batch, lr=lr, answer_batch=answer_batch, eval_k=eval_k, minutes=minutes)
+    _check(options)
+    out = Path(out).expanduser()
+    check_writable(out, force, sources=[target], kind="draft")
+    train_prompts, held_prompts = split_prompts(None if prompts is None else Path(prompts).expanduser(), seed)
+    folder = resolve(target)
+    model, tokenizer = load(folder, dtype=mx.float32, dequantize=True)
+    work = _work_folder(out, options, resume, force)
+    start, report = time.monotonic(), progress or (lambda stage, done, total: None)
+    budget = math.inf if minutes is None else 60 * minutes
+    data = answer_prompts(model, tokenizer, train_prompts, work / "answers", batch=answer_batch, max_new=max_new,
+                          seq_len=seq_len, seed=seed, deadline=start + 0.4 * budget, progress=report)
+    if not data:
+        raise InputError("the time budget ran out before the target answered one batch of prompts: give more --minutes")
+    held = answer_prompts(model, tokenizer, held_prompts[:eval_prompts], work / "held", batch=answer_batch,
+                          max_new=max_new, seq_len=seq_len, seed=seed + 1, deadline=math.inf, progress=report)
+    ids = head_subset(data["tokens"], data["valid"], head_vocab, model.args.vocab_size, list(tokenizer.eos_ids))
+    draft = new_draft(model, kind, layers, ids)
+    head_w = target_subset_head(model, mx.array(ids)).out_proj.weight
+    embed = model.model.embed_tokens
+    loss = ((lambda d, f, t, v, noise: feature_loss(d, embed, head_w, f, t, v, noise, unroll)) if kind == "feature"
+            else (lambda d, f, t, v, noise: model_loss(d, head_w, f, t, v)))
+    initial = top1(draft, kind, embed, head_w, held) if held else None
+    curve = train(draft, loss, data, Schedule(steps=steps, batch=batch, lr=lr), seed, work / "train",
+                  start + 0.85 * budget, report)
+    evaluation = {"held_top1_before": initial, "held_top1": top1(draft, kind, embed, head_w, held) if held else None}
+    for temperature in (0.0, 1.0):
+        evaluation[f"acceptance_T{temperature:g}"] = acceptance(model, tokenizer, draft, held_prompts[:eval_prompts],
+                                                                eval_k, temperature, 48, start + budget)
+    info = {"options": options, "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points,
+            "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
+            "train_positions": int(data["valid"].sum()), "evaluation": evaluation,
+            "seconds": round(time.monotonic() - start, 1), "schedule": asdict(Schedule(steps=steps, batch=batch, lr=lr))}
+    export(draft, kind, folder, out, info, force)
+    return out
+
+
+def export(draft: Any, kind: str, target_folder: Path, out: Path, info: dict, force: bool) -> None:
+    """The draft folder: weights, config.json (a feature draft's says `"draft_type": "eagle"`),
+    training.json, and for a model draft the target's tokenizer files."""
+    weights = dict(tree_flatten(draft.parameters()))
+    config = draft_config(draft) if kind == "feature" else draft.args.to_hf_config()
+    with atomic_dir(out, force, sources=[target_folder], kind="draft") as tmp:
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+        for name in TOKENIZER_FILES if kind == "model" else ():
+            if (target_folder / name).is_file():
+                shutil.copy(target_folder / name, tmp / name)

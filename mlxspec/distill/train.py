@@ -1,0 +1,115 @@
+"""The training loop: AdamW with warm-up and cosine decay, one compiled step per batch,
+checkpoints that a killed run resumes from, and a time budget it stops at.
+
+A run is reproducible step by step: the rows of step s and the noise on its input features
+come from (seed, s) alone, so a run resumed from a checkpoint at step c replays steps
+c+1.. exactly as the uninterrupted run took them and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Schedule:
+    """How long and how fast: steps, rows a step, peak learning rate, warm-up steps, noise on
+    input features, checkpoint interval."""
+
+    steps: int = 2000
+    batch: int = 8
+    lr: float = 3e-4
+    warmup: int = 50
+    noise: float = 0.05
+    checkpoint_every: int = 50
+
+
+@dataclass
+class Curve:
+    """What training recorded: (step, smoothed loss) points, and why it stopped."""
+
+    points: list[list[float]] = field(default_factory=list)
+    stopped_by: str = ""
+
+
+def optimizer(schedule: Schedule) -> optim.Optimizer:
+    warmup = min(schedule.warmup, max(schedule.steps - 1, 1))
+    lr = optim.join_schedules([optim.linear_schedule(1e-7, schedule.lr, warmup),
+                               optim.cosine_decay(schedule.lr, max(schedule.steps - warmup, 1), schedule.lr * 0.05)],
+                              [warmup])
+    return optim.AdamW(learning_rate=lr, weight_decay=0.0)
+
+
+def batch_rows(seed: int, step: int, rows: int, batch: int) -> np.ndarray:
+    """The rows of step `step`: a function of (seed, step) only."""
+    return np.sort(np.random.default_rng([seed, step]).choice(rows, size=min(batch, rows), replace=False))
+
+
+def save_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, step: int, curve: Curve) -> None:
+    """Weights, optimizer state and progress, each file replaced atomically, state last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "weights.tmp.safetensors"), dict(tree_flatten(draft.trainable_parameters())))
+    mx.save_safetensors(str(folder / "optimizer.tmp.safetensors"), dict(tree_flatten(opt.state)))
+    (folder / "weights.tmp.safetensors").replace(folder / "weights.safetensors")
+    (folder / "optimizer.tmp.safetensors").replace(folder / "optimizer.safetensors")
+    (folder / "state.tmp.json").write_text(json.dumps({"step": step, "curve": curve.points}))
+    (folder / "state.tmp.json").replace(folder / "state.json")
+
+
+def load_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, curve: Curve) -> int:
+    """The step a checkpoint in `folder` reached (its weights and optimizer state loaded), or 0."""
+    if not (folder / "state.json").is_file():
+        return 0
+    state = json.loads((folder / "state.json").read_text())
+    draft.load_weights(str(folder / "weights.safetensors"), strict=False)
+    opt.state = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
+    curve.points = state["curve"]
+    return state["step"]
+
+
+def train(draft: nn.Module, loss: Callable[..., mx.array], data: dict[str, np.ndarray], schedule: Schedule,
+          seed: int, folder: Path, deadline: float, progress: Progress) -> Curve:
+    """Train `draft`'s unfrozen weights on `loss(draft, features, tokens, valid, noise)` over
+    rows of `data`, resuming from and checkpointing to `folder`, until `schedule.steps` or
+    `deadline` (time.monotonic())."""
+    opt, curve = optimizer(schedule), Curve()
+    step = load_checkpoint(folder, draft, opt, curve)
+    state = [draft.state, opt.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def update(*batch: mx.array) -> mx.array:
+        value, grads = nn.value_and_grad(draft, loss)(draft, *batch)
+        opt.update(draft, optim.clip_grad_norm(grads, 1.0)[0])
+        return value
+
+    running = curve.points[-1][1] if curve.points else None
+    while step < schedule.steps and time.monotonic() < deadline:
+        idx = batch_rows(seed, step, len(data["tokens"]), schedule.batch)
+        f = mx.array(data["features"][idx].astype(np.float32))
+        noise = schedule.noise * mx.random.normal((f.shape[0], f.shape[1] - 1, f.shape[2]),
+                                                  key=mx.random.key(seed * 1_000_003 + step))
+        value = update(f, mx.array(data["tokens"][idx]), mx.array(data["valid"][idx]), noise)
+        mx.eval(value, state)
+        step += 1
+        running = value.item() if running is None else 0.95 * running + 0.05 * value.item()
+        if step % 10 == 0 or step == schedule.steps:
+            curve.points.append([step, running])
+        progress("training the draft", step, schedule.steps)
+        if step % schedule.checkpoint_every == 0:
+            save_checkpoint(folder, draft, opt, step, curve)
+    curve.stopped_by = "steps" if step >= schedule.steps else "time budget"
+    save_checkpoint(folder, draft, opt, step, curve)
+    return curve
