@@ -88,7 +88,8 @@ def _rows(prompts: list[list[int]], gen: np.ndarray, feats: np.ndarray, lengths:
 def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], folder: Path, *, batch: int,
                    max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress) -> dict[str, np.ndarray]:
     """Every batch of `prompts` answered (those in `folder` already are reused), until
-    `deadline` (time.monotonic()); returns all rows answered so far, concatenated."""
+    `deadline` (time.monotonic(); the first batch in any case); returns all rows answered
+    so far, concatenated."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = [tokenizer.apply_chat(p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
@@ -97,7 +98,7 @@ def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], f
     for g, group in enumerate(groups):
         path = folder / f"{g:05d}.npz"
         if not path.is_file():
-            if time.monotonic() > deadline:
+            if g and time.monotonic() > deadline:  # the first batch always: there is no training without it
                 break
             mx.random.seed(seed * 100003 + g)
             data = answer_batch(target, [ids[i] for i in group], g % 3 != 2, max_new, eos, seq_len)

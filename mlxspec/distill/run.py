@@ -41,7 +41,8 @@ _FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len"
 def _check(options: dict[str, Any]) -> None:
     if options["kind"] not in KINDS:
         raise InputError(f"--kind must be one of {', '.join(KINDS)}, got {options['kind']!r}")
-    for name in ("layers", "head_vocab", "seq_len", "max_new", "unroll", "steps", "batch", "answer_batch", "eval_k"):
+    for name in ("layers", "head_vocab", "seq_len", "max_new", "unroll", "steps", "batch", "answer_batch", "eval_k",
+                 "checkpoint_every"):
         if not is_int(options[name]) or options[name] < 1:
             raise InputError(f"{name} must be a positive integer, got {options[name]!r}")
     minutes = options["minutes"]
@@ -75,14 +76,16 @@ def _work_folder(out: Path, options: dict[str, Any], resume: bool, force: bool) 
 def distill(target: str | Path, out: str | Path, *, kind: str = "feature", prompts: str | Path | None = None,
             minutes: float | None = None, steps: int = 2000, layers: int = 1, head_vocab: int = 8192,
             seq_len: int = 256, max_new: int = 128, unroll: int = 2, batch: int = 8, lr: float = 3e-4,
-            answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8, seed: int = 0, resume: bool = False,
-            force: bool = False, progress: Progress | None = None) -> Path:
+            answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8, checkpoint_every: int = 50, seed: int = 0,
+            resume: bool = False, force: bool = False, progress: Progress | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
     (loadable with `--draft` / `load_draft`); see the module docstring. `progress(stage,
     done, total)` is called as each stage advances. Returns `out`."""
+    start = time.monotonic()
     options = dict(target=str(target), kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
                    layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
-                   steps=steps, batch=batch, lr=lr, answer_batch=answer_batch, eval_k=eval_k, minutes=minutes)
+                   steps=steps, batch=batch, lr=lr, answer_batch=answer_batch, eval_k=eval_k, minutes=minutes,
+                   checkpoint_every=checkpoint_every)
     _check(options)
     out = Path(out).expanduser()
     check_writable(out, force, sources=[target], kind="draft")
@@ -90,7 +93,7 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     folder = resolve(target)
     model, tokenizer = load(folder, dtype=mx.float32, dequantize=True)
     work = _work_folder(out, options, resume, force)
-    start, report = time.monotonic(), progress or (lambda stage, done, total: None)
+    report = progress or (lambda stage, done, total: None)
     budget = math.inf if minutes is None else 60 * minutes
     data = answer_prompts(model, tokenizer, train_prompts, work / "answers", batch=answer_batch, max_new=max_new,
                           seq_len=seq_len, seed=seed, deadline=start + 0.4 * budget, progress=report)
@@ -105,8 +108,8 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     loss = ((lambda d, f, t, v, noise: feature_loss(d, embed, head_w, f, t, v, noise, unroll)) if kind == "feature"
             else (lambda d, f, t, v, noise: model_loss(d, head_w, f, t, v)))
     initial = top1(draft, kind, embed, head_w, held) if held else None
-    curve = train(draft, loss, data, Schedule(steps=steps, batch=batch, lr=lr), seed, work / "train",
-                  start + 0.85 * budget, report)
+    schedule = Schedule(steps=steps, batch=batch, lr=lr, checkpoint_every=checkpoint_every)
+    curve = train(draft, loss, data, schedule, seed, work / "train", start + 0.85 * budget, report)
     evaluation = {"held_top1_before": initial, "held_top1": top1(draft, kind, embed, head_w, held) if held else None}
     for temperature in (0.0, 1.0):
         evaluation[f"acceptance_T{temperature:g}"] = acceptance(model, tokenizer, draft, held_prompts[:eval_prompts],
@@ -114,7 +117,7 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     info = {"options": options, "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points,
             "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
             "train_positions": int(data["valid"].sum()), "evaluation": evaluation,
-            "seconds": round(time.monotonic() - start, 1), "schedule": asdict(Schedule(steps=steps, batch=batch, lr=lr))}
+            "seconds": round(time.monotonic() - start, 1), "schedule": asdict(schedule)}
     export(draft, kind, folder, out, info, force)
     return out
 

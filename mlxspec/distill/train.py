@@ -39,7 +39,8 @@ class Schedule:
 
 @dataclass
 class Curve:
-    """What training recorded: (step, smoothed loss) points, and why it stopped."""
+    """What training recorded: (step, mean loss of the steps since the last point) every 10
+    steps, and why it stopped."""
 
     points: list[list[float]] = field(default_factory=list)
     stopped_by: str = ""
@@ -95,7 +96,7 @@ def train(draft: nn.Module, loss: Callable[..., mx.array], data: dict[str, np.nd
         opt.update(draft, optim.clip_grad_norm(grads, 1.0)[0])
         return value
 
-    running = curve.points[-1][1] if curve.points else None
+    window: list[float] = []
     while step < schedule.steps and time.monotonic() < deadline:
         idx = batch_rows(seed, step, len(data["tokens"]), schedule.batch)
         f = mx.array(data["features"][idx].astype(np.float32))
@@ -104,9 +105,10 @@ def train(draft: nn.Module, loss: Callable[..., mx.array], data: dict[str, np.nd
         value = update(f, mx.array(data["tokens"][idx]), mx.array(data["valid"][idx]), noise)
         mx.eval(value, state)
         step += 1
-        running = value.item() if running is None else 0.95 * running + 0.05 * value.item()
+        window.append(value.item())
         if step % 10 == 0 or step == schedule.steps:
-            curve.points.append([step, running])
+            curve.points.append([step, sum(window) / len(window)])
+            window = []
         progress("training the draft", step, schedule.steps)
         if step % schedule.checkpoint_every == 0:
             save_checkpoint(folder, draft, opt, step, curve)

@@ -1,0 +1,110 @@
+"""`mlxspec distill` on a tiny target: the loss goes down, the draft loads and greedy
+speculative == plain, a killed run resumes to the same weights, the time budget holds, and
+bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxspec
+from mlxspec.distill import distill
+
+PROMPTS = ["Tell me about the sea.", {"prompt": "Write a haiku about rain."}, "Explain gravity.",
+           {"messages": [{"role": "user", "content": "What is two plus two?"}]}, "Name three colours.",
+           "Why do cats purr?", "Describe a forest.", "How do planes fly?", "What is a prime number?"]
+SMALL = dict(max_new=12, seq_len=32, head_vocab=256, batch=4, answer_batch=4, eval_k=3, eval_prompts=2, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")
+    return path
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
+
+
+@pytest.mark.parametrize("kind", ["feature", "model"])
+def test_loss_goes_down_and_the_draft_speculates_exactly(kind, hf_full_dir, prompts_file, tmp_path):
+    out = distill(hf_full_dir, tmp_path / "draft", kind=kind, prompts=prompts_file, steps=40, **SMALL)
+    info = json.loads((out / "training.json").read_text())
+    assert info["curve"][-1][1] < info["curve"][0][1] - 0.05 and info["stopped_by"] == "steps"
+    if kind == "feature":  # starts token-only (fc = [I, 0]): reading features must help it
+        assert info["evaluation"]["held_top1"] > info["evaluation"]["held_top1_before"]
+    assert len(info["evaluation"]["acceptance_T0"]) == len(info["evaluation"]["acceptance_T1"]) == 3
+    target, tokenizer = mlxspec.load(hf_full_dir, dtype=mx.float32)
+    draft = mlxspec.load_draft(out, target, tokenizer, dtype=mx.float32)
+    assert type(draft).__name__ == {"feature": "FeatureDraft", "model": "Model"}[kind]
+    plain = [s.token for s in mlxspec.Session(target, tokenizer).stream("Tell me a story.", max_tokens=30)]
+    session = mlxspec.Session(target, tokenizer, draft, num_draft_tokens=3, draft_policy="fixed")
+    steps = list(session.stream("Tell me a story.", max_tokens=30))
+    assert [s.token for s in steps] == plain and steps[-1].stats.drafted > 0
+
+
+def test_a_killed_run_resumes_to_the_same_weights(hf_full_dir, prompts_file, tmp_path):
+    whole = distill(hf_full_dir, tmp_path / "whole", prompts=prompts_file, steps=24, checkpoint_every=5, **SMALL)
+
+    def kill_at_13(stage: str, done: int, total: int) -> None:
+        if stage == "training the draft" and done == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(hf_full_dir, tmp_path / "killed", prompts=prompts_file, steps=24, checkpoint_every=5,
+                progress=kill_at_13, **SMALL)
+    assert not (tmp_path / "killed").exists()
+    assert json.loads((tmp_path / "killed.work" / "train" / "state.json").read_text())["step"] == 10
+    resumed = distill(hf_full_dir, tmp_path / "killed", prompts=prompts_file, steps=24, checkpoint_every=5,
+                      resume=True, **SMALL)
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert len(json.loads((resumed / "training.json").read_text())["runs"]) == 2
+
+
+def test_the_time_budget_is_respected(hf_full_dir, prompts_file, tmp_path):
+    started = time.monotonic()
+    out = distill(hf_full_dir, tmp_path / "draft", prompts=prompts_file, steps=10**6, minutes=0.25, **SMALL)
+    assert time.monotonic() - started < 0.25 * 60 + 10
+    info = json.loads((out / "training.json").read_text())
+    assert info["stopped_by"] == "time budget" and info["curve"][-1][0] < 10**6
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlxspec", "distill", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bad_input_is_one_line(hf_full_dir, prompts_file, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    (tmp_path / "bad.jsonl").write_text('"fine"\n{"prompt": 3}\n')
+    (tmp_path / "broken.jsonl").write_text('"fine"\n{"prompt": \n')
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep me")
+    base = ["--target", str(hf_full_dir), "--steps", "5", "--max-new", "8", "--seq-len", "16", "--head-vocab", "64"]
+    cases = [(["--prompts", str(tmp_path / "empty.jsonl"), "-o", str(tmp_path / "a")], "holds no prompts"),
+             (["--prompts", str(tmp_path / "bad.jsonl"), "-o", str(tmp_path / "a")], "bad.jsonl line 2"),
+             (["--prompts", str(tmp_path / "broken.jsonl"), "-o", str(tmp_path / "a")], "line 2: not valid JSON"),
+             (["--prompts", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "a")], "cannot read the prompts"),
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "taken")], "already exists"),
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--kind", "medusa"], "--kind must be one of"),
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--minutes", "-1"], "--minutes must be")]
+    for args, needle in cases:
+        res = cli(*base, *args)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode != 0 and len(lines) == 1 and needle in lines[0], (args, res.stderr)
+    res = cli("--target", str(tmp_path / "nowhere"), "-o", str(tmp_path / "a"))
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep me" and not (tmp_path / "a").exists()
+    (tmp_path / "a.work").mkdir()
+    (tmp_path / "a.work" / "run.json").write_text(json.dumps({"options": {}, "runs": []}))
+    res = cli(*base, "--prompts", str(prompts_file), "-o", str(tmp_path / "a"))
+    assert res.returncode != 0 and "--resume continues it, --force starts over" in res.stderr, res.stderr
