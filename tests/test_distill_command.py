@@ -23,6 +23,12 @@ PROMPTS = ["Tell me about the sea.", {"prompt": "Write a haiku about rain."}, "E
 SMALL = dict(max_new=12, seq_len=32, head_vocab=256, batch=4, answer_batch=4, eval_k=3, eval_prompts=2, lr=3e-3)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Answers (and calibrations) kept in a cache of these tests, not the user's."""
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path_factory.getbasetemp() / "distill-cache"))
+
+
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"

@@ -10,9 +10,11 @@ feature there, so features are all a draft of either kind needs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import mlx.core as mx
 import numpy as np
@@ -22,6 +24,16 @@ from ..text import Tokenizer
 from .prompts_file import Prompt
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def answers_folder(cache: Path, target: Path, prompts: list[Prompt], settings: dict[str, Any]) -> Path:
+    """Where the answers to `prompts` by the target in folder `target` under `settings` are
+    kept: `cache/distill-answers/<key>`, the key covering the target's weight files (name,
+    size, time), the prompts and the settings, so that runs trying other drafts on the same
+    data share it, and a changed target or prompt set never reuses stale answers."""
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in target.glob("*.safetensors"))
+    key = json.dumps([str(target.resolve()), weights, prompts, settings], sort_keys=True, default=str)
+    return cache / "distill-answers" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def left_pad(prompts: list[list[int]], max_new: int) -> tuple[np.ndarray, mx.array]:

@@ -1,7 +1,8 @@
 """`distill`: a draft for any target mlxspec loads, trained on this machine.
 
-Stages, all resumable from the work folder `OUT.work` beside the output: the target answers
-the training prompts (`answers`), the draft trains (`train`), it is evaluated on held-out
+Stages, all resumable: the target answers the training prompts (`answers`, kept in the
+mlxspec cache under a key of the target, prompts and settings, so other drafts trained on the
+same data reuse them), the draft trains (`train`, checkpoints in the work folder `OUT.work`), it is evaluated on held-out
 prompts (`evaluate`) and written to OUT with `training.json` (the arguments, the loss curve,
 the evaluation, the stages each run continued from). A time budget covers everything: the
 answers may use 40% of it, training runs to 85%, evaluation takes what is left.
@@ -27,7 +28,8 @@ from ..hub import resolve
 from ..load import load
 from ..convert.sources import TOKENIZER_FILES
 from ..validate import is_int
-from .answers import answer_prompts
+from ..paths import cache_dir
+from .answers import answer_prompts, answers_folder
 from .drafts import KINDS, feature_loss, head_subset, model_loss, new_draft
 from .evaluate import acceptance, top1
 from .prompts_file import split_prompts
@@ -95,12 +97,15 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     work = _work_folder(out, options, resume, force)
     report = progress or (lambda stage, done, total: None)
     budget = math.inf if minutes is None else 60 * minutes
-    data = answer_prompts(model, tokenizer, train_prompts, work / "answers", batch=answer_batch, max_new=max_new,
-                          seq_len=seq_len, seed=seed, deadline=start + 0.4 * budget, progress=report)
+    settings = dict(batch=answer_batch, max_new=max_new, seq_len=seq_len, seed=seed)
+    data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, settings),
+                          **settings, deadline=start + 0.4 * budget, progress=report)
     if not data:
         raise InputError("the time budget ran out before the target answered one batch of prompts: give more --minutes")
-    held = answer_prompts(model, tokenizer, held_prompts[:eval_prompts], work / "held", batch=answer_batch,
-                          max_new=max_new, seq_len=seq_len, seed=seed + 1, deadline=math.inf, progress=report)
+    held_settings = {**settings, "seed": seed + 1}
+    held = answer_prompts(model, tokenizer, held_prompts[:eval_prompts],
+                          answers_folder(cache_dir(), folder, held_prompts[:eval_prompts], held_settings),
+                          **held_settings, deadline=math.inf, progress=report)
     ids = head_subset(data["tokens"], data["valid"], head_vocab, model.args.vocab_size, list(tokenizer.eos_ids))
     draft = new_draft(model, kind, layers, ids)
     head_w = target_subset_head(model, mx.array(ids)).out_proj.weight
