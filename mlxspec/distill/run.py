@@ -77,7 +77,7 @@ def _work_folder(out: Path, options: dict[str, Any], resume: bool, force: bool) 
 
 def distill(target: str | Path, out: str | Path, *, kind: str = "feature", prompts: str | Path | None = None,
             minutes: float | None = None, steps: int = 2000, layers: int = 1, head_vocab: int = 8192,
-            seq_len: int = 256, max_new: int = 128, unroll: int = 2, batch: int = 8, lr: float = 3e-4,
+            seq_len: int = 256, max_new: int = 128, unroll: int = 1, batch: int = 8, lr: float = 3e-4,
             answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8, checkpoint_every: int = 50, seed: int = 0,
             resume: bool = False, force: bool = False, progress: Progress | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
