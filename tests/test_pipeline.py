@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -206,7 +207,7 @@ def test_under_mlx_launch_a_killed_rank_stops_the_other_with_one_line(models, tm
         _, stderr = launcher.communicate(timeout=30)
     finally:
         launcher.kill()
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    errors = re.findall(r"error: [^\n]*", stderr)  # mlx.launch may print its own WARN on the same line
     assert len(errors) == 1 and "Traceback" not in stderr, stderr
     assert "another rank" in errors[0]
 
