@@ -115,3 +115,20 @@ def test_bad_input_is_one_line(hf_full_dir, prompts_file, tmp_path):
     (tmp_path / "a.work" / "run.json").write_text(json.dumps({"options": {}, "runs": []}))
     res = cli(*base, "--prompts", str(prompts_file), "-o", str(tmp_path / "a"))
     assert res.returncode != 0 and "--resume continues it, --force starts over" in res.stderr, res.stderr
+
+
+def test_answers_of_a_windowed_target_are_its_own_features():
+    """Left-padded, batched answering with a sliding window gives each row the features of
+    a plain pass over its own tokens (the band of the window in the mask)."""
+    from mlxspec.distill.answers import answer_batch
+    from mlxspec.models import Model, ModelArgs
+
+    mx.random.seed(0)
+    model = Model(ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=100, sliding_window=5))
+    prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
+    rows = answer_batch(model, prompts, True, 8, set(), 64)
+    for r in range(2):
+        n = int(rows["valid"][r].sum())
+        plain = np.array(model.model(mx.array(rows["tokens"][r:r + 1, :n]), None))[0]
+        assert np.abs(rows["features"][r, :n].astype(np.float32) - plain).max() < 2e-2  # stored as float16

@@ -230,3 +230,21 @@ def test_three_ranks_with_a_feature_draft_sampling_with_a_seed(models, tmp_path)
     pipelined = json.loads(done.stdout[done.stdout.index("{"):])
     assert pipelined["text"] == alone["text"] and pipelined["prompt_tokens"] > 8  # two prefill chunks
     assert pipelined["draft_mode"] == alone["draft_mode"]
+
+
+def test_rank_zero_frees_the_other_ranks_caches(monkeypatch):
+    """A cache handle collected on rank 0 frees that cache on the other ranks with the next
+    command (never in the middle of one)."""
+    import gc
+
+    from mlxspec.pipeline import link
+
+    sent: list[list[int]] = []
+    monkeypatch.setattr(link.mx.distributed, "send", lambda x, dst, group=None: sent.append(x.tolist()) or x)
+    channel = link.Link(group=None)
+    cache = link.RemoteCache(channel, 4)
+    first = cache.id
+    del cache
+    gc.collect()
+    channel.send_header(link.ROLLBACK, 99, 1)
+    assert [link.FREE, first, 0, 0, 0] in sent and sent[-1][:2] == [link.ROLLBACK, 99]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import mlx.core as mx
 import numpy as np
 
-from ..models import Model
+from ..models import KVCache, Model
 from ..text import Tokenizer
 from .prompts_file import Prompt
 
@@ -49,12 +49,16 @@ def left_pad(prompts: list[list[int]], max_new: int) -> tuple[np.ndarray, mx.arr
 
 
 def padded_features(target: Model, tokens: mx.array, cache: list, keep: mx.array) -> mx.array:
-    """Final hidden states of a left-padded batch: real queries never see padding, a padding
-    query sees only itself; RoPE is relative, so each row computes what it would alone."""
+    """Final hidden states of a left-padded batch over growing caches: real queries never see
+    padding (nor, with a sliding window, keys that left it), a padding query sees only itself;
+    RoPE is relative, so each row computes what it would alone."""
     n = tokens.shape[1]
     end = cache[0].offset + n
     q_pos, k_pos = mx.arange(end - n, end)[:, None], mx.arange(end)[None]
-    mask = (k_pos <= q_pos)[None, None] & (keep[:, None, None, :end] | (k_pos == q_pos)[None, None])
+    seen = k_pos <= q_pos
+    if target.args.sliding_window is not None:
+        seen = seen & (k_pos > q_pos - target.args.sliding_window)
+    mask = seen[None, None] & (keep[:, None, None, :end] | (k_pos == q_pos)[None, None])
     h = target.model.embed_tokens(tokens)
     for layer, layer_cache in zip(target.layers, cache):
         h = layer(h, mask, layer_cache)
@@ -66,7 +70,7 @@ def answer_batch(target: Model, prompts: list[list[int]], greedy: bool, max_new:
     """One batch answered, as training rows: the last `seq_len` positions of prompt + answer
     (tokens, float16 features, valid mask), right-padded."""
     padded, keep = left_pad(prompts, max_new)
-    width, cache = padded.shape[1], target.make_cache()
+    width, cache = padded.shape[1], [KVCache() for _ in target.layers]  # the mask above bands a window
     h = padded_features(target, mx.array(padded), cache, keep)
     feats, tokens = [np.array(h.astype(mx.float16))], []
     lengths, done = np.full(len(prompts), max_new), np.zeros(len(prompts), bool)
@@ -98,15 +102,17 @@ def _rows(prompts: list[list[int]], gen: np.ndarray, feats: np.ndarray, lengths:
 
 
 def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], folder: Path, *, batch: int,
-                   max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress) -> dict[str, np.ndarray]:
+                   max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress,
+                   limit: int | None = None) -> dict[str, np.ndarray]:
     """Every batch of `prompts` answered (those in `folder` already are reused), until
-    `deadline` (time.monotonic(); the first batch in any case); returns all rows answered
-    so far, concatenated."""
+    `deadline` (time.monotonic(); the first batch in any case); returns the rows of the
+    first `limit` batches (default: all answered so far), concatenated."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = [tokenizer.apply_chat(p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
     groups = [order[i:i + batch] for i in range(0, len(order), batch)]
     eos = set(tokenizer.eos_ids)
+    groups = groups[:limit]
     for g, group in enumerate(groups):
         path = folder / f"{g:05d}.npz"
         if not path.is_file():
@@ -117,5 +123,9 @@ def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], f
             np.savez(folder / f"{g:05d}.tmp.npz", **data)
             (folder / f"{g:05d}.tmp.npz").replace(path)
         progress("answering the prompts", g + 1, len(groups))
-    parts = [np.load(folder / f"{g:05d}.npz") for g in range(len(groups)) if (folder / f"{g:05d}.npz").is_file()]
-    return {key: np.concatenate([p[key] for p in parts]) for key in ("tokens", "valid", "features")} if parts else {}
+    keys, parts = ("tokens", "valid", "features"), []
+    for g in range(len(groups)):
+        if (folder / f"{g:05d}.npz").is_file():
+            with np.load(folder / f"{g:05d}.npz") as batch_file:  # closed at once: a run has hundreds
+                parts.append({k: batch_file[k] for k in keys})
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys} | {"batches": len(parts)} if parts else {}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten
 
 from ..convert.atomic import atomic_dir, check_writable
@@ -97,16 +98,8 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     work = _work_folder(out, options, resume, force)
     report = progress or (lambda stage, done, total: None)
     budget = math.inf if minutes is None else 60 * minutes
-    settings = dict(batch=answer_batch, max_new=max_new, seq_len=seq_len, seed=seed)
-    data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, settings),
-                          **settings, deadline=start + 0.4 * budget, progress=report)
-    if not data:
-        raise InputError("the time budget ran out before the target answered one batch of prompts: give more --minutes")
-    held_settings = {**settings, "seed": seed + 1}
-    held = answer_prompts(model, tokenizer, held_prompts[:eval_prompts],
-                          answers_folder(cache_dir(), folder, held_prompts[:eval_prompts], held_settings),
-                          **held_settings, deadline=math.inf, progress=report)
-    ids = head_subset(data["tokens"], data["valid"], head_vocab, model.args.vocab_size, list(tokenizer.eos_ids))
+    data, held, ids = _data(model, tokenizer, folder, work, train_prompts, held_prompts[:eval_prompts], options,
+                            start + 0.4 * budget, report)
     draft = new_draft(model, kind, layers, ids)
     head_w = target_subset_head(model, mx.array(ids)).out_proj.weight
     embed = model.model.embed_tokens
@@ -125,6 +118,28 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
             "seconds": round(time.monotonic() - start, 1), "schedule": asdict(schedule)}
     export(draft, kind, folder, out, info, force)
     return out
+
+
+def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: list, held_prompts: list,
+          options: dict[str, Any], deadline: float, report: Progress) -> tuple[dict, dict, np.ndarray]:
+    """(training rows, held-out rows, the head's token ids): the target's answers (cached),
+    and on a resumed run exactly the batches and head training started with."""
+    settings = dict(batch=options["answer_batch"], max_new=options["max_new"], seq_len=options["seq_len"],
+                    seed=options["seed"])
+    pinned = work / "train" / "data.json"
+    kept = json.loads(pinned.read_text()) if pinned.is_file() else None
+    data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, settings),
+                          **settings, deadline=deadline, progress=report, limit=None if kept is None else kept["batches"])
+    held_settings = {**settings, "seed": options["seed"] + 1}
+    held = answer_prompts(model, tokenizer, held_prompts, answers_folder(cache_dir(), folder, held_prompts, held_settings),
+                          **held_settings, deadline=math.inf, progress=report)
+    if kept is not None:
+        return data, held, np.array(kept["head_ids"], dtype=np.int32)
+    ids = head_subset(data["tokens"], data["valid"], options["head_vocab"], model.args.vocab_size,
+                      list(tokenizer.eos_ids))
+    pinned.parent.mkdir(parents=True, exist_ok=True)
+    pinned.write_text(json.dumps({"batches": data["batches"], "head_ids": ids.tolist()}))
+    return data, held, ids
 
 
 def export(draft: Any, kind: str, target_folder: Path, out: Path, info: dict, force: bool) -> None:

@@ -60,14 +60,16 @@ def batch_rows(seed: int, step: int, rows: int, batch: int) -> np.ndarray:
 
 
 def save_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, step: int, curve: Curve) -> None:
-    """Weights, optimizer state and progress, each file replaced atomically, state last."""
+    """Weights and optimizer state in files named by the step, then `state.json` naming that
+    step (replaced atomically): a kill at any point leaves the last complete checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / "weights.tmp.safetensors"), dict(tree_flatten(draft.trainable_parameters())))
-    mx.save_safetensors(str(folder / "optimizer.tmp.safetensors"), dict(tree_flatten(opt.state)))
-    (folder / "weights.tmp.safetensors").replace(folder / "weights.safetensors")
-    (folder / "optimizer.tmp.safetensors").replace(folder / "optimizer.safetensors")
+    mx.save_safetensors(str(folder / f"weights-{step}.safetensors"), dict(tree_flatten(draft.trainable_parameters())))
+    mx.save_safetensors(str(folder / f"optimizer-{step}.safetensors"), dict(tree_flatten(opt.state)))
     (folder / "state.tmp.json").write_text(json.dumps({"step": step, "curve": curve.points}))
     (folder / "state.tmp.json").replace(folder / "state.json")
+    for old in [*folder.glob("weights-*.safetensors"), *folder.glob("optimizer-*.safetensors")]:
+        if old.stem.split("-")[-1] != str(step):
+            old.unlink()
 
 
 def load_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, curve: Curve) -> int:
@@ -75,8 +77,8 @@ def load_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, curve:
     if not (folder / "state.json").is_file():
         return 0
     state = json.loads((folder / "state.json").read_text())
-    draft.load_weights(str(folder / "weights.safetensors"), strict=False)
-    opt.state = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
+    draft.load_weights(str(folder / f"weights-{state['step']}.safetensors"), strict=False)
+    opt.state = tree_unflatten(list(mx.load(str(folder / f"optimizer-{state['step']}.safetensors")).items()))
     curve.points = state["curve"]
     return state["step"]
 

@@ -48,6 +48,11 @@ class Link:
             mx.eval(mx.distributed.send(mx.array([FREE, freed, 0, 0, 0], dtype=mx.int32), 1, group=self.group))
         mx.eval(mx.distributed.send(mx.array([op, cache_id, a, b, dtype], dtype=mx.int32), 1, group=self.group))
 
+    def release(self, cache_id: int) -> None:
+        """Free cache `cache_id` on the other ranks with the next command (called when rank 0's
+        handle is collected; never sends, as a collection can happen in the middle of a send)."""
+        self.freed.append(cache_id)
+
     def new_cache(self, max_rollback: int) -> int:
         """A new set of caches on every other rank; its id."""
         self.next_id += 1
@@ -77,7 +82,7 @@ class RemoteCache:
     def __init__(self, link: Link, max_rollback: int) -> None:
         self.link, self.offset = link, 0
         self.id = link.new_cache(max_rollback)
-        weakref.finalize(self, link.freed.append, self.id)
+        weakref.finalize(self, link.release, self.id)
 
     def rollback(self, n: int) -> None:
         """Forget the newest `n` positions on every other rank (rank 0's own caches,

@@ -8,10 +8,13 @@ rank's standard error through this process, which passes every other line on as 
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the rank: this ends at its EOF
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = sys.stderr.buffer
     for line in sys.stdin.buffer:
         if not line.startswith(b"[ring] "):

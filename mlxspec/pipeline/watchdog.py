@@ -15,6 +15,7 @@ import sys
 
 
 def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the rank (this ends with it)
     pid, seconds, rank = int(argv[0]), float(argv[1]), argv[2]
     ready, _, _ = select.select([sys.stdin], [], [], seconds)
     if ready:  # the rank joined (or exited): stdin closed
