@@ -81,14 +81,18 @@ def reinit_(model, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * fan_in**-0.5)
 
 
-def make_hf_checkpoint(out: Path, tokenizer_dir: Path | None, seed: int = 0, **overrides) -> Path:
-    """A random MistralForCausalLM saved by transformers in HF layout (fp32 safetensors)."""
+def make_hf_checkpoint(out: Path, tokenizer_dir: Path | None, seed: int = 0, architecture: str = "mistral",
+                       **overrides) -> Path:
+    """A random MistralForCausalLM (or `architecture` "mixtral": MixtralForCausalLM) saved by
+    transformers in HF layout (fp32 safetensors)."""
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
+    import transformers
 
+    name = {"mistral": "Mistral", "mixtral": "Mixtral"}[architecture]
     torch.manual_seed(seed)
-    config = MistralConfig(**{**TINY, **overrides}, tie_word_embeddings=False, attn_implementation="eager")
-    model = MistralForCausalLM(config).eval()
+    config = getattr(transformers, f"{name}Config")(**{**TINY, **overrides}, tie_word_embeddings=False,
+                                                    attn_implementation="eager")
+    model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
     reinit_(model, seed)
     model.save_pretrained(str(out), safe_serialization=True)
     # Hub checkpoints (written before transformers 5) keep rope_theta top-level, and mlx-lm

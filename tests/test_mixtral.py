@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conftest import TINY, reinit_
+from conftest import TINY, make_hf_checkpoint, reinit_
 from mlxspec import stream_generate
 from mlxspec.convert.converter import convert
 from mlxspec.errors import CheckpointError, ConfigError
@@ -26,22 +26,8 @@ EXPERTS, USED = 4, 2
 
 def make_mixtral_checkpoint(out: Path, tokenizer_dir: Path | None, seed: int = 0, **overrides) -> Path:
     """A random MixtralForCausalLM saved by transformers in HF layout (per-expert w1/w2/w3)."""
-    import torch
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    torch.manual_seed(seed)
-    config = MixtralConfig(**{**TINY, **overrides}, num_local_experts=EXPERTS,
-                           num_experts_per_tok=USED, tie_word_embeddings=False, attn_implementation="eager")
-    model = MixtralForCausalLM(config).eval()
-    reinit_(model, seed)
-    model.save_pretrained(str(out), safe_serialization=True)
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["rope_theta"] = config.rope_parameters["rope_theta"]
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    if tokenizer_dir is not None:
-        for f in tokenizer_dir.iterdir():
-            shutil.copy(f, out / f.name)
-    return out
+    return make_hf_checkpoint(out, tokenizer_dir, seed, architecture="mixtral", num_local_experts=EXPERTS,
+                              num_experts_per_tok=USED, **overrides)
 
 
 def transformers_logits(folder: Path, tokens: np.ndarray) -> np.ndarray:
@@ -171,8 +157,6 @@ def test_quantized_experts_convert_and_mlx_lm_reads_them(mixtral_dir, tmp_path):
 
 
 def test_greedy_speculative_with_a_mixtral_target_equals_plain(mixtral_dir, tmp_path):
-    from conftest import make_hf_checkpoint
-
     target = load_model(mixtral_dir, dtype=mx.float32)
     dense = load_model(make_hf_checkpoint(tmp_path / "draft", None, seed=9,
                                           sliding_window=target.args.sliding_window), dtype=mx.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mlxspec.models import Model
+from mlxspec.models import KVCache, Model
 from mlxspec.text import Tokenizer
 from prompt_sets import more_prompts
 from stdlib_text import stdlib_pieces
@@ -64,7 +64,7 @@ def answer_with_features(target: Model, prompts: list[list[int]], greedy: bool, 
     rows = len(prompts)
     padded, keep = left_pad(prompts, max_new)
     width = padded.shape[1]
-    cache = target.make_cache()
+    cache = [KVCache() for _ in target.layers]  # padded_features masks over growing caches
     h = padded_features(target, mx.array(padded), cache, keep)
     feats, tokens = [np.array(h.astype(mx.float16))], []
     lengths = np.full(rows, max_new)

@@ -9,8 +9,9 @@ import mlx.core as mx
 import numpy as np
 
 from mlxspec.demo import demo_target
+from mlxspec.distill.answers import left_pad, padded_features  # noqa: F401 (feature_data imports them from here)
 from mlxspec.load import load
-from mlxspec.models import Model
+from mlxspec.models import KVCache, Model
 from mlxspec.text import Tokenizer
 
 # what training.json and eval.json record as the teacher
@@ -31,36 +32,9 @@ def top_k(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
     return ids.astype(mx.int32), mx.take_along_axis(logprobs, ids, axis=-1)
 
 
-def padded_features(model: Model, tokens: mx.array, cache: list, keep: mx.array) -> mx.array:
-    """Final (normed) hidden states of a left-padded batch: `keep` [B, positions so far]
-    marks real tokens. Real queries never see padding; a padding query sees only itself
-    (keeps its row finite). RoPE is relative, so a padded row computes what the unpadded
-    prompt would."""
-    n = tokens.shape[1]
-    end = cache[0].offset + n
-    q_pos, k_pos = mx.arange(end - n, end)[:, None], mx.arange(end)[None]
-    mask = (k_pos <= q_pos)[None, None] & (keep[:, None, None, :end] | (k_pos == q_pos)[None, None])
-    h = model.model.embed_tokens(tokens)
-    for layer, layer_cache in zip(model.layers, cache):
-        h = layer(h, mask, layer_cache)
-    return model.model.norm(h)
-
-
 def padded_logits(model: Model, tokens: mx.array, cache: list, keep: mx.array) -> mx.array:
     """Logits of a left-padded batch (see `padded_features`)."""
     return model.head(padded_features(model, tokens, cache, keep))
-
-
-def left_pad(prompts: list[list[int]], max_new: int) -> tuple[np.ndarray, mx.array]:
-    """Prompts left-padded to one width [B, W], and which positions hold real tokens
-    [B, W + max_new] (the mask `padded_features` takes)."""
-    width = max(len(p) for p in prompts)
-    padded = np.zeros((len(prompts), width), np.int32)
-    keep = np.zeros((len(prompts), width + max_new), bool)
-    for r, p in enumerate(prompts):
-        padded[r, width - len(p):] = p
-        keep[r, width - len(p):] = True
-    return padded, mx.array(keep)
 
 
 def ended(new: np.ndarray, t: int, eos: set[int], done: np.ndarray, lengths: np.ndarray) -> bool:
@@ -78,7 +52,7 @@ def generate_answers(teacher: Model, prompts: list[list[int]], greedy: bool, max
     with the teacher's top-k next-token distribution at every generated position."""
     rows = len(prompts)
     padded, keep = left_pad(prompts, max_new)
-    cache = teacher.make_cache()
+    cache = [KVCache() for _ in teacher.layers]  # padded_features masks over growing caches
     logits = padded_logits(teacher, mx.array(padded), cache, keep)[:, -1]
     tokens, ids_out, lps_out = [], [], []
     done = np.zeros(rows, dtype=bool)
