@@ -183,13 +183,18 @@ def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None,
     See `load_model` for `dtype` and `dequantize`."""
     model_dir = resolve(path_or_repo_id)
     model = load_model(model_dir, dtype=dtype, dequantize=dequantize)
+    return model, model_tokenizer(model_dir, model)
+
+
+def model_tokenizer(model_dir: Path, model: Model) -> Tokenizer:
+    """The tokenizer stored with `model`, checked: no more tokens than embedding rows."""
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.vocab_size > model.args.vocab_size:
         raise ConfigError(
             f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
             f"{model.args.vocab_size}"
         )
-    return model, tokenizer
+    return tokenizer
 
 
 def pair_draft(target: tuple[Model, Tokenizer], draft: tuple[Model, Tokenizer]) -> Draft:

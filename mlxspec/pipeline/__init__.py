@@ -28,7 +28,8 @@ import mlx.core as mx
 from ..errors import InputError, MlxspecError
 from ..hub import resolve
 from ..models import Model
-from ..text import Tokenizer, load_tokenizer
+from ..load import model_tokenizer
+from ..text import Tokenizer
 from .link import LeadModel, Link, serve
 from .stages import check_agreement, load_stage, split_layers
 
@@ -116,7 +117,7 @@ def load_lead(model: str | Path, group: Any, dtype: mx.Dtype | None = None,
         stage, mine = load_stage(folder, 0, group.size(), dtype, dequantize)
         check_agreement(mine, group)
     stage.attach(Link(group))
-    return stage, load_tokenizer(folder)
+    return stage, model_tokenizer(folder, stage)
 
 
 def close(model: Model) -> None:
