@@ -228,6 +228,10 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
         if getattr(draft.args, name) != getattr(target.args, name):
             raise InputError(f"{folder}: feature draft made for a target with {name} {getattr(draft.args, name)}, "
                              f"this target has {getattr(target.args, name)}")
+    taps = draft.args.feature_layers or []
+    if taps and taps[-1] >= target.depth:
+        raise InputError(f"{folder}: feature draft reads block {taps[-1]} of its target (feature_layers), "
+                         f"this target has {target.depth} blocks")
     return draft
 
 

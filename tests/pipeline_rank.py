@@ -49,9 +49,9 @@ def main() -> None:
         check_agreement(mine, group)
         report = {"rank": rank, "blocks": mine[5:7], "weights": mx.get_active_memory()}
         if rank > 0:
-            serve(stage, group)
+            serve(stage, mine[5], group)
         else:
-            stage.attach(Link(group))
+            stage.attach(Link(group), mine[0])
             draft = None if options.draft is None else load_model(options.draft, dtype=mx.float32)
             extra = {} if draft is None else {"draft": draft, "num_draft_tokens": 3, "draft_policy": "fixed"}
             steps = list(stream_generate(stage, None, list(range(5, 17)), max_tokens=options.tokens, **extra))

@@ -21,14 +21,15 @@ def alone(session: Session, prompt: list[int], **options) -> list[int]:
     return [s.token for s in session.stream(prompt, speculative=False, prompt_cache=False, **options)]
 
 
-@pytest.mark.parametrize("draft", ["model", "feature", "ngram", None])
+@pytest.mark.parametrize("draft", ["model", "feature", "fused", "ngram", None])
 @pytest.mark.parametrize("window", [None, 8])
 def test_batched_rows_equal_their_greedy_output_alone(draft, window):
     from test_feature_draft import feature_draft, one_block_target
 
-    target = one_block_target(20, window=window) if draft == "feature" else tiny(20, window=window)
+    target = one_block_target(20, window=window) if draft in ("feature", "fused") else tiny(20, window=window)
     kind = {"model": lambda: perturbed(target, 0.05, 21), "ngram": lambda: "ngram", None: lambda: None,
-            "feature": lambda: feature_draft(target, 21, oracle=True, head_vocab=48)}[draft]()
+            "feature": lambda: feature_draft(target, 21, oracle=True, head_vocab=48),
+            "fused": lambda: feature_draft(target, 22, oracle=True, feature_layers=[0])}[draft]()
     session = Session(target, None, kind, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
     results = session.batch_generate(PROMPTS, max_tokens=30)
     for prompt, result in zip(PROMPTS, results):

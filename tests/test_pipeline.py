@@ -213,20 +213,24 @@ def test_under_mlx_launch_a_killed_rank_stops_the_other_with_one_line(models, tm
 
 
 def test_three_ranks_with_a_feature_draft_sampling_with_a_seed(models, tmp_path):
-    """Three ranks, a feature draft (which reads the hidden states coming back to rank 0),
-    sampling at T = 1 with a seed and a fixed k, a prompt prefilled in several chunks: the one-process text
-    (an adaptive k follows each layout's own timings, so its sampled text may differ)."""
+    """Three ranks, a feature draft reading the final hidden states and the outputs of a
+    block on every rank (which come back to rank 0 with them), sampling at T = 1 with a seed
+    and a fixed k, a prompt prefilled in several chunks: the one-process text (an adaptive k
+    follows each layout's own timings, so its sampled text may differ)."""
     from test_feature_draft import feature_draft, save
 
     target, _ = models
-    save(feature_draft(load_model(target, dtype=mx.float32), seed=3), tmp_path / "feature")
+    model = load_model(target, dtype=mx.float32)
+    splits = split_layers(model.args, 3)
+    taps = [first for first, _ in splits] + [splits[-1][1] - 1]  # the first block of each rank, and the last
+    save(feature_draft(model, seed=3, feature_layers=taps), tmp_path / "feature")
     args = ["--model", str(target), "--draft", str(tmp_path / "feature"), "--temperature", "1", "--seed", "3", "-k", "3",
             "--no-adaptive",  # the same k every round: the same draws
             "--prefill-chunk", "8", "--prompt", "one two three four five six seven eight nine ten eleven twelve"]
     alone = generate_json(*args, pipeline=False, cache=tmp_path)
     command = ["-m", "mlxspec", "generate", "--pipeline", "--json", "-n", "40", *args]
     done = launch(*command, ranks=3, env={**ENV, "MLXSPEC_CACHE": str(tmp_path / "three")})
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0 and "{" in done.stdout, done.stderr[-2000:]
     pipelined = json.loads(done.stdout[done.stdout.index("{"):])
     assert pipelined["text"] == alone["text"] and pipelined["prompt_tokens"] > 8  # two prefill chunks
     assert pipelined["draft_mode"] == alone["draft_mode"]
@@ -247,4 +251,4 @@ def test_rank_zero_frees_the_other_ranks_caches(monkeypatch):
     del cache
     gc.collect()
     channel.send_header(link.ROLLBACK, 99, 1)
-    assert [link.FREE, first, 0, 0, 0] in sent and sent[-1][:2] == [link.ROLLBACK, 99]
+    assert [link.FREE, first, 0, 0, 0, 0] in sent and sent[-1][:2] == [link.ROLLBACK, 99]

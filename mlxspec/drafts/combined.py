@@ -38,7 +38,7 @@ class LookupAndModelDrafter:
     """Both drafters kept on the verified text; the outlook picks which one proposes."""
 
     mode = "prompt lookup + draft model"
-    needs_features = False
+    feature_layers = None
     varies = True
 
     def __init__(self, draft: LookupAndModel, model: Drafter, timing: bool = False) -> None:

@@ -14,6 +14,12 @@ feature back in:
 The token embedding and the head are the target's (nothing is copied into the draft's
 file), so the draft is only `fc`, its blocks and the norm. Exactness does not depend on any of
 this: verification treats the draft's distribution like any other.
+
+With `feature_layers` (EAGLE-3, Li et al. 2025) the draft reads more than the top of the
+target: the outputs of a few lower blocks, each RMS-normalised, are fused with f_t by a
+linear map `fuse` into the d-wide feature `fc` reads. The target computes those outputs
+anyway. Positions drafted further read the draft's own prediction in the fused feature's
+place, as training (with training-time test) taught it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class FeatureDraft(nn.Module):
         super().__init__()
         self.args = args
         self.fc = nn.Linear(2 * args.hidden_size, args.hidden_size, bias=True)
+        if args.feature_layers:
+            self.fuse = nn.Linear((1 + len(args.feature_layers)) * args.hidden_size, args.hidden_size, bias=False)
         self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.token_ids = mx.arange(args.head_vocab_size or args.vocab_size, dtype=mx.int32)
@@ -46,6 +54,16 @@ class FeatureDraft(nn.Module):
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h = layer(h, mask, layer_cache)
         return self.norm(h)
+
+    def fused(self, features: mx.array) -> mx.array:
+        """The target's hidden states as this draft reads them ([..., d * (1 + len(feature_layers))]
+        -> [..., d]): the final feature itself, or fused with the lower blocks' outputs."""
+        if not self.args.feature_layers:
+            return features
+        d = self.args.hidden_size
+        lower = features[..., d:].reshape(*features.shape[:-1], -1, d)
+        lower = mx.fast.rms_norm(lower, None, self.args.rms_norm_eps).reshape(*features.shape[:-1], -1)
+        return self.fuse(mx.concatenate([features[..., :d], lower], axis=-1))
 
     def make_cache(self, max_rollback: int = 0) -> list[Cache]:
         """One growing cache per block (the draft attends over the whole verified context)."""
@@ -73,6 +91,15 @@ def target_subset_head(target: Model, token_ids: mx.array) -> SubsetHead:
     return head
 
 
+def feature_taps(draft: FeatureDraft, target: Model) -> tuple[int, ...]:
+    """The target blocks whose outputs `draft` reads (see `Drafter.feature_layers`), checked
+    against the target's depth."""
+    taps = tuple(draft.args.feature_layers or ())
+    if taps and taps[-1] >= target.depth:
+        raise ValueError(f"the feature draft reads block {taps[-1]} of the target, which has {target.depth} blocks")
+    return taps
+
+
 def draft_config(draft: FeatureDraft) -> dict:
     """The `config.json` that `mlxspec.load.load_draft` reads back as this feature draft."""
     config = draft.args.to_hf_config()
@@ -87,7 +114,6 @@ class FeatureDrafter:
     holds one more entry than `tokens`, the last feature waiting for `last` as its pair."""
 
     mode = "feature draft"
-    needs_features = True
     varies = False
 
     def outlook(self, last: int) -> Outlook:
@@ -95,6 +121,7 @@ class FeatureDrafter:
 
     def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:
         self.draft, self.target, self.chunk = draft, target, chunk
+        self.feature_layers = feature_taps(draft, target)
         self.embed = target.model.embed_tokens
         self.head = target_subset_head(target, draft.token_ids)
         self.cache = draft.make_cache()
@@ -114,7 +141,7 @@ class FeatureDrafter:
         return self.draft(features, self.embed(token_ids), self.cache)
 
     def propose(self, last: int, k: int, pick: Pick) -> Proposal:
-        features = mx.concatenate(self.features, axis=1)
+        features = self.draft.fused(mx.concatenate(self.features, axis=1))
         tokens = self.tokens + [last]
         for s in range(0, len(tokens) - self.chunk, self.chunk):  # catch up in chunks
             self._run(features[:, s : s + self.chunk], mx.array([tokens[s : s + self.chunk]]))

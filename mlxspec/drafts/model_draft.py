@@ -22,7 +22,7 @@ class ModelDrafter:
     `pending` (verified tokens it has not seen), fed with `last` at the next proposal."""
 
     mode = "draft model (same vocabulary)"
-    needs_features = False
+    feature_layers = None
     varies = False
 
     def outlook(self, last: int) -> Outlook:

@@ -90,7 +90,7 @@ class NGramDrafter:
     repeats the last token (the calibration times rounds of every length that way)."""
 
     mode = "prompt lookup"
-    needs_features = False
+    feature_layers = None
     varies = True
 
     def __init__(self, draft: NGramDraft, always: bool = False) -> None:

@@ -110,7 +110,7 @@ class OtherVocabularyDrafter:
     """Drafting with an `OtherVocabularyDraft`; `greedy` picks the mode (see the module)."""
 
     mode = "draft model (other vocabulary)"
-    needs_features = False
+    feature_layers = None
     varies = False
 
     def __init__(self, draft: OtherVocabularyDraft, k_max: int, chunk: int, greedy: bool, timing: bool = False) -> None:

@@ -3,7 +3,8 @@ model, a feature draft, ...). Every kind keeps its own state in step with the ve
 text and answers through the same three calls:
 
 - `extend(tokens, features)`: tokens the target has verified (and, for feature drafts,
-  the target's hidden states at the positions it just processed);
+  the target's hidden states at the positions it just processed: the final ones, followed
+  along the last axis by the outputs of the blocks the drafter names in `feature_layers`);
 - `propose(last, k, pick)`: k tokens following `last`, with their distributions (a
   `Proposal`; a draft whose head scores a subset of the vocabulary keeps its
   distributions over that subset: sampling them costs a fraction of the full vocabulary);
@@ -54,7 +55,7 @@ class Drafter(Protocol):
     """What the speculative loop needs from a draft."""
 
     mode: str  # what kind of drafter, as stats and `--json` report it
-    needs_features: bool
+    feature_layers: tuple[int, ...] | None  # None: reads no hidden states (see `extend`)
     varies: bool
 
     def outlook(self, last: int) -> Outlook: ...

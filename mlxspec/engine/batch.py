@@ -32,7 +32,7 @@ from ..models.batch_cache import BatchCache
 from .batch_draft import batch_drafter
 from .batch_policy import BatchCost
 from .batch_row import Emit, Row
-from .decode import default_chunk_size, prefill
+from .decode import Taps, default_chunk_size, forward, prefill
 from .logprobs import TokenLogprob
 from .request import Prompt, Request
 from .speculative import check_finite
@@ -53,9 +53,9 @@ class Batch:
         self.steps = 0
 
     @property
-    def features(self) -> bool:
-        """Whether the drafter reads the target's hidden states."""
-        return self.drafter is not None and self.drafter.needs_features
+    def features(self) -> Taps:
+        """Which of the target's hidden states the drafter reads (None: none)."""
+        return None if self.drafter is None else self.drafter.feature_layers
 
     @property
     def drafting(self) -> bool:
@@ -65,7 +65,7 @@ class Batch:
     def add(self, row: Row) -> None:
         """Prefill a row alone, draw its first token and let it join the batch."""
         ids = row.prompt
-        cache, reused = self.session.starting_cache(ids, row.prompt_cache and not self.features)
+        cache, reused = self.session.starting_cache(ids, row.prompt_cache and self.features is None)
         start = time.perf_counter()
         logits, hidden = prefill(self.target, ids[reused:], cache, self.chunk, self.features)
         check_finite(logits, "the target")
@@ -141,12 +141,13 @@ class Batch:
     def _plain(self) -> int:
         """Every row's newest token in, one new token per row out."""
         self.cache.layout.begin(1)
-        hidden = self.target.model(mx.array([[row.last] for row in self.rows]), self.cache.layers)
-        logits = self.target.head(hidden)[:, -1]
+        logits, hidden = forward(self.target, mx.array([[row.last] for row in self.rows]), self.cache.layers,
+                                 self.features)
+        logits = logits[:, -1]
         drawn = mx.concatenate([row.sampler.draw(logits[b : b + 1]) for b, row in enumerate(self.rows)])
         for b, (row, token) in enumerate(zip(self.rows, drawn.tolist())):
             if self.drafter is not None:
-                self.drafter.extend(b, [row.last], hidden[b : b + 1])
+                self.drafter.extend(b, [row.last], None if hidden is None else hidden[b : b + 1])
             row.take_plain(token)
         return 0
 
@@ -162,8 +163,7 @@ class Batch:
                                mx.zeros((1, width - n), mx.int32)], axis=1)
                for row, p, n in zip(self.rows, proposals, lengths)]
         self.cache.layout.begin(width + 1)
-        hidden = self.target.model(mx.concatenate(fed, axis=0), self.cache.layers)
-        raw = self.target.head(hidden)
+        raw, hidden = forward(self.target, mx.concatenate(fed, axis=0), self.cache.layers, self.features)
         results = []
         for b, (row, p, n) in enumerate(zip(self.rows, proposals, lengths)):
             if n:

@@ -12,7 +12,7 @@ from typing import Sequence
 import mlx.core as mx
 
 from ..drafts import FeatureDraft, NGramDraft
-from ..drafts.feature import FeatureDrafter, target_subset_head
+from ..drafts.feature import FeatureDrafter, feature_taps, target_subset_head
 from ..drafts.model_draft import ModelDrafter
 from ..drafts.ngram import NGramDrafter
 from ..drafts.protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal
@@ -27,7 +27,7 @@ class BatchModelDrafter:
     next proposal: rows catch up together, right-padded, the padding rolled back."""
 
     mode = ModelDrafter.mode
-    needs_features = False
+    feature_layers = None
 
     def __init__(self, draft: Model, chunk: int) -> None:
         self.draft, self.chunk = draft, chunk
@@ -96,10 +96,10 @@ class BatchFeatureDrafter:
     (the last waits for the row's newest token). Rows catch up together, right-padded."""
 
     mode = FeatureDrafter.mode
-    needs_features = True
 
     def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:
         self.draft, self.chunk = draft, chunk
+        self.feature_layers = feature_taps(draft, target)
         self.embed = target.model.embed_tokens
         self.head = target_subset_head(target, draft.token_ids)
         self.cache = BatchCache(len(draft.layers), None)
@@ -112,7 +112,7 @@ class BatchFeatureDrafter:
         cache = self.draft.make_cache()
         for s in range(0, len(prompt) - 1, self.chunk):
             ids = mx.array([prompt[s + 1 : s + 1 + self.chunk]])
-            self.draft(hidden[:, s : s + ids.shape[1]], self.embed(ids), cache)
+            self.draft(self.draft.fused(hidden[:, s : s + ids.shape[1]]), self.embed(ids), cache)
             mx.eval([c.keys for c in cache])
         self.cache.add(cache)
         self.features.append([hidden[:, -1:]])
@@ -140,7 +140,7 @@ class BatchFeatureDrafter:
         width = max(len(f) for f in feeds)
         rows = [mx.concatenate(f, axis=1) if len(f) > 1 else f[0] for f in self.features]
         features = mx.concatenate([mx.pad(f, [(0, 0), (0, width - f.shape[1]), (0, 0)]) for f in rows])
-        pred = self._run(features, mx.array([f + [0] * (width - len(f)) for f in feeds]))
+        pred = self._run(self.draft.fused(features), mx.array([f + [0] * (width - len(f)) for f in feeds]))
         pred = pred[mx.arange(len(feeds)), mx.array([len(f) - 1 for f in feeds])][:, None]
         self.cache.layout.rollback([width - len(f) for f in feeds])
         self.tokens, self.features = [[] for _ in feeds], [[] for _ in feeds]
@@ -182,7 +182,7 @@ class BatchLookupDrafter:
     """Prompt lookup, one index per row."""
 
     mode = NGramDrafter.mode
-    needs_features = False
+    feature_layers = None
 
     def __init__(self, draft: NGramDraft) -> None:
         self.draft = draft

@@ -10,6 +10,9 @@ import mlx.core as mx
 from ..models import Cache, Model
 
 Draw = Callable[[mx.array], mx.array]  # logits [1, vocab] -> token id [1]
+# Which hidden states a drafter reads (its `feature_layers`): None, none; a tuple, the final
+# hidden state followed by the outputs of those blocks (empty: the final state alone).
+Taps = tuple[int, ...] | None
 
 
 def default_chunk_size(model: Model) -> int:
@@ -17,29 +20,31 @@ def default_chunk_size(model: Model) -> int:
     return model.args.sliding_window or 2048
 
 
-def forward(model: Model, tokens: mx.array, cache: list[Cache], keep_hidden: bool) -> tuple[mx.array, mx.array | None]:
-    """Logits [1, n, vocab] for `tokens` [1, n] after the cache, and the final hidden states
-    [1, n, d] when asked (a feature draft reads them)."""
-    hidden = model.model(tokens, cache)
-    return model.head(hidden), hidden if keep_hidden else None
+def forward(model: Model, tokens: mx.array, cache: list[Cache], taps: Taps) -> tuple[mx.array, mx.array | None]:
+    """Logits [B, n, vocab] for `tokens` [B, n] after the cache, and when `taps` is not None
+    the hidden states a feature draft reads ([B, n, d * (1 + len(taps))], see `Taps`)."""
+    hidden = model.model(tokens, cache, taps or ())
+    final = hidden[..., : model.args.hidden_size] if taps else hidden
+    return model.head(final), None if taps is None else hidden
 
 
 def prefill(model: Model, prompt: Sequence[int], cache: list[Cache], chunk: int,
-            keep_hidden: bool) -> tuple[mx.array, mx.array | None]:
+            taps: Taps) -> tuple[mx.array, mx.array | None]:
     """Feed the whole prompt through the cache, `chunk` tokens a pass. Returns the logits
-    after its last token [1, vocab] and, when asked, the hidden states of every position."""
+    after its last token [1, vocab] and, when `taps` is not None, the hidden states a feature
+    draft reads at every position."""
     ids = mx.array(list(prompt))[None]
     kept = []
     for start in range(0, ids.shape[1], chunk):
-        hidden = model.model(ids[:, start : start + chunk], cache)
-        if keep_hidden:
+        hidden = model.model(ids[:, start : start + chunk], cache, taps or ())
+        if taps is not None:
             kept.append(hidden)
         mx.eval(hidden, [c.keys for c in cache if c.keys is not None])  # the cache writes, too
-    logits = model.head(hidden[:, -1:])[:, -1]
-    return logits, mx.concatenate(kept, axis=1) if keep_hidden else None
+    logits = model.head(hidden[:, -1:, : model.args.hidden_size])[:, -1]
+    return logits, None if taps is None else mx.concatenate(kept, axis=1)
 
 
-def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: Draw, keep_hidden: bool,
+def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: Draw, taps: Taps,
                 stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, mx.array | None]]:
     """`count` plain decoding steps, the first feeding `token`: yields each new token and the
     hidden state at the position fed to make it. Pipelined: the next step is queued
@@ -47,7 +52,7 @@ def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: 
     is taken: True ends the run with the step already queued (one more token, none wasted)."""
 
     def step(fed: mx.array) -> tuple[mx.array, mx.array | None]:
-        logits, hidden = forward(model, fed, cache, keep_hidden)
+        logits, hidden = forward(model, fed, cache, taps)
         return draw(logits[:, -1])[:, None], hidden
 
     nxt, hidden = step(mx.array([[token]]))

@@ -169,7 +169,7 @@ class Session:
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
         drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
-        reuse = req.prompt_cache and not (drafter is not None and drafter.needs_features)
+        reuse = req.prompt_cache and (drafter is None or drafter.feature_layers is None)
         cache, reused = self.starting_cache(req.ids, reuse)
         generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,
                                 reused, req.logprobs)

@@ -21,7 +21,7 @@ from ..drafts import Drafter
 from ..drafts.protocol import MODEL_OUTLOOK, Outlook
 from ..errors import CheckpointError
 from ..models import Model
-from .decode import forward, plain_steps, prefill
+from .decode import Taps, forward, plain_steps, prefill
 from .policy import DraftPolicy
 from .sampler import Sampler
 from .sampling import RandomKeys, SamplingParams
@@ -58,9 +58,9 @@ class Generation:
             draft_mode=drafter.mode, accepted_per_position=[0] * policy.k_max, drafted_per_position=[0] * policy.k_max))
 
     @property
-    def keeps_features(self) -> bool:
-        """Whether the drafter reads the target's hidden states."""
-        return self.drafter is not None and self.drafter.needs_features
+    def keeps_features(self) -> Taps:
+        """Which of the target's hidden states the drafter reads (None: none)."""
+        return None if self.drafter is None else self.drafter.feature_layers
 
     @property
     def history(self) -> list[int]:

@@ -44,6 +44,9 @@ class ModelArgs:
     model_type: str = "mistral"
     # Drafts only: the head scores this many tokens (`lm_head.token_ids`), see SubsetHead.
     head_vocab_size: int | None = None
+    # Feature drafts only: the target blocks whose outputs the draft reads beside the target's
+    # final hidden state (EAGLE-3's fused features), ascending; None: the final state alone.
+    feature_layers: list[int] | None = None
     # Mixtral only: experts per layer and experts each token reads (top-k routing).
     num_local_experts: int | None = None
     num_experts_per_tok: int | None = None
@@ -115,6 +118,7 @@ class ModelArgs:
                 tie_word_embeddings=config.get("tie_word_embeddings", False),
                 model_type=model_type,
                 head_vocab_size=config.get("head_vocab_size"),
+                feature_layers=config.get("feature_layers"),
                 num_local_experts=config.get("num_local_experts", 8) if model_type == "mixtral" else None,
                 num_experts_per_tok=config.get("num_experts_per_tok", 2) if model_type == "mixtral" else None,
                 quantization=config.get("quantization"),

@@ -16,6 +16,7 @@ MAX_DIM = 2**31 - 1  # MLX shapes and slice indices are 32-bit
 _MAX_WINDOW = 2**30  # the rolling cache adds the rollback slots to the window
 QUANT_GROUPS = (32, 64, 128)
 _MAX_EXPERTS = 1024
+_MAX_TAPS = 8  # target blocks a feature draft may read
 
 
 def _is_finite(value: Any) -> bool:
@@ -36,6 +37,7 @@ def check_types(args: Any) -> None:
                                                                       and value > most)):
             raise ConfigError(f"{name} must be a positive integer (or absent) up to {most}, got {value!r}")
     check_experts(args)
+    check_feature_layers(args.feature_layers)
     for name, most in (("rms_norm_eps", 1.0), ("rope_theta", 1e30)):
         value = getattr(args, name)
         if not _is_finite(value) or not 0 < value < most:
@@ -58,6 +60,17 @@ def check_experts(args: Any) -> None:
         raise ConfigError(f"num_local_experts must be an integer in 1..{_MAX_EXPERTS}, got {experts!r}")
     if not is_int(used) or not 0 < used <= experts:
         raise ConfigError(f"num_experts_per_tok must be an integer in 1..num_local_experts ({experts}), got {used!r}")
+
+
+def check_feature_layers(layers: Any) -> None:
+    """A feature draft's `feature_layers`: a non-empty, strictly ascending list of block indices
+    (whether the target has them is checked when the draft meets it)."""
+    if layers is None:
+        return
+    if (not isinstance(layers, list) or not layers or len(layers) > _MAX_TAPS
+            or not all(is_int(i) and 0 <= i < MAX_DIM for i in layers)
+            or any(a >= b for a, b in zip(layers, layers[1:]))):
+        raise ConfigError(f"feature_layers must be a list of 1..{_MAX_TAPS} ascending block indices, got {layers!r}")
 
 
 def check_quantization(quant: Any) -> None:

@@ -10,6 +10,7 @@ No I/O and no device choice here.
 from __future__ import annotations
 
 from functools import partial
+from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -161,19 +162,40 @@ class MistralModel(nn.Module):
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.sliding_window = args.sliding_window
 
-    def __call__(self, tokens: mx.array, cache: list[Cache] | None) -> mx.array:
-        return self.norm(self.blocks(self.embed_tokens(tokens), cache))
+    def __call__(self, tokens: mx.array, cache: list[Cache] | None, taps: Sequence[int] = ()) -> mx.array:
+        """Final hidden states [B, L, d]; with `taps` (ascending block indices) the outputs of
+        those blocks follow along the last axis, [B, L, d * (1 + len(taps))]: what a
+        multi-layer feature draft reads (EAGLE-3)."""
+        h = self.blocks(self.embed_tokens(tokens), cache, taps)
+        if not taps:
+            return self.norm(h)
+        d = self.embed_tokens.weight.shape[-1]
+        return mx.concatenate([self.norm(h[..., :d]), h[..., d:]], axis=-1)
 
-    def blocks(self, h: mx.array, cache: list[Cache] | None) -> mx.array:
-        """Hidden states [B, L, dim] through every block (one cache each, or none)."""
+    def blocks(self, h: mx.array, cache: list[Cache] | None, taps: Sequence[int] = ()) -> mx.array:
+        """Hidden states [B, L, dim] through every block (one cache each, or none), the outputs
+        of blocks `taps` appended along the last axis."""
+        mask, caches = self.block_inputs(h.shape[1], cache)
+        return run_blocks(self.layers, h, mask, caches, taps)
+
+    def block_inputs(self, n: int, cache: list[Cache] | None) -> tuple[Mask, list[Cache | None]]:
+        """The attention mask for `n` new positions and the cache of every block (None each
+        for a pass without one)."""
         if cache is None:
-            mask = full_pass_mask(h.shape[1], self.sliding_window)
-            cache = [None] * len(self.layers)
-        else:
-            mask = cache[0].make_mask(h.shape[1])
-        for layer, c in zip(self.layers, cache):
-            h = layer(h, mask, c)
-        return h
+            return full_pass_mask(n, self.sliding_window), [None] * len(self.layers)
+        return cache[0].make_mask(n), list(cache)
+
+
+def run_blocks(layers: Sequence[nn.Module], h: mx.array, mask: Mask, cache: Sequence[Cache | None],
+               taps: Sequence[int] = ()) -> mx.array:
+    """`h` through `layers` in turn; the outputs of layers `taps` (indices into `layers`)
+    follow the last output along the last axis."""
+    kept = []
+    for i, (layer, c) in enumerate(zip(layers, cache)):
+        h = layer(h, mask, c)
+        if i in taps:
+            kept.append(h)
+    return mx.concatenate([h, *kept], axis=-1) if kept else h
 
 
 class SubsetHead(nn.Module):
@@ -205,10 +227,12 @@ class SubsetHead(nn.Module):
 class Model(nn.Module):
     """A Mistral/Llama/Mixtral-family causal LM: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
 
+    stack = MistralModel  # what holds the embedding, the blocks and the final norm
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.model = MistralModel(args)
+        self.model = self.stack(args)
         if args.head_vocab_size is not None:
             self.lm_head = SubsetHead(args.hidden_size, args.head_vocab_size, args.vocab_size)
         elif not args.tie_word_embeddings:
@@ -223,6 +247,11 @@ class Model(nn.Module):
         if self.args.tie_word_embeddings and self.args.head_vocab_size is None:
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
+
+    @property
+    def depth(self) -> int:
+        """Blocks of the whole model (rank 0 of a pipeline holds only some of them)."""
+        return self.args.num_hidden_layers
 
     @property
     def layers(self) -> list[TransformerBlock]:

@@ -105,7 +105,7 @@ def serve_rank(model: str | Path, group: Any, dtype: mx.Dtype | None = None, deq
     with pipeline_errors(group.rank()):
         stage, mine = load_stage(resolve(model), group.rank(), group.size(), dtype, dequantize)
         check_agreement(mine, group)
-        serve(stage, group)
+        serve(stage, mine[5], group)
 
 
 def load_lead(model: str | Path, group: Any, dtype: mx.Dtype | None = None,
@@ -116,7 +116,7 @@ def load_lead(model: str | Path, group: Any, dtype: mx.Dtype | None = None,
     with pipeline_errors(0):
         stage, mine = load_stage(folder, 0, group.size(), dtype, dequantize)
         check_agreement(mine, group)
-    stage.attach(Link(group))
+    stage.attach(Link(group), mine[0])
     return stage, model_tokenizer(folder, stage)
 
 

@@ -8,14 +8,17 @@ it drives one process, and every rank rolls back the same positions because rank
 it to.
 
 Messages go round the ring 0 -> 1 -> ... -> n-1 (-> 0 for the hidden states coming back):
-first a header (an int32 vector: operation, cache id, two arguments, the dtype code),
-which every rank passes on, then for a forward pass the hidden states [B, L, dim].
+first a header (an int32 vector: operation, cache id, two arguments, the dtype code, the
+number of taps), which every rank passes on, then for a forward pass the indices of the
+blocks whose outputs a feature draft reads ("taps", when there are any; passed on too) and
+the hidden states [B, L, dim]. A rank appends the outputs of its tapped blocks to the
+hidden states it passes on, so rank 0 gets back [B, L, dim * (1 + its taps)].
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,6 +26,7 @@ import mlx.nn as nn
 from ..errors import InputError
 from ..models import Model
 from ..models.cache import Mask, layer_cache
+from ..models.mistral import MistralModel, run_blocks
 
 NEW, FREE, ROLLBACK, FORWARD, STOP = range(5)
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
@@ -39,14 +43,15 @@ class Link:
         self.freed: list[int] = []
         self.closed = False
 
-    def send_header(self, op: int, cache_id: int = NO_CACHE, a: int = 0, b: int = 0, dtype: int = 0) -> None:
+    def send_header(self, op: int, cache_id: int = NO_CACHE, a: int = 0, b: int = 0, dtype: int = 0,
+                    taps: int = 0) -> None:
         """One command to every other rank (rank 1 passes it on)."""
         if self.closed:
             raise InputError("the pipeline was closed: its other ranks have stopped")
         pending, self.freed = self.freed, []
         for freed in pending:
-            mx.eval(mx.distributed.send(mx.array([FREE, freed, 0, 0, 0], dtype=mx.int32), 1, group=self.group))
-        mx.eval(mx.distributed.send(mx.array([op, cache_id, a, b, dtype], dtype=mx.int32), 1, group=self.group))
+            mx.eval(mx.distributed.send(mx.array([FREE, freed, 0, 0, 0, 0], dtype=mx.int32), 1, group=self.group))
+        mx.eval(mx.distributed.send(mx.array([op, cache_id, a, b, dtype, taps], dtype=mx.int32), 1, group=self.group))
 
     def release(self, cache_id: int) -> None:
         """Free cache `cache_id` on the other ranks with the next command (called when rank 0's
@@ -59,12 +64,15 @@ class Link:
         self.send_header(NEW, self.next_id, max_rollback)
         return self.next_id
 
-    def forward(self, h: mx.array, cache_id: int) -> mx.array:
-        """`h` [B, L, dim] through every other rank's blocks (continuing cache `cache_id`)."""
-        B, L, _ = h.shape
-        self.send_header(FORWARD, cache_id, B, L, DTYPES.index(h.dtype))
+    def forward(self, h: mx.array, cache_id: int, taps: list[int]) -> mx.array:
+        """`h` [B, L, dim] through every other rank's blocks (continuing cache `cache_id`),
+        followed by the outputs of blocks `taps` (the whole model's indices, ascending)."""
+        B, L, dim = h.shape
+        self.send_header(FORWARD, cache_id, B, L, DTYPES.index(h.dtype), len(taps))
+        if taps:
+            mx.eval(mx.distributed.send(mx.array(taps, dtype=mx.int32), 1, group=self.group))
         mx.eval(mx.distributed.send(h, 1, group=self.group))
-        return mx.distributed.recv_like(h, self.group.size() - 1, group=self.group)
+        return mx.distributed.recv((B, L, dim * (1 + len(taps))), h.dtype, self.group.size() - 1, group=self.group)
 
     def close(self) -> None:
         """Tell the other ranks to stop (they exit); idempotent."""
@@ -98,13 +106,25 @@ class RemoteStages(nn.Module):
         super().__init__()
         self._link = link
 
-    def __call__(self, x: mx.array, mask: Mask, cache: RemoteCache | None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask, cache: RemoteCache | None, taps: list[int] | None = None) -> mx.array:
         if cache is not None and not isinstance(cache, RemoteCache):
             raise InputError("a pipeline runs one sequence at a time (batches are not supported across ranks yet)")
-        out = self._link.forward(x, NO_CACHE if cache is None else cache.id)
+        out = self._link.forward(x, NO_CACHE if cache is None else cache.id, taps or [])
         if cache is not None:
             cache.offset += x.shape[1]
         return out
+
+
+class LeadStack(MistralModel):
+    """Rank 0's stack: the embedding, its own blocks, then the other ranks' as one
+    `RemoteStages` layer, and the final norm. Taps name blocks of the whole model."""
+
+    def blocks(self, h: mx.array, cache: list | None, taps: Sequence[int] = ()) -> mx.array:
+        mask, caches = self.block_inputs(h.shape[1], cache)
+        own, dim = len(self.layers) - 1, h.shape[-1]
+        h = run_blocks(self.layers[:own], h, mask, caches[:own], [t for t in taps if t < own])
+        out = self.layers[own](h[..., :dim], mask, caches[own], [t for t in taps if t >= own])
+        return mx.concatenate([out[..., :dim], h[..., dim:], out[..., dim:]], axis=-1)
 
 
 class LeadModel(Model):
@@ -112,11 +132,17 @@ class LeadModel(Model):
     `RemoteStages` layer (attached once every rank has loaded), the norm and the head."""
 
     link: Link | None = None
+    stack = LeadStack
+    blocks_in_all = 0
 
-    def attach(self, link: Link) -> None:
-        """Append the other ranks' blocks, reached through `link`."""
-        self.link = link
+    def attach(self, link: Link, blocks_in_all: int) -> None:
+        """Append the other ranks' blocks, reached through `link` (`blocks_in_all`: the whole model's)."""
+        self.link, self.blocks_in_all = link, blocks_in_all
         self.model.layers.append(RemoteStages(link))
+
+    @property
+    def depth(self) -> int:
+        return self.blocks_in_all
 
     def make_cache(self, max_rollback: int = 0) -> list:
         """Rank 0's own layers' caches, then the handle on the other ranks' caches."""
@@ -124,18 +150,18 @@ class LeadModel(Model):
         return own + [RemoteCache(self.link, max_rollback)]
 
 
-def serve(stage: nn.Module, group: Any) -> None:
+def serve(stage: nn.Module, first: int, group: Any) -> None:
     """A worker rank's loop: carry out rank 0's commands with this rank's blocks
-    (`stage.model.blocks`) until told to stop."""
+    (`stage.model.blocks`, the model's blocks from `first` on) until told to stop."""
     rank, size = group.rank(), group.size()
     caches: dict[int, list] = {}
-    header = mx.zeros((5,), dtype=mx.int32)
+    header = mx.zeros((6,), dtype=mx.int32)
     while True:
         received = mx.distributed.recv_like(header, rank - 1, group=group)
         mx.eval(received)
         if rank + 1 < size:
             mx.eval(mx.distributed.send(received, rank + 1, group=group))
-        op, cache_id, a, b, dtype = received.tolist()
+        op, cache_id, a, b, dtype, taps = received.tolist()
         if op == STOP:
             return
         if op == NEW:
@@ -146,6 +172,29 @@ def serve(stage: nn.Module, group: Any) -> None:
             for c in caches[cache_id]:
                 c.rollback(a)
         elif op == FORWARD:
-            h = mx.distributed.recv((a, b, stage.args.hidden_size), DTYPES[dtype], rank - 1, group=group)
-            out = stage.model.blocks(h, None if cache_id == NO_CACHE else caches[cache_id]).astype(h.dtype)
+            tapped = _receive_taps(taps, group)
+            out = _forward(stage, first, tapped, (a, b), DTYPES[dtype], None if cache_id == NO_CACHE else caches[cache_id],
+                           group)
             mx.eval(mx.distributed.send(out, (rank + 1) % size, group=group))
+
+
+def _receive_taps(count: int, group: Any) -> list[int]:
+    """The tapped blocks of a forward pass (passed on to the next rank)."""
+    if not count:
+        return []
+    taps = mx.distributed.recv_like(mx.zeros((count,), dtype=mx.int32), group.rank() - 1, group=group)
+    mx.eval(taps)
+    if group.rank() + 1 < group.size():
+        mx.eval(mx.distributed.send(taps, group.rank() + 1, group=group))
+    return taps.tolist()
+
+
+def _forward(stage: nn.Module, first: int, taps: list[int], shape: tuple[int, int], dtype: mx.Dtype,
+             cache: list | None, group: Any) -> mx.array:
+    """The hidden states (and the taps so far) from the previous rank through this rank's
+    blocks, its own taps appended."""
+    dim, end = stage.args.hidden_size, first + len(stage.model.layers)
+    carried = sum(1 for t in taps if t < first)
+    x = mx.distributed.recv((*shape, dim * (1 + carried)), dtype, group.rank() - 1, group=group)
+    out = stage.model.blocks(x[..., :dim], cache, [t - first for t in taps if first <= t < end])
+    return mx.concatenate([out[..., :dim], x[..., dim:], out[..., dim:]], axis=-1).astype(dtype)
