@@ -36,6 +36,18 @@ def stage_bars(quiet: bool):
     return update, close
 
 
+def layer_list(spec: str) -> str | list[int]:
+    """--feature-layers as `distill` takes it: 'none', 'auto', or a list of block indices
+    (a malformed list is passed on as text, which `distill` refuses with one line)."""
+    text = spec.strip().lower()
+    if text in ("none", "auto"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        return spec
+
+
 def distill_command(
     target: str = typer.Option(..., "--target", "-m", help="The target: a model folder (any layout mlxspec loads) or Hugging Face repo id."),
     out: str = typer.Option(..., "--out", "-o", help="Folder for the draft (loadable with --draft); its work folder OUT.work holds the resumable state."),
@@ -46,6 +58,7 @@ def distill_command(
     layers: int = typer.Option(1, "--layers", help="Transformer blocks in the draft (started from the target's first blocks)."),
     head_vocab: int = typer.Option(8192, "--head-vocab", help="Tokens the draft's head scores (the most frequent in the answers)."),
     unroll: int = typer.Option(1, "--unroll", help="Feature draft: training passes, the later ones reading its own predicted features (EAGLE-3's training-time test; each costs a pass). 1 = true features only: at an 8-minute budget on the demo target 1 did better than 2."),
+    feature_layers: str = typer.Option("none", "--feature-layers", help="Feature draft: target blocks whose outputs it reads beside the final hidden state (EAGLE-3's fused features): 'none', 'auto' (blocks 2, n/2 and n-3 of n) or ascending indices like 2,15,27."),
     batch: int = typer.Option(8, "--batch", help="Rows a training step."),
     lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     max_new: int = typer.Option(128, "--max-new", help="Most tokens of each answer the target writes."),
@@ -61,7 +74,8 @@ def distill_command(
     update, close = stage_bars(quiet)
     try:
         folder = distill(target, out, kind=kind, prompts=prompts, minutes=minutes, steps=steps, layers=layers,
-                         head_vocab=head_vocab, unroll=unroll, batch=batch, lr=lr, max_new=max_new, seq_len=seq_len,
+                         head_vocab=head_vocab, unroll=unroll, feature_layers=layer_list(feature_layers), batch=batch,
+                         lr=lr, max_new=max_new, seq_len=seq_len,
                          resume=resume, force=force, seed=seed, progress=update)
     finally:
         close()

@@ -42,9 +42,11 @@ def weights(folder: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("kind", ["feature", "model"])
 def test_loss_goes_down_and_the_draft_speculates_exactly(kind, hf_full_dir, prompts_file, tmp_path):
-    unroll = 2 if kind == "feature" else 1  # the feature draft with training-time test
-    out = distill(hf_full_dir, tmp_path / "draft", kind=kind, prompts=prompts_file, steps=40, unroll=unroll, **SMALL)
+    # the feature draft: fused features of the first block and the final one, with training-time test
+    extra = dict(unroll=2, feature_layers=[0]) if kind == "feature" else {}
+    out = distill(hf_full_dir, tmp_path / "draft", kind=kind, prompts=prompts_file, steps=40, **extra, **SMALL)
     info = json.loads((out / "training.json").read_text())
+    assert info["options"]["feature_layers"] == extra.get("feature_layers")
     assert info["curve"][-1][1] < info["curve"][0][1] - 0.05 and info["stopped_by"] == "steps"
     if kind == "feature":  # starts token-only (fc = [I, 0]): reading features must help it
         assert info["evaluation"]["held_top1"] > info["evaluation"]["held_top1_before"]
@@ -103,7 +105,12 @@ def test_bad_input_is_one_line(hf_full_dir, prompts_file, tmp_path):
              (["--prompts", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "a")], "cannot read the prompts"),
              (["--prompts", str(prompts_file), "-o", str(tmp_path / "taken")], "already exists"),
              (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--kind", "medusa"], "--kind must be one of"),
-             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--minutes", "-1"], "--minutes must be")]
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--minutes", "-1"], "--minutes must be"),
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--feature-layers", "1,0"], "ascending block"),
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--feature-layers", "0,9"], "has 2 blocks"),
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--feature-layers", "x"], "feature layers"),
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--kind", "model", "--feature-layers", "auto"],
+              "for feature drafts")]
     for args, needle in cases:
         res = cli(*base, *args)
         lines = res.stderr.strip().splitlines()
@@ -127,8 +134,9 @@ def test_answers_of_a_windowed_target_are_its_own_features():
     model = Model(ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
                             num_key_value_heads=2, vocab_size=100, sliding_window=5))
     prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
-    rows = answer_batch(model, prompts, True, 8, set(), 64)
+    rows = answer_batch(model, prompts, True, 8, set(), 64, taps=(0,))  # with the first block's outputs
+    assert rows["features"].shape[-1] == 2 * 64
     for r in range(2):
         n = int(rows["valid"][r].sum())
-        plain = np.array(model.model(mx.array(rows["tokens"][r:r + 1, :n]), None))[0]
+        plain = np.array(model.model(mx.array(rows["tokens"][r:r + 1, :n]), None, (0,)))[0]
         assert np.abs(rows["features"][r, :n].astype(np.float32) - plain).max() < 2e-2  # stored as float16

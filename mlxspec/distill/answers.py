@@ -1,5 +1,6 @@
 """The training data: the target's own answers to the prompts, decoded in batches, with its
-final hidden states ("features") at every position kept from the decode itself.
+final hidden states ("features") at every position kept from the decode itself (followed,
+for a multi-layer feature draft, by the outputs of the blocks it reads: `taps`).
 
 A batch's prompts are left-padded to one width and decoded together (greedy for two
 batches in three, sampled for the third: the draft meets both kinds of text). Each batch
@@ -20,6 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..models import KVCache, Model
+from ..models.mistral import run_blocks
 from ..text import Tokenizer
 from .prompts_file import Prompt
 
@@ -48,10 +50,12 @@ def left_pad(prompts: list[list[int]], max_new: int) -> tuple[np.ndarray, mx.arr
     return padded, mx.array(keep)
 
 
-def padded_features(target: Model, tokens: mx.array, cache: list, keep: mx.array) -> mx.array:
-    """Final hidden states of a left-padded batch over growing caches: real queries never see
-    padding (nor, with a sliding window, keys that left it), a padding query sees only itself;
-    RoPE is relative, so each row computes what it would alone."""
+def padded_features(target: Model, tokens: mx.array, cache: list, keep: mx.array,
+                    taps: tuple[int, ...] = ()) -> mx.array:
+    """Final hidden states of a left-padded batch over growing caches (the outputs of blocks
+    `taps` after them, as `MistralModel` gives them): real queries never see padding (nor,
+    with a sliding window, keys that left it), a padding query sees only itself; RoPE is
+    relative, so each row computes what it would alone."""
     n = tokens.shape[1]
     end = cache[0].offset + n
     q_pos, k_pos = mx.arange(end - n, end)[:, None], mx.arange(end)[None]
@@ -59,25 +63,25 @@ def padded_features(target: Model, tokens: mx.array, cache: list, keep: mx.array
     if target.args.sliding_window is not None:
         seen = seen & (k_pos > q_pos - target.args.sliding_window)
     mask = seen[None, None] & (keep[:, None, None, :end] | (k_pos == q_pos)[None, None])
-    h = target.model.embed_tokens(tokens)
-    for layer, layer_cache in zip(target.layers, cache):
-        h = layer(h, mask, layer_cache)
-    return target.model.norm(h)
+    h = run_blocks(target.layers, target.model.embed_tokens(tokens), mask, cache, taps)
+    d = target.args.hidden_size
+    return mx.concatenate([target.model.norm(h[..., :d]), h[..., d:]], axis=-1) if taps else target.model.norm(h)
 
 
 def answer_batch(target: Model, prompts: list[list[int]], greedy: bool, max_new: int, eos: set[int],
-                 seq_len: int) -> dict[str, np.ndarray]:
+                 seq_len: int, taps: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
     """One batch answered, as training rows: the last `seq_len` positions of prompt + answer
     (tokens, float16 features, valid mask), right-padded."""
     padded, keep = left_pad(prompts, max_new)
     width, cache = padded.shape[1], [KVCache() for _ in target.layers]  # the mask above bands a window
-    h = padded_features(target, mx.array(padded), cache, keep)
+    d = target.args.hidden_size
+    h = padded_features(target, mx.array(padded), cache, keep, taps)
     feats, tokens = [np.array(h.astype(mx.float16))], []
     lengths, done = np.full(len(prompts), max_new), np.zeros(len(prompts), bool)
     for t in range(max_new):
-        logits = target.head(h[:, -1])
+        logits = target.head(h[:, -1, :d])
         nxt = mx.argmax(logits, axis=-1) if greedy else mx.random.categorical(logits)
-        h = padded_features(target, nxt[:, None], cache, keep)
+        h = padded_features(target, nxt[:, None], cache, keep, taps)
         mx.eval(nxt, h)
         tokens.append(np.array(nxt)), feats.append(np.array(h.astype(mx.float16)))
         for r, tok in enumerate(tokens[-1].tolist()):
@@ -103,10 +107,11 @@ def _rows(prompts: list[list[int]], gen: np.ndarray, feats: np.ndarray, lengths:
 
 def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], folder: Path, *, batch: int,
                    max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress,
-                   limit: int | None = None) -> dict[str, np.ndarray]:
+                   limit: int | None = None, taps: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
     """Every batch of `prompts` answered (those in `folder` already are reused), until
     `deadline` (time.monotonic(); the first batch in any case); returns the rows of the
-    first `limit` batches (default: all answered so far), concatenated."""
+    first `limit` batches (default: all answered so far), concatenated. The features hold
+    the outputs of blocks `taps` after the final hidden states."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = [tokenizer.apply_chat(p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
@@ -119,7 +124,7 @@ def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], f
             if g and time.monotonic() > deadline:  # the first batch always: there is no training without it
                 break
             mx.random.seed(seed * 100003 + g)
-            data = answer_batch(target, [ids[i] for i in group], g % 3 != 2, max_new, eos, seq_len)
+            data = answer_batch(target, [ids[i] for i in group], g % 3 != 2, max_new, eos, seq_len, taps)
             np.savez(folder / f"{g:05d}.tmp.npz", **data)
             (folder / f"{g:05d}.tmp.npz").replace(path)
         progress("answering the prompts", g + 1, len(groups))

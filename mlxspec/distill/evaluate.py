@@ -25,9 +25,10 @@ def top1(draft: nn.Module, kind: str, embed: nn.Module, head_w: mx.array, data: 
     hits, total = 0, 0
     for f, t, v in zip(data["features"], data["tokens"], data["valid"]):
         f = mx.array(f[None].astype(np.float32))
-        target_next = np.array(mx.argmax(f @ head_w.T, axis=-1))[0]  # at position i: the next token's index
+        target_next = np.array(mx.argmax(f[..., : head_w.shape[-1]] @ head_w.T, axis=-1))[0]  # at i: the next token
         if kind == "feature":  # (f_i, x_{i+1}) -> f'_{i+1}, scored against the target at i+1
-            guess = np.array(mx.argmax(draft(f[:, :-1], embed(mx.array(t[None, 1:]))) @ head_w.T, axis=-1))[0]
+            guess = np.array(mx.argmax(draft(draft.fused(f[:, :-1]), embed(mx.array(t[None, 1:]))) @ head_w.T,
+                                       axis=-1))[0]
             truth, mask = target_next[1:], v[1:] > 0
         else:
             guess = np.array(mx.argmax(draft.lm_head.subset_logits(draft.model(mx.array(t[None]), None)), axis=-1))[0]

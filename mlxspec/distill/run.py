@@ -31,14 +31,14 @@ from ..convert.sources import TOKENIZER_FILES
 from ..validate import is_int
 from ..paths import cache_dir
 from .answers import answer_prompts, answers_folder
-from .drafts import KINDS, feature_loss, head_subset, model_loss, new_draft
+from .drafts import KINDS, feature_layers_for, feature_loss, head_subset, model_loss, new_draft
 from .evaluate import acceptance, top1
 from .prompts_file import split_prompts
 from .train import Schedule, train
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # Settings the data and the draft's shape depend on: a resumed run must keep them.
-_FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len", "max_new", "unroll")
+_FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len", "max_new", "unroll", "feature_layers")
 
 
 def _check(options: dict[str, Any]) -> None:
@@ -78,12 +78,14 @@ def _work_folder(out: Path, options: dict[str, Any], resume: bool, force: bool) 
 
 def distill(target: str | Path, out: str | Path, *, kind: str = "feature", prompts: str | Path | None = None,
             minutes: float | None = None, steps: int = 2000, layers: int = 1, head_vocab: int = 8192,
-            seq_len: int = 256, max_new: int = 128, unroll: int = 1, batch: int = 8, lr: float = 3e-4,
+            seq_len: int = 256, max_new: int = 128, unroll: int = 1, feature_layers: str | list[int] | None = None,
+            batch: int = 8, lr: float = 3e-4,
             answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8, checkpoint_every: int = 50, seed: int = 0,
             resume: bool = False, force: bool = False, progress: Progress | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
-    (loadable with `--draft` / `load_draft`); see the module docstring. `progress(stage,
-    done, total)` is called as each stage advances. Returns `out`."""
+    (loadable with `--draft` / `load_draft`); see the module docstring. A feature draft reads
+    the outputs of `feature_layers` beside the final feature (see `feature_layers_for`).
+    `progress(stage, done, total)` is called as each stage advances. Returns `out`."""
     start = time.monotonic()
     options = dict(target=str(target), kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
                    layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
@@ -95,12 +97,15 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     train_prompts, held_prompts = split_prompts(None if prompts is None else Path(prompts).expanduser(), seed)
     folder = resolve(target)
     model, tokenizer = load(folder, dtype=mx.float32, dequantize=True)
+    if kind != "feature" and feature_layers not in (None, "none"):
+        raise InputError("--feature-layers is for feature drafts (--kind feature)")
+    options["feature_layers"] = feature_layers_for(feature_layers, model.depth)
     work = _work_folder(out, options, resume, force)
     report = progress or (lambda stage, done, total: None)
     budget = math.inf if minutes is None else 60 * minutes
     data, held, ids = _data(model, tokenizer, folder, work, train_prompts, held_prompts[:eval_prompts], options,
                             start + 0.4 * budget, report)
-    draft = new_draft(model, kind, layers, ids)
+    draft = new_draft(model, kind, layers, ids, options["feature_layers"])
     head_w = target_subset_head(model, mx.array(ids)).out_proj.weight
     embed = model.model.embed_tokens
     loss = ((lambda d, f, t, v, noise: feature_loss(d, embed, head_w, f, t, v, noise, unroll)) if kind == "feature"
@@ -126,13 +131,17 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
     and on a resumed run exactly the batches and head training started with."""
     settings = dict(batch=options["answer_batch"], max_new=options["max_new"], seq_len=options["seq_len"],
                     seed=options["seed"])
+    taps = tuple(options["feature_layers"] or ())
+    key = {**settings, "taps": list(taps)} if taps else settings  # answers without taps: keyed as before
     pinned = work / "train" / "data.json"
     kept = json.loads(pinned.read_text()) if pinned.is_file() else None
-    data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, settings),
-                          **settings, deadline=deadline, progress=report, limit=None if kept is None else kept["batches"])
+    data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, key),
+                          **settings, deadline=deadline, progress=report, limit=None if kept is None else kept["batches"],
+                          taps=taps)
     held_settings = {**settings, "seed": options["seed"] + 1}
-    held = answer_prompts(model, tokenizer, held_prompts, answers_folder(cache_dir(), folder, held_prompts, held_settings),
-                          **held_settings, deadline=math.inf, progress=report)
+    held = answer_prompts(model, tokenizer, held_prompts,
+                          answers_folder(cache_dir(), folder, held_prompts, {**key, "seed": options["seed"] + 1}),
+                          **held_settings, deadline=math.inf, progress=report, taps=taps)
     if kept is not None:
         return data, held, np.array(kept["head_ids"], dtype=np.int32)
     ids = head_subset(data["tokens"], data["valid"], options["head_vocab"], model.args.vocab_size,

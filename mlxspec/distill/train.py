@@ -102,7 +102,7 @@ def train(draft: nn.Module, loss: Callable[..., mx.array], data: dict[str, np.nd
     while step < schedule.steps and time.monotonic() < deadline:
         idx = batch_rows(seed, step, len(data["tokens"]), schedule.batch)
         f = mx.array(data["features"][idx].astype(np.float32))
-        noise = schedule.noise * mx.random.normal((f.shape[0], f.shape[1] - 1, f.shape[2]),
+        noise = schedule.noise * mx.random.normal((f.shape[0], f.shape[1] - 1, draft.args.hidden_size),
                                                   key=mx.random.key(seed * 1_000_003 + step))
         value = update(f, mx.array(data["tokens"][idx]), mx.array(data["valid"][idx]), noise)
         mx.eval(value, state)
