@@ -15,7 +15,7 @@ import typer
 from . import demo as demo_pair
 from .arguments import check_bench, check_generation, check_positive, read_prompt, run
 from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
-                          MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for, dequantize_default, weights_label)
+                          MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for, weights_label)
 from .cli_conversation import chat_command, serve_command
 from .cli_distill import distill_command
 from .bench import parse_ks, parse_temperatures, run_bench
@@ -26,7 +26,7 @@ from .convert.pair import convert_pair
 from .drafts import NGramDraft, describe_draft
 from .engine import Session
 from .errors import InputError
-from .selection import named_models, select_models, weights_dtype
+from .selection import dequantize_default, named_models, select_models, weights_dtype
 from .pipeline import PipelineError, close as close_pipeline, connect, lost_peers, pipeline_errors, serve_rank
 from .load import load_draft
 from .prompts import BUILTIN_PROMPTS, chosen_prompts

@@ -10,9 +10,10 @@ import typer
 
 from . import conversation
 from .arguments import check_generation
-from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for, dequantize_default
+from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for
 from .console import colours
 from .errors import InputError
+from .selection import dequantize_default
 
 
 def chat_command(

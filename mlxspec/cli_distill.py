@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from .cli_options import DEQUANTIZE_HELP
 from .distill import KINDS, distill
 
 
@@ -63,6 +64,7 @@ def distill_command(
     lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     max_new: int = typer.Option(128, "--max-new", help="Most tokens of each answer the target writes."),
     seq_len: int = typer.Option(256, "--seq-len", help="Positions of a training row (the end of prompt + answer)."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT.work (answers kept, training from its last checkpoint)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing OUT (a draft mlxspec wrote) or start OUT.work over."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompts' split and order, the sampled answers and the batches."),
@@ -76,7 +78,7 @@ def distill_command(
         folder = distill(target, out, kind=kind, prompts=prompts, minutes=minutes, steps=steps, layers=layers,
                          head_vocab=head_vocab, unroll=unroll, feature_layers=layer_list(feature_layers), batch=batch,
                          lr=lr, max_new=max_new, seq_len=seq_len,
-                         resume=resume, force=force, seed=seed, progress=update)
+                         dequantize=dequantize, resume=resume, force=force, seed=seed, progress=update)
     finally:
         close()
     info = json.loads((folder / "training.json").read_text())

@@ -1,11 +1,7 @@
-"""What several commands' options share: help texts, and the defaults that depend on the
-backend (dequantize on the CPU backend) or on how the command reports (calibration progress)."""
+"""What several commands' options share: help texts, and the defaults that depend on how
+the command reports (calibration progress)."""
 
 from __future__ import annotations
-
-from typing import Optional
-
-import mlx.core as mx
 
 from .console import calibration_progress
 from .engine import Calibration
@@ -26,11 +22,6 @@ PIPELINE_HELP = ("Split the target across the ranks that mlx.launch started (pip
                  "rank 0, which alone prints): mlx.launch -n 2 --backend ring --python PYTHON -- -m mlxspec "
                  "generate --pipeline --model M ...")
 RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
-
-
-def dequantize_default(choice: Optional[bool]) -> bool:
-    """Default: dequantize on MLX's CPU backend, where quantized matmuls are slow."""
-    return choice if choice is not None else mx.default_device() == mx.cpu
 
 
 def weights_label(dequantize: bool) -> str:

@@ -63,6 +63,11 @@ def named_models(model: Optional[str], draft: Optional[str], pair: Optional[str]
     return model, draft
 
 
+def dequantize_default(choice: Optional[bool]) -> bool:
+    """Default: dequantize on MLX's CPU backend, where quantized matmuls are slow."""
+    return choice if choice is not None else mx.default_device() == mx.cpu
+
+
 def weights_dtype(dequantize: bool) -> Optional[mx.Dtype]:
     """Weights are expanded to float32 when dequantized, else kept as stored."""
     return mx.float32 if dequantize else None

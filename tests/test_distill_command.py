@@ -140,3 +140,20 @@ def test_answers_of_a_windowed_target_are_its_own_features():
         n = int(rows["valid"][r].sum())
         plain = np.array(model.model(mx.array(rows["tokens"][r:r + 1, :n]), None, (0,)))[0]
         assert np.abs(rows["features"][r, :n].astype(np.float32) - plain).max() < 2e-2  # stored as float16
+
+
+def test_a_quantized_target_is_kept_quantized(hf_full_dir, prompts_file, tmp_path):
+    """--keep-quantized: the 4-bit target answers and scores as stored (only what the draft
+    copies is expanded); both kinds of draft train, load and speculate exactly with it."""
+    quantized = mlxspec.convert(hf_full_dir, tmp_path / "q4", bits=4, group_size=32)
+    target, tokenizer = mlxspec.load(quantized)
+    assert type(target.layers[0].self_attn.q_proj).__name__ == "QuantizedLinear"
+    plain = [s.token for s in mlxspec.Session(target, tokenizer).stream("Tell me a story.", max_tokens=20)]
+    for kind in ("feature", "model"):
+        out = distill(quantized, tmp_path / kind, kind=kind, prompts=prompts_file, steps=20, dequantize=False,
+                      **SMALL)
+        info = json.loads((out / "training.json").read_text())
+        assert info["curve"][-1][1] < info["curve"][0][1]
+        draft = mlxspec.load_draft(out, target, tokenizer)
+        session = mlxspec.Session(target, tokenizer, draft, num_draft_tokens=3, draft_policy="fixed")
+        assert [s.token for s in session.stream("Tell me a story.", max_tokens=20)] == plain

@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten
 from ..drafts import FeatureDraft
 from ..drafts.feature import target_subset_head
 from ..errors import InputError
+from ..load import dequantize_weights
 from ..models import Model
 from ..validate import is_int
 
@@ -66,6 +67,9 @@ def new_draft(target: Model, kind: str, layers: int, head_ids: np.ndarray,
                    tie_word_embeddings=False, model_type=target.args.model_type if dense else "mistral",
                    num_local_experts=None, num_experts_per_tok=None, feature_layers=feature_layers)
     source = dict(tree_flatten(target.parameters()))
+    if target.args.quantization:  # lazily: only what the draft copies is ever expanded
+        source = dequantize_weights(source, target.args.quantization)
+    source = {k: v.astype(mx.float32) for k, v in source.items()}
     blocks = [(k[len("model."):], v) for k, v in source.items()
               if k == "model.norm.weight" or (dense and any(k.startswith(f"model.layers.{i}.") for i in range(layers)))]
     if kind == "feature":
@@ -77,10 +81,9 @@ def new_draft(target: Model, kind: str, layers: int, head_ids: np.ndarray,
             weights.append(("fuse.weight", mx.concatenate([mx.eye(d), mx.zeros((d, d * len(feature_layers)))], axis=1)))
     else:
         draft = Model(args)
-        head = target_subset_head(target, mx.array(head_ids))
         weights = [(f"model.{k}", v) for k, v in blocks] + [
-            ("model.embed_tokens.weight", target.model.embed_tokens.weight),
-            ("lm_head.out_proj.weight", head.out_proj.weight), ("lm_head.token_ids", mx.array(head_ids))]
+            ("model.embed_tokens.weight", source["model.embed_tokens.weight"]),
+            ("lm_head.out_proj.weight", head_matrix(target, head_ids)), ("lm_head.token_ids", mx.array(head_ids))]
     draft.load_weights(weights, strict=dense)
     if kind == "model":  # the target's embedding and head stay the target's
         draft.model.embed_tokens.freeze()
@@ -89,6 +92,17 @@ def new_draft(target: Model, kind: str, layers: int, head_ids: np.ndarray,
         draft.freeze(keys=["token_ids"], recurse=False)
     mx.eval(draft.parameters())
     return draft
+
+
+def head_matrix(target: Model, head_ids: np.ndarray) -> mx.array:
+    """The target's output head rows of `head_ids` as a float32 matrix [len(head_ids), d],
+    expanded when stored quantized: what the losses score features with."""
+    linear = target_subset_head(target, mx.array(head_ids)).out_proj
+    if isinstance(linear, nn.QuantizedLinear):
+        biases = getattr(linear, "biases", None)
+        return mx.dequantize(linear.weight, linear.scales, biases, group_size=linear.group_size,
+                             bits=linear.bits).astype(mx.float32)
+    return linear.weight.astype(mx.float32)
 
 
 def _soft_ce(target_logits: mx.array, draft_logits: mx.array) -> mx.array:

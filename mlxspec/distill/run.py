@@ -23,15 +23,16 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from ..convert.atomic import atomic_dir, check_writable
-from ..drafts.feature import draft_config, target_subset_head
+from ..drafts.feature import draft_config
 from ..errors import InputError, OutputError
 from ..hub import resolve
 from ..load import load
 from ..convert.sources import TOKENIZER_FILES
 from ..validate import is_int
 from ..paths import cache_dir
+from ..selection import dequantize_default, weights_dtype
 from .answers import answer_prompts, answers_folder
-from .drafts import KINDS, feature_layers_for, feature_loss, head_subset, model_loss, new_draft
+from .drafts import KINDS, feature_layers_for, feature_loss, head_matrix, head_subset, model_loss, new_draft
 from .evaluate import acceptance, top1
 from .prompts_file import split_prompts
 from .train import Schedule, train
@@ -81,11 +82,13 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
             seq_len: int = 256, max_new: int = 128, unroll: int = 1, feature_layers: str | list[int] | None = None,
             batch: int = 8, lr: float = 3e-4,
             answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8, checkpoint_every: int = 50, seed: int = 0,
-            resume: bool = False, force: bool = False, progress: Progress | None = None) -> Path:
+            dequantize: bool | None = None, resume: bool = False, force: bool = False,
+            progress: Progress | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
     (loadable with `--draft` / `load_draft`); see the module docstring. A feature draft reads
     the outputs of `feature_layers` beside the final feature (see `feature_layers_for`).
-    `progress(stage, done, total)` is called as each stage advances. Returns `out`."""
+    The target is loaded as `generate` loads it (`dequantize`: expanded to float32, by default
+    on the CPU backend only; kept quantized, a 4-bit 7B target takes about 4 GB instead of 29). `progress(stage, done, total)` is called as each stage advances. Returns `out`."""
     start = time.monotonic()
     options = dict(target=str(target), kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
                    layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
@@ -96,17 +99,18 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     check_writable(out, force, sources=[target], kind="draft")
     train_prompts, held_prompts = split_prompts(None if prompts is None else Path(prompts).expanduser(), seed)
     folder = resolve(target)
-    model, tokenizer = load(folder, dtype=mx.float32, dequantize=True)
+    dequantize = dequantize_default(dequantize)
+    model, tokenizer = load(folder, dtype=weights_dtype(dequantize), dequantize=dequantize)
     if kind != "feature" and feature_layers not in (None, "none"):
         raise InputError("--feature-layers is for feature drafts (--kind feature)")
     options["feature_layers"] = feature_layers_for(feature_layers, model.depth)
     work = _work_folder(out, options, resume, force)
     report = progress or (lambda stage, done, total: None)
     budget = math.inf if minutes is None else 60 * minutes
-    data, held, ids = _data(model, tokenizer, folder, work, train_prompts, held_prompts[:eval_prompts], options,
-                            start + 0.4 * budget, report)
+    data, held, ids = _data(model, tokenizer, folder, work, train_prompts, held_prompts[:eval_prompts],
+                            {**options, "dequantize": dequantize}, start + 0.4 * budget, report)
     draft = new_draft(model, kind, layers, ids, options["feature_layers"])
-    head_w = target_subset_head(model, mx.array(ids)).out_proj.weight
+    head_w = head_matrix(model, ids)
     embed = model.model.embed_tokens
     loss = ((lambda d, f, t, v, noise: feature_loss(d, embed, head_w, f, t, v, noise, unroll)) if kind == "feature"
             else (lambda d, f, t, v, noise: model_loss(d, head_w, f, t, v)))
@@ -132,7 +136,8 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
     settings = dict(batch=options["answer_batch"], max_new=options["max_new"], seq_len=options["seq_len"],
                     seed=options["seed"])
     taps = tuple(options["feature_layers"] or ())
-    key = {**settings, "taps": list(taps)} if taps else settings  # answers without taps: keyed as before
+    key = {**settings, **({"taps": list(taps)} if taps else {}),  # the default answers keyed as before
+           **({} if options["dequantize"] else {"quantized": True})}
     pinned = work / "train" / "data.json"
     kept = json.loads(pinned.read_text()) if pinned.is_file() else None
     data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, key),
