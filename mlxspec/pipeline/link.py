@@ -124,7 +124,7 @@ class LeadStack(MistralModel):
         own, dim = len(self.layers) - 1, h.shape[-1]
         h = run_blocks(self.layers[:own], h, mask, caches[:own], [t for t in taps if t < own])
         out = self.layers[own](h[..., :dim], mask, caches[own], [t for t in taps if t >= own])
-        return mx.concatenate([out[..., :dim], h[..., dim:], out[..., dim:]], axis=-1)
+        return mx.concatenate([out[..., :dim], h[..., dim:], out[..., dim:]], axis=-1) if taps else out
 
 
 class LeadModel(Model):
