@@ -47,8 +47,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     target_dir = demo.demo_target()
     old = json.loads((OUT / "report.json").read_text()) if (OUT / "report.json").is_file() else {}
+    old = old if isinstance(old.get("answers_seconds"), dict) and old.get("minutes") == options.minutes else {}
     report = {"minutes": options.minutes, "answers_seconds": old.get("answers_seconds", {}),
-              "variants": old.get("variants", {}) if old.get("minutes") == options.minutes else {}}
+              "variants": old.get("variants", {})}
     for name in options.variants:
         layers, unroll = VARIANTS[name]
         started, tag = time.monotonic(), "-".join(map(str, layers)) if isinstance(layers, list) else layers

@@ -76,7 +76,9 @@ def test_a_killed_run_resumes_to_the_same_weights(hf_full_dir, prompts_file, tmp
                       resume=True, **SMALL)
     a, b = weights(whole), weights(resumed)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert len(json.loads((resumed / "training.json").read_text())["runs"]) == 2
+    info, whole_info = (json.loads((f / "training.json").read_text()) for f in (resumed, whole))
+    assert len(info["runs"]) == 2
+    assert [s for s, _ in info["held_top1_curve"]] == [5, 10, 15, 20] and info["held_top1_curve"] == whole_info["held_top1_curve"]
 
 
 def test_the_time_budget_is_respected(hf_full_dir, prompts_file, tmp_path):
@@ -109,14 +111,15 @@ def test_bad_input_is_one_line(hf_full_dir, prompts_file, tmp_path):
              (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--feature-layers", "1,0"], "ascending block"),
              (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--feature-layers", "0,9"], "has 2 blocks"),
              (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--feature-layers", "x"], "feature layers"),
-             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--kind", "model", "--feature-layers", "auto"],
+             (["--prompts", str(prompts_file), "-o", str(tmp_path / "a"), "--kind", "model", "--feature-layers", "0"],
               "for feature drafts")]
     for args, needle in cases:
         res = cli(*base, *args)
         lines = res.stderr.strip().splitlines()
         assert res.returncode != 0 and len(lines) == 1 and needle in lines[0], (args, res.stderr)
-    res = cli("--target", str(tmp_path / "nowhere"), "-o", str(tmp_path / "a"))
-    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for args in (["--target", str(tmp_path / "nowhere")], [], ["--target", str(hf_full_dir), "--demo"]):
+        res = cli(*args, "-o", str(tmp_path / "a"))
+        assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep me" and not (tmp_path / "a").exists()
     (tmp_path / "a.work").mkdir()
     (tmp_path / "a.work" / "run.json").write_text(json.dumps({"options": {}, "runs": []}))

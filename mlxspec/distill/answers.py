@@ -34,7 +34,8 @@ def answers_folder(cache: Path, target: Path, prompts: list[Prompt], settings: d
     size, time), the prompts and the settings, so that runs trying other drafts on the same
     data share it, and a changed target or prompt set never reuses stale answers."""
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in target.glob("*.safetensors"))
-    key = json.dumps([str(target.resolve()), weights, prompts, settings], sort_keys=True, default=str)
+    key = json.dumps([str(target.resolve()), weights, prompts, settings, "batches by length in blocks"], sort_keys=True,
+                     default=str)
     return cache / "distill-answers" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -105,6 +106,17 @@ def _rows(prompts: list[list[int]], gen: np.ndarray, feats: np.ndarray, lengths:
     return out
 
 
+def batches_by_length(lengths: list[int], batch: int, span: int = 8) -> list[list[int]]:
+    """Prompt indices in batches of `batch`: the prompts (already shuffled) taken `span`
+    batches at a time and sorted by length within those, so a batch pads little and a run
+    stopped early by its deadline has answered a fair sample, not only the shortest prompts."""
+    groups = []
+    for start in range(0, len(lengths), batch * span):
+        block = sorted(range(start, min(start + batch * span, len(lengths))), key=lambda i: lengths[i])
+        groups += [block[i:i + batch] for i in range(0, len(block), batch)]
+    return groups
+
+
 def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], folder: Path, *, batch: int,
                    max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress,
                    limit: int | None = None, taps: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
@@ -114,8 +126,7 @@ def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], f
     the outputs of blocks `taps` after the final hidden states."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = [tokenizer.apply_chat(p) for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
-    groups = [order[i:i + batch] for i in range(0, len(order), batch)]
+    groups = batches_by_length([len(i) for i in ids], batch)
     eos = set(tokenizer.eos_ids)
     groups = groups[:limit]
     for g, group in enumerate(groups):

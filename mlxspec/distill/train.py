@@ -40,9 +40,10 @@ class Schedule:
 @dataclass
 class Curve:
     """What training recorded: (step, mean loss of the steps since the last point) every 10
-    steps, and why it stopped."""
+    steps, (step, held-out score) at every checkpoint when there is a score, and why it stopped."""
 
     points: list[list[float]] = field(default_factory=list)
+    held: list[list[float]] = field(default_factory=list)
     stopped_by: str = ""
 
 
@@ -65,7 +66,7 @@ def save_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, step: 
     folder.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(folder / f"weights-{step}.safetensors"), dict(tree_flatten(draft.trainable_parameters())))
     mx.save_safetensors(str(folder / f"optimizer-{step}.safetensors"), dict(tree_flatten(opt.state)))
-    (folder / "state.tmp.json").write_text(json.dumps({"step": step, "curve": curve.points}))
+    (folder / "state.tmp.json").write_text(json.dumps({"step": step, "curve": curve.points, "held": curve.held}))
     (folder / "state.tmp.json").replace(folder / "state.json")
     for old in [*folder.glob("weights-*.safetensors"), *folder.glob("optimizer-*.safetensors")]:
         if old.stem.split("-")[-1] != str(step):
@@ -79,15 +80,16 @@ def load_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, curve:
     state = json.loads((folder / "state.json").read_text())
     draft.load_weights(str(folder / f"weights-{state['step']}.safetensors"), strict=False)
     opt.state = tree_unflatten(list(mx.load(str(folder / f"optimizer-{state['step']}.safetensors")).items()))
-    curve.points = state["curve"]
+    curve.points, curve.held = state["curve"], state.get("held", [])
     return state["step"]
 
 
 def train(draft: nn.Module, loss: Callable[..., mx.array], data: dict[str, np.ndarray], schedule: Schedule,
-          seed: int, folder: Path, deadline: float, progress: Progress) -> Curve:
+          seed: int, folder: Path, deadline: float, progress: Progress,
+          score: Callable[[], float] | None = None) -> Curve:
     """Train `draft`'s unfrozen weights on `loss(draft, features, tokens, valid, noise)` over
     rows of `data`, resuming from and checkpointing to `folder`, until `schedule.steps` or
-    `deadline` (time.monotonic())."""
+    `deadline` (time.monotonic()); `score()` (a held-out measure) is recorded at every checkpoint."""
     opt, curve = optimizer(schedule), Curve()
     step = load_checkpoint(folder, draft, opt, curve)
     state = [draft.state, opt.state]
@@ -113,6 +115,8 @@ def train(draft: nn.Module, loss: Callable[..., mx.array], data: dict[str, np.nd
             window = []
         progress("training the draft", step, schedule.steps)
         if step % schedule.checkpoint_every == 0:
+            if score is not None:
+                curve.held.append([step, round(score(), 4)])
             save_checkpoint(folder, draft, opt, step, curve)
     curve.stopped_by = "steps" if step >= schedule.steps else "time budget"
     save_checkpoint(folder, draft, opt, step, curve)
