@@ -80,16 +80,17 @@ def _work_folder(out: Path, options: dict[str, Any], resume: bool, force: bool) 
 def distill(target: str | Path, out: str | Path, *, kind: str = "feature", prompts: str | Path | None = None,
             minutes: float | None = None, steps: int = 2000, layers: int = 1, head_vocab: int = 8192,
             seq_len: int = 256, max_new: int = 128, unroll: int = 1, feature_layers: str | list[int] | None = "auto",
-            batch: int = 8, lr: float = 3e-4,
-            answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8, checkpoint_every: int = 50, seed: int = 0,
+            batch: int = 8, lr: float = 3e-4, answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8,
+            checkpoint_every: int = 50, seed: int = 0,
             dequantize: bool | None = None, resume: bool = False, force: bool = False,
             progress: Progress | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
     (loadable with `--draft` / `load_draft`); see the module docstring. A feature draft reads
     the outputs of `feature_layers` beside the final feature (see `feature_layers_for`; by
-    default EAGLE-3's low, middle and high blocks).
-    The target is loaded as `generate` loads it (`dequantize`: expanded to float32, by default
-    on the CPU backend only; kept quantized, a 4-bit 7B target takes about 4 GB instead of 29). `progress(stage, done, total)` is called as each stage advances. Returns `out`."""
+    default EAGLE-3's low, middle and high blocks). The target is loaded as `generate` loads
+    it (`dequantize`: expanded to float32, by default on the CPU backend only; kept quantized,
+    a 4-bit 7B target takes about 4 GB instead of 29). `progress(stage, done, total)` is
+    called as each stage advances. Returns `out`."""
     start = time.monotonic()
     options = dict(target=str(target), kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
                    layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
@@ -99,12 +100,8 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     out = Path(out).expanduser()
     check_writable(out, force, sources=[target], kind="draft")
     train_prompts, held_prompts = split_prompts(None if prompts is None else Path(prompts).expanduser(), seed)
-    folder = resolve(target)
-    dequantize = dequantize_default(dequantize)
-    model, tokenizer = load(folder, dtype=weights_dtype(dequantize), dequantize=dequantize)
-    if kind != "feature" and feature_layers not in (None, "none", "auto"):
-        raise InputError("--feature-layers is for feature drafts (--kind feature)")
-    options["feature_layers"] = feature_layers_for(feature_layers, model.depth) if kind == "feature" else None
+    folder, model, tokenizer, dequantize = _target(target, dequantize)
+    options["feature_layers"] = _layers_read(kind, feature_layers, model.depth)
     work = _work_folder(out, options, resume, force)
     report = progress or (lambda stage, done, total: None)
     budget = math.inf if minutes is None else 60 * minutes
@@ -119,17 +116,32 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     schedule = Schedule(steps=steps, batch=batch, lr=lr, checkpoint_every=checkpoint_every)
     score = (lambda: top1(draft, kind, embed, head_w, held)) if held else None
     curve = train(draft, loss, data, schedule, seed, work / "train", start + 0.85 * budget, report, score)
-    evaluation = {"held_top1_before": initial, "held_top1": top1(draft, kind, embed, head_w, held) if held else None}
+    evaluation = {"held_top1_before": initial, "held_top1": score() if score else None}
     for temperature in (0.0, 1.0):
         evaluation[f"acceptance_T{temperature:g}"] = acceptance(model, tokenizer, draft, held_prompts[:eval_prompts],
                                                                 eval_k, temperature, 48, start + budget)
     info = {"options": options, "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points,
-            "held_top1_curve": curve.held,
-            "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
+            "held_top1_curve": curve.held, "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
             "train_positions": int(data["valid"].sum()), "evaluation": evaluation,
             "seconds": round(time.monotonic() - start, 1), "schedule": asdict(schedule)}
     export(draft, kind, folder, out, info, force)
     return out
+
+
+def _target(target: str | Path, dequantize: bool | None) -> tuple[Path, Any, Any, bool]:
+    """(its folder, the target, its tokenizer, whether it was dequantized): loaded as
+    `generate` loads it on this backend unless told."""
+    folder = resolve(target)
+    dequantize = dequantize_default(dequantize)
+    model, tokenizer = load(folder, dtype=weights_dtype(dequantize), dequantize=dequantize)
+    return folder, model, tokenizer, dequantize
+
+
+def _layers_read(kind: str, feature_layers: str | list[int] | None, depth: int) -> list[int] | None:
+    """The target blocks the draft reads beside the final feature (a model draft reads none)."""
+    if kind != "feature" and feature_layers not in (None, "none", "auto"):
+        raise InputError("--feature-layers is for feature drafts (--kind feature)")
+    return feature_layers_for(feature_layers, depth) if kind == "feature" else None
 
 
 def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: list, held_prompts: list,
