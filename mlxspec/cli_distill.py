@@ -62,7 +62,7 @@ def distill_command(
     layers: int = typer.Option(1, "--layers", help="Transformer blocks in the draft (started from the target's first blocks)."),
     head_vocab: int = typer.Option(8192, "--head-vocab", help="Tokens the draft's head scores (the most frequent in the answers)."),
     unroll: int = typer.Option(1, "--unroll", help="Feature draft: training passes, the later ones reading its own predicted features (EAGLE-3's training-time test; each costs a pass). 1 = true features only: at an 8-minute budget on the demo target 1 did better than 2."),
-    feature_layers: str = typer.Option("auto", "--feature-layers", help="Feature draft: target blocks whose outputs it reads beside the final hidden state (EAGLE-3's fused features): 'auto' (blocks 2, n/2 and n-3 of n; on the demo target it beat the final state alone at an equal budget), 'none', or ascending indices like 2,15,27."),
+    feature_layers: str = typer.Option("auto", "--feature-layers", help="Feature draft: target blocks whose outputs it reads beside the final hidden state (EAGLE-3's fused features): 'auto' (blocks 2, n/2 and n-3 of n, as EAGLE-3 reads), 'none', or ascending indices like 2,15,27."),
     batch: int = typer.Option(8, "--batch", help="Rows a training step."),
     lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     max_new: int = typer.Option(128, "--max-new", help="Most tokens of each answer the target writes."),

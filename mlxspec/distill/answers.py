@@ -23,6 +23,7 @@ import numpy as np
 from ..models import KVCache, Model
 from ..models.mistral import run_blocks
 from ..text import Tokenizer
+from .answer_store import is_done, read_batches, write_batch
 from .prompts_file import Prompt
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -77,20 +78,31 @@ def answer_batch(target: Model, prompts: list[list[int]], greedy: bool, max_new:
     width, cache = padded.shape[1], [KVCache() for _ in target.layers]  # the mask above bands a window
     d = target.args.hidden_size
     h = padded_features(target, mx.array(padded), cache, keep, taps)
-    feats, tokens = [np.array(h.astype(mx.float16))], []
+    feats, tokens = [_stored(h, d, target.args.rms_norm_eps)], []
     lengths, done = np.full(len(prompts), max_new), np.zeros(len(prompts), bool)
     for t in range(max_new):
         logits = target.head(h[:, -1, :d])
         nxt = mx.argmax(logits, axis=-1) if greedy else mx.random.categorical(logits)
         h = padded_features(target, nxt[:, None], cache, keep, taps)
         mx.eval(nxt, h)
-        tokens.append(np.array(nxt)), feats.append(np.array(h.astype(mx.float16)))
+        tokens.append(np.array(nxt)), feats.append(_stored(h, d, target.args.rms_norm_eps))
         for r, tok in enumerate(tokens[-1].tolist()):
             if not done[r] and tok in eos:
                 done[r], lengths[r] = True, t + 1
         if done.all():
             break
     return _rows(prompts, np.stack(tokens, axis=1), np.concatenate(feats, axis=1), lengths, width, seq_len)
+
+
+def _stored(h: mx.array, d: int, eps: float) -> np.ndarray:
+    """Hidden states as kept: float16, the tapped blocks' outputs RMS-normalised first (a
+    draft reads them normalised; raw, a residual stream's large activations can pass float16's
+    range)."""
+    if h.shape[-1] > d:
+        lower = h[..., d:].reshape(*h.shape[:-1], -1, d)
+        lower = mx.fast.rms_norm(lower, None, eps).reshape(*h.shape[:-1], -1)
+        h = mx.concatenate([h[..., :d], lower], axis=-1)
+    return np.array(h.astype(mx.float16))
 
 
 def _rows(prompts: list[list[int]], gen: np.ndarray, feats: np.ndarray, lengths: np.ndarray, width: int,
@@ -119,29 +131,22 @@ def batches_by_length(lengths: list[int], batch: int, span: int = 8) -> list[lis
 
 def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], folder: Path, *, batch: int,
                    max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress,
-                   limit: int | None = None, taps: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+                   limit: int | None = None, taps: tuple[int, ...] = ()) -> dict[str, Any]:
     """Every batch of `prompts` answered (those in `folder` already are reused), until
     `deadline` (time.monotonic(); the first batch in any case); returns the rows of the
-    first `limit` batches (default: all answered so far), concatenated. The features hold
-    the outputs of blocks `taps` after the final hidden states."""
+    first `limit` batches (default: all answered so far), as `read_batches` gives them. The
+    features hold the (normalised) outputs of blocks `taps` after the final hidden states."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = [tokenizer.apply_chat(p) for p in prompts]
     groups = batches_by_length([len(i) for i in ids], batch)
     eos = set(tokenizer.eos_ids)
     groups = groups[:limit]
     for g, group in enumerate(groups):
-        path = folder / f"{g:05d}.npz"
-        if not path.is_file():
+        if not is_done(folder, g):
             if g and time.monotonic() > deadline:  # the first batch always: there is no training without it
                 break
             mx.random.seed(seed * 100003 + g)
-            data = answer_batch(target, [ids[i] for i in group], g % 3 != 2, max_new, eos, seq_len, taps)
-            np.savez(folder / f"{g:05d}.tmp.npz", **data)
-            (folder / f"{g:05d}.tmp.npz").replace(path)
+            write_batch(folder, g, answer_batch(target, [ids[i] for i in group], g % 3 != 2, max_new, eos, seq_len,
+                                                taps))
         progress("answering the prompts", g + 1, len(groups))
-    keys, parts = ("tokens", "valid", "features"), []
-    for g in range(len(groups)):
-        if (folder / f"{g:05d}.npz").is_file():
-            with np.load(folder / f"{g:05d}.npz") as batch_file:  # closed at once: a run has hundreds
-                parts.append({k: batch_file[k] for k in keys})
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys} | {"batches": len(parts)} if parts else {}
+    return read_batches(folder, len(groups))

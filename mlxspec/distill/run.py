@@ -39,7 +39,8 @@ from .train import Schedule, train
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # Settings the data and the draft's shape depend on: a resumed run must keep them.
-_FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len", "max_new", "unroll", "feature_layers")
+_FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len", "max_new", "unroll", "feature_layers",
+          "dequantize")
 
 
 def _check(options: dict[str, Any]) -> None:
@@ -66,7 +67,7 @@ def _work_folder(out: Path, options: dict[str, Any], resume: bool, force: bool) 
         shutil.rmtree(work)
     if resume and record.is_file():
         before = json.loads(record.read_text())["options"]
-        changed = [k for k in _FIXED if before.get(k) != options[k]]
+        changed = [k for k in _FIXED if k in before and before[k] != options[k]]  # (settings it recorded)
         if changed:
             raise InputError(f"--resume: {changed[0]} differs from the run in {work} ({before.get(changed[0])!r}); "
                              "keep it, or start over with --force")
@@ -100,13 +101,13 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     out = Path(out).expanduser()
     check_writable(out, force, sources=[target], kind="draft")
     train_prompts, held_prompts = split_prompts(None if prompts is None else Path(prompts).expanduser(), seed)
-    folder, model, tokenizer, dequantize = _target(target, dequantize)
+    folder, model, tokenizer, options["dequantize"] = _target(target, dequantize)
     options["feature_layers"] = _layers_read(kind, feature_layers, model.depth)
     work = _work_folder(out, options, resume, force)
     report = progress or (lambda stage, done, total: None)
     budget = math.inf if minutes is None else 60 * minutes
     data, held, ids = _data(model, tokenizer, folder, work, train_prompts, held_prompts[:eval_prompts],
-                            {**options, "dequantize": dequantize}, start + 0.4 * budget, report)
+                            options, start + 0.4 * budget, report)
     draft = new_draft(model, kind, layers, ids, options["feature_layers"])
     head_w = head_matrix(model, ids)
     embed = model.model.embed_tokens
@@ -151,8 +152,7 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
     settings = dict(batch=options["answer_batch"], max_new=options["max_new"], seq_len=options["seq_len"],
                     seed=options["seed"])
     taps = tuple(options["feature_layers"] or ())
-    key = {**settings, **({"taps": list(taps)} if taps else {}),  # the default answers keyed as before
-           **({} if options["dequantize"] else {"quantized": True})}
+    key = {**settings, **({"taps": list(taps)} if taps else {}), **({} if options["dequantize"] else {"quantized": True})}
     pinned = work / "train" / "data.json"
     kept = json.loads(pinned.read_text()) if pinned.is_file() else None
     data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, key),

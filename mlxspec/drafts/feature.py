@@ -27,6 +27,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import InputError
 from ..models import Cache, KVCache, Model, ModelArgs, SubsetHead, TransformerBlock
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal
 
@@ -96,7 +97,7 @@ def feature_taps(draft: FeatureDraft, target: Model) -> tuple[int, ...]:
     against the target's depth."""
     taps = tuple(draft.args.feature_layers or ())
     if taps and taps[-1] >= target.depth:
-        raise ValueError(f"the feature draft reads block {taps[-1]} of the target, which has {target.depth} blocks")
+        raise InputError(f"the feature draft reads block {taps[-1]} of the target, which has {target.depth} blocks")
     return taps
 
 

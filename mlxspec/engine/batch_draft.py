@@ -40,7 +40,7 @@ class BatchModelDrafter:
     def add(self, prompt: list[int], hidden: mx.array | None = None) -> None:
         """A new last row: the draft reads its prompt alone, then joins the batch."""
         cache = self.draft.make_cache()
-        prefill(self.draft, prompt, cache, self.chunk, False)
+        prefill(self.draft, prompt, cache, self.chunk, None)
         self.cache.add(cache)
         self.pending.append([])
 
@@ -103,7 +103,7 @@ class BatchFeatureDrafter:
         self.embed = target.model.embed_tokens
         self.head = target_subset_head(target, draft.token_ids)
         self.cache = BatchCache(len(draft.layers), None)
-        self.features: list[list[mx.array]] = []  # per row, pieces [1, n_i, d] of its n + 1 features
+        self.features: list[list[mx.array]] = []  # per row, pieces [1, n_i, d * (1 + taps)] of its n + 1 features
         self.tokens: list[list[int]] = []
         self.k = 0
 

@@ -169,7 +169,7 @@ class MistralModel(nn.Module):
         h = self.blocks(self.embed_tokens(tokens), cache, taps)
         if not taps:
             return self.norm(h)
-        d = self.embed_tokens.weight.shape[-1]
+        d = self.norm.weight.shape[-1]  # (a quantized embedding's weight is packed)
         return mx.concatenate([self.norm(h[..., :d]), h[..., d:]], axis=-1)
 
     def blocks(self, h: mx.array, cache: list[Cache] | None, taps: Sequence[int] = ()) -> mx.array:

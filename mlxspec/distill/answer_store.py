@@ -1,0 +1,76 @@
+"""How answered batches are kept on disk and read back without holding them in memory.
+
+Batch g of a folder is two files: `{g:05d}.features.npy` (float16 [rows, seq_len, width])
+and `{g:05d}.npz` (tokens, valid mask), the second written last, so its presence says the
+batch is complete. Features are read memory-mapped: the answers to a few thousand prompts
+by a 7B target run to tens of GB with its tapped blocks, far more than a 16 GB Mac holds
+beside the target, and a training step reads only its own rows. Batches written whole into
+the `.npz` (earlier mlxspec) are split once when first read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class Rows:
+    """Several arrays' rows read as one array's: `rows[idx]` stacks the rows `idx` (in that
+    order), iteration yields every row; nothing is read before it is asked for."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.atleast_1d(idx)
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        return np.stack([self.parts[p][i - self.starts[p]] for p, i in zip(part, idx)])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            yield from part
+
+
+def is_done(folder: Path, g: int) -> bool:
+    """Whether batch `g` was written completely."""
+    return (folder / f"{g:05d}.npz").is_file()
+
+
+def write_batch(folder: Path, g: int, data: dict[str, np.ndarray]) -> None:
+    """Batch `g`: its features (unless None: kept), then tokens and valid mask (each written
+    whole, then renamed)."""
+    if data["features"] is not None:
+        np.save(folder / f"{g:05d}.features.tmp.npy", data["features"])
+        (folder / f"{g:05d}.features.tmp.npy").replace(folder / f"{g:05d}.features.npy")
+    np.savez(folder / f"{g:05d}.tmp.npz", tokens=data["tokens"], valid=data["valid"])
+    (folder / f"{g:05d}.tmp.npz").replace(folder / f"{g:05d}.npz")
+
+
+def read_batches(folder: Path, count: int) -> dict:
+    """The complete batches among the first `count`: tokens and valid masks concatenated,
+    features as memory-mapped `Rows`, and how many batches there were."""
+    tokens, valid, features = [], [], []
+    for g in range(count):
+        if not is_done(folder, g):
+            continue
+        features_file = folder / f"{g:05d}.features.npy"
+        with np.load(folder / f"{g:05d}.npz") as batch_file:  # closed at once: a run has hundreds
+            tokens.append(batch_file["tokens"])
+            valid.append(batch_file["valid"])
+            whole = not features_file.is_file()  # written whole by an earlier mlxspec
+            if whole:
+                np.save(folder / f"{g:05d}.features.tmp.npy", batch_file["features"])
+                (folder / f"{g:05d}.features.tmp.npy").replace(features_file)
+        if whole:
+            write_batch(folder, g, {"tokens": tokens[-1], "valid": valid[-1], "features": None})
+        features.append(np.load(features_file, mmap_mode="r"))
+    if not tokens:
+        return {}
+    return {"tokens": np.concatenate(tokens), "valid": np.concatenate(valid), "features": Rows(features),
+            "batches": len(tokens)}
