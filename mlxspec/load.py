@@ -12,6 +12,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .drafts import DRAFT_TYPE, Draft, FeatureDraft, OtherVocabularyDraft
+from .drafts.feature import feature_taps
 from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_kind
 from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
@@ -228,10 +229,10 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
         if getattr(draft.args, name) != getattr(target.args, name):
             raise InputError(f"{folder}: feature draft made for a target with {name} {getattr(draft.args, name)}, "
                              f"this target has {getattr(target.args, name)}")
-    taps = draft.args.feature_layers or []
-    if taps and taps[-1] >= target.depth:
-        raise InputError(f"{folder}: feature draft reads block {taps[-1]} of its target (feature_layers), "
-                         f"this target has {target.depth} blocks")
+    try:
+        feature_taps(draft, target)
+    except InputError as exc:
+        raise InputError(f"{folder}: {exc}") from None
     return draft
 
 

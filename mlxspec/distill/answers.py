@@ -20,6 +20,7 @@ from typing import Any, Callable
 import mlx.core as mx
 import numpy as np
 
+from ..drafts.feature import normalised_taps
 from ..models import KVCache, Model
 from ..models.mistral import run_blocks
 from ..text import Tokenizer
@@ -65,9 +66,7 @@ def padded_features(target: Model, tokens: mx.array, cache: list, keep: mx.array
     if target.args.sliding_window is not None:
         seen = seen & (k_pos > q_pos - target.args.sliding_window)
     mask = seen[None, None] & (keep[:, None, None, :end] | (k_pos == q_pos)[None, None])
-    h = run_blocks(target.layers, target.model.embed_tokens(tokens), mask, cache, taps)
-    d = target.args.hidden_size
-    return mx.concatenate([target.model.norm(h[..., :d]), h[..., d:]], axis=-1) if taps else target.model.norm(h)
+    return target.model.final_norm(run_blocks(target.layers, target.model.embed_tokens(tokens), mask, cache, taps))
 
 
 def answer_batch(target: Model, prompts: list[list[int]], greedy: bool, max_new: int, eos: set[int],
@@ -98,11 +97,7 @@ def _stored(h: mx.array, d: int, eps: float) -> np.ndarray:
     """Hidden states as kept: float16, the tapped blocks' outputs RMS-normalised first (a
     draft reads them normalised; raw, a residual stream's large activations can pass float16's
     range)."""
-    if h.shape[-1] > d:
-        lower = h[..., d:].reshape(*h.shape[:-1], -1, d)
-        lower = mx.fast.rms_norm(lower, None, eps).reshape(*h.shape[:-1], -1)
-        h = mx.concatenate([h[..., :d], lower], axis=-1)
-    return np.array(h.astype(mx.float16))
+    return np.array(normalised_taps(h, d, eps).astype(mx.float16))
 
 
 def _rows(prompts: list[list[int]], gen: np.ndarray, feats: np.ndarray, lengths: np.ndarray, width: int,

@@ -61,10 +61,7 @@ class FeatureDraft(nn.Module):
         -> [..., d]): the final feature itself, or fused with the lower blocks' outputs."""
         if not self.args.feature_layers:
             return features
-        d = self.args.hidden_size
-        lower = features[..., d:].reshape(*features.shape[:-1], -1, d)
-        lower = mx.fast.rms_norm(lower, None, self.args.rms_norm_eps).reshape(*features.shape[:-1], -1)
-        return self.fuse(mx.concatenate([features[..., :d], lower], axis=-1))
+        return self.fuse(normalised_taps(features, self.args.hidden_size, self.args.rms_norm_eps))
 
     def make_cache(self, max_rollback: int = 0) -> list[Cache]:
         """One growing cache per block (the draft attends over the whole verified context)."""
@@ -92,12 +89,23 @@ def target_subset_head(target: Model, token_ids: mx.array) -> SubsetHead:
     return head
 
 
+def normalised_taps(features: mx.array, d: int, eps: float) -> mx.array:
+    """Hidden states [..., d * (1 + taps)] with every tapped block's output RMS-normalised
+    (the final feature, first, as it is)."""
+    if features.shape[-1] == d:
+        return features
+    lower = features[..., d:].reshape(*features.shape[:-1], -1, d)
+    lower = mx.fast.rms_norm(lower, None, eps).reshape(*features.shape[:-1], -1)
+    return mx.concatenate([features[..., :d], lower], axis=-1)
+
+
 def feature_taps(draft: FeatureDraft, target: Model) -> tuple[int, ...]:
     """The target blocks whose outputs `draft` reads (see `Drafter.feature_layers`), checked
     against the target's depth."""
     taps = tuple(draft.args.feature_layers or ())
     if taps and taps[-1] >= target.depth:
-        raise InputError(f"the feature draft reads block {taps[-1]} of the target, which has {target.depth} blocks")
+        raise InputError(f"feature draft reads block {taps[-1]} of its target (feature_layers), "
+                         f"this target has {target.depth} blocks")
     return taps
 
 

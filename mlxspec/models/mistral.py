@@ -166,10 +166,13 @@ class MistralModel(nn.Module):
         """Final hidden states [B, L, d]; with `taps` (ascending block indices) the outputs of
         those blocks follow along the last axis, [B, L, d * (1 + len(taps))]: what a
         multi-layer feature draft reads (EAGLE-3)."""
-        h = self.blocks(self.embed_tokens(tokens), cache, taps)
-        if not taps:
-            return self.norm(h)
+        return self.final_norm(self.blocks(self.embed_tokens(tokens), cache, taps))
+
+    def final_norm(self, h: mx.array) -> mx.array:
+        """The final norm over the last block's output; tapped outputs after it stay as they are."""
         d = self.norm.weight.shape[-1]  # (a quantized embedding's weight is packed)
+        if h.shape[-1] == d:
+            return self.norm(h)
         return mx.concatenate([self.norm(h[..., :d]), h[..., d:]], axis=-1)
 
     def blocks(self, h: mx.array, cache: list[Cache] | None, taps: Sequence[int] = ()) -> mx.array:
