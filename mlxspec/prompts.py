@@ -1,9 +1,9 @@
 """Built-in prompts for `mlxspec demo` and `mlxspec bench`: chat, code, summarisation, and
 grounded work (edit this code, answer from this text, correct this paragraph).
 
-They are held out from the demo draft's distillation data (its training prompts are
-generated from other templates in benchmarks/demo_pair/distill.py), so the acceptance
-measured on them is the acceptance on unseen requests."""
+They are held out from the demo drafts' distillation data (`mlxspec distill`'s built-in
+prompts, distill/prompt_set.py, come from other templates and never include these), so the
+acceptance measured on them is the acceptance on unseen requests."""
 
 from __future__ import annotations
 

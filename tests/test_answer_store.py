@@ -1,11 +1,13 @@
 """The distillation answers on disk: batches read back memory-mapped, rows in the order
-asked, incomplete batches skipped, and batches an earlier mlxspec wrote whole split once."""
+asked, incomplete batches skipped, batches an earlier mlxspec wrote whole split once, and
+answers holding more tapped blocks reused for a draft reading fewer."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from mlxspec.distill.answer_store import read_batches, write_batch
+from mlxspec.distill.answers import answers_folder, tap_columns
 
 
 def batch(seed: int, rows: int) -> dict[str, np.ndarray]:
@@ -32,3 +34,27 @@ def test_rows_come_back_as_written(tmp_path):
         assert sorted(split.files) == ["tokens", "valid"]
     again = read_batches(tmp_path, 4)
     assert np.array_equal(again["features"][idx], every["features"][idx])
+
+
+def test_answers_with_more_blocks_serve_a_draft_reading_fewer(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"x")
+    prompts, settings = ["a", "b"], {"batch": 2, "seed": 0}
+    (tmp_path / "distill-answers" / "torn").mkdir(parents=True)
+    (tmp_path / "distill-answers" / "torn" / "key.json").write_text('{"identity": ')  # not shared, not fatal
+    wide, held = answers_folder(tmp_path, target, prompts, settings, (1, 3, 5))
+    assert held == (1, 3, 5)
+    d = 2  # final states, then blocks 1, 3, 5: each d wide, numbered by the block
+    features = np.concatenate([np.full((1, 1, d), b, np.float16) for b in (9, 1, 3, 5)], axis=-1)
+    write_batch(wide, 0, {"tokens": np.zeros((1, 1), np.int32), "valid": np.ones((1, 1), np.float32),
+                          "features": features})
+    for wanted in [(), (5,), (1, 5), (1, 3, 5)]:
+        place, stored = answers_folder(tmp_path, target, prompts, settings, wanted)
+        assert (place, stored) == (wide, (1, 3, 5))
+        row = read_batches(place, 1, tap_columns(stored, wanted, d))["features"][np.array([0])]
+        assert row.reshape(-1).tolist() == [b for b in (9, *wanted) for _ in range(d)]
+    for other in [((2,), settings), ((1,), {**settings, "seed": 1}), ((), {**settings, "batch": 3})]:
+        assert answers_folder(tmp_path, target, prompts, other[1], other[0])[0] != wide  # not held, or other data
+    (target / "model.safetensors").write_bytes(b"xy")  # a changed target answers again
+    assert answers_folder(tmp_path, target, prompts, settings, ())[0] != wide

@@ -44,8 +44,10 @@ def weights(folder: Path) -> dict[str, np.ndarray]:
 def test_loss_goes_down_and_the_draft_speculates_exactly(kind, hf_full_dir, prompts_file, tmp_path):
     # the feature draft: fused features of the first block and the final one, with training-time test
     extra = dict(unroll=2, feature_layers=[0]) if kind == "feature" else {}
-    out = distill(hf_full_dir, tmp_path / "draft", kind=kind, prompts=prompts_file, steps=40, **extra, **SMALL)
+    out = distill(hf_full_dir, tmp_path / "draft", kind=kind, prompts=prompts_file, steps=40, **extra, **SMALL,
+                  command="mlxspec distill ...")
     info = json.loads((out / "training.json").read_text())
+    assert info["command"] == "mlxspec distill ..."
     assert info["options"]["feature_layers"] == extra.get("feature_layers")
     assert info["curve"][-1][1] < info["curve"][0][1] - 0.05 and info["stopped_by"] == "steps"
     if kind == "feature":  # starts token-only (fc = [I, 0]): reading features must help it
@@ -87,6 +89,15 @@ def test_the_time_budget_is_respected(hf_full_dir, prompts_file, tmp_path):
     assert time.monotonic() - started < 0.25 * 60 + 10
     info = json.loads((out / "training.json").read_text())
     assert info["stopped_by"] == "time budget" and info["curve"][-1][0] < 10**6
+
+
+def test_the_command_line_is_recorded(monkeypatch):
+    from mlxspec import cli_distill
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/mlxspec", "distill", "--demo", "-o", "my draft"])
+    assert cli_distill._command_line() == "mlxspec distill --demo -o 'my draft'"
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])  # not run as `mlxspec distill`: nothing recorded
+    assert cli_distill._command_line() is None
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -162,3 +173,13 @@ def test_a_quantized_target_is_kept_quantized(hf_full_dir, prompts_file, tmp_pat
         draft = mlxspec.load_draft(out, target, tokenizer)
         session = mlxspec.Session(target, tokenizer, draft, num_draft_tokens=3, draft_policy="fixed")
         assert [s.token for s in session.stream("Tell me a story.", max_tokens=20)] == plain
+
+
+def test_the_builtin_prompts_leave_out_the_bench_prompts():
+    """A draft distilled on the built-in set is measured by `bench` on prompts it never saw."""
+    from mlxspec.distill.prompt_set import builtin_prompts
+    from mlxspec.prompts import BUILTIN_PROMPTS
+
+    train = builtin_prompts(0)
+    assert len(train) == len(set(train)) > 3000
+    assert not {p for kind in BUILTIN_PROMPTS.values() for p in kind} & set(train)

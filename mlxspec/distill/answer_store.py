@@ -18,10 +18,11 @@ import numpy as np
 
 class Rows:
     """Several arrays' rows read as one array's: `rows[idx]` stacks the rows `idx` (in that
-    order), iteration yields every row; nothing is read before it is asked for."""
+    order), iteration yields every row; nothing is read before it is asked for. With
+    `columns`, only those entries of the last axis are given."""
 
-    def __init__(self, parts: list[np.ndarray]) -> None:
-        self.parts = parts
+    def __init__(self, parts: list[np.ndarray], columns: np.ndarray | None = None) -> None:
+        self.parts, self.columns = parts, columns
         self.starts = np.cumsum([0] + [len(p) for p in parts])
 
     def __len__(self) -> int:
@@ -30,11 +31,14 @@ class Rows:
     def __getitem__(self, idx: np.ndarray) -> np.ndarray:
         idx = np.atleast_1d(idx)
         part = np.searchsorted(self.starts, idx, side="right") - 1
-        return np.stack([self.parts[p][i - self.starts[p]] for p, i in zip(part, idx)])
+        return np.stack([self._row(self.parts[p][i - self.starts[p]]) for p, i in zip(part, idx)])
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for part in self.parts:
-            yield from part
+            yield from map(self._row, part)
+
+    def _row(self, row: np.ndarray) -> np.ndarray:
+        return row if self.columns is None else row[..., self.columns]
 
 
 def is_done(folder: Path, g: int) -> bool:
@@ -52,9 +56,15 @@ def write_batch(folder: Path, g: int, data: dict[str, np.ndarray]) -> None:
     (folder / f"{g:05d}.tmp.npz").replace(folder / f"{g:05d}.npz")
 
 
-def read_batches(folder: Path, count: int) -> dict:
+def done_batches(folder: Path) -> int:
+    """How many batches in `folder` were written completely."""
+    return sum(1 for _ in folder.glob("[0-9][0-9][0-9][0-9][0-9].npz"))
+
+
+def read_batches(folder: Path, count: int, columns: np.ndarray | None = None) -> dict:
     """The complete batches among the first `count`: tokens and valid masks concatenated,
-    features as memory-mapped `Rows`, and how many batches there were."""
+    features as memory-mapped `Rows` (of `columns` only, if given), and how many batches
+    there were."""
     tokens, valid, features = [], [], []
     for g in range(count):
         if not is_done(folder, g):
@@ -72,5 +82,5 @@ def read_batches(folder: Path, count: int) -> dict:
         features.append(np.load(features_file, mmap_mode="r"))
     if not tokens:
         return {}
-    return {"tokens": np.concatenate(tokens), "valid": np.concatenate(valid), "features": Rows(features),
+    return {"tokens": np.concatenate(tokens), "valid": np.concatenate(valid), "features": Rows(features, columns),
             "batches": len(tokens)}

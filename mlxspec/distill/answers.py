@@ -24,21 +24,62 @@ from ..drafts.feature import normalised_taps
 from ..models import KVCache, Model
 from ..models.mistral import run_blocks
 from ..text import Tokenizer
-from .answer_store import is_done, read_batches, write_batch
+from .answer_store import done_batches, is_done, read_batches, write_batch
 from .prompts_file import Prompt
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-def answers_folder(cache: Path, target: Path, prompts: list[Prompt], settings: dict[str, Any]) -> Path:
+def answers_folder(cache: Path, target: Path, prompts: list[Prompt], settings: dict[str, Any],
+                   taps: tuple[int, ...] = ()) -> tuple[Path, tuple[int, ...]]:
     """Where the answers to `prompts` by the target in folder `target` under `settings` are
-    kept: `cache/distill-answers/<key>`, the key covering the target's weight files (name,
-    size, time), the prompts and the settings, so that runs trying other drafts on the same
-    data share it, and a changed target or prompt set never reuses stale answers."""
+    kept, and which blocks' outputs that folder's features hold: `cache/distill-answers/<key>`,
+    the key covering the target's weight files (name, size, time), the prompts, the settings
+    and `taps`, so that runs trying other drafts on the same data share it, and a changed
+    target or prompt set never reuses stale answers. The answers differ in nothing else, so a
+    folder holding more blocks (a multi-layer feature draft's answers, for a model draft or
+    one reading fewer blocks) is used instead when it has answered more batches."""
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in target.glob("*.safetensors"))
-    key = json.dumps([str(target.resolve()), weights, prompts, settings, "batches by length in blocks"], sort_keys=True,
-                     default=str)
-    return cache / "distill-answers" / hashlib.sha256(key.encode()).hexdigest()[:20]
+    same = [str(target.resolve()), weights, prompts, settings, _FORMAT]
+    exact = cache / "distill-answers" / _digest([*same[:3], {**settings, **({"taps": list(taps)} if taps else {})},
+                                                  _FORMAT])
+    identity = _digest(same)
+    choices = [(exact, taps)]
+    for record in sorted(exact.parent.glob("*/key.json")):
+        kept = _read_key(record)
+        if kept.get("identity") == identity and set(taps) <= set(kept["taps"]) and record.parent != exact:
+            choices.append((record.parent, tuple(kept["taps"])))
+    folder, held = max(choices, key=lambda choice: done_batches(choice[0]))  # the first of equals: exact
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").is_file():
+        (folder / "key.tmp.json").write_text(json.dumps({"identity": identity, "taps": list(held)}))
+        (folder / "key.tmp.json").replace(folder / "key.json")
+    return folder, held
+
+
+def _read_key(record: Path) -> dict:
+    """A folder's key.json, or {} when it cannot be read (then the folder is not shared)."""
+    try:
+        kept = json.loads(record.read_text())
+        return kept if isinstance(kept, dict) and isinstance(kept.get("taps"), list) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+_FORMAT = "batches by length in blocks"  # changed whenever answers are made differently
+
+
+def _digest(key: list) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def tap_columns(held: tuple[int, ...], wanted: tuple[int, ...], width: int) -> np.ndarray | None:
+    """The columns of features holding the final states and blocks `held` (each `width`
+    wide) that give the final states and blocks `wanted`; None when they are all of them."""
+    if tuple(held) == tuple(wanted):
+        return None
+    spans = [range(0, width)] + [range((1 + held.index(t)) * width, (2 + held.index(t)) * width) for t in wanted]
+    return np.concatenate([np.arange(s.start, s.stop) for s in spans])
 
 
 def left_pad(prompts: list[list[int]], max_new: int) -> tuple[np.ndarray, mx.array]:
@@ -126,11 +167,14 @@ def batches_by_length(lengths: list[int], batch: int, span: int = 8) -> list[lis
 
 def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], folder: Path, *, batch: int,
                    max_new: int, seq_len: int, seed: int, deadline: float, progress: Progress,
-                   limit: int | None = None, taps: tuple[int, ...] = ()) -> dict[str, Any]:
+                   limit: int | None = None, taps: tuple[int, ...] = (),
+                   held: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Every batch of `prompts` answered (those in `folder` already are reused), until
     `deadline` (time.monotonic(); the first batch in any case); returns the rows of the
     first `limit` batches (default: all answered so far), as `read_batches` gives them. The
-    features hold the (normalised) outputs of blocks `taps` after the final hidden states."""
+    features hold the (normalised) outputs of blocks `taps` after the final hidden states;
+    the folder's hold those of blocks `held` (default: `taps`; see `answers_folder`)."""
+    held = taps if held is None else held
     folder.mkdir(parents=True, exist_ok=True)
     ids = [tokenizer.apply_chat(p) for p in prompts]
     groups = batches_by_length([len(i) for i in ids], batch)
@@ -142,6 +186,6 @@ def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], f
                 break
             mx.random.seed(seed * 100003 + g)
             write_batch(folder, g, answer_batch(target, [ids[i] for i in group], g % 3 != 2, max_new, eos, seq_len,
-                                                taps))
+                                                held))
         progress("answering the prompts", g + 1, len(groups))
-    return read_batches(folder, len(groups))
+    return read_batches(folder, len(groups), tap_columns(held, taps, target.args.hidden_size))

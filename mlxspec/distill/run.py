@@ -84,14 +84,15 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
             batch: int = 8, lr: float = 3e-4, answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8,
             checkpoint_every: int = 50, seed: int = 0,
             dequantize: bool | None = None, resume: bool = False, force: bool = False,
-            progress: Progress | None = None) -> Path:
+            progress: Progress | None = None, command: str | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
     (loadable with `--draft` / `load_draft`); see the module docstring. A feature draft reads
     the outputs of `feature_layers` beside the final feature (see `feature_layers_for`; by
     default EAGLE-3's low, middle and high blocks). The target is loaded as `generate` loads
     it (`dequantize`: expanded to float32, by default on the CPU backend only; kept quantized,
     a 4-bit 7B target takes about 4 GB instead of 29). `progress(stage, done, total)` is
-    called as each stage advances. Returns `out`."""
+    called as each stage advances; `command` (the command line that started it) is recorded
+    in training.json. Returns `out`."""
     start = time.monotonic()
     options = dict(target=str(target), kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
                    layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
@@ -121,7 +122,7 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     for temperature in (0.0, 1.0):
         evaluation[f"acceptance_T{temperature:g}"] = acceptance(model, tokenizer, draft, held_prompts[:eval_prompts],
                                                                 eval_k, temperature, 48, start + budget)
-    info = {"options": options, "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points,
+    info = {**({"command": command} if command else {}), "options": options, "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points,
             "held_top1_curve": curve.held, "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
             "train_positions": int(data["valid"].sum()), "evaluation": evaluation,
             "seconds": round(time.monotonic() - start, 1), "schedule": asdict(schedule)}
@@ -152,16 +153,16 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
     settings = dict(batch=options["answer_batch"], max_new=options["max_new"], seq_len=options["seq_len"],
                     seed=options["seed"])
     taps = tuple(options["feature_layers"] or ())
-    key = {**settings, **({"taps": list(taps)} if taps else {}), **({} if options["dequantize"] else {"quantized": True})}
+    key = {**settings, **({} if options["dequantize"] else {"quantized": True})}
     pinned = work / "train" / "data.json"
     kept = json.loads(pinned.read_text()) if pinned.is_file() else None
-    data = answer_prompts(model, tokenizer, train_prompts, answers_folder(cache_dir(), folder, train_prompts, key),
-                          **settings, deadline=deadline, progress=report, limit=None if kept is None else kept["batches"],
-                          taps=taps)
+    place, held_taps = answers_folder(cache_dir(), folder, train_prompts, key, taps)
+    data = answer_prompts(model, tokenizer, train_prompts, place, **settings, deadline=deadline, progress=report,
+                          limit=None if kept is None else kept["batches"], taps=taps, held=held_taps)
     held_settings = {**settings, "seed": options["seed"] + 1}
-    held = answer_prompts(model, tokenizer, held_prompts,
-                          answers_folder(cache_dir(), folder, held_prompts, {**key, "seed": options["seed"] + 1}),
-                          **held_settings, deadline=math.inf, progress=report, taps=taps)
+    place, held_taps = answers_folder(cache_dir(), folder, held_prompts, {**key, "seed": options["seed"] + 1}, taps)
+    held = answer_prompts(model, tokenizer, held_prompts, place, **held_settings, deadline=math.inf, progress=report,
+                          taps=taps, held=held_taps)
     if kept is not None:
         return data, held, np.array(kept["head_ids"], dtype=np.int32)
     ids = head_subset(data["tokens"], data["valid"], options["head_vocab"], model.args.vocab_size,
@@ -172,9 +173,11 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
 
 
 def export(draft: Any, kind: str, target_folder: Path, out: Path, info: dict, force: bool) -> None:
-    """The draft folder: weights, config.json (a feature draft's says `"draft_type": "eagle"`),
-    training.json, and for a model draft the target's tokenizer files."""
-    weights = dict(tree_flatten(draft.parameters()))
+    """The draft folder: weights (float16: half the disk of float32; `load_draft` gives the
+    dtype asked), config.json (a feature draft's says `"draft_type": "eagle"`), training.json,
+    and for a model draft the target's tokenizer files."""
+    weights = {k: v.astype(mx.float16) if mx.issubdtype(v.dtype, mx.floating) else v
+               for k, v in tree_flatten(draft.parameters())}
     config = draft_config(draft) if kind == "feature" else draft.args.to_hf_config()
     with atomic_dir(out, force, sources=[target_folder], kind="draft") as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
