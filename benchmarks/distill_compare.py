@@ -85,7 +85,8 @@ def markdown(report: dict) -> str:
     lines.append(f"| shipped draft ({s['made_by']}) | | | {' / '.join(f'{a:.2f}' for a in s['acceptance_T0'])} | "
                  f"{' / '.join(f'{a:.2f}' for a in s['acceptance_T1'])} |")
     made = ", ".join(f"{tag}: {sec} s" for tag, sec in report["answers_seconds"].items())
-    return "\n".join(lines) + f"\n\nThe target's answers, made once per set of layers read ({made}).\n"
+    return "\n".join(lines) + (f"\n\nEach variant's data step (the target's answers, made once and cached; answers "
+                                f"keeping more blocks serve fewer): {made}.\n")
 
 
 if __name__ == "__main__":
