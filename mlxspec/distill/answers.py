@@ -40,10 +40,9 @@ def answers_folder(cache: Path, target: Path, prompts: list[Prompt], settings: d
     folder holding more blocks (a multi-layer feature draft's answers, for a model draft or
     one reading fewer blocks) is used instead when it has answered more batches."""
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in target.glob("*.safetensors"))
-    same = [str(target.resolve()), weights, prompts, settings, _FORMAT]
-    exact = cache / "distill-answers" / _digest([*same[:3], {**settings, **({"taps": list(taps)} if taps else {})},
-                                                  _FORMAT])
-    identity = _digest(same)
+    data = [str(target.resolve()), weights, prompts]
+    exact = cache / "distill-answers" / _digest([*data, {**settings, **({"taps": list(taps)} if taps else {})}])
+    identity = _digest([*data, settings])  # the same answers, whichever blocks' outputs were kept
     choices = [(exact, taps)]
     for record in sorted(exact.parent.glob("*/key.json")):
         kept = _read_key(record)
@@ -66,11 +65,10 @@ def _read_key(record: Path) -> dict:
         return {}
 
 
-_FORMAT = "batches by length in blocks"  # changed whenever answers are made differently
-
-
 def _digest(key: list) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """A short hash of `key` and of the way answers are made (the marker changes with it)."""
+    marked = [*key, "batches by length in blocks"]
+    return hashlib.sha256(json.dumps(marked, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def tap_columns(held: tuple[int, ...], wanted: tuple[int, ...], width: int) -> np.ndarray | None:

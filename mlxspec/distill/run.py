@@ -122,8 +122,8 @@ def distill(target: str | Path, out: str | Path, *, kind: str = "feature", promp
     for temperature in (0.0, 1.0):
         evaluation[f"acceptance_T{temperature:g}"] = acceptance(model, tokenizer, draft, held_prompts[:eval_prompts],
                                                                 eval_k, temperature, 48, start + budget)
-    info = {**({"command": command} if command else {}), "options": options, "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points,
-            "held_top1_curve": curve.held, "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
+    info = {**({"command": command} if command else {}), "options": options,
+            "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points, "held_top1_curve": curve.held, "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
             "train_positions": int(data["valid"].sum()), "evaluation": evaluation,
             "seconds": round(time.monotonic() - start, 1), "schedule": asdict(schedule)}
     export(draft, kind, folder, out, info, force)
