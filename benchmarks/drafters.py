@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS  # noqa: E402
 
 import mlxspec  # noqa: E402
+from mlxspec.engine.options import GenerationOptions  # noqa: E402
 from mlxspec.baseline import mlx_lm_models, mlx_lm_tokens, rounds_from_flags  # noqa: E402
 from mlxspec.bench import timed_run  # noqa: E402
 from mlxspec.demo import demo_draft, demo_target, demo_token_draft  # noqa: E402
@@ -50,7 +51,7 @@ def one_run(name: str, runs: dict, theirs: Any, ids: list[int], n: int, temperat
     """One generation of one configuration: tokens, decoding seconds, drafted/accepted per position."""
     if name.startswith("mlx-lm"):
         k = 0 if name == "mlx-lm plain" else MLX_LM_K
-        run, flags = timed_run(mlx_lm_tokens(*theirs, ids, n, temperature, k, seed), eos, n)
+        run, flags = timed_run(mlx_lm_tokens(*theirs, ids, GenerationOptions(max_tokens=n, temperature=temperature), k, seed), eos, n)
         drafted, accepted = rounds_from_flags(flags, k) if k else ([], [])
         return {"tokens": run.tokens, "seconds": run.decode_time, "drafted": drafted, "accepted": accepted}
     stats: dict[str, Any] = {}

@@ -86,7 +86,8 @@ def bench_pair(name: str, target_dir: Path, draft_dir: Path, args: argparse.Name
     draft = mlxspec.load(draft_dir)[0] if draft_dir != target_dir else target
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "same": the draft is not smaller than the target
-        report = run_bench(target, tokenizer, draft, PROMPTS, max_tokens=args.tokens, temperatures=(0.0, 1.0),
+        report = run_bench(target, tokenizer, draft, PROMPTS, options=mlxspec.GenerationOptions(max_tokens=args.tokens),
+                           temperatures=(0.0, 1.0),
                            ks=(2, 4, 6), repeats=args.runs, compare_mlx_lm=True,
                            weights="float32, random", log=lambda line: print(line, flush=True))
     write_report(report, RESULTS / f"speculative-{name}", plots=False)

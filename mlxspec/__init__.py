@@ -15,7 +15,7 @@
 from .convert.converter import convert  # a plain function; the subpackage stays importable as mlxspec.convert.*
 from .distill import distill  # a function; the subpackage stays importable as mlxspec.distill.*
 from .drafts import FeatureDraft, NGramDraft, OtherVocabularyDraft
-from .engine import (Calibration, GenerationStats, GenerationStep, SamplingParams, Session, SpeculativeStats,
+from .engine import (Calibration, GenerationOptions, GenerationStats, GenerationStep, SamplingParams, Session, SpeculativeStats,
                      generate, stream_generate)
 from .engine.batch import Completion
 from .engine.logprobs import TokenLogprob
@@ -28,7 +28,7 @@ from .text import Tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Calibration", "CheckpointError", "Completion", "ConfigError", "distill", "FeatureDraft", "GenerationStats", "GenerationStep", "NGramDraft",
+    "Calibration", "CheckpointError", "Completion", "ConfigError", "distill", "FeatureDraft", "GenerationOptions", "GenerationStats", "GenerationStep", "NGramDraft",
     "OtherVocabularyDraft",
     "InputError", "InputTypeError", "MlxspecError", "Model", "ModelArgs", "OutputError", "SamplingParams", "Session",
     "SpeculativeStats", "TokenLogprob", "Tokenizer", "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair",

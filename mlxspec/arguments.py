@@ -13,8 +13,7 @@ import typer
 
 from .bench import check_numbers
 from .drafts import check_draft_length
-from .engine import SamplingParams
-from .engine.request import check_request
+from .engine.request import check_prefill_chunk
 from .errors import InputError
 from .text.unicode import check_text, decode_utf8
 
@@ -30,13 +29,10 @@ def read_prompt(prompt: str) -> str:
     return text
 
 
-def check_generation(max_tokens: int, num_draft_tokens: int, temperature: float, top_p: float, top_k: int,
-                     seed: Optional[int] = None, prefill_chunk: Optional[int] = None) -> SamplingParams:
-    """The sampling settings, after every number of the request passed its check."""
-    params = SamplingParams(temperature, top_p, top_k)
-    check_request(max_tokens, seed, prefill_chunk)
+def check_generation(num_draft_tokens: int, prefill_chunk: Optional[int] = None) -> None:
+    """The command's own numbers (the request's options are checked as they are parsed)."""
+    check_prefill_chunk(prefill_chunk)
     check_draft_length(num_draft_tokens, "--num-draft-tokens")
-    return params
 
 
 def check_bench(max_tokens: int, repeats: int, mlx_lm_draft: bool, compare_mlx_lm: bool) -> None:

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .engine.options import GenerationOptions
 from .errors import InputError
 from .models import Model
 
@@ -55,20 +56,30 @@ def mlx_lm_models(target: Model, draft: Model | None) -> tuple[Any, Any]:
     return _their_model(target), their_draft
 
 
-def mlx_lm_tokens(target: Any, draft: Any | None, prompt: list[int], max_tokens: int, temperature: float,
+def mlx_lm_sampling(options: GenerationOptions) -> dict[str, Any]:
+    """mlx-lm's sampler and logits processors for these options (the ones mlx-lm has)."""
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    p = options.sampling
+    sampler = make_sampler(temp=p.temperature, top_p=p.top_p, min_p=p.min_p, top_k=p.top_k)
+    processors = make_logits_processors(dict(p.logit_bias) or None, p.repetition_penalty
+                                        if p.repetition_penalty != 1.0 else None, p.repetition_context)
+    return {"sampler": sampler, "logits_processors": processors, "max_tokens": options.max_tokens}
+
+
+def mlx_lm_tokens(target: Any, draft: Any | None, prompt: list[int], options: GenerationOptions,
                   k: int, seed: int) -> Iterator[tuple[int, bool]]:
     """(token, from the draft) from mlx-lm's loop: plain for k = 0, else speculative with k drafts."""
     from mlx_lm.generate import generate_step, speculative_generate_step
-    from mlx_lm.sample_utils import make_sampler
 
     mx.random.seed(seed)
-    sampler = make_sampler(temp=temperature)
+    sampling = mlx_lm_sampling(options)
     if k == 0:
-        for token, _ in generate_step(mx.array(prompt), target, max_tokens=max_tokens, sampler=sampler):
+        for token, _ in generate_step(mx.array(prompt), target, **sampling):
             yield int(token), False
         return
     for token, _, from_draft in speculative_generate_step(mx.array(prompt), target, draft, num_draft_tokens=k,
-                                                          max_tokens=max_tokens, sampler=sampler):
+                                                          **sampling):
         yield int(token), bool(from_draft)
 
 

@@ -18,7 +18,7 @@ import mlx.core as mx
 
 from .baseline import mlx_lm_models, mlx_lm_tokens, rounds_from_flags
 from .drafts import MAX_DRAFT_TOKENS, Draft, FeatureDraft, NGramDraft, describe_draft
-from .engine import Calibration, SamplingParams, Session, SpeculativeStats
+from .engine import Calibration, GenerationOptions, Session, SpeculativeStats
 from .engine.request import prompt_ids, token_budget
 from .errors import InputError
 from .models import Model
@@ -84,17 +84,16 @@ class Bench:
         their_draft = mlx_lm_draft if mlx_lm_draft is not None else draft
         self.theirs = mlx_lm_models(target, their_draft) if compare_mlx_lm else None
 
-    def run(self, config: Config, ids: list[int], max_tokens: int, temperature: float, eos: set[int],
-            seed: int) -> Run:
+    def run(self, config: Config, ids: list[int], options: GenerationOptions, eos: set[int], seed: int) -> Run:
         """One generation of one configuration, timed."""
+        max_tokens = options.max_tokens
         if config.engine == "mlx-lm":
-            run, flags = timed_run(mlx_lm_tokens(*self.theirs, ids, max_tokens, temperature, config.k, seed),
-                                   eos, max_tokens)
+            run, flags = timed_run(mlx_lm_tokens(*self.theirs, ids, options, config.k, seed), eos, max_tokens)
             if config.k:
                 run.drafted, run.accepted = rounds_from_flags(flags, config.k)
             return run
         session = self.adaptive if config.adaptive or config.k == 0 else self.sessions[config.k]
-        steps = session.stream(ids, max_tokens=max_tokens, temperature=temperature, speculative=config.k > 0)
+        steps = session.stream(ids, options, speculative=config.k > 0)
         last: dict[str, Any] = {}
 
         def pairs() -> Iterator[tuple[int, bool]]:
@@ -153,19 +152,22 @@ def encode_prompts(target: Model, tokenizer: Tokenizer, prompts: list[tuple[str,
 
 
 def run_bench(target: Model, tokenizer: Tokenizer, draft: Draft, prompts: list[tuple[str, str]], *,
-              max_tokens: int = 128, temperatures: Sequence[float] = (0.0,), ks: Sequence[int] = (1, 2, 3, 4),
+              options: GenerationOptions = GenerationOptions(max_tokens=128), temperatures: Sequence[float] = (0.0,), ks: Sequence[int] = (1, 2, 3, 4),
               adaptive: bool = True, repeats: int = 3, compare_mlx_lm: bool = False,
               mlx_lm_draft: Model | None = None, weights: str = "as stored", calibration: Calibration | None = None,
               log: Callable[[str], None] = lambda s: None) -> dict:
     """Run every configuration; return the report (see `report.SCHEMA_VERSION`). mlx-lm's
-    speculative loop runs `mlx_lm_draft` when given (it cannot run a feature draft), else `draft`."""
+    speculative loop runs `mlx_lm_draft` when given (it cannot run a feature draft), else `draft`.
+    Every run samples with `options` at each of `temperatures`."""
+    max_tokens = options.max_tokens
     check_options(draft, mlx_lm_draft, compare_mlx_lm, repeats, max_tokens)
     encoded = encode_prompts(target, tokenizer, prompts, max_tokens)
     bench = Bench(target, draft, ks, calibration or Calibration(), mlx_lm_draft, compare_mlx_lm)
     # before any timed run: the adaptive runs read these, and the predictions rest on them
-    timings = {temp: bench.adaptive.timings(SamplingParams(temperature=temp)) for temp in temperatures}
+    timings = {temp: bench.adaptive.timings(options.with_values({"temperature": temp}).sampling)
+               for temp in temperatures}
     configs = configurations(ks, adaptive, compare_mlx_lm)
-    results = _run_all(bench, configs, encoded, temperatures, repeats, max_tokens, set(tokenizer.eos_ids), log)
+    results = _run_all(bench, configs, encoded, temperatures, repeats, options, set(tokenizer.eos_ids), log)
     drafts = {"mlxspec": describe_draft(draft)}
     if compare_mlx_lm:
         drafts["mlx-lm"] = describe_draft(mlx_lm_draft if mlx_lm_draft is not None else draft)
@@ -177,7 +179,7 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Draft, prompts: list[t
 
 
 def _run_all(bench: Bench, configs: list[Config], encoded: list, temperatures: Sequence[float], repeats: int,
-             max_tokens: int, eos: set[int], log: Callable[[str], None]) -> dict[tuple[str, float], list[list[Run]]]:
+             options: GenerationOptions, eos: set[int], log: Callable[[str], None]) -> dict[tuple[str, float], list[list[Run]]]:
     """Every configuration on every prompt and temperature, repeats outermost."""
     results: dict[tuple[str, float], list[list[Run]]] = {}
     total, done = len(configs) * len(temperatures) * repeats * len(encoded), 0
@@ -185,7 +187,8 @@ def _run_all(bench: Bench, configs: list[Config], encoded: list, temperatures: S
         for temp in temperatures:
             for p, (kind, _, ids) in enumerate(encoded):
                 for config in configs:
-                    run = bench.run(config, ids, max_tokens, temp, eos, seed=1000 * repeat + p)
+                    run = bench.run(config, ids, options.with_values({"temperature": temp}), eos,
+                                    seed=1000 * repeat + p)
                     results.setdefault((config.label, temp), [[] for _ in range(repeats)])[repeat].append(run)
                     done += 1
                     log(f"[{done}/{total}] T={temp:g} {kind} prompt {p + 1}: {config.label}: "

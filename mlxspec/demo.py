@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .convert.converter import convert
-from .engine import GenerationStep, Session
+from .engine import GenerationOptions, GenerationStep, Session
 from .errors import MlxspecError
 from .paths import cache_dir
 
@@ -78,21 +78,22 @@ def demo_token_draft() -> Path:
     return _asset("smollm2-draft")
 
 
-def warm_up(session: Session, prompt: str, temperature: float, max_tokens: int = 8) -> None:
+def warm_up(session: Session, prompt: str, options: GenerationOptions) -> None:
     """Run both paths briefly before anything is timed (the first speculative run also
     calibrates for this kind of sampling), so that the first timed answer is not the one
     that compiles kernels and touches fresh memory."""
+    brief = options.with_values({"max_tokens": min(options.max_tokens, 8)})
     for speculative in (False, True):
-        for _ in session.stream(prompt, max_tokens=max_tokens, temperature=temperature, chat=True,
-                                speculative=speculative):
+        for _ in session.stream(prompt, brief, chat=True, speculative=speculative):
             pass
 
 
-def answers(session: Session, prompt: str, max_tokens: int, temperature: float) -> Iterator[tuple[str, GenerationStep]]:
-    """(mode, step) for the prompt answered plainly, then speculatively. A seed only when
-    sampling, so that greedy answers start from what earlier ones measured."""
-    seed = 0 if temperature > 0 else None
+def answers(session: Session, prompt: str, options: GenerationOptions) -> Iterator[tuple[str, GenerationStep]]:
+    """(mode, step) for the prompt answered plainly, then speculatively. When sampling
+    without a seed, seed 0, so that both modes draw alike; greedy answers start from what
+    earlier ones measured."""
+    if options.seed is None and not options.sampling.greedy:
+        options = options.with_values({"seed": 0})
     for mode in ("plain", "speculative"):
-        for step in session.stream(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, chat=True,
-                                   speculative=mode == "speculative"):
+        for step in session.stream(prompt, options, chat=True, speculative=mode == "speculative"):
             yield mode, step

@@ -20,6 +20,7 @@ from mlxspec.report import PLOT_FILES, SCHEMA_VERSION
 from mlxspec.models.config import ModelArgs
 from mlxspec.errors import InputError
 from mlxspec.models import Model
+from mlxspec.engine.options import GenerationOptions
 from mlxspec.engine.sampling import SamplingParams, process_logits
 from mlxspec.engine.verify import verify
 
@@ -237,4 +238,4 @@ def test_a_prompt_too_long_is_found_before_calibrating(hf_full_dir, small_draft_
     monkeypatch.setattr(bench_module, "Bench", lambda *a, **k: pytest.fail("calibrated before checking prompts"))
     prompts = [("chat", "Hello"), ("file", "word " * 600)]
     with pytest.raises(InputError, match="prompt 2 \\('word word"):
-        bench_module.run_bench(target, tokenizer, draft, prompts, max_tokens=4)
+        bench_module.run_bench(target, tokenizer, draft, prompts, options=GenerationOptions(max_tokens=4))

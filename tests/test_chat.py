@@ -1,5 +1,5 @@
 """The library's request options: chat messages, stop strings (matched across token
-boundaries, never emitted), min-p and the repetition penalty (speculation stays exact:
+boundaries, never emitted), min-p, the penalties and the logit bias (speculation stays exact:
 greedy equals plain, sampled output has the processed target distribution), logprobs,
 and the prompt cache (a second turn prefills only its new tokens and equals a fresh run)."""
 
@@ -11,7 +11,8 @@ import pytest
 
 import mlxspec
 from mlxspec import Session
-from mlxspec.engine.sampling import SamplingParams, penalize, process_logits, recent_windows
+from mlxspec.engine.penalties import penalize, recent_windows
+from mlxspec.engine.sampling import SamplingParams, process_logits
 from mlxspec.errors import InputError, InputTypeError
 from mlxspec.text.stops import StopMatcher
 from test_speculative import FixedTimings, chi2_critical, chi2_stat, new_generation, perturbed, tiny
@@ -43,7 +44,7 @@ def exact_joint_penalized(model, prompt: list[int], params: SamplingParams, n: i
             text = prompt + list(prefix)
             logits = model(mx.array([text]))[:, -1]
             window = recent_windows(text, None, params.repetition_context, model.args.vocab_size)
-            lp = process_logits(penalize(logits, window, params.repetition_penalty, model.args.vocab_size), params)
+            lp = process_logits(penalize(logits, window, params, model.args.vocab_size), params)
             for t, pt in enumerate(np.exp(np.array(lp[0]))):
                 if pt > 0:
                     nxt[prefix + (t,)] = prob * pt
@@ -52,8 +53,10 @@ def exact_joint_penalized(model, prompt: list[int], params: SamplingParams, n: i
 
 
 @pytest.mark.parametrize("params", [SamplingParams(1.0, min_p=0.2, repetition_penalty=1.8),
-                                    SamplingParams(0.8, repetition_penalty=0.6, repetition_context=2)])
-def test_sampled_speculation_with_min_p_and_a_repetition_penalty_has_the_target_distribution(params):
+                                    SamplingParams(0.8, repetition_penalty=0.6, repetition_context=2),
+                                    SamplingParams(1.0, presence_penalty=1.5, frequency_penalty=0.7,
+                                                   repetition_context=3, logit_bias=((2, 1.5), (4, -2.0)))])
+def test_sampled_speculation_with_min_p_and_penalties_has_the_target_distribution(params):
     target, draft = tiny(30, vocab=6, window=None, layers=1), tiny(31, vocab=6, window=None, layers=1)
     prompt, length = [1, 2, 3, 1], 3
     exact = exact_joint_penalized(target, prompt, params, length)
@@ -69,7 +72,9 @@ def test_sampled_speculation_with_min_p_and_a_repetition_penalty_has_the_target_
     assert stat < chi2_critical(df), (stat, df)
 
 
-@pytest.mark.parametrize("options", [dict(repetition_penalty=1.5), dict(repetition_penalty=1.2, min_p=0.3)])
+@pytest.mark.parametrize("options", [dict(repetition_penalty=1.5), dict(repetition_penalty=1.2, min_p=0.3),
+                                     dict(presence_penalty=1.5, frequency_penalty=0.5),
+                                     dict(logit_bias={"7": 3.0}, frequency_penalty=2.0)])
 def test_greedy_speculation_with_a_penalty_equals_plain(options):
     target = tiny(32)
     session = Session(target, None, perturbed(target, 0.05, 33), num_draft_tokens=4, calibration=FixedTimings(),

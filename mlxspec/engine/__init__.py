@@ -4,6 +4,7 @@ keeps what outlives one request."""
 
 from .calibrate import CalibrationWarning, calibrate
 from .generate import generate, stream_generate
+from .options import GenerationOptions
 from .policy import AcceptanceEstimate, CostModel, DraftPolicy, FixedK, Heuristic, Plain, Timings, best_k
 from .sampling import RandomKeys, SamplingParams
 from .session import Calibration, Session
@@ -12,6 +13,6 @@ from .stats import GenerationStats, GenerationStep, SpeculativeStats
 from .verify import draw, verify
 
 __all__ = ["AcceptanceEstimate", "Calibration", "CalibrationWarning", "CostModel", "DraftPolicy", "FixedK",
-           "Generation", "GenerationStats", "GenerationStep", "Heuristic", "Plain", "RandomKeys", "SamplingParams",
+           "Generation", "GenerationOptions", "GenerationStats", "GenerationStep", "Heuristic", "Plain", "RandomKeys", "SamplingParams",
            "Session", "SpeculativeStats", "Timings", "best_k", "calibrate", "draw", "generate", "stream_generate",
            "verify"]

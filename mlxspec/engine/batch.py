@@ -34,6 +34,7 @@ from .batch_policy import BatchCost
 from .batch_row import Emit, Row
 from .decode import Taps, default_chunk_size, forward, prefill
 from .logprobs import TokenLogprob
+from .options import GenerationOptions
 from .request import Prompt, Request
 from .speculative import check_finite
 from .stats import GenerationStats, GenerationStep
@@ -201,14 +202,15 @@ class Completion:
     logprobs: list[TokenLogprob | None] = field(default_factory=list)
 
 
-def batch_generate(session: object, prompts: Sequence[Prompt], **options: Any) -> list[Completion]:
+def batch_generate(session: object, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
+                   **values: Any) -> list[Completion]:
     """Every prompt decoded together in one batch (options as in `Session.request`, the same
     for every prompt); results in the order of `prompts`."""
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise InputTypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
     if not prompts:
         raise InputError("prompts is empty")
-    requests = [session.request(p, **options) for p in prompts]  # every one checked before any work
+    requests = [session.request(p, options, **values) for p in prompts]  # every one checked before any work
     steps: list[list[GenerationStep]] = [[] for _ in prompts]
     batch = Batch(session)
     for request, out in zip(requests, steps):

@@ -9,26 +9,28 @@ from typing import Any, Iterator
 from ..drafts import Draft
 from ..models import Model
 from ..text import Tokenizer
+from .options import GenerationOptions
 from .request import Prompt
 from .session import Session
 from .stats import GenerationStep
 
 
-def stream_generate(model: Model, tokenizer: Tokenizer | None, prompt: Prompt, *, draft: Draft | None = None,
-                    num_draft_tokens: int = 6, draft_policy: str = "cost", max_tokens: int = 256,
-                    temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                    chat: bool = False, prefill_chunk: int | None = None) -> Iterator[GenerationStep]:
-    """Generate, yielding one `GenerationStep` per token (see `Session.stream`).
+def stream_generate(model: Model, tokenizer: Tokenizer | None, prompt: Prompt, options: GenerationOptions | None = None,
+                    *, draft: Draft | str | None = None, num_draft_tokens: int = 6, draft_policy: str = "cost",
+                    chat: bool = False, prefill_chunk: int | None = None, **values: Any) -> Iterator[GenerationStep]:
+    """Generate, yielding one `GenerationStep` per token (see `Session.stream`): `options`
+    (a `GenerationOptions`) and any of its fields by name (`max_tokens=32, temperature=0.7,
+    stop=["\\n"], ...`).
 
     With `draft` (a model with the target's vocabulary, or a `FeatureDraft` that reads the
     target's hidden states), decodes speculatively: up to `num_draft_tokens` drafted per
     round, the length chosen per `draft_policy` ("cost": a cost model measured on this
     device; "fixed"; "heuristic"). The output follows the target's distribution exactly."""
     session = Session(model, tokenizer, draft, num_draft_tokens=num_draft_tokens, draft_policy=draft_policy)
-    return session.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                          seed=seed, chat=chat, prefill_chunk=prefill_chunk)
+    return session.stream(prompt, options, chat=chat, prefill_chunk=prefill_chunk, **values)
 
 
-def generate(model: Model, tokenizer: Tokenizer | None, prompt: Prompt, **options: Any) -> str:
-    """The whole completion text (options as in `stream_generate`)."""
-    return "".join(step.text for step in stream_generate(model, tokenizer, prompt, **options))
+def generate(model: Model, tokenizer: Tokenizer | None, prompt: Prompt, options: GenerationOptions | None = None,
+             **values: Any) -> str:
+    """The whole completion text (arguments as in `stream_generate`)."""
+    return "".join(step.text for step in stream_generate(model, tokenizer, prompt, options, **values))

@@ -18,7 +18,8 @@ from ..text.stops import StopMatcher
 from ..text.unicode import check_text
 from ..validate import is_int
 from .logprobs import TokenLogprob
-from .sampling import SamplingParams, check_seed
+from .options import GenerationOptions
+from .sampling import SamplingParams
 from .stats import GenerationStats, GenerationStep
 
 Prompt = str | Sequence[int] | Sequence[Message]
@@ -29,18 +30,31 @@ _PROMPT_KINDS = "text (str), chat messages (a list of role/content dicts) or tok
 
 @dataclass(frozen=True)
 class Request:
-    """A checked request: the prompt's token ids and how to decode after it."""
+    """A checked request: the prompt's token ids, its options and how to decode after it."""
 
     ids: list[int]
-    params: SamplingParams
+    options: GenerationOptions
     budget: int  # tokens it may generate (max_tokens, capped by the context)
-    stops: list[str]
-    logprobs: int | None
-    seed: int | None
     chunk: int  # prompt tokens per prefill pass
     speculative: bool  # whether a draft may propose
     prompt_cache: bool
     k_max: int = 0  # the most tokens drafted per round
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.options.sampling
+
+    @property
+    def seed(self) -> int | None:
+        return self.options.seed
+
+    @property
+    def stops(self) -> list[str]:
+        return list(self.options.stop)
+
+    @property
+    def logprobs(self) -> int | None:
+        return self.options.logprobs
 
 
 def prompt_ids(tokenizer: Tokenizer | None, prompt: Prompt, chat: bool = False,
@@ -92,13 +106,8 @@ def _encode(tokenizer: Tokenizer | None, prompt: str | list[Message], chat: bool
     return tokenizer.apply_chat(prompt)
 
 
-def check_request(max_tokens: object, seed: object = None, prefill_chunk: object = None) -> None:
-    """The request's numbers, checked before anything is tokenized or loaded."""
-    if not is_int(max_tokens):
-        raise InputTypeError(f"max_tokens must be an integer, got {max_tokens!r}")
-    if max_tokens < 0:
-        raise InputError(f"max_tokens must be >= 0, got {max_tokens}")
-    check_seed(seed)
+def check_prefill_chunk(prefill_chunk: object) -> None:
+    """Prompt tokens per prefill pass: None (the default) or 1..MAX_PREFILL_CHUNK."""
     if prefill_chunk is not None and (not is_int(prefill_chunk) or not 0 < prefill_chunk <= MAX_PREFILL_CHUNK):
         raise InputError(f"prefill_chunk must be a positive integer up to {MAX_PREFILL_CHUNK}, got {prefill_chunk!r}")
 
@@ -106,7 +115,6 @@ def check_request(max_tokens: object, seed: object = None, prefill_chunk: object
 def token_budget(model: Model, ids: Sequence[int], max_tokens: int) -> int:
     """How many tokens the request may generate; `InputError` for a negative budget, ids
     outside the vocabulary or a prompt longer than the model's context."""
-    check_request(max_tokens)
     bad = next((t for t in ids if not 0 <= t < model.args.vocab_size), None)
     if bad is not None:
         raise InputError(f"prompt holds token id {bad}, outside the vocabulary (0..{model.args.vocab_size - 1})")

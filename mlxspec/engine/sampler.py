@@ -2,7 +2,7 @@
 same way wherever its tokens come from (a prefill, a plain step, a draft, a verification
 pass; alone or as one row of a batch).
 
-The repetition penalty reads the text before each position, so the sampler keeps the
+The penalties read the text before each position, so the sampler keeps the
 request's `history` (the prompt and every token produced, the newest last) and, while
 plain steps or a draft run ahead without reading tokens back, a window of the newest
 tokens as an MLX array.
@@ -14,7 +14,8 @@ import mlx.core as mx
 
 from ..drafts.protocol import Proposal
 from .logprobs import LogprobRecords
-from .sampling import RandomKeys, SamplingParams, penalize, process_logits, recent_windows, sample
+from .penalties import penalize, recent_windows
+from .sampling import RandomKeys, SamplingParams, process_logits, sample
 from .verify import verify
 
 
@@ -40,11 +41,11 @@ class Sampler:
         """The next token [1] from the target's logits [1, vocab] after `history` (and the
         tokens drawn since without being added: plain steps run ahead)."""
         self.records.keep(logits)
-        if not self.params.penalized:
+        if not self.params.shaped:
             return self.records.chose(sample(logits, self.params, self.key()))
         if self._recent is None:
             self._recent = self._window()
-        token = sample(penalize(logits, self._recent, self.params.repetition_penalty, self.vocab),
+        token = sample(penalize(logits, self._recent, self.params, self.vocab),
                        self.params, self.key())
         self._recent = mx.concatenate([self._recent[:, 1:], token[:, None].astype(mx.int32)], axis=1)
         return self.records.chose(token)
@@ -55,16 +56,16 @@ class Sampler:
 
     def start_round(self) -> None:
         """A draft is about to propose after `history`."""
-        self._draft_recent = self._window() if self.params.penalized else None
+        self._draft_recent = self._window() if self.params.shaped else None
 
     def pick(self, logits: mx.array, support: mx.array | None = None,
              target_ids: bool = False) -> tuple[mx.array, mx.array | None]:
         """A draft's next token [1, 1] from its logits [1, S], and the processed
         log-probabilities it was drawn from (None when greedy). Logits over target ids get
         the repetition penalty too (see `mlxspec.engine.sampling`)."""
-        penalized = self.params.penalized and target_ids
+        penalized = self.params.shaped and target_ids
         if penalized:
-            logits = penalize(logits, self._draft_recent, self.params.repetition_penalty, self.vocab, support)
+            logits = penalize(logits, self._draft_recent, self.params, self.vocab, support)
         if self.params.greedy:
             token, lp = mx.argmax(logits, axis=-1)[:, None], None
         else:
@@ -79,9 +80,9 @@ class Sampler:
         """Rejection-sample a round: `raw` [1, k+1, vocab] are the target's logits over the
         newest token and the k drafts. Returns (accepted count [1], next token [1])."""
         logits = raw
-        if self.params.penalized:
+        if self.params.shaped:
             windows = self._window(proposal.tokens)
-            logits = penalize(raw[0], windows, self.params.repetition_penalty, self.vocab)[None]
+            logits = penalize(raw[0], windows, self.params, self.vocab)[None]
         target_lp = logits if self.params.greedy else process_logits(logits, self.params)
         return verify(target_lp, proposal.logprobs, proposal.tokens, self.params.greedy, proposal.support, self.key())
 

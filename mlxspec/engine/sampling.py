@@ -1,14 +1,12 @@
-"""From logits to a next token: the repetition penalty, temperature, top-k, top-p, min-p,
-the draw, and each request's own random stream.
+"""From logits to a next token: temperature, top-k, top-p, min-p, the draw, and each
+request's own random stream (the penalties and the logit bias come first: `penalties`).
 
 `process_logits` returns the log-probabilities of the distribution actually sampled
 from. Rejection sampling keeps the output exactly on the target's *processed*
 distribution p whatever distribution q the draft drew from, as long as q is the one it
 really drew from; so every option is applied to the target's logits (that is what makes
 it the output's distribution) and the same options are applied to the draft's (so that q
-resembles p and more drafts are accepted). The repetition penalty depends on the text
-before each position: a verification pass penalises position j by the tokens up to the
-j-th draft, exactly what plain decoding would have seen there.
+resembles p and more drafts are accepted).
 """
 
 from __future__ import annotations
@@ -39,7 +37,9 @@ def check_seed(seed: object) -> int | None:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. temperature 0 means greedy (argmax); top_k 0 and top_p 1 disable them."""
+    """How to pick tokens: the part of a request's options (`GenerationOptions`) that shapes
+    the distribution. temperature 0 means greedy (argmax); top_k 0, top_p 1, min_p 0 and
+    the penalties at 1 / 0 disable them. `logit_bias` holds (token id, bias) pairs, sorted."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -47,9 +47,12 @@ class SamplingParams:
     min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one (0 disables)
     repetition_penalty: float = 1.0  # > 1 discourages tokens among the last `repetition_context` (1 disables)
     repetition_context: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             if not is_real(getattr(self, name)):
                 raise InputTypeError(f"{name} must be a number, got {getattr(self, name)!r}")
         if not is_int(self.top_k):
@@ -67,11 +70,20 @@ class SamplingParams:
                              f"got {self.repetition_penalty}")
         if not is_int(self.repetition_context) or not 1 <= self.repetition_context <= 4096:
             raise InputError(f"repetition_context must be an integer in 1..4096, got {self.repetition_context!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise InputError(f"{name} must be in -2..2 (0 disables it), got {getattr(self, name)}")
+        check_logit_bias(self.logit_bias)
 
     @property
     def penalized(self) -> bool:
-        """True when the repetition penalty changes logits."""
-        return self.repetition_penalty != 1.0
+        """True when a penalty reading the text so far changes logits."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+
+    @property
+    def shaped(self) -> bool:
+        """True when logits are changed before temperature (a penalty or a logit bias)."""
+        return self.penalized or bool(self.logit_bias)
 
     @property
     def greedy(self) -> bool:
@@ -85,6 +97,20 @@ class SamplingParams:
         kinds = [name for name, on in (("top-k", self.top_k > 0), ("top-p", self.top_p < 1.0),
                                        ("min-p", self.min_p > 0)) if on]
         return "+".join(kinds) or "none"
+
+
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range: -100 bans a token, 100 all but forces it
+
+
+def check_logit_bias(pairs: object) -> None:
+    """(token id >= 0, bias in -100..100) pairs; the ids' upper bound is the model's to check."""
+    if not isinstance(pairs, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+        raise InputTypeError(f"logit_bias must map token ids to numbers, got {pairs!r}")
+    for token, bias in pairs:
+        if not is_int(token) or token < 0:
+            raise InputError(f"logit_bias: a token id must be an integer >= 0, got {token!r}")
+        if not is_real(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+            raise InputError(f"logit_bias: the bias of token {token} must be a number in -100..100, got {bias!r}")
 
 
 def scaled(logits: mx.array, temperature: float) -> mx.array:
@@ -142,33 +168,6 @@ def process_logits(logits: mx.array, params: SamplingParams, normalize: bool = T
     if cut and normalize:
         logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
     return logprobs
-
-
-def recent_windows(history: list[int], drafts: mx.array | None, context: int, vocab: int) -> mx.array:
-    """The token ids the repetition penalty looks at for each position of a pass that feeds
-    the newest token and then `drafts` [k]: [k + 1, context] ids, position j seeing the last
-    `context` of history + drafts[:j]; `vocab` pads where the text is shorter."""
-    head = [vocab] * max(0, context - len(history)) + history[-context:]
-    seq = mx.array(head, dtype=mx.int32)
-    if drafts is not None and drafts.size:
-        seq = mx.concatenate([seq, drafts.astype(mx.int32).reshape(-1)])
-    k = seq.shape[0] - context
-    return seq[mx.arange(k + 1)[:, None] + mx.arange(context)[None, :]]
-
-
-def penalize(logits: mx.array, recent: mx.array, penalty: float, vocab: int,
-             support: mx.array | None = None) -> mx.array:
-    """The repetition penalty (Keskar et al. 2019, as in mlx-lm and llama.cpp): a logit of a
-    token among `recent` is divided by `penalty` when positive, multiplied when negative.
-    `logits` [..., P, S], `recent` [P, R] ids (`vocab` pads); `support`: the token id of each
-    of the S logits when they cover a subset of the vocabulary."""
-    P = recent.shape[0]
-    seen = mx.zeros((P, vocab + 1), dtype=mx.int32).at[mx.arange(P)[:, None], recent].add(1)[:, :vocab] > 0
-    if support is not None:
-        seen = seen[:, support]
-    logits = logits.astype(mx.float32)
-    hit = mx.where(logits < 0, logits * penalty, logits / penalty)
-    return mx.where(seen, hit, logits)
 
 
 def sample(logits: mx.array, params: SamplingParams, key: mx.array | None = None) -> mx.array:

@@ -20,14 +20,13 @@ from ..models import Model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
 from ..text import Message, Tokenizer
 from ..text.chat import as_messages
-from ..text.stops import check_stops
 from ..validate import is_int
 from .calibrate import Progress, calibrate, sampling_kind
 from .decode import default_chunk_size
-from .logprobs import check_logprobs
 from .policy import AcceptanceEstimate, CostModel, DraftPolicy, FixedK, Heuristic, Plain, Timings
 from .prompt_cache import DEFAULT_ENTRIES, PromptCache
-from .request import Prompt, Request, check_request, prompt_ids, steps, token_budget
+from .options import GenerationOptions
+from .request import Prompt, Request, check_prefill_chunk, prompt_ids, steps, token_budget
 from .sampling import RandomKeys, SamplingParams
 from .speculative import Generation
 from .stats import GenerationStep
@@ -129,43 +128,46 @@ class Session:
         or fresh ones for a seeded request (its text then depends on nothing before it)."""
         return {} if seed is not None else self._acceptance.setdefault(params, {})
 
-    def request(self, prompt: Prompt, *, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                top_k: int = 0, min_p: float = 0.0, repetition_penalty: float = 1.0,
-                stop: str | list[str] | None = None, logprobs: int | None = None, seed: int | None = None,
-                chat: bool = False, prefill_chunk: int | None = None, speculative: bool = True,
-                num_draft_tokens: int | None = None, prompt_cache: bool = True) -> Request:
+    def request(self, prompt: Prompt, options: GenerationOptions | None = None, *, chat: bool = False,
+                prefill_chunk: int | None = None, speculative: bool = True, num_draft_tokens: int | None = None,
+                prompt_cache: bool = True, **values: Any) -> Request:
         """Check a request and tokenize its prompt: what `stream` runs and a batch row is made of.
 
         The prompt is text (`chat` wraps it in the model's template), chat messages or token
-        ids. Decoding stops at an end-of-sequence token, at a `stop` string (never emitted),
-        after `max_tokens`, or at the model's context length. `temperature`, `top_p`,
-        `top_k`, `min_p` and `repetition_penalty` shape the distribution sampled from (see
-        `SamplingParams`); `seed` makes the draws repeatable. `logprobs` (0..20) adds each
-        token's log-probability and that many alternatives. `speculative=False` decodes
+        ids. `options` (a `GenerationOptions`), with any of its fields given by name as
+        keywords (`max_tokens=32, temperature=0.7, stop=["\\n"], seed=1, ...`), say how to
+        sample and when to stop: at an end-of-sequence token, a stop string (never emitted),
+        after `max_tokens`, or at the model's context length. `speculative=False` decodes
         without the draft; `num_draft_tokens` caps this request's drafts (0..the session's
         `num_draft_tokens`; 0 is the same as `speculative=False`). With `prompt_cache` the
         longest prefix shared with a recent request is not prefilled again
         (`stats.prompt_cached_tokens`)."""
-        params = SamplingParams(temperature, top_p, top_k, min_p, repetition_penalty)
-        check_request(max_tokens, seed, prefill_chunk)
-        stops, top = check_stops(stop), check_logprobs(logprobs)
+        if options is not None and not isinstance(options, GenerationOptions):
+            raise InputTypeError(f"options must be a GenerationOptions, got {type(options).__name__}")
+        options = (options or GenerationOptions()).with_values(values)
+        check_prefill_chunk(prefill_chunk)
         if not isinstance(speculative, bool) or not isinstance(prompt_cache, bool):
             raise InputTypeError("speculative and prompt_cache must be True or False")
         k_max = self.k_max if num_draft_tokens is None else num_draft_tokens
         if not is_int(k_max) or not 0 <= k_max <= self.k_max:
             raise InputError(f"num_draft_tokens must be an integer in 0..{self.k_max} (the session's), "
                              f"got {num_draft_tokens!r}")
+        vocab = self.target.args.vocab_size
+        if options.logit_bias and options.logit_bias[-1][0] >= vocab:
+            raise InputError(f"logit_bias: token id {options.logit_bias[-1][0]} is outside the vocabulary "
+                             f"(0..{vocab - 1})")
         ids = prompt_ids(self.tokenizer, prompt, chat, context=self.target.args.max_position_embeddings)
-        budget = token_budget(self.target, ids, max_tokens)
-        return Request(ids, params, budget, stops, top, seed, prefill_chunk or default_chunk_size(self.target),
+        budget = token_budget(self.target, ids, options.max_tokens)
+        return Request(ids, options, budget, prefill_chunk or default_chunk_size(self.target),
                        speculative and self.draft is not None and k_max > 0, prompt_cache, k_max)
 
-    def stream(self, prompt: Prompt, **options: Any) -> Iterator[GenerationStep]:
-        """Generate, one `GenerationStep` per token; the request (options as in `request`) is
+    def stream(self, prompt: Prompt, options: GenerationOptions | None = None,
+               **values: Any) -> Iterator[GenerationStep]:
+        """Generate, one `GenerationStep` per token; the request (as in `request`) is
         checked before this returns. Decodes speculatively when the session has a draft. The
         last step's `stats.finish_reason` says why it ended ("stop" or "length"). Without a
         tokenizer, steps carry ids only."""
-        req = self.request(prompt, **options)
+        req = self.request(prompt, options, **values)
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
         drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
@@ -201,24 +203,26 @@ class Session:
         if keep and generation.cache[0].offset <= len(generation.history):
             self.prompt_cache.put(generation.cached_tokens(), generation.cache)
 
-    def generate(self, prompt: Prompt, **options: Any) -> str:
-        """The whole completion text (options as in `stream`)."""
-        return "".join(step.text for step in self.stream(prompt, **options))
+    def generate(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> str:
+        """The whole completion text (as in `stream`)."""
+        return "".join(step.text for step in self.stream(prompt, options, **values))
 
-    def stream_chat(self, messages: Sequence[Message], **options: Any) -> Iterator[GenerationStep]:
+    def stream_chat(self, messages: Sequence[Message], options: GenerationOptions | None = None,
+                    **values: Any) -> Iterator[GenerationStep]:
         """The assistant's reply to role/content `messages` (system, user, assistant), in the
         model's chat template, one step per token (options as in `stream`). Send the whole
         conversation each turn: the prompt cache prefills only what is new."""
-        return self.stream(as_messages(messages), **options)
+        return self.stream(as_messages(messages), options, **values)
 
-    def chat(self, messages: Sequence[Message], **options: Any) -> str:
+    def chat(self, messages: Sequence[Message], options: GenerationOptions | None = None, **values: Any) -> str:
         """The assistant's whole reply to `messages` (see `stream_chat`)."""
-        return "".join(step.text for step in self.stream_chat(messages, **options))
+        return "".join(step.text for step in self.stream_chat(messages, options, **values))
 
-    def batch_generate(self, prompts: Sequence[Prompt], **options: Any) -> list:
+    def batch_generate(self, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
+                       **values: Any) -> list:
         """Decode several prompts together in one batch, speculating inside it when the
         draft batches (a draft model with the target's vocabulary, or prompt lookup);
         options as in `request`. Returns a `Completion` (text, tokens, stats) per prompt."""
         from .batch import batch_generate
 
-        return batch_generate(self, prompts, **options)
+        return batch_generate(self, prompts, options, **values)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..engine.options import GenerationOptions
 from ..errors import MlxspecError
 from . import openai as oa
 from .engine import Engine, QueueFull
@@ -29,9 +30,9 @@ def fail(status: int, message: str, kind: str = "invalid_request_error", code: s
 
 class Routes:
     """The handlers, over one engine serving its session as model `model_id`; `defaults` are
-    request options a body does not set (max_tokens, temperature, ...)."""
+    the options of a request whose body does not set them."""
 
-    def __init__(self, engine: Engine, model_id: str, defaults: dict[str, Any]) -> None:
+    def __init__(self, engine: Engine, model_id: str, defaults: GenerationOptions) -> None:
         self.engine, self.model_id, self.defaults = engine, model_id, defaults
 
     async def health(self, request: Request) -> Response:
@@ -64,8 +65,8 @@ class Routes:
                         code="model_not_found")
         out: asyncio.Queue = asyncio.Queue()
         try:
-            opts = oa.options(body, self.defaults, kind == "chat")
-            row = self.engine.submit(opts, prompt_of(body), asyncio.get_running_loop(), out)
+            wants = oa.asked(body, self.defaults, kind == "chat")
+            row = self.engine.submit(wants, prompt_of(body), asyncio.get_running_loop(), out)
         except QueueFull as e:
             return fail(429, str(e), "rate_limit_error")
         except MlxspecError as e:
@@ -129,10 +130,10 @@ class Routes:
         yield "data: [DONE]\n\n"
 
 
-def create_app(engine: Engine, model_id: str, defaults: dict[str, Any]) -> Starlette:
+def create_app(engine: Engine, model_id: str, defaults: GenerationOptions | None = None) -> Starlette:
     """The app serving `engine`'s session as model `model_id` (see `Routes`); the engine
     thread starts with the app (if not started yet) and stops with it."""
-    routes = Routes(engine, model_id, defaults)
+    routes = Routes(engine, model_id, defaults or GenerationOptions(max_tokens=512, temperature=1.0))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from ..engine.batch_row import Row
 from ..engine.session import Session
 from ..engine.stats import GenerationStep
 from ..errors import MlxspecError
+from .openai import Asked
 
 
 class QueueFull(MlxspecError):
@@ -62,13 +63,13 @@ class Engine:
     def waiting(self) -> int:
         return self.inbox.qsize()
 
-    def submit(self, options: dict[str, Any], prompt: Any, loop: asyncio.AbstractEventLoop,
-               out: asyncio.Queue) -> Row:
+    def submit(self, asked: Asked, prompt: Any, loop: asyncio.AbstractEventLoop, out: asyncio.Queue) -> Row:
         """Check a request (raising `InputError` etc. at once) and queue it; its steps, then
         None (finished) or an exception, arrive on `out`."""
         if self.waiting >= self.max_queue:
             raise QueueFull(f"{self.waiting} requests are waiting (--max-queue {self.max_queue}); try again shortly")
-        request = self.session.request(prompt, **options)
+        request = self.session.request(prompt, asked.options, speculative=asked.speculative,
+                                       num_draft_tokens=asked.num_draft_tokens)
         send: Callable[[GenerationStep | BaseException | None], None] = \
             lambda item: loop.call_soon_threadsafe(out.put_nowait, item)  # noqa: E731
         row = make_row(self.session, request, send)

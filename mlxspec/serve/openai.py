@@ -1,62 +1,64 @@
-"""OpenAI's request and response shapes: a request body to a prompt and `Session.request`
-options, and steps back to completions, chunks, usage and logprobs. Extensions a client
-may send: `top_k`, `min_p`, `repetition_penalty`, `num_draft_tokens` (the most drafted
-per step for this request, up to the server's `-k`; 0: no speculation) and `speculative`; responses add a `speculative` object to `usage`."""
+"""OpenAI's request and response shapes: a request body to a prompt and its options, and
+steps back to completions, chunks, usage and logprobs. Beyond OpenAI's fields a client may
+send every other `GenerationOptions` field (`top_k`, `repetition_penalty`, ...),
+`num_draft_tokens` (the most drafted per step for this request, up to the server's `-k`;
+0: no speculation) and `speculative`; responses add a `speculative` object to `usage`."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from dataclasses import fields
+from typing import Any, NamedTuple
 
 from ..engine.logprobs import TokenLogprob
+from ..engine.options import GenerationOptions
 from ..engine.stats import GenerationStats, GenerationStep, SpeculativeStats
 from ..errors import InputError, InputTypeError
 from ..text import Tokenizer
 
-SAMPLING = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float,
-            "seed": int}
 
+class Asked(NamedTuple):
+    """What a request body asks for: its options and how far it may speculate."""
+
+    options: GenerationOptions
+    speculative: bool = True
+    num_draft_tokens: int | None = None
 
 
 def _typed(body: dict, name: str, kind: type, default: Any = None) -> Any:
     value = body.get(name, default)
     if value is None:
         return default
-    ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-    if not ok or isinstance(value, bool) != (kind is bool):
-        raise InputTypeError(f"'{name}' must be {kind.__name__ if kind is not float else 'a number'}, got {value!r}")
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise InputTypeError(f"'{name}' must be {kind.__name__}, got {value!r}")
     return value
 
 
-def options(body: dict, defaults: dict[str, Any], chat: bool) -> dict[str, Any]:
-    """`Session.request` options from a request body (everything checked there again)."""
+def asked(body: dict, defaults: GenerationOptions, chat: bool) -> Asked:
+    """The request's options from its body: every `GenerationOptions` field by its name (or
+    OpenAI's other spelling of it) over the server's `defaults`, checked there, so that a bad
+    value gets the message the library and the command line give."""
     if _typed(body, "n", int, 1) != 1:
         raise InputError("'n' must be 1 (one completion per request)")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if _typed(body, name, float, 0.0) != 0.0:
-            raise InputError(f"'{name}' is not supported; use 'repetition_penalty' (e.g. 1.1)")
-    opts = {name: _typed(body, name, kind) for name, kind in SAMPLING.items() if body.get(name) is not None}
-    opts = {**defaults, **opts}
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    opts["max_tokens"] = _typed({"max_tokens": limit}, "max_tokens", int, defaults.get("max_tokens", 512))
-    if body.get("stop") is not None:
-        opts["stop"] = body["stop"]
-    opts.update(_logprobs(body, chat))
-    draft = _typed(body, "num_draft_tokens", int)
-    if draft is not None:
-        opts["num_draft_tokens"] = draft
-    opts["speculative"] = _typed(body, "speculative", bool, True)
-    return opts
+    values = {}
+    for f in fields(GenerationOptions):
+        given = [body[key] for key in (*f.metadata["json"], f.name) if body.get(key) is not None]
+        if given:
+            values[f.name] = given[0]
+    values.pop("logprobs", None)
+    values.update(_logprobs(body, chat))
+    return Asked(defaults.with_values(values), _typed(body, "speculative", bool, True),
+                 _typed(body, "num_draft_tokens", int))
 
 
 def _logprobs(body: dict, chat: bool) -> dict[str, Any]:
+    """Chat's `logprobs: true` with `top_logprobs: N`, or the legacy completions' `logprobs: N`."""
     if chat:
         if not _typed(body, "logprobs", bool, False):
             return {}
         return {"logprobs": _typed(body, "top_logprobs", int, 0)}
-    top = _typed(body, "logprobs", int)
-    return {} if top is None else {"logprobs": top}
+    return {} if body.get("logprobs") is None else {"logprobs": body["logprobs"]}
 
 
 def chat_prompt(body: dict) -> list[dict]:
