@@ -62,8 +62,10 @@ def mlx_lm_sampling(options: GenerationOptions) -> dict[str, Any]:
 
     p = options.sampling
     sampler = make_sampler(temp=p.temperature, top_p=p.top_p, min_p=p.min_p, top_k=p.top_k)
+    window = p.repetition_context  # mlxspec's one window for every penalty
     processors = make_logits_processors(dict(p.logit_bias) or None, p.repetition_penalty
-                                        if p.repetition_penalty != 1.0 else None, p.repetition_context)
+                                        if p.repetition_penalty != 1.0 else None, window,
+                                        p.presence_penalty or None, window, p.frequency_penalty or None, window)
     return {"sampler": sampler, "logits_processors": processors, "max_tokens": options.max_tokens}
 
 
