@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import mlx.core as mx
 
 from .baseline import mlx_lm_models, mlx_lm_tokens, rounds_from_flags
-from .drafts import MAX_DRAFT_TOKENS, Draft, FeatureDraft, NGramDraft, describe_draft
+from .drafts import MAX_DRAFT_TOKENS, Draft, as_draft, describe_draft
 from .engine import Calibration, GenerationOptions, Session, SpeculativeStats
 from .engine.request import prompt_ids, token_budget
 from .errors import InputError
@@ -81,7 +81,7 @@ class Bench:
                  mlx_lm_draft: Model | None = None, compare_mlx_lm: bool = False) -> None:
         self.sessions = {k: Session(target, None, draft, num_draft_tokens=k, draft_policy="fixed") for k in ks}
         self.adaptive = Session(target, None, draft, num_draft_tokens=max(ks), calibration=calibration)
-        their_draft = mlx_lm_draft if mlx_lm_draft is not None else draft
+        their_draft = as_draft(mlx_lm_draft if mlx_lm_draft is not None else draft).token_model
         self.theirs = mlx_lm_models(target, their_draft) if compare_mlx_lm else None
 
     def run(self, config: Config, ids: list[int], options: GenerationOptions, eos: set[int], seed: int) -> Run:
@@ -121,10 +121,9 @@ def configurations(ks: Sequence[int], adaptive: bool, compare_mlx_lm: bool) -> l
 def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool, repeats: int,
                   max_tokens: int) -> None:
     """`InputError` for options the bench cannot run with."""
-    theirs = mlx_lm_draft if mlx_lm_draft is not None else draft
-    if compare_mlx_lm and isinstance(theirs, (FeatureDraft, NGramDraft)):
-        what = "a feature draft" if isinstance(theirs, FeatureDraft) else "prompt lookup"
-        raise InputError(f"mlx-lm cannot run {what}: give it a draft model of its own (--mlx-lm-draft)")
+    theirs = as_draft(mlx_lm_draft if mlx_lm_draft is not None else draft)
+    if compare_mlx_lm and theirs.token_model is None:
+        raise InputError(f"mlx-lm cannot run a {theirs.describe()}: give it a draft model of its own (--mlx-lm-draft)")
     check_numbers(repeats, max_tokens)
 
 

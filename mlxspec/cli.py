@@ -23,7 +23,7 @@ from .console import byte_bars, colours, friendly_errors, stats_line, stream_tex
 from .convert.atomic import atomic_dir, check_writable
 from .convert.converter import convert as convert_one
 from .convert.pair import convert_pair
-from .drafts import NGramDraft, describe_draft
+from .drafts import KINDS, describe_draft, draft_settings
 from .cli_request import with_generation_options
 from .engine import GenerationOptions, Session
 from .errors import InputError
@@ -70,8 +70,8 @@ def generate(
     group = connect(connect_timeout) if pipeline else None
     if group is not None and group.rank() > 0:  # this rank serves its blocks to rank 0; only rank 0 prints
         return serve_rank(named_models(model, draft, pair, False)[0], group, weights_dtype(dequant), dequant)
-    target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant, NGramDraft(max_ngram, min_ngram),
-                                                   lookup, group=group)
+    target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant,
+                                                   draft_settings(max_ngram, min_ngram), lookup, group=group)
     with pipeline_errors(0), closing(target):
         session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                           draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
@@ -204,14 +204,14 @@ def bench(
     memory, and the cost model's predicted speedup next to the measured one."""
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
-    k_list, temps, lookup = parse_ks(ks), parse_temperatures(temperatures), NGramDraft(max_ngram, min_ngram)
+    k_list, temps, settings = parse_ks(ks), parse_temperatures(temperatures), draft_settings(max_ngram, min_ngram)
     check_bench(options.max_tokens, repeats, mlx_lm_draft is not None, compare_mlx_lm)
     prompt_list = chosen_prompts(prompts_file, kinds)
-    sources = [p for p in (model, draft, pair, mlx_lm_draft) if p not in (None, "ngram")] + \
+    sources = [p for p in (model, draft, pair, mlx_lm_draft) if p is not None and not KINDS.makes(p)] + \
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
     dequant = dequantize_default(dequantize)
-    target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, lookup)
+    target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings)
     their_draft = None
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
         their_draft = load_draft(mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer,

@@ -4,13 +4,14 @@ the command reports (calibration progress)."""
 from __future__ import annotations
 
 from .console import calibration_progress
+from .drafts import KINDS
 from .engine import Calibration
 
 DEQUANTIZE_HELP = ("Load weights in float32, expanding quantized ones (default: on for MLX's CPU backend, where "
                    "half-precision and quantized matmuls are slow).")
-DRAFT_HELP = ("Draft for speculative decoding: a model with the target's tokenizer, a feature draft made for this "
-              "target (config.json says \"draft_type\": \"eagle\"), or 'ngram': prompt lookup, no draft model (the "
-              "answer's repeats of the prompt and of itself are drafted; a folder named ngram: ./ngram).")
+DRAFT_HELP = ("Draft for speculative decoding: a draft model's folder or Hub id (the target's tokenizer or another), "
+              "a draft folder made for this target whose config.json names its kind (\"draft_type\" "
+              + KINDS.help(folders=True) + "), or a kind by name: " + KINDS.help() + ".")
 LOOKUP_HELP = ("With a draft model: prompt lookup proposes where the text repeats itself (a match running 3+ tokens "
                "back), the draft model elsewhere.")
 MAX_NGRAM_HELP = "With --draft ngram or --lookup: the longest n-gram looked up (1..64)."

@@ -13,7 +13,6 @@ import typer
 
 from . import demo as demo_pair
 from .console import colours, stats_line, write_step
-from .drafts import NGramDraft
 from .engine import Calibration, GenerationOptions, SamplingParams, Session
 from .errors import InputError
 from .selection import select_models
@@ -33,7 +32,7 @@ def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_
         if model is not None or draft is not None:
             raise InputError("give --demo or --model/--draft, not both")
         model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_draft())
-    target, tokenizer, loaded = select_models(model, draft, None, False, dequantize, NGramDraft())
+    target, tokenizer, loaded = select_models(model, draft, None, False, dequantize)
     name = "smollm2-135m-instruct" if use_demo else Path(model).name or model
     return Session(target, tokenizer, loaded, num_draft_tokens=num_draft_tokens, calibration=calibration,
                    draft_policy="cost" if adaptive else "fixed", prompt_cache_entries=prompt_cache), name

@@ -11,9 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .drafts import DRAFT_TYPE, Draft, FeatureDraft, OtherVocabularyDraft
-from .drafts.feature import feature_taps
-from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_kind
+from .drafts import KINDS, Draft
+from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_draft
 from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
 from .hub import resolve
@@ -198,19 +197,11 @@ def model_tokenizer(model_dir: Path, model: Model) -> Tokenizer:
     return tokenizer
 
 
-def pair_draft(target: tuple[Model, Tokenizer], draft: tuple[Model, Tokenizer]) -> Draft:
-    """The draft model as the pair's kind (see `pair_kind`) needs it: itself with the
-    target's vocabulary, else an `OtherVocabularyDraft`. Raises `InputError` when the draft
-    cannot propose anything the target reads."""
-    kind = pair_kind((target[1], target[0].args.vocab_size), (draft[1], draft[0].args.vocab_size))[0]
-    return draft[0] if kind == SAME_VOCABULARY else OtherVocabularyDraft(draft[0], draft[1], target[1])
-
-
 def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer, dtype: mx.Dtype | None = None,
                dequantize: bool = False) -> Draft:
     """Load a draft for `target`: a model of its own (with the target's vocabulary, or
-    another: then an `OtherVocabularyDraft`), or a feature draft (`"draft_type": "eagle"`
-    in its config.json) that reads the target's hidden states.
+    another: then an `OtherVocabularyDraft`), or a draft of the kind its config.json's
+    `"draft_type"` names (`"eagle"`: a feature draft, which reads the target's hidden states).
     Raises `InputError` when it cannot draft for this target."""
     if not isinstance(target, Model) or not isinstance(tokenizer, (Tokenizer, type(None))):
         raise InputTypeError("load_draft(path, target, tokenizer) needs the loaded target and its tokenizer "
@@ -222,15 +213,9 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
         if tokenizer is None:
             raise InputError("a draft model is checked against the target's tokenizer: pass it")
         return pair_draft((target, tokenizer), load(folder, dtype=dtype, dequantize=dequantize))
-    if kind != DRAFT_TYPE:
-        raise ConfigError(f"{folder}: unknown draft_type {kind!r} (supported: {DRAFT_TYPE!r})")
-    draft = _load_module(folder, FeatureDraft, dtype, dequantize)
-    for name in ("hidden_size", "vocab_size"):
-        if getattr(draft.args, name) != getattr(target.args, name):
-            raise InputError(f"{folder}: feature draft made for a target with {name} {getattr(draft.args, name)}, "
-                             f"this target has {getattr(target.args, name)}")
+    draft = _load_module(folder, KINDS.folder_module(kind, str(folder)), dtype, dequantize)
     try:
-        feature_taps(draft, target)
+        draft.check(target, 1)
     except InputError as exc:
         raise InputError(f"{folder}: {exc}") from None
     return draft

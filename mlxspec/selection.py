@@ -1,5 +1,6 @@
 """The target and draft that a command's model options select: --model [--draft], --pair
-or --demo; `--draft ngram` is prompt lookup, and --lookup puts it in front of a draft model."""
+or --demo; `--draft NAME` is a kind of draft made by name (prompt lookup), and --lookup
+puts prompt lookup in front of a draft model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Optional
 import mlx.core as mx
 
 from . import demo as demo_pair
-from .drafts import Draft, LookupAndModel, NGramDraft
+from .drafts import KINDS, DraftKind, DraftSettings, as_draft, with_lookup
 from .errors import InputError
 from .load import load, load_draft, read_pair_manifest
 from .models import Model
@@ -18,22 +19,23 @@ from .text import Tokenizer
 
 
 def select_models(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-                  dequantize: bool, lookup: NGramDraft = NGramDraft(), combine: bool = False,
-                  group: Any = None) -> tuple[Model, Tokenizer, Optional[Draft]]:
-    """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo; `--draft
-    ngram` is prompt lookup with the `lookup` settings, which `combine` (--lookup) puts in
-    front of a draft model. With a pipeline `group` (on rank 0) the target is its part."""
-    target, tokenizer, loaded = _load_parts(model, draft, pair, use_demo, dequantize, lookup, group)
-    if combine and loaded is not None and not isinstance(loaded, NGramDraft):
-        loaded = LookupAndModel(loaded, lookup)
-    elif combine and loaded is None:
+                  dequantize: bool, settings: DraftSettings = DraftSettings(), combine: bool = False,
+                  group: Any = None) -> tuple[Model, Tokenizer, Optional[DraftKind]]:
+    """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo; a draft
+    named by a registered kind's name is made with `settings`, and `combine` (--lookup) puts
+    prompt lookup in front of a draft model. With a pipeline `group` (on rank 0) the target
+    is its part."""
+    target, tokenizer, loaded = _load_parts(model, draft, pair, use_demo, dequantize, settings, group)
+    if combine and loaded is None:
         raise InputError("--lookup goes with a draft model (--draft, --pair); for prompt lookup alone: --draft ngram")
+    if combine and not KINDS.makes(draft):
+        loaded = with_lookup(loaded, settings)
     return target, tokenizer, loaded
 
 
 def _load_parts(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-                dequantize: bool, lookup: NGramDraft, group: Any) -> tuple[Model, Tokenizer, Optional[Draft]]:
-    """What the options name, loaded (prompt lookup alone for `--draft ngram`); with a
+                dequantize: bool, settings: DraftSettings, group: Any) -> tuple[Model, Tokenizer, Optional[DraftKind]]:
+    """What the options name, loaded (a kind made by name for a registered name); with a
     pipeline `group`, rank 0's part of the target."""
     target_path, draft = named_models(model, draft, pair, use_demo)
     dtype = weights_dtype(dequantize)
@@ -41,10 +43,9 @@ def _load_parts(model: Optional[str], draft: Optional[str], pair: Optional[str],
         target, tokenizer = load(target_path, dtype=dtype, dequantize=dequantize)
     else:
         target, tokenizer = load_lead(target_path, group, dtype=dtype, dequantize=dequantize)
-    if draft == "ngram":
-        return target, tokenizer, lookup
-    loaded = None if draft is None else load_draft(draft, target, tokenizer, dtype=dtype, dequantize=dequantize)
-    return target, tokenizer, loaded
+    if draft is None or KINDS.makes(draft):
+        return target, tokenizer, None if draft is None else KINDS.named(draft, settings)
+    return target, tokenizer, as_draft(load_draft(draft, target, tokenizer, dtype=dtype, dequantize=dequantize))
 
 
 def named_models(model: Optional[str], draft: Optional[str], pair: Optional[str],

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from ..errors import InputError
 from ..models import Model
+from .kind import DraftKind, DraftSettings
+from .model_draft import ModelDraft
 from .ngram import NGramDraft, NGramDrafter, match_prior
-from .other_vocabulary import OtherVocabularyDraft
 from .protocol import MODEL_OUTLOOK, Drafter, Outlook, Pick, Proposal
 
 
@@ -20,18 +22,52 @@ class LookupAndModel:
     """A draft model (same or other vocabulary) with prompt lookup in front of it: lookup
     proposes where its match runs at least `min_match` tokens back."""
 
-    model: Model | OtherVocabularyDraft
+    model: DraftKind  # a draft model, of the target's vocabulary or another
     lookup: NGramDraft = field(default_factory=NGramDraft)
     min_match: int = 3
+
+    batches = False
+    reads_features = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Model):  # a draft model as loaded
+            object.__setattr__(self, "model", ModelDraft(self.model))
 
     @property
     def args(self):
         """The draft model's configuration."""
         return self.model.args
 
-    def describe(self, model: str) -> str:
-        """One line saying what this draft is, given the draft model's own line."""
-        return f"prompt lookup where a match runs {self.min_match}+ tokens back, else the {model}"
+    def describe(self) -> str:
+        """One line saying what this draft is."""
+        return f"prompt lookup where a match runs {self.min_match}+ tokens back, else the {self.model.describe()}"
+
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> LookupAndModelDrafter:
+        return LookupAndModelDrafter(self, self.model.drafter(target, k_max, chunk, greedy))
+
+    def batch_drafter(self, target: Model, chunk: int) -> None:
+        raise NotImplementedError("prompt lookup in front of a draft model does not batch")
+
+    def check(self, target: Model, num_draft_tokens: int) -> None:
+        if self.model.reads_features:
+            raise InputError("prompt lookup combines with a draft model, not with a feature draft")
+        self.model.check(target, num_draft_tokens)
+
+    def vocabulary(self, target: Model) -> int:
+        return self.model.vocabulary(target)
+
+    def fingerprint(self) -> dict:
+        return {"lookup": repr(self.lookup), "min_match": self.min_match, "model": self.model.fingerprint()}
+
+    @property
+    def timed(self) -> DraftKind:
+        """The calibration times the draft model's rounds (the dearer kind)."""
+        return self.model
+
+    @property
+    def token_model(self) -> Model | None:
+        """The draft model alone (what another runtime can run of this)."""
+        return self.model.token_model
 
 
 class LookupAndModelDrafter:
@@ -41,16 +77,15 @@ class LookupAndModelDrafter:
     feature_layers = None
     varies = True
 
-    def __init__(self, draft: LookupAndModel, model: Drafter, timing: bool = False) -> None:
+    def __init__(self, draft: LookupAndModel, model: Drafter) -> None:
         self.lookup, self.model = NGramDrafter(draft.lookup), model
         self.threshold = match_prior(draft.min_match)
-        self.timing = timing  # the calibration times the draft model's rounds (the dearer kind)
         self.chosen: Drafter = model
         self.last: int | None = None
 
     def outlook(self, last: int) -> Outlook:
         found = self.lookup.outlook(last)
-        use_lookup = not self.timing and found.most > 0 and found.prior >= self.threshold
+        use_lookup = found.most > 0 and found.prior >= self.threshold
         self.chosen = self.lookup if use_lookup else self.model
         return found if use_lookup else MODEL_OUTLOOK
 
@@ -66,3 +101,8 @@ class LookupAndModelDrafter:
         self.chosen.settle(accepted, drafted, features)
         other = self.model if self.chosen is self.lookup else self.lookup
         other.extend([self.last, *drafted[:accepted]])
+
+
+def with_lookup(draft: DraftKind, settings: DraftSettings) -> LookupAndModel:
+    """Prompt lookup with the command line's settings in front of a draft model."""
+    return LookupAndModel(draft, NGramDraft(settings.max_ngram, settings.min_ngram), settings.min_match)

@@ -28,8 +28,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import InputError
-from ..models import Cache, KVCache, Model, ModelArgs, SubsetHead, TransformerBlock
-from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal
+from ..models import Cache, KVCache, Model, ModelArgs, SubsetHead, TransformerBlock, fingerprint
+from ..models.batch_cache import BatchCache
+from .kind import register
+from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal, pick_rows, row_proposals
 
 DRAFT_TYPE = "eagle"
 
@@ -66,6 +68,36 @@ class FeatureDraft(nn.Module):
     def make_cache(self, max_rollback: int = 0) -> list[Cache]:
         """One growing cache per block (the draft attends over the whole verified context)."""
         return [KVCache() for _ in self.layers]
+
+    # the draft kind (`mlxspec.drafts.kind.DraftKind`)
+    batches = True
+    reads_features = True
+    timed = property(lambda self: self)
+    token_model = None
+
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> FeatureDrafter:
+        return FeatureDrafter(self, target, chunk)
+
+    def batch_drafter(self, target: Model, chunk: int) -> BatchFeatureDrafter:
+        return BatchFeatureDrafter(self, target, chunk)
+
+    def check(self, target: Model, num_draft_tokens: int) -> None:
+        for name in ("hidden_size", "vocab_size"):
+            if getattr(self.args, name) != getattr(target.args, name):
+                raise InputError(f"feature draft made for a target with {name} {getattr(self.args, name)}, "
+                                 f"this target has {getattr(target.args, name)}")
+        feature_taps(self, target)
+
+    def describe(self) -> str:
+        a = self.args
+        head = f", head over {a.head_vocab_size} tokens" if a.head_vocab_size else ""
+        return f"feature draft (reads the target's hidden states), {a.num_hidden_layers} blocks{head}"
+
+    def vocabulary(self, target: Model) -> int:
+        return self.args.vocab_size
+
+    def fingerprint(self) -> dict:
+        return fingerprint(self)
 
 
 def target_subset_head(target: Model, token_ids: mx.array) -> SubsetHead:
@@ -170,3 +202,78 @@ class FeatureDrafter:
         for c in self.cache:
             c.rollback(len(drafted) - 1)
         self.extend(drafted[:accepted], features[:, : accepted + 1])
+
+
+class BatchFeatureDrafter:
+    """A feature draft for every row of a batch: row b consumes pairs (f_t, x_{t+1});
+    `features[b]` holds one more entry than `tokens[b]` (the last waits for the row's newest
+    token). Rows catch up together, right-padded."""
+
+    mode = FeatureDrafter.mode
+
+    def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:
+        self.draft, self.chunk = draft, chunk
+        self.feature_layers = feature_taps(draft, target)
+        self.embed = target.model.embed_tokens
+        self.head = target_subset_head(target, draft.token_ids)
+        self.cache = BatchCache(len(draft.layers), None)
+        self.features: list[list[mx.array]] = []  # per row, pieces [1, n_i, d * (1 + taps)] of its n + 1 features
+        self.tokens: list[list[int]] = []
+        self.k = 0
+
+    def add(self, prompt: list[int], hidden: mx.array) -> None:
+        """A new last row: the draft reads the prompt's pairs alone, then joins the batch."""
+        cache = self.draft.make_cache()
+        for s in range(0, len(prompt) - 1, self.chunk):
+            ids = mx.array([prompt[s + 1 : s + 1 + self.chunk]])
+            self.draft(self.draft.fused(hidden[:, s : s + ids.shape[1]]), self.embed(ids), cache)
+            mx.eval([c.keys for c in cache])
+        self.cache.add(cache)
+        self.features.append([hidden[:, -1:]])
+        self.tokens.append([])
+
+    def keep(self, rows: list[int]) -> None:
+        self.cache.keep(rows)
+        self.features = [self.features[r] for r in rows]
+        self.tokens = [self.tokens[r] for r in rows]
+
+    def outlook(self, b: int, last: int) -> Outlook:
+        return MODEL_OUTLOOK
+
+    def extend(self, b: int, tokens: list[int], hidden: mx.array) -> None:
+        self.tokens[b].extend(tokens)
+        self.features[b].append(hidden)  # joined once, when the row next drafts
+
+    def _run(self, features: mx.array, tokens: mx.array) -> mx.array:
+        self.cache.layout.begin(tokens.shape[1])
+        return self.draft(features, self.embed(tokens), self.cache.layers)
+
+    def propose(self, lasts: list[int], ks: list[int], picks: list[Pick]) -> list[Proposal]:
+        self.k = k = max(ks)
+        feeds = [t + [last] for t, last in zip(self.tokens, lasts)]
+        width = max(len(f) for f in feeds)
+        rows = [mx.concatenate(f, axis=1) if len(f) > 1 else f[0] for f in self.features]
+        features = mx.concatenate([mx.pad(f, [(0, 0), (0, width - f.shape[1]), (0, 0)]) for f in rows])
+        pred = self._run(self.draft.fused(features), mx.array([f + [0] * (width - len(f)) for f in feeds]))
+        pred = pred[mx.arange(len(feeds)), mx.array([len(f) - 1 for f in feeds])][:, None]
+        self.cache.layout.rollback([width - len(f) for f in feeds])
+        self.tokens, self.features = [[] for _ in feeds], [[] for _ in feeds]
+        tokens, logprobs = [], []
+        for i in range(k):
+            if i:
+                pred = self._run(pred, tokens[-1])
+            logits = self.head.subset_logits(pred)[:, -1]
+            picked = pick_rows(logits, picks, ks, i, self.head.token_ids)
+            tokens.append(self.head.token_ids[mx.concatenate([t for t, _ in picked], axis=0)])
+            logprobs.append([lp for _, lp in picked])
+            mx.async_eval(tokens[-1])
+        return row_proposals(mx.concatenate(tokens, axis=1), logprobs, ks, self.head.token_ids)
+
+    def settle(self, accepted: list[int], drafted: list[list[int]], hidden: mx.array) -> None:
+        """Positions drafted from predicted features give way to the verified pairs."""
+        self.cache.layout.rollback([self.k - 1] * len(accepted))
+        for b, n in enumerate(accepted):
+            self.extend(b, drafted[b][:n], hidden[b : b + 1, : n + 1])
+
+
+register(DRAFT_TYPE, module=FeatureDraft, help="a feature draft, which reads the target's hidden states")

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from ..errors import InputError
-from .protocol import Outlook, Pick, Proposal
+from ..models import Model
+from .kind import DraftSettings, register
+from .protocol import Outlook, Pick, Proposal, point_mass
 
 MATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # match lengths with an acceptance estimate of their own
 MAX_CONTINUATION = 64  # tokens of a match's continuation offered at most
@@ -36,9 +38,30 @@ class NGramDraft:
         if self.min_ngram > self.max_ngram:
             raise InputError(f"prompt lookup: min_ngram {self.min_ngram} > max_ngram {self.max_ngram}")
 
+    # the draft kind (`mlxspec.drafts.kind.DraftKind`)
+    batches = True
+    reads_features = False
+    timed = property(lambda self: self)
+    token_model = None
+
     def describe(self) -> str:
         """One line saying what this draft is."""
         return f"prompt lookup (n-grams of {self.min_ngram}..{self.max_ngram} tokens, no draft model)"
+
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> NGramDrafter:
+        return NGramDrafter(self)
+
+    def batch_drafter(self, target: Model, chunk: int) -> BatchLookupDrafter:
+        return BatchLookupDrafter(self)
+
+    def check(self, target: Model, num_draft_tokens: int) -> None:
+        """Prompt lookup proposes the text's own tokens: it drafts for any target."""
+
+    def vocabulary(self, target: Model) -> int:
+        return target.args.vocab_size
+
+    def fingerprint(self) -> dict:
+        return {"draft": repr(self)}
 
 
 class NGramIndex:
@@ -86,15 +109,14 @@ def match_prior(length: int) -> float:
 
 
 class NGramDrafter:
-    """Prompt lookup over the verified text. With `always`, a proposal without a match
-    repeats the last token (the calibration times rounds of every length that way)."""
+    """Prompt lookup over the verified text."""
 
     mode = "prompt lookup"
     feature_layers = None
     varies = True
 
-    def __init__(self, draft: NGramDraft, always: bool = False) -> None:
-        self.draft, self.always = draft, always
+    def __init__(self, draft: NGramDraft) -> None:
+        self.draft = draft
         self.index = NGramIndex(draft.max_ngram)
         self.last: int | None = None
         self.matched: tuple[tuple[int, int], list[int], int] | None = None  # the last lookup, by (text length, last)
@@ -125,19 +147,48 @@ class NGramDrafter:
 
     def propose(self, last: int, k: int, pick: Pick) -> Proposal:
         self.last = last
-        tokens = self._match(last)[0][:k]
-        if self.always:
-            tokens += [last] * (k - len(tokens))
-        return point_mass(tokens)
+        return point_mass(self._match(last)[0][:k])
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
         self.index.append([self.last, *drafted[:accepted]])
 
 
-def point_mass(tokens: list[int]) -> Proposal:
-    """A proposal of fixed tokens: each one's q puts all its mass on it (over `support`, the
-    proposed tokens themselves: entry j of position i is 0 where j == i, else -inf)."""
-    k = len(tokens)
-    eye = mx.eye(k, dtype=mx.bool_) if k else mx.zeros((0, 0), dtype=mx.bool_)
-    logprobs = mx.where(eye, 0.0, -mx.inf)[None]
-    return Proposal(mx.array([tokens], dtype=mx.int32).reshape(1, k), logprobs, mx.array(tokens, dtype=mx.int32))
+class BatchLookupDrafter:
+    """Prompt lookup for the rows of a batch, one index per row (no model pass)."""
+
+    mode = NGramDrafter.mode
+    feature_layers = None
+
+    def __init__(self, draft: NGramDraft) -> None:
+        self.draft = draft
+        self.rows: list[NGramDrafter] = []
+
+    def add(self, prompt: list[int], hidden: mx.array | None = None) -> None:
+        row = NGramDrafter(self.draft)
+        row.extend(prompt)
+        self.rows.append(row)
+
+    def keep(self, rows: list[int]) -> None:
+        self.rows = [self.rows[r] for r in rows]
+
+    def outlook(self, b: int, last: int) -> Outlook:
+        return self.rows[b].outlook(last)
+
+    def extend(self, b: int, tokens: list[int], hidden: mx.array | None = None) -> None:
+        self.rows[b].extend(tokens)
+
+    def propose(self, lasts: list[int], ks: list[int], picks: list[Pick]) -> list[Proposal]:
+        return [row.propose(last, k, pick) for row, last, k, pick in zip(self.rows, lasts, ks, picks)]
+
+    def settle(self, accepted: list[int], drafted: list[list[int]], hidden: mx.array | None = None) -> None:
+        for row, n, tokens in zip(self.rows, accepted, drafted):
+            row.settle(n, tokens)
+
+
+def lookup_draft(settings: DraftSettings) -> NGramDraft:
+    """Prompt lookup with the command line's n-gram sizes."""
+    return NGramDraft(settings.max_ngram, settings.min_ngram)
+
+
+register("ngram", lookup_draft, help="prompt lookup, no draft model (the answer's repeats of the prompt and of "
+                                     "itself are drafted; a folder named ngram: ./ngram)")

@@ -22,10 +22,10 @@ import math
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import Model, SubsetHead
+from ..models import Model, SubsetHead, fingerprint
 from ..text import Tokenizer
 from ..text.spelling import complete_length, spell
-from .model_draft import last_logits
+from .model_draft import last_logits, warn_if_not_smaller
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal
 
 LOOKBACK = 4  # tokens re-spelled before new text: enough for the merges at a boundary,
@@ -64,6 +64,27 @@ class OtherVocabularyDraft:
     def args(self):
         """The draft model's configuration."""
         return self.model.args
+
+    # the draft kind (`mlxspec.drafts.kind.DraftKind`)
+    batches = False
+    reads_features = False
+    timed = property(lambda self: self)
+    token_model = None
+
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> OtherVocabularyDrafter:
+        return OtherVocabularyDrafter(self, k_max, chunk, greedy)
+
+    def batch_drafter(self, target: Model, chunk: int) -> None:
+        raise NotImplementedError("a draft with another vocabulary does not batch")
+
+    def check(self, target: Model, num_draft_tokens: int) -> None:
+        warn_if_not_smaller(self.model, target)
+
+    def vocabulary(self, target: Model) -> int:
+        return target.args.vocab_size
+
+    def fingerprint(self) -> dict:
+        return {"other-vocabulary": fingerprint(self.model), "shared": self.shared_rows.size}
 
     def describe(self) -> str:
         """One line saying what this draft is."""
@@ -113,8 +134,8 @@ class OtherVocabularyDrafter:
     feature_layers = None
     varies = False
 
-    def __init__(self, draft: OtherVocabularyDraft, k_max: int, chunk: int, greedy: bool, timing: bool = False) -> None:
-        self.draft, self.chunk, self.greedy, self.timing = draft, chunk, greedy, timing
+    def __init__(self, draft: OtherVocabularyDraft, k_max: int, chunk: int, greedy: bool) -> None:
+        self.draft, self.chunk, self.greedy = draft, chunk, greedy
         self.most = 2 * k_max + 2  # draft tokens written per greedy round
         self.cache = draft.model.make_cache(max_rollback=self.most + LOOKBACK + LOOKBACK_BYTES + 4)
         self.track = TextTrack(draft.tokenizer, draft.draft_bytes)
@@ -161,11 +182,7 @@ class OtherVocabularyDrafter:
     def propose(self, last: int, k: int, pick: Pick) -> Proposal:
         self.extend([last])
         logits = self._catch_up()
-        proposal = self._greedy(logits, k, pick) if self.greedy else self._intersection(logits, k, pick)
-        if self.timing and proposal.tokens.shape[1] < k:  # the calibration times full rounds
-            pad = [last] * (k - proposal.tokens.shape[1])
-            proposal = Proposal(mx.concatenate([proposal.tokens, mx.array([pad], dtype=mx.int32)], axis=1), None, None)
-        return proposal
+        return self._greedy(logits, k, pick) if self.greedy else self._intersection(logits, k, pick)
 
     def _ratio(self) -> float:
         """Draft tokens per target token over the text so far."""

@@ -5,7 +5,9 @@ which pairs run, so a pair that cannot run is never written."""
 from __future__ import annotations
 
 from ..errors import InputError
+from ..models import Model
 from ..text import Tokenizer, compare_vocabularies
+from .other_vocabulary import OtherVocabularyDraft
 
 SAME_VOCABULARY = "same-vocabulary"  # the draft proposes token ids the target reads as they are
 OTHER_VOCABULARY = "other-vocabulary"  # the draft meets the target on the text (`other_vocabulary`)
@@ -35,3 +37,11 @@ def pair_kind(target: tuple[Tokenizer, int], draft: tuple[Tokenizer, int]) -> tu
         raise InputError(f"the draft's tokenizer shares no token with the target's ({why}; no draft token spells "
                          "the same text as a target token): it cannot draft for this target")
     return OTHER_VOCABULARY, f"{why}; {shared} of the draft's tokens spell a target token"
+
+
+def pair_draft(target: tuple[Model, Tokenizer], draft: tuple[Model, Tokenizer]) -> Model | OtherVocabularyDraft:
+    """The draft model as the pair's kind (see `pair_kind`) needs it: itself with the
+    target's vocabulary, else an `OtherVocabularyDraft`. Raises `InputError` when the draft
+    cannot propose anything the target reads."""
+    kind = pair_kind((target[1], target[0].args.vocab_size), (draft[1], draft[0].args.vocab_size))[0]
+    return draft[0] if kind == SAME_VOCABULARY else OtherVocabularyDraft(draft[0], draft[1], target[1])

@@ -67,6 +67,29 @@ class Drafter(Protocol):
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None) -> None: ...
 
 
+class BatchDrafter(Protocol):
+    """What a batch needs from a draft: the same calls for every row at once. Rows are
+    numbered in the batch's order; `add` appends one (its prompt, and the target's hidden
+    states over it when `feature_layers` is not None), `keep` keeps the rows listed, in
+    that order; `propose` gives each row b up to `ks[b]` tokens (0: none), drawn by its
+    own `picks[b]`."""
+
+    mode: str
+    feature_layers: tuple[int, ...] | None
+
+    def add(self, prompt: list[int], hidden: mx.array | None) -> None: ...
+
+    def keep(self, rows: list[int]) -> None: ...
+
+    def outlook(self, b: int, last: int) -> Outlook: ...
+
+    def extend(self, b: int, tokens: list[int], hidden: mx.array | None) -> None: ...
+
+    def propose(self, lasts: list[int], ks: list[int], picks: list[Pick]) -> list[Proposal]: ...
+
+    def settle(self, accepted: list[int], drafted: list[list[int]], hidden: mx.array | None) -> None: ...
+
+
 def draw_proposal(step: Callable[[mx.array], mx.array], first: mx.array, k: int, pick: Pick,
                   support: mx.array | None) -> Proposal:
     """Draw k tokens: `first` are the logits for the first one (over `support`), `step(token)`
@@ -83,3 +106,28 @@ def draw_proposal(step: Callable[[mx.array], mx.array], first: mx.array, k: int,
         logprobs.append(lp)
     lps = None if logprobs[0] is None else mx.stack(logprobs, axis=1)
     return Proposal(mx.concatenate(tokens, axis=1), lps, support)
+
+
+def pick_rows(logits: mx.array, picks: list[Pick], ks: list[int], i: int,
+              support: mx.array | None) -> list[tuple[mx.array, mx.array | None]]:
+    """Draft position i of every row from logits [B, S]: drawn by the row's own pick while
+    it wants that many tokens, else a placeholder (argmax, no random draw: a row's draws
+    stay those it makes alone)."""
+    return [pick(logits[b : b + 1], support, True) if i < k else (mx.argmax(logits[b : b + 1], axis=-1)[:, None], None)
+            for b, (pick, k) in enumerate(zip(picks, ks))]
+
+
+def row_proposals(drafted: mx.array, logprobs: list[list[mx.array | None]], ks: list[int],
+                  support: mx.array | None) -> list[Proposal]:
+    """Row b's proposal: its first ks[b] drafted tokens [1, ks[b]] and their distributions."""
+    return [Proposal(drafted[b : b + 1, :kb], None if kb == 0 or logprobs[0][b] is None else
+                     mx.stack([lp[b] for lp in logprobs[:kb]], axis=1), support) for b, kb in enumerate(ks)]
+
+
+def point_mass(tokens: list[int]) -> Proposal:
+    """A proposal of fixed tokens: each one's q puts all its mass on it (over `support`, the
+    proposed tokens themselves: entry j of position i is 0 where j == i, else -inf)."""
+    k = len(tokens)
+    eye = mx.eye(k, dtype=mx.bool_) if k else mx.zeros((0, 0), dtype=mx.bool_)
+    logprobs = mx.where(eye, 0.0, -mx.inf)[None]
+    return Proposal(mx.array([tokens], dtype=mx.int32).reshape(1, k), logprobs, mx.array(tokens, dtype=mx.int32))

@@ -29,7 +29,6 @@ import mlx.core as mx
 
 from ..errors import InputError, InputTypeError
 from ..models.batch_cache import BatchCache
-from .batch_draft import batch_drafter
 from .batch_policy import BatchCost
 from .batch_row import Emit, Row
 from .decode import Taps, default_chunk_size, forward, prefill
@@ -48,7 +47,8 @@ class Batch:
         self.target = session.target
         self.chunk = default_chunk_size(self.target)
         self.cache = BatchCache(len(self.target.layers), self.target.args.sliding_window)
-        self.drafter = None if session.draft is None else batch_drafter(session.draft, self.target, self.chunk)
+        draft = session.draft
+        self.drafter = draft.batch_drafter(self.target, self.chunk) if draft is not None and draft.batches else None
         self.rows: list[Row] = []
         self.cost: BatchCost | None = None
         self.steps = 0

@@ -18,16 +18,14 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_flatten
 
-from ..drafts import Draft, LookupAndModel, NGramDraft, OtherVocabularyDraft, make_drafter
-from ..models import Linear, Model, set_weight_first_rows
+from ..drafts import Draft, DraftKind, Drafter, as_draft
+from ..drafts.protocol import Outlook, Pick, Proposal, point_mass
+from ..models import Linear, Model, fingerprint as module_fingerprint, set_weight_first_rows
 from .policy import FixedK, Timings
 from .sampling import RandomKeys, SamplingParams
 from .speculative import Generation
@@ -60,9 +58,10 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
     (`weight_first_rows` of the target), sampling with `params`. The target is left in the
     order it was in."""
     before = next((m.weight_first_rows for m in target.modules() if isinstance(m, Linear)), 0)
-    generation = Generation(target, make_drafter(draft, target, k_max, context, params.greedy, timing=True), FixedK(k_max), params,
-                            RandomKeys(0), prefill_chunk=context)
-    generation.prefill(made_up_tokens(context, min(target.args.vocab_size, draft_vocabulary(draft, target))))
+    draft = as_draft(draft)
+    drafter = FullRounds(draft.timed.drafter(target, k_max, context, params.greedy))
+    generation = Generation(target, drafter, FixedK(k_max), params, RandomKeys(0), prefill_chunk=context)
+    generation.prefill(made_up_tokens(context, min(target.args.vocab_size, draft.vocabulary(target))))
     plain_steps = 4  # plain decoding pipelines its steps: time a few in a row
     samples: dict[int, dict[int, list[float]]] = {o: {k: [] for k in range(k_max + 1)} for o in orders}
     total, done = len(orders) * (k_max + 1) * (repeats + 1), 0
@@ -82,12 +81,34 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
     return {o: {k: sorted(v)[len(v) // 2] for k, v in by_k.items()} for o, by_k in samples.items()}
 
 
-def draft_vocabulary(draft: Draft, target: Model) -> int:
-    """The size of the vocabulary the draft proposes from (the target's, for prompt lookup
-    and drafts that re-spell their text)."""
-    if isinstance(draft, LookupAndModel):
-        draft = draft.model
-    return target.args.vocab_size if isinstance(draft, (OtherVocabularyDraft, NGramDraft)) else draft.args.vocab_size
+class FullRounds:
+    """A drafter as the calibration times it: a proposal short of k tokens (prompt lookup
+    without a match, a re-spelled draft) is filled up with the newest token, proposed with
+    all its mass, so every round of size k is timed at size k (what a round costs does not
+    depend on which tokens it verifies)."""
+
+    def __init__(self, drafter: Drafter) -> None:
+        self.drafter = drafter
+        self.mode, self.feature_layers, self.varies = drafter.mode, drafter.feature_layers, drafter.varies
+
+    def outlook(self, last: int) -> Outlook:
+        return self.drafter.outlook(last)
+
+    def extend(self, tokens: list[int], features: mx.array | None) -> None:
+        self.drafter.extend(tokens, features)
+
+    def propose(self, last: int, k: int, pick: Pick) -> Proposal:
+        proposal = self.drafter.propose(last, k, pick)
+        short = k - proposal.tokens.shape[1]
+        if short <= 0:
+            return proposal
+        tokens = proposal.tokens[0].tolist() + [last] * short
+        if proposal.logprobs is None:
+            return Proposal(mx.array([tokens], dtype=mx.int32), None, None)
+        return point_mass(tokens)
+
+    def settle(self, accepted: int, drafted: list[int], features: mx.array | None) -> None:
+        self.drafter.settle(accepted, drafted, features)
 
 
 def _timed(generation: Generation, k: int, plain_steps: int) -> float:
@@ -116,7 +137,7 @@ def faster_order(standard: dict[int, float], weight_first: dict[int, float]) -> 
     return rows, {k: weight_first[k] if 0 < k < rows else t for k, t in standard.items()}
 
 
-def measure(target: Model, draft: Draft, k_max: int, params: SamplingParams, rows: int | None = None,
+def measure(target: Model, draft: DraftKind, k_max: int, params: SamplingParams, rows: int | None = None,
             progress: Progress | None = None) -> Timings:
     """Time the rounds; with `rows` None, in both orders, keeping the faster (see `faster_order`)."""
     dense = any(isinstance(m, Linear) for m in target.modules())
@@ -128,19 +149,9 @@ def measure(target: Model, draft: Draft, k_max: int, params: SamplingParams, row
     return Timings(rounds, rows)
 
 
-def fingerprint(target: Model, draft: Draft, k_max: int) -> str:
+def fingerprint(target: Model, draft: DraftKind, k_max: int) -> str:
     """What a calibration is valid for: the pair's shapes, the device, the MLX version, k_max."""
-    def describe(model: Model | Draft) -> dict:
-        if isinstance(model, LookupAndModel):
-            return {"lookup": repr(model.lookup), "min_match": model.min_match, "model": describe(model.model)}
-        if isinstance(model, OtherVocabularyDraft):
-            return {"other-vocabulary": describe(model.model), "shared": model.shared_rows.size}
-        if not isinstance(model, nn.Module):
-            return {"draft": repr(model)}
-        params = sorted((k, str(v.dtype), v.shape) for k, v in tree_flatten(model.parameters()))
-        return {"args": asdict(model.args), "params": params[:4], "n": len(params)}
-
-    key = json.dumps([CALIBRATION_VERSION, describe(target), describe(draft), str(mx.default_device()),
+    key = json.dumps([CALIBRATION_VERSION, module_fingerprint(target), draft.fingerprint(), str(mx.default_device()),
                       mx.__version__, k_max], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -212,7 +223,7 @@ def calibrate(target: Model, draft: Draft, k_max: int, params: SamplingParams | 
     read from the cache in `cache_dir`, else (or with `recalibrate`) measured and stored.
     The multiplication order is chosen once per pair; the caller applies it to the target
     (`set_weight_first_rows(target, timings.weight_first_rows)`)."""
-    params = params or SamplingParams()
+    params, draft = params or SamplingParams(), as_draft(draft)
     cache = CalibrationCache(cache_dir / "calibration.json")
     entries = cache.read()
     key, kind = fingerprint(target, draft, k_max), sampling_kind(params)

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import mlx.core as mx
 
-from ..drafts import DRAFT_TYPES, Draft, NGramDraft, check_draft, make_drafter
+from ..drafts import Draft, DraftKind, as_draft, check_draft_length
 from ..errors import InputError, InputTypeError
 from ..models import Model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
@@ -34,7 +34,7 @@ from .stats import GenerationStep
 DRAFT_POLICIES = ("cost", "fixed", "heuristic")
 
 
-def check_parts(target: object, tokenizer: object, draft: object) -> None:
+def check_parts(target: object, tokenizer: object) -> None:
     """Loaded objects, not paths: say how to get them."""
     if not isinstance(target, Model):
         raise InputTypeError(f"the target must be a loaded Model (model, tokenizer = mlxspec.load(path)), "
@@ -42,19 +42,6 @@ def check_parts(target: object, tokenizer: object, draft: object) -> None:
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
         raise InputTypeError(f"tokenizer must be an mlxspec Tokenizer (mlxspec.load returns one), "
                              f"got {type(tokenizer).__name__}")
-    if draft is not None and not isinstance(draft, DRAFT_TYPES):
-        raise InputTypeError(f"draft must be a loaded draft (mlxspec.load_draft(path, model, tokenizer)), "
-                             f"\"ngram\" or an NGramDraft, got {type(draft).__name__}")
-
-
-def as_draft(draft: object) -> object:
-    """A draft as given, with the name "ngram" standing for prompt lookup's default settings."""
-    if isinstance(draft, str):
-        if draft != "ngram":
-            raise InputTypeError(f"draft must be a loaded draft (mlxspec.load_draft(path, model, tokenizer)) or "
-                                 f"\"ngram\" (prompt lookup), got the string {draft!r}")
-        return NGramDraft()
-    return draft
 
 
 class Calibration:
@@ -67,7 +54,7 @@ class Calibration:
         self.recalibrate, self.progress = recalibrate, progress
         self._timings: dict[str, Timings] = {}
 
-    def timings(self, target: Model, draft: Draft, k_max: int, params: SamplingParams) -> Timings:
+    def timings(self, target: Model, draft: DraftKind, k_max: int, params: SamplingParams) -> Timings:
         """The round times for `params`' kind of sampling, the target set to the
         multiplication order they were measured in."""
         kind = sampling_kind(params)
@@ -85,20 +72,22 @@ class Session:
     `draft_policy` chooses the draft length per round: "cost" (the calibrated cost model,
     which may also decode plainly when drafting does not pay), "fixed" (always
     `num_draft_tokens`) or "heuristic" (transformers' +2/-1 schedule). `draft` is a loaded
-    draft, "ngram" or an `NGramDraft` (prompt lookup: the text drafts itself)."""
+    draft (`mlxspec.load_draft`), any draft kind, or the name of one made by name ("ngram":
+    prompt lookup, the text drafts itself)."""
 
     def __init__(self, target: Model, tokenizer: Tokenizer | None = None, draft: Draft | str | None = None, *,
                  num_draft_tokens: int = 6, draft_policy: str = "cost",
                  calibration: Calibration | None = None, prompt_cache_entries: int = DEFAULT_ENTRIES) -> None:
-        draft = as_draft(draft)
-        check_parts(target, tokenizer, draft)
+        check_parts(target, tokenizer)
         if draft_policy not in DRAFT_POLICIES:
             raise InputError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {draft_policy!r}")
         if not is_int(num_draft_tokens):
             raise InputTypeError(f"num_draft_tokens must be an integer, got {num_draft_tokens!r}")
-        if draft is not None:
-            check_draft(target, draft, num_draft_tokens)
-        self.target, self.tokenizer, self.draft = target, tokenizer, draft
+        self.draft: DraftKind | None = None if draft is None else as_draft(draft)
+        if self.draft is not None:
+            check_draft_length(num_draft_tokens)
+            self.draft.check(target, num_draft_tokens)
+        self.target, self.tokenizer = target, tokenizer
         self.k_max, self.draft_policy = num_draft_tokens, draft_policy
         if calibration is not None and not callable(getattr(calibration, "timings", None)):
             raise InputTypeError(f"calibration must be a Calibration, got {type(calibration).__name__}")
@@ -170,7 +159,7 @@ class Session:
         req = self.request(prompt, options, **values)
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
-        drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
+        drafter = self.draft.drafter(self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
         reuse = req.prompt_cache and (drafter is None or drafter.feature_layers is None)
         cache, reused = self.starting_cache(req.ids, reuse)
         generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,

@@ -15,7 +15,6 @@ import threading
 from typing import Any, Callable
 
 from ..engine.batch import Batch, make_row
-from ..engine.batch_draft import batches
 from ..engine.batch_row import Row
 from ..engine.session import Session
 from ..engine.stats import GenerationStep
@@ -35,7 +34,7 @@ class Engine:
         self.session, self.max_rows, self.max_queue = session, max_rows, max_queue
         self.warm_up = warm_up
         self.batch: Batch | None = None
-        self.drafting = session.draft is not None and batches(session.draft, session.target)
+        self.drafting = session.draft is not None and session.draft.batches
         self.inbox: queue.Queue[Row] = queue.Queue()
         self._stop, self.ready = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlxspec-engine", daemon=True)
