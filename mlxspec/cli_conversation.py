@@ -40,7 +40,7 @@ def chat_command(
 @with_generation_options(exclude=("logprobs",), max_tokens=512, temperature=1.0)
 def serve_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
-    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP + " Drafts with another vocabulary do not batch: the server then decodes without speculation."),
+    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
     use_demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo pair (SmolLM2-135M-Instruct and the shipped feature draft)."),
     served: Optional[str] = typer.Option(None, "--name", "--alias", help="The model id clients send and /v1/models lists (default: the model folder's name)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),

@@ -98,8 +98,8 @@ def serve(session: Session, name: str, host: str, port: int, max_batch: int, max
     engine = Engine(session, max_rows=max_batch, max_queue=max_queue, warm_up=warm_up)
     engine.start()
     app = create_app(engine, name, defaults)
-    spec = "speculating inside the batch" if engine.drafting else (
-        "no speculation (this draft kind does not batch)" if session.draft is not None else "no draft")
+    spec = "no draft" if not engine.drafting else "speculating inside the batch" + (
+        "" if session.draft.batches else ", each row drafting alone (this kind of draft shares no pass)")
     typer.echo(f"serving {name} on http://{host}:{port}/v1 ({spec}; batches of up to {max_batch}; "
                f"device: {mx.default_device()})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

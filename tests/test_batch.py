@@ -1,5 +1,6 @@
 """Batched decoding: every row of a batch gets exactly what it gets alone (greedy; draft
-model, prompt lookup or none; with a sliding window; rows of different lengths entering
+model, feature draft, prompt lookup, lookup in front of a draft model (each row drafting
+alone) or none; with a sliding window; rows of different lengths entering
 and leaving), sampled rows follow the target's distribution (chi-square, with a broken
 batch shown to fail), and the ragged batch cache gives a single sequence's logits."""
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from mlxspec import Session
+from mlxspec.drafts import LookupAndModel
 from mlxspec.engine.batch import Batch, make_row
 from mlxspec.models.batch_cache import BatchCache
 from test_speculative import FixedTimings, chi2_critical, chi2_stat, exact_joint, perturbed, tiny
@@ -21,13 +23,14 @@ def alone(session: Session, prompt: list[int], **options) -> list[int]:
     return [s.token for s in session.stream(prompt, speculative=False, prompt_cache=False, **options)]
 
 
-@pytest.mark.parametrize("draft", ["model", "feature", "fused", "ngram", None])
+@pytest.mark.parametrize("draft", ["model", "feature", "fused", "ngram", "lookup+model", None])
 @pytest.mark.parametrize("window", [None, 8])
 def test_batched_rows_equal_their_greedy_output_alone(draft, window):
     from test_feature_draft import feature_draft, one_block_target
 
     target = one_block_target(20, window=window) if draft in ("feature", "fused") else tiny(20, window=window)
     kind = {"model": lambda: perturbed(target, 0.05, 21), "ngram": lambda: "ngram", None: lambda: None,
+            "lookup+model": lambda: LookupAndModel(perturbed(target, 0.05, 21), min_match=2),
             "feature": lambda: feature_draft(target, 21, oracle=True, head_vocab=48),
             "fused": lambda: feature_draft(target, 22, oracle=True, feature_layers=[0])}[draft]()
     session = Session(target, None, kind, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
@@ -80,14 +83,13 @@ def test_ragged_batch_cache_gives_each_row_its_own_logits():
         single = target.make_cache(max_rollback=4)
         target(mx.array([prompt[:-1]]), single)
         cache.add(single)
-    cache.layout.begin(3)  # each row: its last prompt token and two more; then roll back per row
+    # each row: its last prompt token and two more (the pass begins itself); then roll back per row
     fed = mx.array([[p[-1], 7, 8] for p in rows])
     logits = target(fed, cache.layers)
     for b, prompt in enumerate(rows):
         expect = target(mx.array([prompt + [7, 8]]))[0, -3:]
         assert mx.allclose(logits[b], expect, atol=1e-4).item()
     cache.layout.rollback([2, 1, 0])
-    cache.layout.begin(1)
     logits = target(mx.array([[9], [9], [9]]), cache.layers)[:, -1]
     for b, (prompt, kept) in enumerate(zip(rows, ([], [7], [7, 8]))):
         expect = target(mx.array([prompt + kept + [9]]))[0, -1]

@@ -58,7 +58,7 @@ class BatchBigram:
     def __init__(self) -> None:
         self.rows: list[BigramDrafter] = []
 
-    def add(self, prompt, hidden=None):
+    def add(self, prompt, hidden=None, greedy=True):
         self.rows.append(BigramDrafter())
         self.rows[-1].extend(prompt)
 

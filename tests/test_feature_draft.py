@@ -109,7 +109,7 @@ def test_feature_cache_equals_a_fresh_pass_over_verified_pairs(name):
     for i in range(12):
         new = decoder.round(1 + i % 4) if i % 3 else list(decoder.plain(2))
         emitted += [t for t, _ in new]
-    drafter = decoder.drafter
+    drafter = decoder.drafter.rows[0]
     history = PROMPT + emitted[:-1]
     assert decoder.last == emitted[-1]
     features = draft.fused(target.model(mx.array([history]), None, tuple(draft.args.feature_layers or ())))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlxspec import Session
-from mlxspec.drafts import NGramDraft, NGramDrafter
+from mlxspec.drafts import NGramDraft, NGramDrafter, one_row
 from mlxspec.drafts.ngram import NGramIndex, match_key, point_mass
 from mlxspec.engine import FixedK, Generation, RandomKeys, Timings
 from mlxspec.engine.sampling import SamplingParams
@@ -108,7 +108,7 @@ def lookup_chi2(target, drafter_factory, params: SamplingParams, prompt: list[in
     index = {key: i for i, key in enumerate(keys)}
     counts = np.zeros(len(keys))
     for seed in range(runs):
-        generation = Generation(target, drafter_factory(), FixedK(k), params, RandomKeys(seed), 64)
+        generation = Generation(target, one_row(drafter_factory()), FixedK(k), params, RandomKeys(seed), 64)
         out = [generation.prefill(prompt)]
         while len(out) < length:
             out += [t for t, _ in generation.round(k)]

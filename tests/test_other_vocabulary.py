@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mlxspec import Session
-from mlxspec.drafts import OtherVocabularyDraft, OtherVocabularyDrafter
+from mlxspec.drafts import OtherVocabularyDraft, OtherVocabularyDrafter, one_row
 from mlxspec.drafts.other_vocabulary import TextTrack
 from mlxspec.engine import FixedK, Generation, RandomKeys
 from mlxspec.engine.sampling import SamplingParams
@@ -125,6 +125,20 @@ def test_greedy_other_vocabulary_equals_greedy_plain(kind):
             assert 0.05 < np.mean(rates) < 0.95, rates
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_batch_drafts_with_another_vocabulary_row_by_row(temperature):
+    """Such a draft shares no pass between rows: each row drafts alone, and the rows are
+    verified together; greedy rows equal plain decoding, seeded sampled rows their own run."""
+    target, target_tok, draft_tok = pair("bpe-target")
+    draft = OtherVocabularyDraft(Shadow(target, target_tok, draft_tok, noise=0.02), draft_tok, target_tok)
+    session = Session(target, target_tok, draft, num_draft_tokens=3, draft_policy="fixed")
+    done = session.batch_generate(TRICKY, max_tokens=24, temperature=temperature, seed=5)
+    assert sum(c.stats.drafted for c in done) > 0 and sum(c.stats.accepted for c in done) > 0
+    if temperature == 0:
+        plain = Session(target, target_tok)
+        assert [c.tokens for c in done] == [[s.token for s in plain.stream(p, max_tokens=24)] for p in TRICKY]
+
+
 def other_chi2(target, make_drafter, params: SamplingParams, prompt: list[int], runs: int) -> tuple[float, int]:
     """Chi-square of the first 2 tokens of seeded generations drafting 2 per round."""
     exact = exact_joint(target, prompt, params, 2)
@@ -132,7 +146,7 @@ def other_chi2(target, make_drafter, params: SamplingParams, prompt: list[int], 
     index = {key: i for i, key in enumerate(keys)}
     counts = np.zeros(len(keys))
     for seed in range(runs):
-        generation = Generation(target, make_drafter(), FixedK(2), params, RandomKeys(seed), 64)
+        generation = Generation(target, one_row(make_drafter()), FixedK(2), params, RandomKeys(seed), 64)
         out = [generation.prefill(prompt)]
         out += [t for t, _ in generation.round(2)]
         counts[index[tuple(out[:2])]] += 1
@@ -167,7 +181,7 @@ def test_the_draft_cache_ends_as_a_fresh_pass_over_the_verified_text():
     draft = OtherVocabularyDraft(model, draft_tok, target_tok)
     for greedy, params in ((True, SamplingParams()), (False, SamplingParams(1.0))):
         drafter = OtherVocabularyDrafter(draft, 4, 16, greedy=greedy)
-        generation = Generation(target, drafter, FixedK(4), params, RandomKeys(3), 16)
+        generation = Generation(target, one_row(drafter), FixedK(4), params, RandomKeys(3), 16)
         out = [generation.prefill(target_tok.encode(TRICKY[0]))]
         while len(out) < 40:
             out += [t for t, _ in generation.round(4)]

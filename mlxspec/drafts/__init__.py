@@ -14,6 +14,7 @@ from .model_draft import ModelDraft, ModelDrafter, parameter_count
 from .ngram import NGramDraft, NGramDrafter
 from .other_vocabulary import OtherVocabularyDraft, OtherVocabularyDrafter
 from .protocol import BatchDrafter, Drafter, Outlook, Pick, Proposal
+from .rows import EachRow, one_row
 
 Draft = DraftKind | Model  # what a session drafts with: a draft kind, or a draft model as loaded
 MAX_DRAFT_TOKENS = 64  # the caches keep this many positions to roll back; acceptance makes more pointless
@@ -42,9 +43,17 @@ def draft_settings(max_ngram: int = 3, min_ngram: int = 1) -> DraftSettings:
     return DraftSettings(max_ngram, min_ngram)
 
 
-def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, greedy: bool = True) -> Drafter:
-    """A fresh drafter (its own state) for one generation with this draft."""
-    return as_draft(draft).drafter(target, k_max, chunk, greedy)
+def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, greedy: bool = True) -> EachRow:
+    """A fresh drafter (its own state) for one sequence with this draft: a batch of one row."""
+    return one_row(as_draft(draft).drafter(target, k_max, chunk, greedy))
+
+
+def batch_drafter(draft: DraftKind, target: Model, k_max: int, chunk: int) -> BatchDrafter:
+    """A fresh drafter for the rows of a batch: the kind's own, which drafts every row in one
+    pass, where it has one; else one drafter per row."""
+    if draft.batches:
+        return draft.batch_drafter(target, chunk)
+    return EachRow(lambda greedy: draft.drafter(target, k_max, chunk, greedy))
 
 
 def check_draft_length(num_draft_tokens: int, option: str = "num_draft_tokens") -> None:
@@ -65,8 +74,8 @@ def describe_draft(draft: Draft) -> str:
     return as_draft(draft).describe()
 
 
-__all__ = ["DRAFT_TYPE", "KINDS", "MAX_DRAFT_TOKENS", "BatchDrafter", "Draft", "DraftKind", "DraftSettings", "Drafter",
+__all__ = ["DRAFT_TYPE", "KINDS", "MAX_DRAFT_TOKENS", "BatchDrafter", "Draft", "DraftKind", "DraftSettings", "Drafter", "EachRow",
            "FeatureDraft", "FeatureDrafter", "LookupAndModel", "LookupAndModelDrafter", "ModelDraft", "ModelDrafter",
            "NGramDraft", "NGramDrafter", "OtherVocabularyDraft", "OtherVocabularyDrafter", "Outlook", "Pick",
-           "Proposal", "as_draft", "check_draft", "check_draft_length", "describe_draft", "draft_config", "draft_settings",
-           "make_drafter", "parameter_count", "register", "target_subset_head", "with_lookup"]
+           "Proposal", "as_draft", "batch_drafter", "check_draft", "check_draft_length", "describe_draft", "draft_config", "draft_settings",
+           "make_drafter", "one_row", "parameter_count", "register", "target_subset_head", "with_lookup"]

@@ -221,7 +221,7 @@ class BatchFeatureDrafter:
         self.tokens: list[list[int]] = []
         self.k = 0
 
-    def add(self, prompt: list[int], hidden: mx.array) -> None:
+    def add(self, prompt: list[int], hidden: mx.array, greedy: bool = True) -> None:
         """A new last row: the draft reads the prompt's pairs alone, then joins the batch."""
         cache = self.draft.make_cache()
         for s in range(0, len(prompt) - 1, self.chunk):
@@ -245,7 +245,6 @@ class BatchFeatureDrafter:
         self.features[b].append(hidden)  # joined once, when the row next drafts
 
     def _run(self, features: mx.array, tokens: mx.array) -> mx.array:
-        self.cache.layout.begin(tokens.shape[1])
         return self.draft(features, self.embed(tokens), self.cache.layers)
 
     def propose(self, lasts: list[int], ks: list[int], picks: list[Pick]) -> list[Proposal]:

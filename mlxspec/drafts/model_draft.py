@@ -143,7 +143,7 @@ class BatchModelDrafter:
         self.support = head.token_ids if isinstance(head, SubsetHead) else None
         self.k = 0
 
-    def add(self, prompt: list[int], hidden: mx.array | None = None) -> None:
+    def add(self, prompt: list[int], hidden: mx.array | None = None, greedy: bool = True) -> None:
         """A new last row: the draft reads its prompt alone, then joins the batch."""
         cache = self.draft.make_cache()
         for s in range(0, len(prompt), self.chunk):
@@ -165,7 +165,6 @@ class BatchModelDrafter:
     def _logits(self, tokens: mx.array, at: Sequence[int] | None = None) -> mx.array:
         """Logits [B, S] after feeding `tokens` [B, n], read at position at[b] of each row
         (default: the last), over the head's subset when it has one."""
-        self.cache.layout.begin(tokens.shape[1])
         hidden = self.draft.model(tokens, self.cache.layers)
         rows = hidden[:, -1] if at is None else hidden[mx.arange(hidden.shape[0]), mx.array(at)]
         return self.draft.lm_head.subset_logits(rows) if self.support is not None else self.draft.head(rows)

@@ -163,7 +163,7 @@ class BatchLookupDrafter:
         self.draft = draft
         self.rows: list[NGramDrafter] = []
 
-    def add(self, prompt: list[int], hidden: mx.array | None = None) -> None:
+    def add(self, prompt: list[int], hidden: mx.array | None = None, greedy: bool = True) -> None:
         row = NGramDrafter(self.draft)
         row.extend(prompt)
         self.rows.append(row)

@@ -72,12 +72,12 @@ class BatchDrafter(Protocol):
     numbered in the batch's order; `add` appends one (its prompt, and the target's hidden
     states over it when `feature_layers` is not None), `keep` keeps the rows listed, in
     that order; `propose` gives each row b up to `ks[b]` tokens (0: none), drawn by its
-    own `picks[b]`."""
+    own `picks[b]` (`greedy` at `add`: whether the row decodes greedily)."""
 
     mode: str
     feature_layers: tuple[int, ...] | None
 
-    def add(self, prompt: list[int], hidden: mx.array | None) -> None: ...
+    def add(self, prompt: list[int], hidden: mx.array | None, greedy: bool = True) -> None: ...
 
     def keep(self, rows: list[int]) -> None: ...
 

@@ -7,12 +7,9 @@ feeds every row the same number of tokens through one target pass over a ragged 
 cache (`mlxspec.models.batch_cache`):
 
 - plain step: every row's newest token, one new token per row;
-- speculative step: the batch's drafter proposes up to k tokens per row (each row its own
-  length: its budget, its drafter's outlook, speculation off for it), the target scores
-  every row's newest token and proposal in one pass (shorter rows padded: the padding
-  comes after their tokens, so causal attention keeps it out of their logits), each row
-  is verified by exact rejection sampling with its own settings and random stream, and
-  each row rolls back what it did not keep.
+- speculative step: one round (`round.speculative_round`, the one a single sequence runs
+  too) with up to k drafted tokens per row (each row its own length: its budget, its
+  drafter's outlook, speculation off for it).
 
 `BatchCost` picks k per step from measured step times at the current batch size: the
 more rows, the less drafting pays, and at some size it stops paying. (A session whose
@@ -23,32 +20,58 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import mlx.core as mx
 
+from ..drafts import DraftKind, batch_drafter
 from ..errors import InputError, InputTypeError
+from ..models import Model
 from ..models.batch_cache import BatchCache
+from ..text import Tokenizer
 from .batch_policy import BatchCost
 from .batch_row import Emit, Row
 from .decode import Taps, default_chunk_size, forward, prefill
 from .logprobs import TokenLogprob
 from .options import GenerationOptions
+from .policy import Timings
+from .prompt_cache import PromptCache
 from .request import Prompt, Request
+from .round import speculative_round
+from .sampling import SamplingParams
 from .speculative import check_finite
 from .stats import GenerationStats, GenerationStep
+
+
+class Owner(Protocol):
+    """What a batch reads of the session that owns it (`Session.open_batch`)."""
+
+    target: Model
+    draft: DraftKind | None
+    tokenizer: Tokenizer | None
+    k_max: int
+    draft_policy: str
+    prompt_cache: PromptCache
+
+    def starting_cache(self, ids: list[int], reuse: bool) -> tuple[list, int]: ...
+
+    def timings(self, params: SamplingParams) -> Timings: ...
+
+    def acceptance(self, params: SamplingParams, seed: int | None) -> dict: ...
+
+    def request(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> Request: ...
 
 
 class Batch:
     """The running batch of one session (its target, draft, calibration, prompt cache)."""
 
-    def __init__(self, session: object) -> None:
+    def __init__(self, session: Owner) -> None:
         self.session = session
         self.target = session.target
         self.chunk = default_chunk_size(self.target)
         self.cache = BatchCache(len(self.target.layers), self.target.args.sliding_window)
         draft = session.draft
-        self.drafter = draft.batch_drafter(self.target, self.chunk) if draft is not None and draft.batches else None
+        self.drafter = None if draft is None else batch_drafter(draft, self.target, session.k_max, self.chunk)
         self.rows: list[Row] = []
         self.cost: BatchCost | None = None
         self.steps = 0
@@ -78,7 +101,7 @@ class Batch:
         self.cache.add(cache)
         if self.drafter is not None:
             try:
-                self.drafter.add(ids, hidden)
+                self.drafter.add(ids, hidden, row.sampler.params.greedy)
             except BaseException:  # the batch stays as it was
                 self.cache.keep(list(range(len(self.rows))))
                 raise
@@ -141,7 +164,6 @@ class Batch:
 
     def _plain(self) -> int:
         """Every row's newest token in, one new token per row out."""
-        self.cache.layout.begin(1)
         logits, hidden = forward(self.target, mx.array([[row.last] for row in self.rows]), self.cache.layers,
                                  self.features)
         logits = logits[:, -1]
@@ -153,36 +175,15 @@ class Batch:
         return 0
 
     def _speculate(self, ks: list[int]) -> int:
-        """Draft, verify every row in one pass, keep what each row accepted. Returns the
-        longest proposal (the step's k)."""
-        for row in self.rows:
-            row.sampler.start_round()
-        proposals = self.drafter.propose([row.last for row in self.rows], ks, [row.pick for row in self.rows])
-        lengths = [p.tokens.shape[1] for p in proposals]
-        width = max(lengths)
-        fed = [mx.concatenate([mx.array([[row.last]]), p.tokens.astype(mx.int32),
-                               mx.zeros((1, width - n), mx.int32)], axis=1)
-               for row, p, n in zip(self.rows, proposals, lengths)]
-        self.cache.layout.begin(width + 1)
-        raw, hidden = forward(self.target, mx.concatenate(fed, axis=0), self.cache.layers, self.features)
-        results = []
-        for b, (row, p, n) in enumerate(zip(self.rows, proposals, lengths)):
-            if n:
-                count, nxt = row.sampler.verify(raw[b : b + 1, : n + 1], p)
-            else:
-                count, nxt = mx.zeros((1,), mx.int32), row.sampler.draw(raw[b : b + 1, 0])
-            results.append(mx.concatenate([count.astype(mx.int32), nxt.astype(mx.int32), p.tokens[0].astype(mx.int32)]))
-        mx.eval(results)
-        values = [r.tolist() for r in results]
-        accepted = [v[0] for v in values]
-        self.cache.layout.rollback([width - a for a in accepted])
-        self.drafter.settle(accepted, [v[2:] for v in values], hidden)
-        for b, (row, v, n) in enumerate(zip(self.rows, values, lengths)):
-            row.take_round(raw[b : b + 1], n, v[0], v[2:], v[1])
-        return width
+        """One round for every row (see `speculative_round`); each row keeps what it
+        accepted. Returns the longest proposal (the step's k)."""
+        done = speculative_round(self.target, self.cache, self.drafter, self.rows, ks, self.features)
+        for b, row in enumerate(self.rows):
+            row.take_round(done.raw[b : b + 1], done.lengths[b], done.accepted[b], done.drafted[b], done.nexts[b])
+        return max(done.lengths)
 
 
-def make_row(session: object, request: Request, emit: Emit) -> Row:
+def make_row(session: Owner, request: Request, emit: Emit) -> Row:
     """A batch row for a checked request (`Session.request`)."""
     drafting = request.speculative and session.draft is not None
     return Row(request.ids, request.params, request.budget, session.tokenizer, session.target.args.vocab_size,
@@ -202,7 +203,7 @@ class Completion:
     logprobs: list[TokenLogprob | None] = field(default_factory=list)
 
 
-def batch_generate(session: object, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
+def batch_generate(session: Owner, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
                    **values: Any) -> list[Completion]:
     """Every prompt decoded together in one batch (options as in `Session.request`, the same
     for every prompt); results in the order of `prompts`."""

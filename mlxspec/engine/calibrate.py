@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from ..drafts import Draft, DraftKind, Drafter, as_draft
+from ..drafts import Draft, DraftKind, Drafter, as_draft, one_row
 from ..drafts.protocol import Outlook, Pick, Proposal, point_mass
 from ..models import Linear, Model, fingerprint as module_fingerprint, set_weight_first_rows
 from .policy import FixedK, Timings
@@ -59,7 +59,7 @@ def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams,
     order it was in."""
     before = next((m.weight_first_rows for m in target.modules() if isinstance(m, Linear)), 0)
     draft = as_draft(draft)
-    drafter = FullRounds(draft.timed.drafter(target, k_max, context, params.greedy))
+    drafter = one_row(FullRounds(draft.timed.drafter(target, k_max, context, params.greedy)))
     generation = Generation(target, drafter, FixedK(k_max), params, RandomKeys(0), prefill_chunk=context)
     generation.prefill(made_up_tokens(context, min(target.args.vocab_size, draft.vocabulary(target))))
     plain_steps = 4  # plain decoding pipelines its steps: time a few in a row

@@ -14,13 +14,15 @@ from typing import Any, Iterator, Sequence
 
 import mlx.core as mx
 
-from ..drafts import Draft, DraftKind, as_draft, check_draft_length
+from ..drafts import Draft, DraftKind, as_draft, check_draft_length, make_drafter
 from ..errors import InputError, InputTypeError
 from ..models import Model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
 from ..text import Message, Tokenizer
 from ..text.chat import as_messages
 from ..validate import is_int
+from .batch import Batch, Completion, batch_generate, make_row
+from .batch_row import Emit, Row
 from .calibrate import Progress, calibrate, sampling_kind
 from .decode import default_chunk_size
 from .policy import AcceptanceEstimate, CostModel, DraftPolicy, FixedK, Heuristic, Plain, Timings
@@ -159,7 +161,7 @@ class Session:
         req = self.request(prompt, options, **values)
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
-        drafter = self.draft.drafter(self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
+        drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
         reuse = req.prompt_cache and (drafter is None or drafter.feature_layers is None)
         cache, reused = self.starting_cache(req.ids, reuse)
         generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,
@@ -208,10 +210,16 @@ class Session:
         return "".join(step.text for step in self.stream_chat(messages, options, **values))
 
     def batch_generate(self, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
-                       **values: Any) -> list:
-        """Decode several prompts together in one batch, speculating inside it when the
-        draft batches (a draft model with the target's vocabulary, or prompt lookup);
-        options as in `request`. Returns a `Completion` (text, tokens, stats) per prompt."""
-        from .batch import batch_generate
-
+                       **values: Any) -> list[Completion]:
+        """Decode several prompts together in one batch, speculating inside it; options as in
+        `request`. Returns a `Completion` (text, tokens, stats) per prompt."""
         return batch_generate(self, prompts, options, **values)
+
+    def open_batch(self) -> Batch:
+        """An empty running batch of this session's requests: rows (`row`) join it between
+        steps and leave when done (what a server runs on its one engine thread)."""
+        return Batch(self)
+
+    def row(self, request: Request, emit: Emit) -> Row:
+        """A batch row for a checked request (`request`); its steps go to `emit`."""
+        return make_row(self, request, emit)

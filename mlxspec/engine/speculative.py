@@ -1,9 +1,8 @@
-"""The speculative loop (Leviathan et al. 2023; Chen et al. 2023): each round a drafter
-proposes k tokens with their distributions q, the target scores all k+1 positions in one
-pass, `verify` keeps what exact rejection sampling accepts, and both sides roll back the
-rest. A policy picks k before each round; k = 0 runs plain decoding steps, and with no
-drafter at all the same loop is plain generation. Everything stays in MLX arrays; one
-`tolist()` per round brings back the accepted count and the tokens.
+"""The speculative loop of one sequence (Leviathan et al. 2023; Chen et al. 2023): a policy
+picks k before each round; a round (`round.speculative_round`, the one a batch runs too,
+here over one row) drafts k tokens, verifies them in one target pass and rolls back what
+was not kept; k = 0 runs plain decoding steps, pipelined, and with no drafter at all the
+same loop is plain generation.
 
 Loop invariant: `last` is the newest token, fed to neither model yet; the target's cache
 holds every token before it; the drafter holds what its cache has not consumed yet and
@@ -17,12 +16,13 @@ from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 
-from ..drafts import Drafter
+from ..drafts import BatchDrafter
 from ..drafts.protocol import MODEL_OUTLOOK, Outlook
 from ..errors import CheckpointError
 from ..models import Model
-from .decode import Taps, forward, plain_steps, prefill
+from .decode import Taps, plain_steps, prefill
 from .policy import DraftPolicy
+from .round import SequenceCache, speculative_round
 from .sampler import Sampler
 from .sampling import RandomKeys, SamplingParams
 from .stats import GenerationStats, SpeculativeStats
@@ -45,12 +45,13 @@ class Generation:
     `logprobs` (None: off) keeps the log-probability of every token and its `logprobs`
     most likely alternatives, under the target's unprocessed distribution."""
 
-    def __init__(self, target: Model, drafter: Drafter | None, policy: DraftPolicy, params: SamplingParams,
+    def __init__(self, target: Model, drafter: BatchDrafter | None, policy: DraftPolicy, params: SamplingParams,
                  keys: RandomKeys, prefill_chunk: int, cache: list | None = None, reused: int = 0,
                  logprobs: int | None = None) -> None:
         self.target, self.drafter, self.policy, self.params = target, drafter, policy, params
         self.chunk, self.reused = prefill_chunk, reused
         self.cache = cache if cache is not None else target.make_cache(max_rollback=policy.k_max)
+        self.pass_cache = SequenceCache(self.cache)
         self.sampler = Sampler(params, keys, target.args.vocab_size, logprobs)
         self.last: int | None = None
         self._draft_checked = False
@@ -70,8 +71,8 @@ class Generation:
     def _draw(self, logits: mx.array) -> mx.array:
         return self.sampler.draw(logits)
 
-    def _pick(self, logits: mx.array, support: mx.array | None = None,
-              target_ids: bool = False) -> tuple[mx.array, mx.array | None]:
+    def pick(self, logits: mx.array, support: mx.array | None = None,
+             target_ids: bool = False) -> tuple[mx.array, mx.array | None]:
         """The sampler's pick, the draft's first logits checked for NaN/Inf."""
         if not self._draft_checked:
             check_finite(logits, "the draft")
@@ -84,51 +85,28 @@ class Generation:
         self.sampler.added(list(prompt))
         logits, hidden = prefill(self.target, prompt[self.reused:], self.cache, self.chunk, self.keeps_features)
         if self.drafter is not None:
-            self.drafter.extend(list(prompt), hidden)
+            self.drafter.add(list(prompt), hidden, self.params.greedy)
         check_finite(logits, "the target")
         self.last = self._draw(logits).item()
         self.sampler.added([self.last])
         return self.last
 
     def round(self, k: int) -> list[tuple[int, bool]]:
-        """One round drafting up to k >= 1 tokens (a drafter may offer fewer); returns the
-        new (token, from_draft) pairs."""
+        """One round drafting up to k >= 1 tokens (a drafter may offer fewer, even none: then
+        it is a plain step); returns the new (token, from_draft) pairs."""
         assert self.drafter is not None and isinstance(self.stats, SpeculativeStats)
-        start = time.perf_counter()
-        self.sampler.start_round()
-        proposal = self.drafter.propose(self.last, k, self._pick)
-        k = proposal.tokens.shape[1]
-        if k == 0:
-            return self._undrafted_step()
-        fed = mx.concatenate([mx.array([[self.last]]), proposal.tokens], axis=1)
-        raw, hidden = forward(self.target, fed, self.cache, self.keeps_features)
-        n, correction = self.sampler.verify(raw, proposal)
-        result = mx.concatenate([n, proposal.tokens[0], correction])
-        mx.async_eval(result)
-        mx.eval(proposal.tokens)  # only to split the time between draft and target
-        mid = time.perf_counter()
-        n, *values = result.tolist()
-        self.stats.draft_time += mid - start
-        self.stats.target_time += time.perf_counter() - mid
-        drafted, correction = values[:k], values[k]
-        for c in self.cache:
-            c.rollback(k - n)
-        self.drafter.settle(n, drafted, hidden)
+        done = speculative_round(self.target, self.pass_cache, self.drafter, [self], [k], self.keeps_features)
+        k, n, kept = done.lengths[0], done.accepted[0], done.kept(0)
+        self.stats.draft_time += done.draft_time
+        self.stats.target_time += done.target_time
         self.stats.record(k, n)
         self.policy.observe(k, n)
-        self.last = correction
-        self.sampler.settle(raw, drafted[:n] + [correction])
-        return [(t, True) for t in drafted[:n]] + [(correction, False)]
-
-    def _undrafted_step(self) -> list[tuple[int, bool]]:
-        """A round whose drafter had nothing to propose: one plain step, settled as a round."""
-        logits, hidden = forward(self.target, mx.array([[self.last]]), self.cache, self.keeps_features)
-        self.last = self._draw(logits[:, -1]).item()
-        self.sampler.added([self.last])
-        self.drafter.settle(0, [], hidden)
-        self.stats.record(0, 0)
-        self.policy.observe(0, 0)
-        return [(self.last, False)]
+        self.last = kept[-1]
+        if k:
+            self.sampler.settle(done.raw, kept)
+        else:
+            self.sampler.added(kept)
+        return [(t, True) for t in kept[:-1]] + [(kept[-1], False)]
 
     def plain(self, count: int, stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, bool]]:
         """k = 0: `count` plain decoding steps (pipelined); `stop` may end them early (see
@@ -138,14 +116,14 @@ class Generation:
             self.stats.record(0, 0)
             self.policy.observe(0, 0)
             if self.drafter is not None:
-                self.drafter.extend([self.last], hidden)
+                self.drafter.extend(0, [self.last], hidden)
             self.last = token
             self.sampler.added([token])
             yield token, False
 
     def outlook(self) -> Outlook:
         """What the drafter would propose after `last`."""
-        return self.drafter.outlook(self.last) if self.drafter is not None else MODEL_OUTLOOK
+        return self.drafter.outlook(0, self.last) if self.drafter is not None else MODEL_OUTLOOK
 
     def wants_draft(self, left: int) -> bool:
         """During plain steps: whether a drafter whose outlook changes token by token now

@@ -10,7 +10,8 @@ unused slots, or keys outside its window. Rolling a row back moves its length an
 position back: the slots are overwritten by its next pass.
 
 The bookkeeping is the same for every layer, so it lives once, in a `BatchLayout` that
-all the layers' `BatchKVCache`s share; `BatchLayout.begin(n)` is called before each pass.
+all the layers' `BatchKVCache`s share; a pass begins when the model asks the first layer's
+cache for its mask (`make_mask`), so callers never prepare one.
 A sequence enters the batch from a single-sequence cache (`KVCache` or `RollingKVCache`,
 e.g. after its prefill) and leaves it by index.
 """
@@ -124,7 +125,9 @@ class BatchKVCache:
         return self.layout.start
 
     def make_mask(self, n: int) -> Mask:
-        """The current pass's mask [B, 1, n, T] (prepared by `BatchLayout.begin`)."""
+        """Begin a pass feeding n tokens to every row (a model asks its first layer's cache
+        for the mask once per pass, before any layer writes): the pass's mask [B, 1, n, T]."""
+        self.layout.begin(n)
         return self.layout.mask
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
@@ -186,6 +189,10 @@ class BatchCache:
         for layer, cache in zip(self.layers, caches):
             layer.add(cache)
         self.layout.add(held_positions(caches[0]), caches[0].offset)
+
+    def rollback(self, counts: list[int]) -> None:
+        """Forget the newest counts[b] positions of each row b."""
+        self.layout.rollback(counts)
 
     def keep(self, rows: list[int]) -> None:
         """Keep only these rows, in this order."""

@@ -14,9 +14,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-from ..engine.batch import Batch, make_row
-from ..engine.batch_row import Row
-from ..engine.session import Session
+from ..engine import Batch, Row, Session
 from ..engine.stats import GenerationStep
 from ..errors import MlxspecError
 from .openai import Asked
@@ -34,7 +32,7 @@ class Engine:
         self.session, self.max_rows, self.max_queue = session, max_rows, max_queue
         self.warm_up = warm_up
         self.batch: Batch | None = None
-        self.drafting = session.draft is not None and session.draft.batches
+        self.drafting = session.draft is not None
         self.inbox: queue.Queue[Row] = queue.Queue()
         self._stop, self.ready = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlxspec-engine", daemon=True)
@@ -71,7 +69,7 @@ class Engine:
                                        num_draft_tokens=asked.num_draft_tokens)
         send: Callable[[GenerationStep | BaseException | None], None] = \
             lambda item: loop.call_soon_threadsafe(out.put_nowait, item)  # noqa: E731
-        row = make_row(self.session, request, send)
+        row = self.session.row(request, send)
         row.on_finish = lambda: send(None)
         if request.budget == 0:
             send(None)
@@ -98,7 +96,7 @@ class Engine:
 
     def _loop(self) -> None:
         try:
-            self.batch = Batch(self.session)
+            self.batch = self.session.open_batch()
             if self.warm_up is not None:
                 self.warm_up(self.session)
         except BaseException as error:  # reported by `start`
