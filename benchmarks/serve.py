@@ -13,7 +13,7 @@ each. All servers are started together and measured in turn (one at a time, the 
 rotated between repeats), so each table cell is the median of `--repeats` runs spread over
 the same stretch of time. Output: benchmarks/results/serve/report.{json,md}.
 
-    LD_PRELOAD=... .venv/bin/python benchmarks/serve.py [--max-tokens 96] [--repeats 3] [--baseline DIR]
+    LD_PRELOAD=... .venv/bin/python benchmarks/serve.py [--max-tokens 96] [--repeats 3] [--baseline PYTHON]
 """
 
 from __future__ import annotations
@@ -57,11 +57,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], port: int, env: dict | None = None) -> subprocess.Popen:
+def start(cmd: list[str], port: int) -> subprocess.Popen:
     import urllib.request
 
     log = open(RESULTS / "serve" / f"server-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    # run outside the repository: `python -m mlxspec` would import the checkout in its working folder
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=RESULTS / "serve")
     for _ in range(1200):
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd} exited; see {log.name}")
@@ -111,10 +112,11 @@ def load_level(port: int, model: str, clients: int, requests: int, max_tokens: i
             "texts": [r["text"] for r in results]}
 
 
-def servers(k: int, baseline: str | None = None) -> dict[str, tuple[list[str], dict | None]]:
-    """Each server's command line and environment (None: this one's). With `baseline` (the
-    folder of another checkout, e.g. a git worktree of an earlier commit) the mlxspec
-    servers run from it too, named "... (baseline)": a before/after in the same run."""
+def servers(k: int, baseline: str | None = None) -> list[tuple[str, list[str]]]:
+    """Each server's name and command line. With `baseline` (the Python of another
+    environment whose mlxspec is another checkout, e.g. an editable install of an earlier
+    commit) the mlxspec servers run from it too, named "... (baseline)": a before/after in
+    the same run."""
     py = sys.executable
     from mlxspec import demo  # the converted demo target (made on first use)
 
@@ -126,13 +128,12 @@ def servers(k: int, baseline: str | None = None) -> dict[str, tuple[list[str], d
         "mlxspec batching + draft model": ["serve", "--model", target, "--draft", draft_model, "--name", "demo",
                                            "-k", str(k)],
     }
-    chosen = {name: ([py, "-m", "mlxspec", *args], None) for name, args in ours.items()}
+    chosen = [(name, [py, "-m", "mlxspec", *args]) for name, args in ours.items()]
     if baseline is not None:
-        env = {**os.environ, "PYTHONPATH": str(Path(baseline).resolve())}
-        chosen.update({f"{name} (baseline)": ([py, "-m", "mlxspec", *args], env) for name, args in ours.items()})
-    chosen["mlx_lm.server + draft model"] = ([py, "benchmarks/serve_mlx_lm.py", "--num-draft-tokens", str(k)], None)
-    chosen["mlx_lm.server (no draft)"] = ([py, "benchmarks/serve_mlx_lm.py", "--no-draft"], None)
-    return chosen
+        chosen += [(f"{name} (baseline)", [baseline, "-m", "mlxspec", *args]) for name, args in ours.items()]
+    theirs = str(ROOT / "benchmarks" / "serve_mlx_lm.py")
+    return chosen + [("mlx_lm.server + draft model", [py, theirs, "--num-draft-tokens", str(k)]),
+                     ("mlx_lm.server (no draft)", [py, theirs, "--no-draft"])]
 
 
 def main() -> None:
@@ -143,17 +144,18 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8")
     parser.add_argument("-k", type=int, default=2, help="most draft tokens (both servers)")
     parser.add_argument("--only", default=None, help="comma-separated server names to run")
-    parser.add_argument("--baseline", default=None, help="another checkout whose mlxspec servers run beside these")
+    parser.add_argument("--baseline", default=None, help="the Python of another environment (another checkout of "
+                        "mlxspec): its mlxspec servers run beside these")
     args = parser.parse_args()
     (RESULTS / "serve").mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
-    chosen = {n: c for n, c in servers(args.k, args.baseline).items() if not args.only or n in args.only.split(",")}
+    chosen = {n: c for n, c in servers(args.k, args.baseline) if not args.only or n in args.only.split(",")}
     procs, ports = {}, {}
     try:
-        for name, (cmd, env) in chosen.items():  # all up at once (idle servers cost nothing), measured in turn
+        for name, cmd in chosen.items():  # all up at once (idle servers cost nothing), measured in turn
             ports[name] = free_port()
             print(f"starting {name}", flush=True)
-            procs[name] = start(cmd + ["--port", str(ports[name])], ports[name], env)
+            procs[name] = start(cmd + ["--port", str(ports[name])], ports[name])
         runs = {name: {c: [] for c in levels} for name in chosen}
         for clients in levels:
             for repeat in range(args.repeats):

@@ -9,6 +9,8 @@
     for step in session.stream("Hello", max_tokens=32):
         print(step.text, end="")
     reply = session.chat([{"role": "user", "content": "Hi"}], stop=["\n\n"])   # the prompt cache keeps turns cheap
+    options = mlxspec.GenerationOptions(temperature=0.7, top_p=0.9, max_tokens=64)  # one request type everywhere
+    text = session.generate("Hello", options, seed=1)                          # its fields as keywords too
     done = session.batch_generate(["Hello", "Bonjour"], max_tokens=32)         # one batch, speculating inside it
 """
 

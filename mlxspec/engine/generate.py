@@ -22,8 +22,8 @@ def stream_generate(model: Model, tokenizer: Tokenizer | None, prompt: Prompt, o
     (a `GenerationOptions`) and any of its fields by name (`max_tokens=32, temperature=0.7,
     stop=["\\n"], ...`).
 
-    With `draft` (a model with the target's vocabulary, or a `FeatureDraft` that reads the
-    target's hidden states), decodes speculatively: up to `num_draft_tokens` drafted per
+    With `draft` (any draft `Session` takes: a loaded draft, a draft kind, or a kind's
+    name such as "ngram"), decodes speculatively: up to `num_draft_tokens` drafted per
     round, the length chosen per `draft_policy` ("cost": a cost model measured on this
     device; "fixed"; "heuristic"). The output follows the target's distribution exactly."""
     session = Session(model, tokenizer, draft, num_draft_tokens=num_draft_tokens, draft_policy=draft_policy)
