@@ -150,3 +150,21 @@ def test_sampled_rows_in_a_batch_have_the_target_distribution(broken):
         counts[keys.index(s)] += 1
     stat, df = chi2_stat(counts, np.array([exact[k] for k in keys]))
     assert (stat < chi2_critical(df)) != broken, (stat, df)
+
+
+@pytest.mark.parametrize("draft", [None, "ngram"])
+def test_a_finished_row_of_a_windowed_target_leaves_a_prompt_cache_equal_to_a_fresh_prefill(draft):
+    """A batch row's cache goes to the prompt cache; with a sliding window it must keep
+    attending within the window when the next request extends it (not as full attention)."""
+    target = tiny(26, window=8)
+    session = Session(target, None, draft, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
+    fresh = Session(target, None, draft, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed",
+                    prompt_cache_entries=0)
+    first = [[3, 4, 5, 6, 7], [9, 8, 7]]
+    done = session.batch_generate(first, max_tokens=20)
+    second = [prompt + c.tokens + [11, 12] for prompt, c in zip(first, done)]  # the next turn extends the text
+    again = session.batch_generate(second, max_tokens=16)
+    assert sum(c.stats.prompt_cached_tokens for c in again) > 0  # the prompt cache was used
+    assert [c.tokens for c in again] == [c.tokens for c in fresh.batch_generate(second, max_tokens=16)]
+    alone = [[s.token for s in session.stream(p, max_tokens=16)] for p in second]  # from the cache, one by one
+    assert alone == [c.tokens for c in again]

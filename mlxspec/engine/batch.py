@@ -111,12 +111,12 @@ class Batch:
         self.drop_finished()
 
     def drop_finished(self) -> None:
-        """Rows that ended or were cancelled leave; full-attention caches go to the prompt cache."""
+        """Rows that ended or were cancelled leave; their caches go to the prompt cache."""
         done = [b for b, row in enumerate(self.rows) if row.done]
         if not done:
             return
         for b in done:
-            caches, row = self.cache.row(b), self.rows[b]
+            caches, row = self.cache.row(b, self.session.k_max), self.rows[b]
             if caches is not None and row.prompt_cache:
                 held = self.cache.layout.lengths[b]
                 self.session.prompt_cache.put(row.sampler.history[:held], caches)

@@ -14,7 +14,8 @@ def verify(target_logprobs: mx.array, draft_logprobs: mx.array | None, draft_tok
            key: mx.array | None = None) -> tuple[mx.array, mx.array]:
     """Rejection-sample one round. Shapes: p [B, k+1, V], q [B, k, S] (log-probabilities
     after temperature/top-k/top-p; q over the token ids `support`, or over the whole
-    vocabulary, S = V, when it is None), tokens [B, k]. Returns (accepted count [B], next
+    vocabulary, S = V, when it is None; an id may stand in `support` more than once, its q
+    the sum of its entries), tokens [B, k]. Returns (accepted count [B], next
     token [B]): the correction at the first rejected position, or the bonus token when all k
     pass. With `greedy`, p may be raw logits and q is unused: acceptance is argmax agreement.
     `key` seeds the round's draws (None: MLX's global stream)."""
@@ -28,8 +29,8 @@ def verify(target_logprobs: mx.array, draft_logprobs: mx.array | None, draft_tok
     p_at = mx.take_along_axis(target_logprobs[:, :k], idx, axis=-1)[..., 0]
     if support is None:
         q_at = mx.take_along_axis(draft_logprobs, idx, axis=-1)[..., 0]
-    else:
-        q_at = mx.where(support == idx, draft_logprobs, -mx.inf).max(axis=-1)
+    else:  # a token may stand in `support` more than once (twin spellings): its q is their sum
+        q_at = mx.logsumexp(mx.where(support == idx, draft_logprobs, -mx.inf), axis=-1)
     accepted = mx.log(mx.random.uniform(shape=(B, k), key=accept_key)) < p_at - q_at
     n = mx.cumprod(accepted.astype(mx.int32), axis=-1).sum(axis=-1)
     # only row n is needed: the first rejected position, or the bonus (q = 0 there)

@@ -200,10 +200,18 @@ class BatchCache:
         for layer in self.layers:
             layer.keep(rows, width)
 
-    def row(self, b: int) -> list[KVCache] | None:
+    def row(self, b: int, max_rollback: int = 0) -> list[KVCache | RollingKVCache] | None:
         """Row b as single caches (for the prompt cache), when its slots are simply positions
-        0.. in order (full attention, nothing rolled in from a window); else None."""
+        0.. in order (nothing rolled in from a window); else None. With a sliding window they
+        are rolling caches of `window + max_rollback` slots, left as a prefill of the row's
+        positions leaves them, so a request extending the row attends within its window."""
         length = self.layout.lengths[b]
         if length == 0 or not mx.array_equal(self.layout.positions[b, :length], mx.arange(length)).item():
             return None
-        return [layer.row(b, length) for layer in self.layers]
+        window = self.layout.window
+        if window is None:
+            return [layer.row(b, length) for layer in self.layers]
+        caches = [RollingKVCache(window, max_rollback) for _ in self.layers]
+        for cache, layer in zip(caches, self.layers):
+            cache.update_and_fetch(layer.keys[b : b + 1, :, :length], layer.values[b : b + 1, :, :length])
+        return caches
