@@ -38,8 +38,9 @@ class NGramDraft:
         if self.min_ngram > self.max_ngram:
             raise InputError(f"prompt lookup: min_ngram {self.min_ngram} > max_ngram {self.max_ngram}")
 
-    # the draft kind (`mlxspec.drafts.kind.DraftKind`)
-    batches = True
+    # the draft kind (`mlxspec.drafts.kind.DraftKind`); in a batch each row looks up alone
+    # (`drafts.rows.EachRow`): no model pass to share
+    batches = False
     reads_features = False
     timed = property(lambda self: self)
     token_model = None
@@ -51,8 +52,8 @@ class NGramDraft:
     def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> NGramDrafter:
         return NGramDrafter(self)
 
-    def batch_drafter(self, target: Model, chunk: int) -> BatchLookupDrafter:
-        return BatchLookupDrafter(self)
+    def batch_drafter(self, target: Model, chunk: int) -> None:
+        raise NotImplementedError("prompt lookup drafts each row alone")
 
     def check(self, target: Model, num_draft_tokens: int) -> None:
         """Prompt lookup proposes the text's own tokens: it drafts for any target."""
@@ -151,38 +152,6 @@ class NGramDrafter:
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
         self.index.append([self.last, *drafted[:accepted]])
-
-
-class BatchLookupDrafter:
-    """Prompt lookup for the rows of a batch, one index per row (no model pass)."""
-
-    mode = NGramDrafter.mode
-    feature_layers = None
-
-    def __init__(self, draft: NGramDraft) -> None:
-        self.draft = draft
-        self.rows: list[NGramDrafter] = []
-
-    def add(self, prompt: list[int], hidden: mx.array | None = None, greedy: bool = True) -> None:
-        row = NGramDrafter(self.draft)
-        row.extend(prompt)
-        self.rows.append(row)
-
-    def keep(self, rows: list[int]) -> None:
-        self.rows = [self.rows[r] for r in rows]
-
-    def outlook(self, b: int, last: int) -> Outlook:
-        return self.rows[b].outlook(last)
-
-    def extend(self, b: int, tokens: list[int], hidden: mx.array | None = None) -> None:
-        self.rows[b].extend(tokens)
-
-    def propose(self, lasts: list[int], ks: list[int], picks: list[Pick]) -> list[Proposal]:
-        return [row.propose(last, k, pick) for row, last, k, pick in zip(self.rows, lasts, ks, picks)]
-
-    def settle(self, accepted: list[int], drafted: list[list[int]], hidden: mx.array | None = None) -> None:
-        for row, n, tokens in zip(self.rows, accepted, drafted):
-            row.settle(n, tokens)
 
 
 def lookup_draft(settings: DraftSettings) -> NGramDraft:
