@@ -16,7 +16,7 @@ from mlxspec.engine.batch import Batch, make_row
 from mlxspec.models.batch_cache import BatchCache
 from test_speculative import FixedTimings, chi2_critical, chi2_stat, exact_joint, perturbed, tiny
 
-PROMPTS = [list(range(3, 13)), [5, 9, 2], list(range(20, 60, 3)), [7] * 5 + [8, 9] * 4, [11, 12, 13, 14, 11, 12]]
+PROMPTS = [list(range(3, 13)), [5, 9, 2], list(range(20, 60, 3)), [7] * 5 + [8, 9] * 4, [11, 12, 13, 14, 11, 12], [6]]
 
 
 def alone(session: Session, prompt: list[int], **options) -> list[int]:
@@ -118,36 +118,62 @@ def test_each_row_drafts_and_draws_exactly_as_alone(temperature):
     assert sum(r.stats.accepted for r in batched) > 10
 
 
-def batch_first_tokens(target, draft, temperature: float, length: int, runs: int, rows: int) -> np.ndarray:
-    """The first `length` tokens of every row of `runs` batches of `rows` rows (own seeds)."""
+def batch_tokens(target, draft, length: int, runs: int, rows: int, prompt: list[int]) -> list[tuple[int, ...]]:
+    """The first `length` tokens of the even rows (given `prompt`) of `runs` sampled batches
+    of `rows` rows, each with its own seed; the odd rows have other prompts (one of a single
+    token), drafting beside them."""
     session = Session(target, None, draft, num_draft_tokens=2, calibration=FixedTimings(), draft_policy="fixed")
     samples = []
     for run in range(runs):
         outputs: list[list[int]] = [[] for _ in range(rows)]
         batch = Batch(session)
         for r in range(rows):
-            request = session.request([1, 2, 3] if r % 2 == 0 else [4, 1, 2, 3][-3 - r % 2:], max_tokens=length,
-                                      temperature=temperature, seed=run * rows + r)
+            request = session.request(prompt if r % 2 == 0 else [4, 1, 2, 3][-1 - 2 * (r % 4 == 3):], max_tokens=length,
+                                      temperature=1.0, seed=run * rows + r)
             batch.add(make_row(session, request, lambda step, out=outputs[r]: out.append(step.token)))
         batch.run()
         samples += [tuple(o) for o, r in zip(outputs, range(rows)) if r % 2 == 0]
     return samples
 
 
-@pytest.mark.parametrize("broken", [False, True])
-def test_sampled_rows_in_a_batch_have_the_target_distribution(broken):
-    """Rows sampled together (k = 2 every step, other rows with other prompts beside them)
-    against the target's exact joint distribution of their first 2 tokens. The broken
-    variant verifies against the draft's own distribution: the test must catch it."""
-    from mlxspec.engine.sampling import SamplingParams
+def batch_draft(kind: str, target):
+    """A draft of each kind for a vocabulary-6 target."""
+    from test_feature_draft import feature_draft
 
-    target, draft = tiny(10, vocab=6, window=None, layers=1), tiny(11, vocab=6, window=None, layers=1)
-    exact = exact_joint(target, [1, 2, 3], SamplingParams(1.0), 2)
-    samples = batch_first_tokens(draft if broken else target, draft, 1.0, 2, runs=500, rows=4)
+    return {"model": lambda: tiny(11, vocab=6, window=None, layers=1), "ngram": lambda: "ngram",
+            "feature": lambda: feature_draft(target, 12),
+            "lookup+model": lambda: LookupAndModel(tiny(11, vocab=6, window=None, layers=1), min_match=2)}[kind]()
+
+
+def resample_from_p(p_lp, q_lp, draft_tokens, greedy=False, support=None, key=None):
+    """The classic mistake: after a rejection, resample from p instead of max(0, p - q)."""
+    from mlxspec.engine.verify import verify
+
+    n, _ = verify(p_lp, q_lp, draft_tokens, greedy, support, key)
+    return n, mx.random.categorical(mx.take_along_axis(p_lp, n[:, None, None], axis=1)[:, 0], axis=-1)
+
+
+@pytest.mark.parametrize("kind, broken", [("model", False), ("model", True), ("feature", False), ("ngram", False),
+                                          ("ngram", True), ("lookup+model", False)])
+def test_sampled_rows_in_a_batch_have_the_target_distribution(kind, broken, monkeypatch):
+    """Rows sampled together, other rows with other prompts beside them, every draft kind:
+    the 2nd and 3rd tokens (drafted at k = 2 and verified in the first round; every token of
+    the prompt recurs, so lookup always proposes) against the target's exact distribution.
+    The broken variant resamples from p after a rejection: the test must catch it."""
+    from mlxspec.engine import sampler
+    from mlxspec.engine.sampling import SamplingParams
+    if broken:
+        monkeypatch.setattr(sampler, "verify", resample_from_p)
+    target = tiny(12, vocab=6, window=None, layers=1)  # 15 cells expected 5 or more
+    prompt = [0, 1, 2, 3, 4, 5, 1, 2]
+    exact: dict[tuple[int, ...], float] = {}
+    for key, prob in exact_joint(target, prompt, SamplingParams(1.0), 3).items():
+        exact[key[1:]] = exact.get(key[1:], 0.0) + prob
+    samples = batch_tokens(target, batch_draft(kind, target), 4, runs=400, rows=4, prompt=prompt)
     keys = sorted(exact)
     counts = np.zeros(len(keys))
     for s in samples:
-        counts[keys.index(s)] += 1
+        counts[keys.index(s[1:3])] += 1
     stat, df = chi2_stat(counts, np.array([exact[k] for k in keys]))
     assert (stat < chi2_critical(df)) != broken, (stat, df)
 

@@ -101,6 +101,11 @@ class BatchLayout:
         return width
 
 
+def _add_empty_row(a: mx.array) -> mx.array:
+    """`a` [B, H, T, D] with a last row of zeros (slots the new row does not hold)."""
+    return mx.concatenate([a, mx.zeros((1, *a.shape[1:]), a.dtype)])
+
+
 def _pad(a: mx.array, width: int, value: int | float, axis: int) -> mx.array:
     """`a` padded with `value` to `width` along `axis`."""
     missing = width - a.shape[axis]
@@ -145,9 +150,15 @@ class BatchKVCache:
     def add(self, cache: KVCache | RollingKVCache) -> None:
         """Append a single-sequence cache's slots as a new last row (before `layout.add`)."""
         size = held_slots(cache)
+        if size == 0:  # an empty cache (e.g. a draft that has read no pair yet): a row of no slots
+            if self.keys is not None:
+                self.keys, self.values = _add_empty_row(self.keys), _add_empty_row(self.values)
+            return
         keys, values = cache.keys[:, :, :size], cache.values[:, :, :size]
-        if self.keys is None:
-            self.keys, self.values = keys, values
+        if self.keys is None:  # every row so far is empty (no buffer yet): they get zero slots
+            empty = self.layout.rows
+            self.keys = mx.concatenate([mx.zeros((empty, *keys.shape[1:]), keys.dtype), keys]) if empty else keys
+            self.values = mx.concatenate([mx.zeros((empty, *values.shape[1:]), values.dtype), values]) if empty else values
             return
         width = max(self.keys.shape[2], keys.shape[2])
         self.keys = mx.concatenate([_pad(self.keys, width, 0, 2), _pad(keys, width, 0, 2)], axis=0)
@@ -155,7 +166,7 @@ class BatchKVCache:
 
     def keep(self, rows: list[int], width: int) -> None:
         """Keep only these rows, in this order, and `width` slots (none: the buffers are freed)."""
-        if not rows:
+        if not rows or self.keys is None:
             self.keys = self.values = None
             return
         index = mx.array(rows, dtype=mx.int32)
