@@ -125,6 +125,19 @@ def test_greedy_other_vocabulary_equals_greedy_plain(kind):
             assert 0.05 < np.mean(rates) < 0.95, rates
 
 
+def test_a_draft_token_becomes_the_target_token_text_is_written_with_not_a_byte_fallback():
+    """Under a SentencePiece target, a BPE draft's `,` is the target's piece `,` (what the
+    target was trained on), not its byte token `<0x2C>` of the same bytes (a lower id)."""
+    draft = OtherVocabularyDraft(tiny(21, vocab=BPE.vocab_size, window=None, layers=1), BPE, SP)
+    pieces, spelled = SP.pieces(), SP.token_bytes()
+    written = {spelled[i] for i, p in enumerate(pieces) if spelled[i] and not p.startswith("<0x")}
+    mapped = draft.shared_target.tolist()
+    assert not [t for t in mapped if pieces[t].startswith("<0x") and spelled[t] in written]
+    by_bytes = {spelled[t]: t for t in mapped}
+    printable = [bytes([c]) for c in range(33, 127) if bytes([c]) in by_bytes]
+    assert len(printable) >= 90 and all(pieces[by_bytes[b]] == b.decode() for b in printable)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_batch_drafts_with_another_vocabulary_row_by_row(temperature):
     """Such a draft shares no pass between rows: each row drafts alone, and the rows are

@@ -24,12 +24,25 @@ import mlx.core as mx
 from ..errors import InputError
 from ..models import Model, SubsetHead, fingerprint
 from ..text import Tokenizer
-from ..text.spelling import complete_length, spell
+from ..text.spelling import complete_length, is_byte_piece, spell
 from .model_draft import last_logits, warn_if_not_smaller
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal
 
 LOOKBACK = 4  # tokens re-spelled before new text: enough for the merges at a boundary,
 LOOKBACK_BYTES = 24  # and at least this much text (a special token's name, written out)
+
+
+def spelling_ids(token_bytes: list[bytes | None], pieces: list[str | None]) -> dict[bytes, int]:
+    """The target id a draft token spelling these bytes becomes: where several target tokens
+    spell the same bytes (SentencePiece's `,` and its byte fallback `<0x2C>`), the one the
+    tokenizer writes text with (not the byte token, which a trained model rarely predicts),
+    else the lowest."""
+    fallback = [is_byte_piece(pieces[i] if i < len(pieces) else None) for i in range(len(token_bytes))]
+    ids: dict[bytes, int] = {}
+    for i, b in enumerate(token_bytes):
+        if b and (b not in ids or fallback[ids[b]] and not fallback[i]):
+            ids[b] = i
+    return ids
 
 
 class OtherVocabularyDraft:
@@ -40,10 +53,7 @@ class OtherVocabularyDraft:
         self.model, self.tokenizer, self.target_tokenizer = model, tokenizer, target_tokenizer
         self.draft_bytes = tokenizer.token_bytes()
         self.target_bytes = target_tokenizer.token_bytes()
-        by_bytes: dict[bytes, int] = {}
-        for i, b in enumerate(self.target_bytes):
-            if b:
-                by_bytes.setdefault(b, i)
+        by_bytes = spelling_ids(self.target_bytes, target_tokenizer.pieces())
         # the draft ids its head scores (a subset head scores only its `token_ids`), by row
         head = getattr(model, "lm_head", None)
         scored = head.token_ids.tolist() if isinstance(head, SubsetHead) else list(range(model.args.vocab_size))

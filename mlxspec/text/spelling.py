@@ -36,6 +36,12 @@ def byte_level_bytes(piece: str) -> bytes:
     return piece.encode("utf-8")
 
 
+def is_byte_piece(piece: str | None) -> bool:
+    """Whether a piece is a SentencePiece byte-fallback token ("<0x2C>"): a spelling the
+    tokenizer falls back on only for text its other pieces cannot spell."""
+    return piece is not None and _BYTE_PIECE.match(piece) is not None
+
+
 def metaspace_bytes(piece: str) -> bytes:
     """The bytes a SentencePiece-style piece stands for: "▁" is a space, "<0xAB>" one byte."""
     match = _BYTE_PIECE.match(piece)
