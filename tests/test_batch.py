@@ -96,18 +96,23 @@ def test_ragged_batch_cache_gives_each_row_its_own_logits():
         assert mx.allclose(logits[b], expect, atol=1e-4).item()
 
 
+@pytest.mark.parametrize("kind", ["feature", "model"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_each_row_drafts_and_draws_exactly_as_alone(temperature):
+def test_each_row_drafts_and_draws_exactly_as_alone(temperature, kind):
     """With a fixed draft length, a row's drafts, acceptance and (seeded) draws in a batch
     are the ones it has alone: the feature drafter pairs each row's own hidden states with
-    its own tokens (a draft that reads its features for real, so a row mix-up shows)."""
+    its own tokens (a draft that reads its features for real, so a row mix-up shows); a
+    draft model's batch cache keeps each row's own text."""
     from test_feature_draft import feature_draft, one_block_target
 
     target = one_block_target(25, window=None)
-    draft = feature_draft(target, 26)
-    d = target.args.hidden_size
-    draft.fc.weight, draft.fc.bias = mx.concatenate([mx.eye(d), 0.5 * mx.eye(d)], axis=1), mx.zeros((d,))
-    draft.layers[0].update(target.layers[0].parameters())
+    if kind == "feature":
+        draft = feature_draft(target, 26)
+        d = target.args.hidden_size
+        draft.fc.weight, draft.fc.bias = mx.concatenate([mx.eye(d), 0.5 * mx.eye(d)], axis=1), mx.zeros((d,))
+        draft.layers[0].update(target.layers[0].parameters())
+    else:
+        draft = perturbed(target, 0.05, 26)
     session = Session(target, None, draft, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
     options = dict(max_tokens=40, temperature=temperature, seed=5)
     batched = session.batch_generate(PROMPTS, **options)
