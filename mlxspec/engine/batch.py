@@ -118,7 +118,7 @@ class Batch:
         for b in done:
             caches, row = self.cache.row(b, self.session.k_max), self.rows[b]
             if caches is not None and row.prompt_cache:
-                held = self.cache.layout.lengths[b]
+                held = self.cache.layout.offsets[b]  # the text through its newest position
                 self.session.prompt_cache.put(row.sampler.history[:held], caches)
             row.finish()
         keep = [b for b in range(len(self.rows)) if b not in done]

@@ -101,6 +101,11 @@ class BatchLayout:
         return width
 
 
+def _after_empty_rows(a: mx.array, rows: int) -> mx.array:
+    """`a` [1, H, T, D] after `rows` rows of zeros (rows that hold no slot)."""
+    return mx.concatenate([mx.zeros((rows, *a.shape[1:]), a.dtype), a]) if rows else a
+
+
 def _add_empty_row(a: mx.array) -> mx.array:
     """`a` [B, H, T, D] with a last row of zeros (slots the new row does not hold)."""
     return mx.concatenate([a, mx.zeros((1, *a.shape[1:]), a.dtype)])
@@ -157,8 +162,7 @@ class BatchKVCache:
         keys, values = cache.keys[:, :, :size], cache.values[:, :, :size]
         if self.keys is None:  # every row so far is empty (no buffer yet): they get zero slots
             empty = self.layout.rows
-            self.keys = mx.concatenate([mx.zeros((empty, *keys.shape[1:]), keys.dtype), keys]) if empty else keys
-            self.values = mx.concatenate([mx.zeros((empty, *values.shape[1:]), values.dtype), values]) if empty else values
+            self.keys, self.values = _after_empty_rows(keys, empty), _after_empty_rows(values, empty)
             return
         width = max(self.keys.shape[2], keys.shape[2])
         self.keys = mx.concatenate([_pad(self.keys, width, 0, 2), _pad(keys, width, 0, 2)], axis=0)
@@ -212,17 +216,27 @@ class BatchCache:
             layer.keep(rows, width)
 
     def row(self, b: int, max_rollback: int = 0) -> list[KVCache | RollingKVCache] | None:
-        """Row b as single caches (for the prompt cache), when its slots are simply positions
-        0.. in order (nothing rolled in from a window); else None. With a sliding window they
-        are rolling caches of `window + max_rollback` slots, left as a prefill of the row's
-        positions leaves them, so a request extending the row attends within its window."""
+        """Row b as single caches (for the prompt cache), or None where they cannot be what a
+        prefill leaves. Without a window: when its slots hold positions 0.. in order. With a
+        sliding window: rolling caches of `window + max_rollback` slots holding the row's
+        newest positions (in whatever slots a window rolled them into), as a prefill of the
+        row's text leaves them, so a request extending the row attends within its window."""
         length = self.layout.lengths[b]
-        if length == 0 or not mx.array_equal(self.layout.positions[b, :length], mx.arange(length)).item():
+        if length == 0:
             return None
+        positions = self.layout.positions[b, :length]
         window = self.layout.window
         if window is None:
-            return [layer.row(b, length) for layer in self.layers]
+            in_order = mx.array_equal(positions, mx.arange(length)).item()
+            return [layer.row(b, length) for layer in self.layers] if in_order else None
+        offset, capacity = self.layout.offsets[b], window + max_rollback
+        keep = min(length, capacity)
+        slots = mx.argsort(positions)[length - keep :]  # the newest `keep` positions, oldest first
+        newest = mx.arange(offset - keep, offset)
+        if (keep < capacity and keep != offset) or not mx.array_equal(positions[slots], newest).item():
+            return None
         caches = [RollingKVCache(window, max_rollback) for _ in self.layers]
         for cache, layer in zip(caches, self.layers):
-            cache.update_and_fetch(layer.keys[b : b + 1, :, :length], layer.values[b : b + 1, :, :length])
+            cache.offset = offset - keep  # the positions before these are out of every window
+            cache.update_and_fetch(layer.keys[b : b + 1, :, slots], layer.values[b : b + 1, :, slots])
         return caches
