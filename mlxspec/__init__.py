@@ -21,8 +21,8 @@ from .engine import (Calibration, GenerationOptions, GenerationStats, Generation
                      generate, stream_generate)
 from .engine.batch import Completion
 from .engine.logprobs import TokenLogprob
-from .errors import (CheckpointError, ConfigError, InputError, InputTypeError, MlxspecError, OutputError,
-                     TokenizerError)
+from .errors import (CheckpointError, ConfigError, ContextError, InputError, InputTypeError, MlxspecError,
+                     OutputError, TokenizerError)
 from .load import load, load_draft, load_pair
 from .models import Model, ModelArgs
 from .text import Tokenizer
@@ -30,7 +30,7 @@ from .text import Tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Calibration", "CheckpointError", "Completion", "ConfigError", "distill", "FeatureDraft", "GenerationOptions", "GenerationStats", "GenerationStep", "NGramDraft",
+    "Calibration", "CheckpointError", "Completion", "ConfigError", "ContextError", "distill", "FeatureDraft", "GenerationOptions", "GenerationStats", "GenerationStep", "NGramDraft",
     "OtherVocabularyDraft",
     "InputError", "InputTypeError", "MlxspecError", "Model", "ModelArgs", "OutputError", "SamplingParams", "Session",
     "SpeculativeStats", "TokenLogprob", "Tokenizer", "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair",

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from . import conversation
+from .chat_repl import chat_loop
 from .arguments import check_generation
 from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for
 from .cli_request import with_generation_options
@@ -34,7 +35,7 @@ def chat_command(
     check_generation(num_draft_tokens)
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
                                           calibration_for(recalibrate))
-    conversation.chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
+    chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
 
 
 @with_generation_options(exclude=("logprobs",), max_tokens=512, temperature=1.0)

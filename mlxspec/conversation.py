@@ -1,10 +1,9 @@
-"""`mlxspec chat` and `mlxspec serve`: a conversation on the terminal, and the
-OpenAI-compatible server. Both keep one session: its prompt cache makes each turn (and
-each request that repeats an earlier one's beginning) prefill only what is new."""
+"""What `mlxspec chat` and `mlxspec serve` share, and the server: one session whose prompt
+cache makes each turn (and each request that repeats an earlier one's beginning) prefill
+only what is new. The terminal chat itself is `chat_repl`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,13 +11,9 @@ import mlx.core as mx
 import typer
 
 from . import demo as demo_pair
-from .console import colours, stats_line, write_step
 from .engine import Calibration, GenerationOptions, SamplingParams, Session
 from .errors import InputError
 from .selection import select_models
-
-HELP = ("/reset clears the conversation, /system TEXT sets the system prompt (and resets), "
-        "/exit or Ctrl-D leaves")
 
 
 def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_draft_tokens: int,
@@ -36,46 +31,6 @@ def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_
     name = "smollm2-135m-instruct" if use_demo else Path(model).name or model
     return Session(target, tokenizer, loaded, num_draft_tokens=num_draft_tokens, calibration=calibration,
                    draft_policy="cost" if adaptive else "fixed", prompt_cache_entries=prompt_cache), name
-
-
-def chat_loop(session: Session, system: Optional[str], options: GenerationOptions, colour: bool, verbose: bool) -> None:
-    """Read a line, answer it (streamed), until end of input or /exit."""
-    messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    typer.echo(f"chat with {session.target.args.model_type or 'the model'}: {HELP}", err=True)
-    while True:
-        try:
-            line = input("> ") if sys.stdin.isatty() else sys.stdin.readline()
-        except EOFError:
-            line = ""
-        if line == "":  # end of input
-            typer.echo("", err=True)
-            return
-        line = line.rstrip("\n")
-        command, _, rest = line.strip().partition(" ")
-        if command == "/exit":
-            return
-        if command == "/reset":
-            messages = messages[:1] if messages and messages[0]["role"] == "system" else []
-            typer.echo("(conversation cleared)", err=True)
-            continue
-        if command == "/system":
-            messages = [{"role": "system", "content": rest}] if rest.strip() else []
-            typer.echo("(system prompt set; conversation cleared)", err=True)
-            continue
-        if not line.strip():
-            continue
-        messages.append({"role": "user", "content": line})
-        reply, stats = [], None
-        for step in session.stream_chat(messages, options):
-            write_step(step, colour)
-            reply.append(step.text)
-            stats = step.stats
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        messages.append({"role": "assistant", "content": "".join(reply)})
-        if verbose and stats is not None:
-            typer.echo(f"prompt cache: {stats.prompt_cached_tokens} of {stats.prompt_tokens} prompt tokens reused\n"
-                       + stats_line(stats), err=True)
 
 
 def warm_up(session: Session) -> None:
@@ -105,4 +60,4 @@ def serve(session: Session, name: str, host: str, port: int, max_batch: int, max
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-__all__ = ["chat_loop", "colours", "serve", "session_for"]
+__all__ = ["serve", "session_for"]

@@ -37,3 +37,8 @@ class InputError(MlxspecError, ValueError):
 class InputTypeError(InputError, TypeError):
     """A library argument of the wrong type (bytes for a prompt, a path for a model, ...).
     Also a `TypeError`."""
+
+
+class ContextError(InputError):
+    """A prompt longer than the model's context: a conversation that has outgrown it, or a
+    message that alone cannot fit. The chat offers to make room instead of ending."""

@@ -1,6 +1,7 @@
 """Pipeline parallel over `mx.distributed` (ring backend on loopback): two ranks give the
 tokens one process gives, plain and speculative; each rank holds about half the weights;
-a rank that dies, never connects or loaded another model ends the others with one line."""
+a rank that dies, never connects or loaded another model (another shape, or other weights
+of the same shape) ends the others with one line."""
 
 from __future__ import annotations
 
@@ -182,6 +183,19 @@ def test_a_rank_that_never_connects_and_one_with_another_model(models, tmp_path)
         _, stderr = rank.communicate(timeout=60)
         assert rank.returncode == 2
         assert "loaded a different model" in last_error_line(stderr)
+
+
+def test_a_rank_given_other_weights_of_the_same_shape_stops_every_rank_with_one_line(models, tmp_path):
+    """Rank 1 is given the draft: the target's shape and configuration, its weights with a
+    little noise (a fine-tune, a checkpoint of another seed): every rank refuses it."""
+    target, noisy = models
+    command = ["-m", "mlxspec", "generate", "--pipeline", "--connect-timeout", "30", "--prompt", "x"]
+    ranks = by_hand(tmp_path, [command + ["--model", str(target)], command + ["--model", str(noisy)]])
+    for rank in ranks:
+        stdout, stderr = rank.communicate(timeout=90)
+        assert rank.returncode == 2 and stdout == "", (rank.returncode, stderr)
+        assert len(stderr.strip().splitlines()) == 1, stderr
+        assert "pipeline rank 1 loaded a different model from rank 0: the same shape, but other weights" in stderr
 
 
 def test_pipeline_outside_a_launcher_is_one_line():

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..errors import InputError, InputTypeError
+from ..errors import ContextError, InputError, InputTypeError
 from ..models import Model
 from ..text import Message, StreamingDetokenizer, Tokenizer
 from ..text.chat import as_messages
@@ -99,7 +99,7 @@ def _encode(tokenizer: Tokenizer | None, prompt: str | list[Message], chat: bool
     text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
     size = len(text.encode("utf-8"))
     if context is not None and size > (context + 16) * tokenizer.max_piece_bytes:
-        raise InputError(f"prompt of {size} bytes cannot fit in the model's context of {context} tokens "
+        raise ContextError(f"prompt of {size} bytes cannot fit in the model's context of {context} tokens "
                          f"(a token here covers at most {tokenizer.max_piece_bytes} bytes)")
     if isinstance(prompt, str) and not chat:
         return tokenizer.encode(prompt)
@@ -122,7 +122,7 @@ def token_budget(model: Model, ids: Sequence[int], max_tokens: int) -> int:
     if context is None:
         return max_tokens
     if len(ids) > context:
-        raise InputError(f"prompt has {len(ids)} tokens, more than the model's context of {context}")
+        raise ContextError(f"prompt has {len(ids)} tokens, more than the model's context of {context}")
     return min(max_tokens, context - len(ids) + 1)
 
 

@@ -15,6 +15,7 @@ positions. A rank that never connects, dies or is stopped ends the others with o
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -30,10 +31,13 @@ from ..hub import resolve
 from ..models import Model
 from ..load import model_tokenizer
 from ..text import Tokenizer
+from .hostfile import read_ring
 from .link import LeadModel, Link, serve
 from .stages import check_agreement, load_stage, split_layers
 
 __all__ = ["LeadModel", "PipelineError", "close", "connect", "load_lead", "lost_peers", "serve_rank", "split_layers"]
+
+MAX_CONNECT_WAIT = 1e6  # seconds; the watchdog's select() overflows far beyond
 
 
 class PipelineError(MlxspecError):
@@ -41,25 +45,24 @@ class PipelineError(MlxspecError):
 
 
 def connect(timeout: float = 60.0) -> Any:
-    """Join the ring `mlx.launch` set up (its MLX_RANK / MLX_HOSTFILE environment); a rank
-    still alone after `timeout` seconds exits with one line. Returns the group (2+ ranks)."""
-    if not os.environ.get("MLX_HOSTFILE") or "MLX_RANK" not in os.environ:
-        raise InputError("--pipeline runs under mlx.launch, one process per rank: mlx.launch -n 2 --backend ring "
-                         "--python PYTHON -- -m mlxspec generate --pipeline ...")
+    """Join the ring `mlx.launch` set up (its MLX_RANK / MLX_HOSTFILE environment, checked
+    first: `hostfile`); a rank still alone after `timeout` seconds exits with one line.
+    Returns the group (2+ ranks)."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= MAX_CONNECT_WAIT):
+        raise InputError(f"the connect timeout (--connect-timeout) must be a number of seconds in (0, {MAX_CONNECT_WAIT:g}], got {timeout!r}")
+    ring = read_ring(os.environ)
     if not mx.distributed.is_available():
         raise InputError("this MLX build has no distributed backend")
     _quiet_ring_errors()
     watchdog = subprocess.Popen([sys.executable, "-m", "mlxspec.pipeline.watchdog", str(os.getpid()), str(timeout),
-                                 os.environ["MLX_RANK"]], stdin=subprocess.PIPE)
+                                 str(ring.rank)], stdin=subprocess.PIPE)
     try:
         group = mx.distributed.init(strict=True, backend="ring")
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # MLX's bind, connect and ring-shape errors
         raise PipelineError(f"cannot join the pipeline ({exc})") from None
     finally:
         watchdog.stdin.close()
         watchdog.wait()
-    if group.size() < 2:
-        raise InputError("--pipeline needs two ranks or more (mlx.launch -n 2 ...)")
     signal.signal(signal.SIGTERM, _stopped)
     return group
 

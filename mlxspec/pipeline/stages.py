@@ -4,7 +4,9 @@ Rank 0 holds the embedding, the first blocks, the final norm and the output head
 other rank a contiguous run of the blocks after it. The split balances parameters (what
 memory a rank needs), so rank 0, which also holds the embedding and head, takes fewer
 blocks. Each rank reads only its own tensors from the checkpoint (MLX loads lazily), and
-the ranks compare what they loaded before the first token.
+the ranks compare what they were given before the first token: the model's shape, the
+split, and a digest of the weights (`digest`), so a rank given another checkpoint of the
+same shape stops every rank with one line instead of computing another model's text.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..errors import InputError
 from ..load import _load_module
 from ..models import Model, ModelArgs
 from ..models.config import load_model_args
+from .digest import as_words, shown, weights_digest
 from .link import LeadModel
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -81,24 +84,30 @@ def load_stage(model_dir: Path, rank: int, ranks: int, dtype: mx.Dtype | None,
             model.pop("lm_head", None)
         return model
 
-    return _load_module(model_dir, build, dtype, dequantize, select), describe(whole, (first, end), ranks)
+    stage = _load_module(model_dir, build, dtype, dequantize, select)
+    return stage, describe(whole, (first, end), ranks, weights_digest(model_dir, dtype, dequantize))
 
 
-def describe(args: ModelArgs, stage: tuple[int, int], ranks: int) -> list[int]:
-    """What every rank must agree on (the model's shape, the split), as integers."""
+def describe(args: ModelArgs, stage: tuple[int, int], ranks: int, digest: bytes) -> list[int]:
+    """What every rank must agree on, as integers: the model's shape, the split (indices 5
+    and 6: this rank's first and end block), the number of ranks, the weights' digest."""
     return [args.num_hidden_layers, args.hidden_size, args.vocab_size, args.num_local_experts or 0,
-            args.sliding_window or 0, *stage, ranks]
+            args.sliding_window or 0, *stage, ranks, *as_words(digest)]
 
 
 def check_agreement(mine: list[int], group: Any) -> None:
     """All ranks loaded the same model and their blocks tile it in rank order (an
-    all-gather of every rank's `describe`); raises on every rank otherwise."""
+    all-gather of every rank's `describe`); raises the same error on every rank otherwise."""
     everyone = mx.distributed.all_gather(mx.array([mine], dtype=mx.int64), group=group).tolist()
     lead = everyone[0]
     for rank, theirs in enumerate(everyone):
         if theirs[:5] != lead[:5] or theirs[7] != lead[7]:
             raise InputError(f"pipeline rank {rank} loaded a different model (layers, hidden size, vocabulary, "
                              f"experts, window: {theirs[:5]}) from rank 0 ({lead[:5]}): give every rank the same model")
+        if theirs[8:] != lead[8:]:
+            raise InputError(f"pipeline rank {rank} loaded a different model from rank 0: the same shape, but other "
+                             f"weights, configuration or dtype/--dequantize options (weights digest {shown(theirs[8:])} "
+                             f"against {shown(lead[8:])}): give every rank the same model files and options")
         start = 0 if rank == 0 else everyone[rank - 1][6]
         if theirs[5] != start or (rank == len(everyone) - 1 and theirs[6] != lead[0]):
             raise InputError(f"pipeline rank {rank} holds blocks {theirs[5]}..{theirs[6] - 1}, which do not follow "
