@@ -16,6 +16,7 @@ from .console import colours, stats_line, write_step
 from .engine import Calibration, GenerationOptions, SamplingParams, Session
 from .errors import InputError
 from .selection import select_models
+from .standard_streams import read_stdin_line
 
 HELP = ("/reset clears the conversation, /system TEXT sets the system prompt (and resets), "
         "/exit or Ctrl-D leaves")
@@ -43,11 +44,8 @@ def chat_loop(session: Session, system: Optional[str], options: GenerationOption
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     typer.echo(f"chat with {session.target.args.model_type or 'the model'}: {HELP}", err=True)
     while True:
-        try:
-            line = input("> ") if sys.stdin.isatty() else sys.stdin.readline()
-        except EOFError:
-            line = ""
-        if line == "":  # end of input
+        line = read_stdin_line()
+        if line == "":  # end of input (or none: standard input closed)
             typer.echo("", err=True)
             return
         line = line.rstrip("\n")
