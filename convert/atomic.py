@@ -62,6 +62,12 @@ def written_kind(folder: Path) -> str | None:
     return str(data.get("kind", "model"))
 
 
+def mark(folder: Path, kind: str) -> None:
+    """Put the marker in `folder`: mlxspec wrote it, as a `kind` ("model", "draft",
+    "distill-work"...). Only a folder carrying it is ever replaced or deleted by `--force`."""
+    (folder / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": _version(), "kind": kind}) + "\n")
+
+
 def written_by_mlxspec(folder: Path) -> bool:
     """Whether `folder` carries the marker mlxspec puts in everything it writes."""
     return written_kind(folder) is not None
@@ -208,8 +214,7 @@ def atomic_dir(out: Path, force: bool = False, sources: Iterable[Path] = (), kin
             tmp.mkdir()
             try:
                 yield tmp
-                (tmp / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": _version(),
-                                                      "kind": kind}) + "\n")
+                mark(tmp, kind)
                 _install(tmp, out, force, kind)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
