@@ -56,8 +56,7 @@ def read_stdin(instead: str) -> bytes:
     try:
         return sys.stdin.buffer.read()
     except (OSError, ValueError) as exc:  # ValueError: the stream was closed from Python
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"cannot read standard input ({reason}); {instead}") from None
+        raise InputError(f"cannot read standard input ({_reason(exc)}); {instead}") from None
 
 
 def read_stdin_line() -> str:
@@ -69,6 +68,10 @@ def read_stdin_line() -> str:
         return input("> ") if sys.stdin.isatty() else sys.stdin.readline()
     except EOFError:
         return ""
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"cannot read standard input ({reason})") from None
+    except (OSError, ValueError) as exc:  # ValueError: undecodable bytes, or closed from Python
+        raise InputError(f"cannot read standard input ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, in a few words: the system's message for an OSError."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

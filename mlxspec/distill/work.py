@@ -12,13 +12,12 @@ it is removed, so a failed run leaves nothing behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..convert.atomic import MARKER, mark, written_kind
+from ..convert.atomic import MARKER, check_not_a_source, mark, written_kind
 from ..errors import InputError, OutputError
 from .train import has_checkpoint
 
@@ -37,12 +36,7 @@ def work_path(out: Path) -> Path:
 def check_work(work: Path, resume: bool, force: bool, sources: Iterable[str | Path] = ()) -> None:
     """Before any work: whether this run may use `work` (see the module docstring); never
     when it is or holds one of the `sources` (the target, the prompts file)."""
-    real = Path(os.path.realpath(work))
-    for source in sources:
-        src = Path(os.path.realpath(source))
-        if src.exists() and (src == real or real in src.parents):
-            raise OutputError(f"{work} {'is' if src == real else 'contains'} the source {source}; "
-                              "choose another output folder")
+    check_not_a_source(work, sources)
     if not work.exists() and not work.is_symlink():
         return
     if work.is_symlink() or not work.is_dir():
