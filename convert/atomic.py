@@ -62,6 +62,12 @@ def written_kind(folder: Path) -> str | None:
     return str(data.get("kind", "model"))
 
 
+def mark(folder: Path, kind: str) -> None:
+    """Put the marker in `folder`: mlxspec wrote it, as a `kind` ("model", "draft",
+    "distill-work"...). Only a folder carrying it is ever replaced or deleted by `--force`."""
+    (folder / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": _version(), "kind": kind}) + "\n")
+
+
 def written_by_mlxspec(folder: Path) -> bool:
     """Whether `folder` carries the marker mlxspec puts in everything it writes."""
     return written_kind(folder) is not None
@@ -83,11 +89,9 @@ def _is_empty_dir(path: Path) -> bool:
         return False
 
 
-def check_writable(out: Path, force: bool, sources: Iterable[str | Path] = (), kind: str | None = None) -> None:
-    """Refuse, before any work, a destination that would lose data: one that is or contains
-    a source, an existing one without `force`, one `force` may not replace (not mlxspec's,
-    or mlxspec's output of another `kind`), or one in a folder that cannot be written."""
-    out = user_path(out, "output folder").absolute()
+def check_not_a_source(out: Path, sources: Iterable[str | Path]) -> None:
+    """Refuse an output folder that is, or contains, one of the `sources` (replacing or
+    removing it would take them with it)."""
     real = Path(os.path.realpath(out))
     for source in sources:
         src = Path(os.path.realpath(user_path(source, "source")))
@@ -96,6 +100,14 @@ def check_writable(out: Path, force: bool, sources: Iterable[str | Path] = (), k
         if real == src or real in src.parents:
             raise OutputError(f"{out} {'is' if real == src else 'contains'} the source {source}; "
                               "choose an output folder outside it")
+
+
+def check_writable(out: Path, force: bool, sources: Iterable[str | Path] = (), kind: str | None = None) -> None:
+    """Refuse, before any work, a destination that would lose data: one that is or contains
+    a source, an existing one without `force`, one `force` may not replace (not mlxspec's,
+    or mlxspec's output of another `kind`), or one in a folder that cannot be written."""
+    out = user_path(out, "output folder").absolute()
+    check_not_a_source(out, sources)
     above = next((p for p in out.parents if p.exists()), out)  # out = "/" has no parents
     if not above.is_dir():
         raise OutputError(f"cannot write {out}: {above} is a file, not a folder")
@@ -208,8 +220,7 @@ def atomic_dir(out: Path, force: bool = False, sources: Iterable[Path] = (), kin
             tmp.mkdir()
             try:
                 yield tmp
-                (tmp / MARKER).write_text(json.dumps({"written_by": "mlxspec", "version": _version(),
-                                                      "kind": kind}) + "\n")
+                mark(tmp, kind)
                 _install(tmp, out, force, kind)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

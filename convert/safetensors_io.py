@@ -17,6 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxspec.errors import CheckpointError
+from mlxspec.standard_streams import reopen_closed_descriptors
 from mlxspec.validate import is_int
 
 # safetensors dtype -> (numpy dtype used to read the bytes, mlx dtype to view them as)
@@ -69,6 +70,7 @@ class SafetensorsReader:
         """One tensor as an mlx array of its stored dtype. MLX maps the file lazily: only
         this tensor's bytes are read, when it is evaluated (the header was validated above)."""
         if self._lazy is None or name not in self._lazy:
+            reopen_closed_descriptors()  # else the file may open as descriptor 0, which MLX reads as stdin
             try:
                 self._lazy = mx.load(str(self.path))
             except Exception as exc:  # MLX raises bare RuntimeError for unreadable files

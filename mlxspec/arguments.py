@@ -15,14 +15,13 @@ from .bench import check_numbers
 from .drafts import check_draft_length
 from .engine.request import check_prefill_chunk
 from .errors import InputError
+from .standard_streams import read_stdin, usable_streams
 from .text.unicode import check_text, decode_utf8
 
 
 def read_prompt(prompt: str) -> str:
     """The prompt text: the argument itself, or standard input for '-' (bytes checked)."""
-    if prompt == "-" and sys.stdin is None:
-        raise InputError("standard input is closed; give the prompt with --prompt TEXT")
-    text = (decode_utf8(sys.stdin.buffer.read(), "standard input") if prompt == "-"
+    text = (decode_utf8(read_stdin("give the prompt with --prompt TEXT"), "standard input") if prompt == "-"
             else check_text(prompt, "the --prompt argument"))
     if not text.strip():
         raise InputError("prompt is empty" + (" (nothing on standard input)" if prompt == "-" else ""))
@@ -48,17 +47,6 @@ def check_positive(value: float, option: str) -> None:
         raise InputError(f"{option} must be a finite number > 0, got {value}")
 
 
-def _usable_streams() -> None:
-    """Closed standard streams become the null device; text a terminal's encoding cannot show
-    is escaped instead of failing (PYTHONIOENCODING=ascii)."""
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if stream is None:
-            setattr(sys, name, open(os.devnull, "w"))
-        elif hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-
-
 def _click_errors() -> object:
     """The click that typer runs on (its own copy in recent typer versions), for its errors."""
     return sys.modules[typer.BadParameter.__module__]
@@ -67,8 +55,8 @@ def _click_errors() -> object:
 def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; usage errors (unknown option, a value of the wrong type, a missing
     argument) become one `error:` line and exit code 2. Returns the exit code."""
+    usable_streams()  # first: before anything opens a file
     errors = _click_errors()
-    _usable_streams()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=list(argv) if argv is not None else None, prog_name="mlxspec",

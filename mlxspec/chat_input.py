@@ -12,11 +12,16 @@ import sys
 from typing import Optional
 
 from .engine import Session
-from .errors import InputError
+from .errors import InputError, MlxspecError
 from .text.unicode import check_text
 
 NO_CONTEXT_LIMIT = 1 << 26  # bytes in a line when the model states no context
 CHUNK = 1 << 16
+
+
+class UnreadableInput(MlxspecError):
+    """Standard input cannot be read at all (open for writing only, a device error): the
+    chat ends, as at the end of its input, with this one line."""
 
 
 def line_limit(session: Session) -> int:
@@ -30,7 +35,15 @@ def line_limit(session: Session) -> int:
 
 def read_line(limit: int) -> Optional[str]:
     """The next line without its line ending; None at the end of input. `InputError` for a
-    line that is not UTF-8 or holds more than `limit` bytes (consumed all the same)."""
+    line that is not UTF-8 or holds more than `limit` bytes (consumed all the same);
+    `UnreadableInput` when standard input cannot be read."""
+    try:
+        return _read_line(limit)
+    except OSError as exc:
+        raise UnreadableInput(f"cannot read standard input ({exc.strerror or exc})") from None
+
+
+def _read_line(limit: int) -> Optional[str]:
     if sys.stdin is None:  # started with standard input closed
         return None
     if sys.stdin.isatty():

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from .chat_input import line_limit, read_line
+from .chat_input import UnreadableInput, line_limit, read_line
 from .console import stats_line, write_step
 from .engine import GenerationOptions, GenerationStats, Session
 from .errors import ContextError, InputError, MlxspecError
@@ -65,6 +65,8 @@ def chat_loop(session: Session, system: Optional[str], options: GenerationOption
                 return
             if not handle(line, session, conversation, options, colour, verbose):
                 return
+        except UnreadableInput:
+            raise
         except MlxspecError as exc:  # this message only: the conversation goes on
             typer.echo(f"error: {exc}", err=True)
 

@@ -61,17 +61,17 @@ def distill_command(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Time budget for the whole run (answers up to 40%, training to 85%, then evaluation); default: none."),
     steps: int = typer.Option(2000, "--steps", help="Most training steps."),
     layers: int = typer.Option(1, "--layers", help="Transformer blocks in the draft (started from the target's first blocks)."),
-    head_vocab: int = typer.Option(8192, "--head-vocab", help="Tokens the draft's head scores (the most frequent in the answers)."),
+    head_vocab: Optional[int] = typer.Option(None, "--head-vocab", help="Tokens the draft's head scores (the most frequent in the answers; default 8192, or the target's whole vocabulary when smaller)."),
     unroll: int = typer.Option(1, "--unroll", help="Feature draft: training passes, the later ones reading its own predicted features (EAGLE-3's training-time test; each costs a pass). 1 = true features only: at an 8-minute budget on the demo target 1 did better than 2."),
     feature_layers: str = typer.Option("auto", "--feature-layers", help="Feature draft: target blocks whose outputs it reads beside the final hidden state (EAGLE-3's fused features): 'auto' (blocks 2, n/2 and n-3 of n, as EAGLE-3 reads), 'none', or ascending indices like 2,15,27."),
     batch: int = typer.Option(8, "--batch", help="Rows a training step."),
-    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate, in (0, 1] (AdamW, warm-up then cosine decay)."),
     max_new: int = typer.Option(128, "--max-new", help="Most tokens of each answer the target writes."),
-    seq_len: int = typer.Option(256, "--seq-len", help="Positions of a training row (the end of prompt + answer)."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Positions of a training row (the end of prompt + answer; at most the target's context)."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT.work (answers kept, training from its last checkpoint)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing OUT (a draft mlxspec wrote) or start OUT.work over."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the prompts' split and order, the sampled answers and the batches."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT (a draft mlxspec wrote) or start OUT.work over (one mlxspec marked as its own: never another folder)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompts' split and order, the sampled answers and the batches (0..2^32-1)."),
     as_json: bool = typer.Option(False, "--json", help="Print training.json's evaluation as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -79,10 +79,10 @@ def distill_command(
     draft learns its distributions, and is evaluated through mlxspec's speculative loop."""
     if (target is None) == (not use_demo):
         raise InputError("give the target: --target T, or --demo for the embedded demo target")
-    target = str(demo_target()) if use_demo else target
+    source = (lambda: str(demo_target())) if use_demo else target  # the demo's is converted after the checks
     update, close = stage_bars(quiet)
     try:
-        folder = distill(target, out, kind=kind, prompts=prompts, minutes=minutes, steps=steps, layers=layers,
+        folder = distill(source, out, kind=kind, prompts=prompts, minutes=minutes, steps=steps, layers=layers,
                          head_vocab=head_vocab, unroll=unroll, feature_layers=layer_list(feature_layers), batch=batch,
                          lr=lr, max_new=max_new, seq_len=seq_len,
                          dequantize=dequantize, resume=resume, force=force, seed=seed, progress=update,

@@ -19,6 +19,7 @@ from .hub import resolve
 from .layout import check_layer_count, group_experts, mistral_to_hf_name
 from .models import Model
 from .models.config import load_model_args, read_json
+from .standard_streams import reopen_closed_descriptors
 from .text import Tokenizer, load_tokenizer
 from .validate import is_int
 
@@ -43,6 +44,7 @@ def weight_files(model_dir: Path) -> tuple[list[Path], bool]:
 def read_weights(files: list[Path], mistral_names: bool) -> dict[str, mx.array]:
     """Load every tensor of `files` (lazily), renamed to mlxspec's module names. Each header
     is validated first, so a shape or offset the file cannot hold never reaches MLX."""
+    reopen_closed_descriptors()  # else a file may open as descriptor 0, which MLX reads as stdin
     weights: dict[str, mx.array] = {}
     for file in files:
         SafetensorsReader(file)  # raises CheckpointError naming the file and what is wrong

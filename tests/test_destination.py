@@ -85,6 +85,21 @@ def test_force_replaces_only_what_mlxspec_wrote(hf_full_dir, tmp_path):
         mlxspec.convert(hf_full_dir, tmp_path / "file", force=True)
 
 
+@pytest.mark.parametrize("kind", ["model", "pair", "report", "draft"])
+@pytest.mark.parametrize("names", [("config.json", "model.safetensors"), ("pair.json",), ("report.json",),
+                                   ("training.json", "config.json"), ("run.json",), (".mlxspec-tmp-1",)])
+def test_force_never_takes_file_names_for_the_marker(kind, names, tmp_path):
+    """Only the `.mlxspec` marker makes a folder mlxspec's: files named as its outputs are a user's."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in names:
+        (mine / name).write_text("{}")
+    with pytest.raises(OutputError, match="was not written by mlxspec"):
+        with atomic_dir(mine, force=True, kind=kind):
+            pass
+    assert snapshot(mine) == {name: b"{}" for name in names}
+
+
 def test_a_destination_appearing_meanwhile_is_never_replaced(hf_full_dir, tmp_path):
     out = tmp_path / "out"
 

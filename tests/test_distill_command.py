@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import mlxspec
+from mlxspec.convert.atomic import mark
 from mlxspec.distill import distill
 
 PROMPTS = ["Tell me about the sea.", {"prompt": "Write a haiku about rain."}, "Explain gravity.",
@@ -133,6 +134,7 @@ def test_bad_input_is_one_line(hf_full_dir, prompts_file, tmp_path):
         assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep me" and not (tmp_path / "a").exists()
     (tmp_path / "a.work").mkdir()
+    mark(tmp_path / "a.work", "distill-work")  # a started distillation (see test_distill_work.py for the others)
     (tmp_path / "a.work" / "run.json").write_text(json.dumps({"options": {}, "runs": []}))
     res = cli(*base, "--prompts", str(prompts_file), "-o", str(tmp_path / "a"))
     assert res.returncode != 0 and "--resume continues it, --force starts over" in res.stderr, res.stderr

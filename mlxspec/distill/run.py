@@ -14,7 +14,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,110 +24,128 @@ from mlx.utils import tree_flatten
 
 from ..convert.atomic import atomic_dir, check_writable
 from ..drafts.feature import draft_config
-from ..errors import InputError, OutputError
+from ..errors import InputError, InputTypeError
 from ..hub import resolve
 from ..load import load
 from ..convert.sources import TOKENIZER_FILES
-from ..validate import is_int
-from ..paths import cache_dir
+from ..paths import cache_dir, user_path
 from ..selection import dequantize_default, weights_dtype
 from .answers import answer_prompts, answers_folder
-from .drafts import KINDS, feature_layers_for, feature_loss, head_matrix, head_subset, model_loss, new_draft
+from .checks import check_for_target, check_options, context_of
+from .drafts import feature_layers_for, feature_loss, head_matrix, head_subset, model_loss, new_draft
 from .evaluate import acceptance, top1
-from .prompts_file import split_prompts
+from .prompts_file import check_prompts, numbered_prompts, split_prompts
 from .train import Schedule, train
+from .work import RECORD, check_work, work_folder, work_path
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-# Settings the data and the draft's shape depend on: a resumed run must keep them.
-_FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len", "max_new", "unroll", "feature_layers",
-          "dequantize")
+DEFAULT_HEAD_VOCAB = 8192  # or the target's whole vocabulary when smaller
 
 
-def _check(options: dict[str, Any]) -> None:
-    if options["kind"] not in KINDS:
-        raise InputError(f"--kind must be one of {', '.join(KINDS)}, got {options['kind']!r}")
-    for name in ("layers", "head_vocab", "seq_len", "max_new", "unroll", "steps", "batch", "answer_batch", "eval_k",
-                 "checkpoint_every"):
-        if not is_int(options[name]) or options[name] < 1:
-            raise InputError(f"{name} must be a positive integer, got {options[name]!r}")
-    minutes = options["minutes"]
-    if minutes is not None and not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
-        raise InputError(f"--minutes must be a number > 0, got {minutes!r}")
+@dataclass
+class _Run:
+    """What a run works with once every check has passed."""
+
+    model: Any
+    tokenizer: Any
+    folder: Path  # the target's
+    out: Path
+    options: dict[str, Any]
+    train_prompts: list
+    held_prompts: list
+    start: float
+    report: Progress
+    command: str | None
+    force: bool
 
 
-def _work_folder(out: Path, options: dict[str, Any], resume: bool, force: bool) -> Path:
-    """`OUT.work`: continued with `resume` (same data settings), started over with `force`."""
-    work = out.with_name(out.name + ".work")
-    record = work / "run.json"
-    if work.exists() and not record.is_file():
-        raise OutputError(f"{work} exists and was not written by mlxspec distill; move it away")
-    if record.is_file() and not resume:
-        if not force:
-            raise OutputError(f"{work} holds a started distillation: --resume continues it, --force starts over")
-        shutil.rmtree(work)
-    if resume and record.is_file():
-        before = json.loads(record.read_text())["options"]
-        changed = [k for k in _FIXED if k in before and before[k] != options[k]]  # (settings it recorded)
-        if changed:
-            raise InputError(f"--resume: {changed[0]} differs from the run in {work} ({before.get(changed[0])!r}); "
-                             "keep it, or start over with --force")
-    work.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(record.read_text())["runs"] if record.is_file() else []
-    record.write_text(json.dumps({"options": options, "runs": runs + [{"steps": options["steps"],
-                                                                        "minutes": options["minutes"]}]}))
-    return work
-
-
-def distill(target: str | Path, out: str | Path, *, kind: str = "feature", prompts: str | Path | None = None,
-            minutes: float | None = None, steps: int = 2000, layers: int = 1, head_vocab: int = 8192,
-            seq_len: int = 256, max_new: int = 128, unroll: int = 1, feature_layers: str | list[int] | None = "auto",
-            batch: int = 8, lr: float = 3e-4, answer_batch: int = 16, eval_k: int = 4, eval_prompts: int = 8,
-            checkpoint_every: int = 50, seed: int = 0,
+def distill(target: str | Path | Callable[[], str | Path], out: str | Path, *, kind: str = "feature",
+            prompts: str | Path | None = None, minutes: float | None = None, steps: int = 2000, layers: int = 1,
+            head_vocab: int | None = None, seq_len: int = 256, max_new: int = 128, unroll: int = 1,
+            feature_layers: str | list[int] | None = "auto", batch: int = 8, lr: float = 3e-4, answer_batch: int = 16,
+            eval_k: int = 4, eval_prompts: int = 8, checkpoint_every: int = 50, seed: int = 0,
             dequantize: bool | None = None, resume: bool = False, force: bool = False,
             progress: Progress | None = None, command: str | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
     (loadable with `--draft` / `load_draft`); see the module docstring. A feature draft reads
     the outputs of `feature_layers` beside the final feature (see `feature_layers_for`; by
-    default EAGLE-3's low, middle and high blocks). The target is loaded as `generate` loads
-    it (`dequantize`: expanded to float32, by default on the CPU backend only; kept quantized,
-    a 4-bit 7B target takes about 4 GB instead of 29). `progress(stage, done, total)` is
-    called as each stage advances; `command` (the command line that started it) is recorded
-    in training.json. Returns `out`."""
+    default EAGLE-3's low, middle and high blocks). The head scores `head_vocab` tokens (by
+    default 8192, or the whole vocabulary when smaller). The target is loaded as `generate`
+    loads it (`dequantize`: expanded to float32, by default on the CPU backend only; kept
+    quantized, a 4-bit 7B target takes about 4 GB instead of 29). `progress(stage, done,
+    total)` is called as each stage advances; `command` (the command line that started it)
+    is recorded in training.json. Every option, every prompt and the destination are checked
+    before any work (`checks`, `prompts_file`, `work`); `target` may be a function giving
+    the target, called once the options have passed (the CLI's demo target is converted on
+    first use). Returns `out`."""
     start = time.monotonic()
-    options = dict(target=str(target), kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
+    options = dict(target=None, kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
                    layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
                    steps=steps, batch=batch, lr=lr, answer_batch=answer_batch, eval_k=eval_k, minutes=minutes,
                    checkpoint_every=checkpoint_every)
-    _check(options)
-    out = Path(out).expanduser()
-    check_writable(out, force, sources=[target], kind="draft")
-    train_prompts, held_prompts = split_prompts(None if prompts is None else Path(prompts).expanduser(), seed)
+    check_options({**options, "eval_prompts": eval_prompts, "resume": resume, "force": force,
+                   "dequantize": dequantize})
+    target = target() if callable(target) else target
+    out, prompts_path = _paths(target, out, prompts, progress, command)
+    sources = [target] + ([prompts_path] if prompts_path is not None else [])
+    options["target"] = str(target)
+    check_writable(out, force, sources=sources, kind="draft")
+    work = work_path(out)
+    check_work(work, resume, force, sources)
+    numbered = numbered_prompts(prompts_path, seed)
     folder, model, tokenizer, options["dequantize"] = _target(target, dequantize)
+    check_for_target(options, model)
+    options["head_vocab"] = head_vocab or min(DEFAULT_HEAD_VOCAB, model.args.vocab_size)
     options["feature_layers"] = _layers_read(kind, feature_layers, model.depth)
-    work = _work_folder(out, options, resume, force)
-    report = progress or (lambda stage, done, total: None)
-    budget = math.inf if minutes is None else 60 * minutes
-    data, held, ids = _data(model, tokenizer, folder, work, train_prompts, held_prompts[:eval_prompts],
-                            options, start + 0.4 * budget, report)
-    draft = new_draft(model, kind, layers, ids, options["feature_layers"])
+    check_prompts(numbered, tokenizer, context_of(model), max_new)
+    train_prompts, held_prompts = split_prompts(numbered, seed)
+    run = _Run(model, tokenizer, folder, out, options, train_prompts, held_prompts[:eval_prompts], start,
+               progress or (lambda stage, done, total: None), command, force)
+    with work_folder(work, options, resume, force, sources + [folder]) as work:
+        _train_and_export(run, work)
+    return out
+
+
+def _paths(target: object, out: object, prompts: object, progress: object, command: object) -> tuple[Path, Path | None]:
+    """The output folder and the prompts file as paths (`~` expanded, the names checked);
+    the other arguments' types."""
+    for name, value, kinds in (("target", target, (str, Path)), ("out", out, (str, Path)),
+                               ("prompts", prompts, (str, Path, type(None))), ("command", command, (str, type(None)))):
+        if not isinstance(value, kinds):
+            raise InputTypeError(f"{name} must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    if progress is not None and not callable(progress):
+        raise InputTypeError(f"progress must be a function (stage, done, total), got {type(progress).__name__}")
+    return user_path(out, "output folder"), None if prompts is None else user_path(prompts, "prompts file")
+
+
+def _train_and_export(run: _Run, work: Path) -> None:
+    """Answers, training, evaluation, and the draft written to `run.out` with training.json."""
+    options, model, kind = run.options, run.model, run.options["kind"]
+    budget = math.inf if options["minutes"] is None else 60 * options["minutes"]
+    data, held, ids = _data(model, run.tokenizer, run.folder, work, run.train_prompts, run.held_prompts,
+                            options, run.start + 0.4 * budget, run.report)
+    draft = new_draft(model, kind, options["layers"], ids, options["feature_layers"])
     head_w = head_matrix(model, ids)
     embed = model.model.embed_tokens
-    loss = ((lambda d, f, t, v, noise: feature_loss(d, embed, head_w, f, t, v, noise, unroll)) if kind == "feature"
-            else (lambda d, f, t, v, noise: model_loss(d, head_w, f, t, v)))
+    loss = ((lambda d, f, t, v, noise: feature_loss(d, embed, head_w, f, t, v, noise, options["unroll"]))
+            if kind == "feature" else (lambda d, f, t, v, noise: model_loss(d, head_w, f, t, v)))
     initial = top1(draft, kind, embed, head_w, held) if held else None
-    schedule = Schedule(steps=steps, batch=batch, lr=lr, checkpoint_every=checkpoint_every)
+    schedule = Schedule(steps=options["steps"], batch=options["batch"], lr=options["lr"],
+                        checkpoint_every=options["checkpoint_every"])
     score = (lambda: top1(draft, kind, embed, head_w, held)) if held else None
-    curve = train(draft, loss, data, schedule, seed, work / "train", start + 0.85 * budget, report, score)
+    curve = train(draft, loss, data, schedule, options["seed"], work / "train", run.start + 0.85 * budget, run.report,
+                  score)
     evaluation = {"held_top1_before": initial, "held_top1": score() if score else None}
     for temperature in (0.0, 1.0):
-        evaluation[f"acceptance_T{temperature:g}"] = acceptance(model, tokenizer, draft, held_prompts[:eval_prompts],
-                                                                eval_k, temperature, 48, start + budget)
-    info = {**({"command": command} if command else {}), "options": options,
-            "runs": json.loads((work / "run.json").read_text())["runs"], "curve": curve.points, "held_top1_curve": curve.held, "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
+        evaluation[f"acceptance_T{temperature:g}"] = acceptance(model, run.tokenizer, draft, run.held_prompts,
+                                                                options["eval_k"], temperature, 48,
+                                                                run.start + budget)
+    info = {**({"command": run.command} if run.command else {}), "options": options,
+            "runs": json.loads((work / RECORD).read_text())["runs"], "curve": curve.points,
+            "held_top1_curve": curve.held, "stopped_by": curve.stopped_by, "train_rows": int(len(data["tokens"])),
             "train_positions": int(data["valid"].sum()), "evaluation": evaluation,
-            "seconds": round(time.monotonic() - start, 1), "schedule": asdict(schedule)}
-    export(draft, kind, folder, out, info, force)
-    return out
+            "seconds": round(time.monotonic() - run.start, 1), "schedule": asdict(schedule)}
+    export(draft, kind, run.folder, run.out, info, run.force)
 
 
 def _target(target: str | Path, dequantize: bool | None) -> tuple[Path, Any, Any, bool]:

@@ -73,9 +73,14 @@ def save_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, step: 
             old.unlink()
 
 
+def has_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a complete checkpoint, which a resumed run continues from."""
+    return (folder / "state.json").is_file()
+
+
 def load_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, curve: Curve) -> int:
     """The step a checkpoint in `folder` reached (its weights and optimizer state loaded), or 0."""
-    if not (folder / "state.json").is_file():
+    if not has_checkpoint(folder):
         return 0
     state = json.loads((folder / "state.json").read_text())
     draft.load_weights(str(folder / f"weights-{state['step']}.safetensors"), strict=False)
