@@ -18,7 +18,7 @@ from mlxspec.arguments import run
 from mlxspec.drafts import KINDS, DraftKind, FeatureDraft, LookupAndModel, NGramDraft, as_draft, register
 from mlxspec.drafts.protocol import MODEL_OUTLOOK, point_mass
 from mlxspec.errors import InputTypeError
-from test_serve import free_port
+from serving import free_port
 
 NAME = "bigram-test"
 

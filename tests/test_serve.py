@@ -9,69 +9,19 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import mlxspec
 from conftest import make_hf_checkpoint
+from serving import MODEL, Server
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
-
-MODEL = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlxspec serve` in a subprocess on a free loopback port."""
-
-    def __init__(self, model: Path, *args: str, cache: Path) -> None:
-        self.port = free_port()
-        env = dict(os.environ, MLXSPEC_CACHE=str(cache))
-        cmd = [sys.executable, "-m", "mlxspec", "serve", "--model", str(model), "--port", str(self.port), "--name", MODEL, *args]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
-            try:
-                self.get("/health")
-                break
-            except OSError:
-                time.sleep(0.2)
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=120)
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, body: bytes) -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture(scope="module")
