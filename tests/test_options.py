@@ -124,3 +124,9 @@ def test_logit_bias_forces_and_bans_tokens():
         Session(target, None).request([1, 2], logit_bias={16: 1})
     assert GenerationOptions(logit_bias="3=1.5, 4=-2").logit_bias == GenerationOptions(
         logit_bias=json.dumps({"4": -2, "3": 1.5})).logit_bias == ((3, 1.5), (4, -2.0))
+
+
+@pytest.mark.parametrize("key", ["\u00b2", "9" * 5000, "1_0", "abc"])
+def test_a_logit_bias_key_int_cannot_read_is_an_input_error(key):
+    with pytest.raises(InputError, match="token id must be an integer"):
+        GenerationOptions(logit_bias={key: 1.0})

@@ -101,7 +101,7 @@ def logit_bias_pairs(bias: object) -> tuple[tuple[int, float], ...]:
         raise InputTypeError(f"logit_bias must map token ids to numbers, got {bias!r}")
     pairs = {}
     for token, value in bias:
-        if isinstance(token, str) and token.strip().lstrip("-").isdigit():
+        if isinstance(token, str) and _decimal(token.strip().lstrip("-")):
             token = int(token)
         if not is_int(token):
             raise InputError(f"logit_bias: a token id must be an integer >= 0, got {token!r}")
@@ -109,6 +109,11 @@ def logit_bias_pairs(bias: object) -> tuple[tuple[int, float], ...]:
             raise InputError(f"logit_bias: the bias of token {token} must be a number in -100..100, got {value!r}")
         pairs[int(token)] = float(value)
     return tuple(sorted(pairs.items()))
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits that `int` reads (not '²', not thousands of digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def _parse_bias(text: str) -> object:
