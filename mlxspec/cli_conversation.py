@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from contextlib import closing
 from typing import Optional
 
 import typer
@@ -66,6 +69,16 @@ def serve_command(
         raise InputError("--max-batch must be >= 1 and --max-queue >= 0")
     if served is not None and not served.strip():
         raise InputError("--name is empty")
-    session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
-                                             calibration_for(recalibrate), adaptive, prompt_cache)
-    conversation.serve(session, served or name, host, port, max_batch, max_queue, options)
+    with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
+        session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
+                                                 dequantize_default(dequantize), calibration_for(recalibrate),
+                                                 adaptive, prompt_cache)
+        stopped_by, cut = conversation.serve(session, served or name, sock, max_batch, max_queue, options)
+    ended = f"{cut} request{'s' if cut != 1 else ''} in flight cut short" if cut else "no request in flight"
+    interrupted = stopped_by == signal.SIGINT
+    typer.echo(f"interrupted ({ended})" if interrupted else f"stopped by SIGTERM ({ended})", err=True)
+    # MLX may abort in the interpreter's exit once a thread other than the main one ran it
+    # (ml-explore/mlx#3126; the engine thread did, and has ended): leave without that exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130 if interrupted else 0)

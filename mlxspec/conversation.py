@@ -4,6 +4,7 @@ only what is new. The terminal chat itself is `chat_repl`."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -40,24 +41,34 @@ def warm_up(session: Session) -> None:
             session.timings(SamplingParams(temperature))
 
 
-def serve(session: Session, name: str, host: str, port: int, max_batch: int, max_queue: int,
-          defaults: GenerationOptions) -> None:
-    """Run the server until interrupted."""
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the models load, so that an address in use is
+    reported at once (the serve extra is needed from here on)."""
     try:
-        import uvicorn
-
-        from .serve import Engine
-        from .serve.app import create_app
+        from .serve.server import listen as bind
     except ImportError as e:
         raise InputError(f"mlxspec serve needs the serve extra: pip install 'mlxspec[serve]' ({e.name} is missing)")
+    return bind(host, port)
+
+
+def serve(session: Session, name: str, sock: socket.socket, max_batch: int, max_queue: int,
+          defaults: GenerationOptions) -> tuple[int, int]:
+    """Run the server on `sock` until SIGINT or SIGTERM: the signal, and how many requests in
+    flight the shutdown cut short."""
+    from .serve import Engine
+    from .serve.app import create_app
+    from .serve.server import run
+
     engine = Engine(session, max_rows=max_batch, max_queue=max_queue, warm_up=warm_up)
     engine.start()
     app = create_app(engine, name, defaults)
     spec = "no draft" if not engine.drafting else "speculating inside the batch" + (
         "" if session.draft.batches else ", each row drafting alone (this kind of draft shares no pass)")
-    typer.echo(f"serving {name} on http://{host}:{port}/v1 ({spec}; batches of up to {max_batch}; "
-               f"device: {mx.default_device()})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    host, port = sock.getsockname()[:2]
+    typer.echo(f"serving {name} on http://{f'[{host}]' if ':' in host else host}:{port}/v1 ({spec}; "
+               f"batches of up to {max_batch}; device: {mx.default_device()})", err=True)
+    stopped_by = run(app, sock)
+    return stopped_by, app.state.routes.cut
 
 
-__all__ = ["serve", "session_for"]
+__all__ = ["listen", "serve", "session_for"]

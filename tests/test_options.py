@@ -16,7 +16,7 @@ from mlxspec import GenerationOptions, Session, cli
 from mlxspec.arguments import run
 from mlxspec.engine.options import option_names
 from mlxspec.errors import InputError
-from mlxspec.serve import openai as oa
+from mlxspec.serve import request as rq
 from test_speculative import FixedTimings, tiny
 
 COMMANDS = {"generate": (), "chat": (), "serve": ("logprobs",), "demo": ("logprobs",),
@@ -81,7 +81,7 @@ def test_a_wrong_value_is_the_same_message_in_the_library_and_the_server(name):
         session.request([1, 2], **{name: value})
     assert str(raised.value) == message
     with pytest.raises(InputError) as raised:
-        oa.asked({name: value}, GenerationOptions(), chat=False)
+        rq.asked({name: value}, GenerationOptions(), chat=False)
     assert str(raised.value) == message
 
 
@@ -89,12 +89,12 @@ def test_the_server_maps_every_field_and_openais_spellings():
     defaults = GenerationOptions(max_tokens=512, temperature=1.0)
     for name in option_names():
         body = {name: GOOD[name]}
-        assert getattr(oa.asked(body, defaults, chat=False).options, name) == GenerationOptions(**body).__dict__[name]
-    chat = oa.asked({"max_completion_tokens": 9, "logprobs": True, "top_logprobs": 4,
+        assert getattr(rq.asked(body, defaults, chat=False).options, name) == GenerationOptions(**body).__dict__[name]
+    chat = rq.asked({"max_completion_tokens": 9, "logprobs": True, "top_logprobs": 4,
                      "repetition_context_size": 5}, defaults, chat=True)
     assert (chat.options.max_tokens, chat.options.logprobs, chat.options.repetition_context) == (9, 4, 5)
     assert chat.options.temperature == 1.0  # the server's default where the body sets none
-    assert oa.asked({"messages": [], "stream": True, "user": "x"}, defaults, chat=True).options == defaults
+    assert rq.asked({"messages": [], "stream": True, "user": "x"}, defaults, chat=True).options == defaults
 
 
 def test_the_library_calls_take_every_option():

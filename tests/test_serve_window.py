@@ -14,7 +14,7 @@ import pytest
 
 import mlxspec
 from conftest import make_hf_checkpoint
-from test_serve import MODEL, Server
+from serving import MODEL, Server
 
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")

@@ -2,6 +2,6 @@
 extra `mlxspec[serve]`) in front of one session whose requests run in one continuous
 batch, speculating inside it."""
 
-from .engine import Engine, QueueFull
+from .engine import Closing, Engine, QueueFull
 
-__all__ = ["Engine", "QueueFull"]
+__all__ = ["Closing", "Engine", "QueueFull"]

@@ -1,44 +1,84 @@
-"""The HTTP side: OpenAI-compatible routes on Starlette. Every request is checked before it
-is queued (a bad one gets a 400 and an OpenAI error body, a full queue a 429); steps come
-back from the engine thread on an asyncio queue; a client that goes away cancels its row.
-"""
+"""The HTTP side: OpenAI-compatible routes on Starlette. Every request is read within limits
+and checked before it is queued (a bad one gets a 4xx and an OpenAI error body naming the
+field, a full queue a 429); steps come back from the engine thread on an asyncio queue.
+A watcher per request cancels its row the moment its client leaves, streamed or not, so the
+row leaves the batch at the engine's next step; at shutdown (`Routes.close`) every response
+in flight ends at once: a stream with a final chunk (finish_reason "cancelled", and an
+error saying why) and [DONE], a whole answer with a 503. An unknown path or method gets a
+JSON 404/405, and a fault of the server's own a JSON 500 (the only errors logged with a
+traceback)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import time
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..engine import Row
 from ..engine.options import GenerationOptions
 from ..errors import MlxspecError
 from . import openai as oa
-from .engine import Engine, QueueFull
+from .body import BodyLimits, ClientLeft, read_json
+from .engine import Closing, Engine, QueueFull
+from .errors import RequestError, error
+from .request import Asked, asked, chat_prompt, completion_prompt
 
-POLL = 0.25  # seconds between checks that a waiting client is still there
+SHUTDOWN = "the server is shutting down"
 
 
-def fail(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse(oa.error(message, kind, code), status_code=status)
+class End(enum.Enum):
+    """Why a response ends before its row finished."""
+
+    LEFT = "the client went away"
+    CLOSING = SHUTDOWN
+
+
+class Live:
+    """A request in flight: its row, the queue its steps arrive on, and its disconnect watcher."""
+
+    def __init__(self, row: Row, out: asyncio.Queue, request: Request) -> None:
+        self.row, self.out = row, out
+        self.watcher = asyncio.create_task(self.watch(request))
+
+    async def watch(self, request: Request) -> None:
+        """Wait for the client to leave, then cancel the row at once and end the response."""
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the connection broke some other way: no one is there either
+            pass
+        self.end(End.LEFT)
+
+    def end(self, why: End) -> None:
+        """Cancel the row (it leaves the batch at the next step) and end the response now."""
+        self.row.cancel()
+        self.out.put_nowait(why)
 
 
 class Routes:
     """The handlers, over one engine serving its session as model `model_id`; `defaults` are
     the options of a request whose body does not set them."""
 
-    def __init__(self, engine: Engine, model_id: str, defaults: GenerationOptions) -> None:
-        self.engine, self.model_id, self.defaults = engine, model_id, defaults
+    def __init__(self, engine: Engine, model_id: str, defaults: GenerationOptions, limits: BodyLimits) -> None:
+        self.engine, self.model_id, self.defaults, self.limits = engine, model_id, defaults, limits
+        self.live: set[Live] = set()
+        self.closing = False
+        self.cut = 0  # responses ended by the shutdown
 
     async def health(self, request: Request) -> Response:
         engine = self.engine
-        return JSONResponse({"status": "ok", "model": self.model_id, "running": engine.running,
-                             "waiting": engine.waiting, "peak_running": engine.peak_rows,
+        return JSONResponse({"status": "closing" if self.closing else "ok", "model": self.model_id,
+                             "running": engine.running, "waiting": engine.waiting, "peak_running": engine.peak_rows,
+                             "generated_tokens": engine.generated, "cancelled": engine.cancelled,
                              "speculative": engine.drafting})
 
     async def models(self, request: Request) -> Response:
@@ -46,40 +86,65 @@ class Routes:
             {"id": self.model_id, "object": "model", "created": int(time.time()), "owned_by": "mlxspec"}]})
 
     async def chat(self, request: Request) -> Response:
-        return await self.serve(request, "chat", oa.chat_prompt)
+        return await self.serve(request, "chat", chat_prompt)
 
     async def completions(self, request: Request) -> Response:
-        return await self.serve(request, "text", oa.completion_prompt)
+        return await self.serve(request, "text", completion_prompt)
+
+    def close(self) -> None:
+        """Shutdown: refuse new requests (503) and end every response in flight now."""
+        self.closing = self.engine.closing = True
+        self.cut = len(self.live)
+        for live in list(self.live):
+            live.end(End.CLOSING)
 
     async def serve(self, request: Request, kind: str, prompt_of: Callable[[dict], Any]) -> Response:
         """Check, queue, and answer whole or as server-sent events."""
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return fail(400, f"the request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            return fail(400, "the request body must be a JSON object")
-        model = body.get("model")
-        if model not in (None, "", self.model_id, "default"):
-            return fail(400, f"model {model!r} is not served here; GET /v1/models lists {self.model_id!r}",
-                        code="model_not_found")
-        out: asyncio.Queue = asyncio.Queue()
-        try:
-            wants = oa.asked(body, self.defaults, kind == "chat")
-            row = self.engine.submit(wants, prompt_of(body), asyncio.get_running_loop(), out)
+            wants, live = await self.accept(request, kind, prompt_of)
+        except ClientLeft:
+            return Response(status_code=400)  # no one is left to read it
+        except RequestError as e:
+            return refused(e)
         except QueueFull as e:
             return fail(429, str(e), "rate_limit_error")
-        except MlxspecError as e:
-            return fail(400, str(e))
+        except Closing as e:
+            return fail(503, str(e), "server_error", "server_shutdown")
+        except MlxspecError as e:  # what the session says of the prompt
+            return fail(400, str(e), param="messages" if kind == "chat" else "prompt")
         rid = oa.new_id("chatcmpl" if kind == "chat" else "cmpl")
-        if body.get("stream"):
-            usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
-            return StreamingResponse(self.events(request, row, out, kind, rid, bool(usage)),
+        if wants.stream:
+            return StreamingResponse(self.events(live, kind, rid, wants.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        steps = [step async for step in self.steps(request, row, out)]
-        if steps and isinstance(steps[-1], BaseException):
-            return fail(500, f"generation failed: {steps[-1]}", "server_error")
-        return JSONResponse(self.whole(kind, rid, steps, len(row.prompt)))
+        steps = [step async for step in self.steps(live)]
+        last = steps[-1] if steps else None
+        if last is End.CLOSING:
+            return fail(503, f"{SHUTDOWN}: the request was cut after {len(steps) - 1} tokens", "server_error",
+                        "server_shutdown")
+        if last is End.LEFT:
+            return Response(status_code=400)
+        if isinstance(last, BaseException):
+            return fail(500, f"generation failed: {last}", "server_error")
+        return JSONResponse(self.whole(kind, rid, steps, len(live.row.prompt)))
+
+    async def accept(self, request: Request, kind: str, prompt_of: Callable[[dict], Any]) -> tuple[Asked, Live]:
+        """The request read, checked and queued, watched from now on."""
+        if self.closing:
+            raise Closing(SHUTDOWN)
+        body = await read_json(request, self.limits)
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise RequestError(f"'model' must be a string, got {type(model).__name__}", "model")
+        if model not in (None, "", self.model_id, "default"):
+            raise RequestError(f"model {model[:100]!r} is not served here; GET /v1/models lists {self.model_id!r}",
+                               "model", code="model_not_found")
+        session = self.engine.session
+        wants = asked(body, self.defaults, kind == "chat", session.k_max, session.target.args.vocab_size)
+        out: asyncio.Queue = asyncio.Queue()
+        row = self.engine.submit(wants, prompt_of(body), asyncio.get_running_loop(), out)
+        live = Live(row, out, request)
+        self.live.add(live)
+        return wants, live
 
     def logprobs(self, kind: str, steps: list) -> dict | None:
         return (oa.chat_logprobs if kind == "chat" else oa.completion_logprobs)(self.engine.session.tokenizer, steps)
@@ -91,49 +156,52 @@ class Routes:
                              stats.finish_reason if stats else "length", stats, self.logprobs(kind, steps),
                              prompt_tokens)
 
-    async def steps(self, request: Request, row: Any, out: asyncio.Queue) -> AsyncIterator[Any]:
-        """The row's steps (an exception last if it failed); cancels the row if the client leaves."""
+    async def steps(self, live: Live) -> AsyncIterator[Any]:
+        """The row's steps; last, if it did not finish, an exception (it failed) or an `End`
+        (handed over once the request is no longer watched, so a caller may stop there)."""
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(out.get(), POLL)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
-                if item is None:
-                    return
+            while (item := await live.out.get()) is not None and not isinstance(item, (BaseException, End)):
                 yield item
-                if isinstance(item, BaseException):
-                    return
         finally:
-            if not row.finished:
-                row.cancel()
+            live.watcher.cancel()
+            self.live.discard(live)
+            if not live.row.finished:
+                live.row.cancel()
+        if item is not None:
+            yield item
 
-    async def events(self, request: Request, row: Any, out: asyncio.Queue, kind: str, rid: str,
-                     usage: bool) -> AsyncIterator[str]:
-        """Server-sent events: a chunk per step with text, then usage if asked, then [DONE]."""
+    async def events(self, live: Live, kind: str, rid: str, usage: bool) -> AsyncIterator[str]:
+        """Server-sent events: a chunk per step with text, then usage if asked, then [DONE]; a
+        stream cut short ends with a chunk saying why (finish_reason "cancelled") and [DONE]."""
         last = None
         if kind == "chat":
             yield _sse(oa.chunk(kind, rid, self.model_id, "", role=True))
-        async for step in self.steps(request, row, out):
-            if isinstance(step, BaseException):
-                yield _sse(oa.error(f"generation failed: {step}", "server_error"))
+        async for step in self.steps(live):
+            if step is End.LEFT:
+                return
+            if isinstance(step, (BaseException, End)):
+                why = error(SHUTDOWN if step is End.CLOSING else f"generation failed: {step}", "server_error",
+                            "server_shutdown" if step is End.CLOSING else None)
+                yield _sse({**oa.chunk(kind, rid, self.model_id, None, "cancelled"), **why})
+                yield "data: [DONE]\n\n"
                 return
             last, logs, finish = step, self.logprobs(kind, [step]), step.stats.finish_reason
             if step.text or logs or finish:
                 yield _sse(oa.chunk(kind, rid, self.model_id, step.text, finish, logs))
         if usage:
             done = oa.chunk(kind, rid, self.model_id, None)
-            done["choices"], done["usage"] = [], oa.usage(last.stats if last else None, len(row.prompt))
+            done["choices"], done["usage"] = [], oa.usage(last.stats if last else None, len(live.row.prompt))
             yield _sse(done)
         yield "data: [DONE]\n\n"
 
 
-def create_app(engine: Engine, model_id: str, defaults: GenerationOptions | None = None) -> Starlette:
+def create_app(engine: Engine, model_id: str, defaults: GenerationOptions | None = None,
+               limits: BodyLimits | None = None) -> Starlette:
     """The app serving `engine`'s session as model `model_id` (see `Routes`); the engine
-    thread starts with the app (if not started yet) and stops with it."""
-    routes = Routes(engine, model_id, defaults or GenerationOptions(max_tokens=512, temperature=1.0))
+    thread starts with the app (if not started yet) and stops with it. `app.state.routes`
+    holds the handlers (`Routes.close` ends the responses in flight)."""
+    routes = Routes(engine, model_id, defaults or GenerationOptions(max_tokens=512, temperature=1.0),
+                    limits or BodyLimits())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -141,11 +209,44 @@ def create_app(engine: Engine, model_id: str, defaults: GenerationOptions | None
         try:
             yield
         finally:
-            engine.stop()
+            engine.stop(timeout=3)
 
-    return Starlette(routes=[Route("/health", routes.health), Route("/v1/models", routes.models),
-                             Route("/v1/chat/completions", routes.chat, methods=["POST"]),
-                             Route("/v1/completions", routes.completions, methods=["POST"])], lifespan=lifespan)
+    app = Starlette(routes=[Route("/health", routes.health), Route("/v1/models", routes.models),
+                            Route("/v1/chat/completions", routes.chat, methods=["POST"]),
+                            Route("/v1/completions", routes.completions, methods=["POST"])],
+                    exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
+    app.state.routes = routes
+    return app
+
+
+def fail(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+         param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error response."""
+    return JSONResponse(error(message, kind, code, param), status_code=status, headers=headers)
+
+
+def refused(exc: RequestError) -> JSONResponse:
+    """The response to a refused request."""
+    return fail(exc.status, str(exc), exc.kind, exc.code, exc.param)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such path, a method the path does not take) as JSON."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return fail(404, f"Invalid URL ({where}): this server answers /v1/chat/completions, /v1/completions, "
+                         "/v1/models and /health", code="not_found")
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return fail(405, f"Method not allowed ({where}); allowed: {allowed}", code="method_not_allowed",
+                    headers=exc.headers)
+    return fail(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """A fault of the server's own (logged with its traceback by uvicorn) as JSON."""
+    return fail(500, f"internal server error: {type(exc).__name__}", "server_error")
 
 
 def _sse(payload: dict) -> str:

@@ -17,11 +17,15 @@ from typing import Any, Callable
 from ..engine import Batch, Row, Session
 from ..engine.stats import GenerationStep
 from ..errors import MlxspecError
-from .openai import Asked
+from .request import Asked
 
 
 class QueueFull(MlxspecError):
     """Too many requests are waiting; the server answers 429."""
+
+
+class Closing(MlxspecError):
+    """The server is shutting down; a request that arrives now gets a 503."""
 
 
 class Engine:
@@ -37,7 +41,10 @@ class Engine:
         self._stop, self.ready = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlxspec-engine", daemon=True)
         self.error: BaseException | None = None
+        self.closing = False  # set at shutdown: no request is taken any more
         self.peak_rows = 0  # the most rows decoded together so far
+        self.generated = 0  # tokens generated, all rows together
+        self.cancelled = 0  # rows cut short (their clients left, or the server stopped)
 
     def start(self) -> None:
         """Start the thread (once) and wait until it has warmed up; re-raises a failure there."""
@@ -47,10 +54,12 @@ class Engine:
         if self.error is not None:
             raise self.error
 
-    def stop(self) -> None:
-        """End the thread after its current step."""
+    def stop(self, timeout: float = 30) -> None:
+        """End the thread after its current step (waiting for it at most `timeout` seconds)."""
+        self.closing = True
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
 
     @property
     def running(self) -> int:
@@ -63,19 +72,40 @@ class Engine:
     def submit(self, asked: Asked, prompt: Any, loop: asyncio.AbstractEventLoop, out: asyncio.Queue) -> Row:
         """Check a request (raising `InputError` etc. at once) and queue it; its steps, then
         None (finished) or an exception, arrive on `out`."""
+        if self.closing:
+            raise Closing("the server is shutting down")
         if self.waiting >= self.max_queue:
             raise QueueFull(f"{self.waiting} requests are waiting (--max-queue {self.max_queue}); try again shortly")
         request = self.session.request(prompt, asked.options, speculative=asked.speculative,
                                        num_draft_tokens=asked.num_draft_tokens)
-        send: Callable[[GenerationStep | BaseException | None], None] = \
-            lambda item: loop.call_soon_threadsafe(out.put_nowait, item)  # noqa: E731
+        send = self._sender(loop, out)
         row = self.session.row(request, send)
-        row.on_finish = lambda: send(None)
+        row.on_finish = lambda: self._finished(row, send)
         if request.budget == 0:
             send(None)
             return row
         self.inbox.put(row)
         return row
+
+    def _sender(self, loop: asyncio.AbstractEventLoop,
+                out: asyncio.Queue) -> Callable[[GenerationStep | BaseException | None], None]:
+        """What hands a row's steps to its handler's event loop (counting tokens); once the loop
+        has closed (the server stopped) there is no one left to hand them to."""
+        def send(item: GenerationStep | BaseException | None) -> None:
+            if isinstance(item, GenerationStep):
+                self.generated += 1
+            try:
+                loop.call_soon_threadsafe(out.put_nowait, item)
+            except RuntimeError:  # the loop has closed
+                pass
+
+        return send
+
+    def _finished(self, row: Row, send: Callable[[None], None]) -> None:
+        """A row left the batch (or never joined it): counted, and its handler told."""
+        if row.cancelled:
+            self.cancelled += 1
+        send(None)
 
     def _admit(self) -> None:
         block = not self.batch.rows

@@ -1,91 +1,15 @@
-"""OpenAI's request and response shapes: a request body to a prompt and its options, and
-steps back to completions, chunks, usage and logprobs. Beyond OpenAI's fields a client may
-send every other `GenerationOptions` field (`top_k`, `repetition_penalty`, ...),
-`num_draft_tokens` (the most drafted per step for this request, up to the server's `-k`;
-0: no speculation) and `speculative`; responses add a `speculative` object to `usage`."""
+"""OpenAI's response shapes: steps to completions, chunks, usage and logprobs (requests are
+`request.py`'s, errors `errors.py`'s). Responses add a `speculative` object to `usage`."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import fields
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..engine.logprobs import TokenLogprob
-from ..engine.options import GenerationOptions
 from ..engine.stats import GenerationStats, GenerationStep, SpeculativeStats
-from ..errors import InputError, InputTypeError
 from ..text import Tokenizer
-
-
-class Asked(NamedTuple):
-    """What a request body asks for: its options and how far it may speculate."""
-
-    options: GenerationOptions
-    speculative: bool = True
-    num_draft_tokens: int | None = None
-
-
-def _typed(body: dict, name: str, kind: type, default: Any = None) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-        raise InputTypeError(f"'{name}' must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def asked(body: dict, defaults: GenerationOptions, chat: bool) -> Asked:
-    """The request's options from its body: every `GenerationOptions` field by its name (or
-    OpenAI's other spelling of it) over the server's `defaults`, checked there, so that a bad
-    value gets the message the library and the command line give."""
-    if _typed(body, "n", int, 1) != 1:
-        raise InputError("'n' must be 1 (one completion per request)")
-    values = {}
-    for f in fields(GenerationOptions):
-        given = [body[key] for key in (*f.metadata["json"], f.name) if body.get(key) is not None]
-        if given:
-            values[f.name] = given[0]
-    values.pop("logprobs", None)
-    values.update(_logprobs(body, chat))
-    return Asked(defaults.with_values(values), _typed(body, "speculative", bool, True),
-                 _typed(body, "num_draft_tokens", int))
-
-
-def _logprobs(body: dict, chat: bool) -> dict[str, Any]:
-    """Chat's `logprobs: true` with `top_logprobs: N`, or the legacy completions' `logprobs: N`."""
-    if chat:
-        if not _typed(body, "logprobs", bool, False):
-            return {}
-        return {"logprobs": _typed(body, "top_logprobs", int, 0)}
-    return {} if body.get("logprobs") is None else {"logprobs": body["logprobs"]}
-
-
-def chat_prompt(body: dict) -> list[dict]:
-    """The messages of a chat request; content given as parts ([{"type": "text", "text": ...}])
-    is joined into its text."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InputTypeError("'messages' must be a non-empty list of {role, content} objects")
-    return [_text_content(m, i) if isinstance(m, dict) and isinstance(m.get("content"), list) else m
-            for i, m in enumerate(messages)]
-
-
-def _text_content(message: dict, index: int) -> dict:
-    parts = message["content"]
-    if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
-        raise InputError(f"messages[{index}]: only text content parts are supported (type 'text')")
-    return {**message, "content": "".join(p["text"] for p in parts)}
-
-
-def completion_prompt(body: dict) -> str | list[int]:
-    """The prompt of a completion request: text or token ids (a list of one is unwrapped)."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt)):
-        return prompt
-    raise InputTypeError("'prompt' must be a string or a list of token ids (one prompt per request)")
 
 
 def new_id(prefix: str) -> str:
@@ -163,8 +87,3 @@ def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None 
         choice["text"] = text or ""
     return {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
             "created": int(time.time()), "model": model, "choices": [choice]}
-
-
-def error(message: str, kind: str = "invalid_request_error", code: str | None = None) -> dict:
-    """OpenAI's error body."""
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
