@@ -16,9 +16,10 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from mlxspec.errors import CheckpointError, ConfigError
-from mlxspec.layout import (check_layer_count, group_experts, hf_tensor_shapes, mistral_to_hf_name,
+from mlxspec.layout import (check_layer_count, check_optional_parts, group_experts, hf_tensor_shapes,
                             permute_interleaved_to_half)
 from mlxspec.models.config import ModelArgs, load_model_args, read_json
+from mlxspec.models.families.mistral import consolidated_to_hf_name
 
 from . import gguf as gguf_format
 from .gguf_config import model_args
@@ -95,6 +96,7 @@ def open_source(root: Path) -> Source:
 def _check_tensors(refs: list[TensorRef], args: ModelArgs, root: Path) -> None:
     """Every tensor the config implies, once, with its shape, and nothing else."""
     check_layer_count((r.name for r in refs), args.num_hidden_layers, root)  # before listing what it implies
+    check_optional_parts((r.name for r in refs), args, root)
     expected = dict(hf_tensor_shapes(args))
     seen: dict[str, TensorRef] = {}
     for ref in refs:
@@ -183,7 +185,7 @@ def _index_shards(index: Path) -> list[Path]:
 
 def _mistral_tensors(root: Path, args: ModelArgs) -> list[TensorRef]:
     def rename(name: str, file: Path) -> str:
-        new = mistral_to_hf_name(name)
+        new = consolidated_to_hf_name(name)
         if new is None:
             raise CheckpointError(f"{file}: unexpected tensor {name!r} in a Mistral checkpoint")
         return new

@@ -13,6 +13,8 @@ from .engine.options import GenerationOptions
 from .errors import InputError
 from .models import Model
 
+_MLX_LM_MODULES = {"mistral": "llama"}  # model_type -> mlx-lm's module, where the names differ
+
 
 class SubsetHeadDraft(nn.Module):
     """mlx-lm's transformer body under mlxspec's subset head (mlx-lm has no such head)."""
@@ -30,15 +32,17 @@ class SubsetHeadDraft(nn.Module):
 
 
 def _their_model(model: Model) -> Any:
-    """The same weights in mlx-lm's Llama module (which mlx-lm also runs Mistral with)."""
-    from mlx_lm.models import llama
+    """The same weights in mlx-lm's module for the model's family (its Llama module for a
+    Mistral, as mlx-lm itself runs one)."""
+    import importlib
 
     if model.args.quantization:
         raise InputError("--compare-mlx-lm needs unquantized weights here (use --dequantize)")
     config = model.args.to_hf_config()
     config.pop("quantization", None)
     config.pop("head_vocab_size", None)
-    theirs = llama.Model(llama.ModelArgs.from_dict(config))
+    family = importlib.import_module(f"mlx_lm.models.{_MLX_LM_MODULES.get(model.args.model_type, model.args.model_type)}")
+    theirs = family.Model(family.ModelArgs.from_dict(config))
     theirs.load_weights([(k, v) for k, v in tree_flatten(model.parameters()) if not k.startswith("lm_head")],
                         strict=False)
     if not model.args.tie_word_embeddings and not model.args.head_vocab_size:

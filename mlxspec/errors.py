@@ -14,6 +14,11 @@ class ConfigError(MlxspecError):
     """A model configuration is missing, unreadable or describes something unsupported."""
 
 
+class UnsupportedModelError(ConfigError):
+    """A configuration that mlxspec's own port does not implement (an architecture, a RoPE
+    scaling, per-layer attention windows), though another implementation may run it."""
+
+
 class CheckpointError(MlxspecError):
     """Weights are missing, truncated, or do not match the configuration."""
 

@@ -16,7 +16,8 @@ from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_draf
 from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
 from .hub import resolve
-from .layout import check_layer_count, group_experts, mistral_to_hf_name
+from .layout import check_layer_count, check_optional_parts, group_experts
+from .models.families.mistral import consolidated_to_hf_name
 from .models import Model
 from .models.config import load_model_args, read_json
 from .standard_streams import reopen_closed_descriptors
@@ -54,7 +55,7 @@ def read_weights(files: list[Path], mistral_names: bool) -> dict[str, mx.array]:
             raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from None
         for name, tensor in tensors.items():
             if mistral_names:
-                new = mistral_to_hf_name(name)
+                new = consolidated_to_hf_name(name)
                 if new is None:
                     raise CheckpointError(f"{file}: unexpected tensor {name!r}")
                 name = new
@@ -155,6 +156,7 @@ def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: boo
     weights = read_weights(files, mistral_names)
     weights = {k: v for k, v in weights.items() if not _IGNORED_KEYS.search(k)}
     check_layer_count(weights, args.num_hidden_layers, model_dir)
+    check_optional_parts(weights, args, model_dir)
     if args.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
     if select is not None:

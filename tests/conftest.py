@@ -81,16 +81,20 @@ def reinit_(model, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * fan_in**-0.5)
 
 
+_CLASSES = {"mistral": "Mistral", "mixtral": "Mixtral", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+
+
 def make_hf_checkpoint(out: Path, tokenizer_dir: Path | None, seed: int = 0, architecture: str = "mistral",
                        **overrides) -> Path:
-    """A random MistralForCausalLM (or `architecture` "mixtral": MixtralForCausalLM) saved by
-    transformers in HF layout (fp32 safetensors)."""
+    """A random `architecture` model (mistral, mixtral, llama, qwen2, qwen3: transformers'
+    `<Name>ForCausalLM`) saved by transformers in HF layout (fp32 safetensors); untied
+    embeddings unless `tie_word_embeddings=True`."""
     import torch
     import transformers
 
-    name = {"mistral": "Mistral", "mixtral": "Mixtral"}[architecture]
+    name = _CLASSES[architecture]
     torch.manual_seed(seed)
-    config = getattr(transformers, f"{name}Config")(**{**TINY, **overrides}, tie_word_embeddings=False,
+    config = getattr(transformers, f"{name}Config")(**{**TINY, "tie_word_embeddings": False, **overrides},
                                                     attn_implementation="eager")
     model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
     reinit_(model, seed)

@@ -16,7 +16,8 @@ import numpy as np
 
 from mlxspec.convert.safetensors_io import ShardedWriter
 from mlxspec.errors import MlxspecError
-from mlxspec.layout import hf_tensor_shapes, mistral_to_hf_name, permute_half_to_interleaved
+from mlxspec.layout import hf_tensor_shapes, permute_half_to_interleaved
+from mlxspec.models.families.mistral import consolidated_to_hf_name
 from mlxspec.models import ModelArgs
 
 
@@ -73,7 +74,7 @@ def write_mistral_checkpoint_from_hf(hf_dir: Path, out: Path, args: ModelArgs) -
     weights = {}
     for file in sorted(hf_dir.glob("model*.safetensors")):
         weights.update(mx.load(str(file)))
-    names = {mistral_to_hf_name(n): n for n in _mistral_names(args)}
+    names = {consolidated_to_hf_name(n): n for n in _mistral_names(args)}
     for hf_name, tensor in weights.items():
         if hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = args.num_attention_heads if "q_proj" in hf_name else args.num_key_value_heads

@@ -48,7 +48,13 @@ BASE = {"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2, "int
     ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
     ({"rope_traditional": 1}, "rope_traditional must be true or false"),
     ({"rope_scaling": "linear"}, "rope_scaling must be an object"),
-    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "unsupported RoPE scaling"),
+    ({"rope_scaling": {"type": "su", "factor": 2.0}}, "unsupported RoPE scaling 'su'"),
+    ({"rope_parameters": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+                          "original_max_position_embeddings": 64}}, "different short and long factors"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling low_freq_factor must be a finite number"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": -2.0}}, "rope_scaling factor must be a finite number > 0"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "partial_rotary_factor": 0.5},
+     "partial_rotary_factor 0.5"),
     ({"rope_scaling": {"rope_type": None, "type": "linear", "factor": 4}}, "unsupported RoPE scaling"),
     ({"quantization_config": "gptq"}, "quantization_config must be an object"),
     ({"quantization": {"bits": 4, "group_size": 64, "model.layers.0.mlp.up_proj": 3}},
@@ -62,8 +68,9 @@ BASE = {"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2, "int
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({"hidden_act": "relu"}, "hidden_act 'relu' is not supported"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "weights quantized with 'gptq' are not supported"),
-    ({"model_type": "llama", "attention_bias": True}, "attention_bias = True is not supported"),
-    ({"model_type": "llama", "mlp_bias": True}, "mlp_bias = True is not supported"),
+    ({"model_type": "llama", "attention_bias": "yes"}, "attention_bias must be true or false"),
+    ({"model_type": "qwen2", "use_sliding_window": True, "max_window_layers": 1}, "a sliding window on 1 of 2 layers"),
+    ({"model_type": "qwen2", "layer_types": ["full_attention"]}, "layer_types must name"),
     ({"model_type": "gemma"}, "unsupported architecture 'gemma'"),
     ({"model_type": None}, "config.json has no model_type"),
 ])
@@ -128,16 +135,19 @@ def test_a_llama_ignores_sliding_window_as_transformers_does(tmp_path, hf_tokeni
         ModelArgs(**{k: v for k, v in BASE.items() if k != "model_type"}, model_type="llama", sliding_window=8)
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "llama"])
+@pytest.mark.parametrize("model_type", ["mistral", "llama", "mixtral", "qwen2", "qwen3"])
 def test_defaults_are_transformers_defaults(model_type):
-    """A key a config leaves out means what it means to transformers (Mistral: a 4096 window)."""
+    """A key a config leaves out means what it means to transformers (Mistral: a 4096 window,
+    Mixtral: eps 1e-5 and theta 1e6, Qwen3: head_dim 128)."""
     from transformers import AutoConfig
 
     config = {k: v for k, v in BASE.items() if k not in ("rms_norm_eps", "rope_theta")} | {"model_type": model_type}
     ours, theirs = ModelArgs.from_hf_config(config), AutoConfig.for_model(**config)
     assert ours.rms_norm_eps == theirs.rms_norm_eps
-    assert ours.sliding_window == (getattr(theirs, "sliding_window", None) if model_type == "mistral" else None)
+    assert ours.sliding_window == getattr(theirs, "sliding_window", None)
     assert ours.rope_theta == theirs.rope_parameters["rope_theta"]
+    assert ours.head_dim == (getattr(theirs, "head_dim", None) or theirs.hidden_size // theirs.num_attention_heads)
+    assert ours.tie_word_embeddings == theirs.tie_word_embeddings
     for window in (None, 16):  # what mlxspec writes reads back the same, a missing window included
         args = ModelArgs.from_hf_config({**config, "sliding_window": window})
-        assert ModelArgs.from_hf_config(args.to_hf_config()).sliding_window == args.sliding_window
+        assert ModelArgs.from_hf_config(args.to_hf_config()) == args

@@ -99,7 +99,7 @@ def test_config_validation():
         ModelArgs(**base, sliding_window=0)
     with pytest.raises(ConfigError, match="lacks required key 'vocab_size'"):
         ModelArgs.from_hf_config({"model_type": "mistral", **{k: v for k, v in base.items() if k != "vocab_size"}})
-    with pytest.raises(ConfigError, match="RoPE scaling"):
+    with pytest.raises(ConfigError, match="rope_scaling factor must be a finite number > 0 for llama3 RoPE"):
         ModelArgs.from_hf_config({"model_type": "llama", **base, "rope_scaling": {"rope_type": "llama3"}})
     nested = ModelArgs.from_hf_config({"model_type": "mistral", **base, "rope_parameters": {"rope_theta": 1e6}})
     assert nested.rope_theta == 1e6  # transformers >= 5 layout

@@ -1,5 +1,5 @@
-"""The models: `ModelArgs`, the Mistral/Llama blocks and the rolling KV cache.
-No I/O, no device choice and no timing here."""
+"""The models: `ModelArgs`, the blocks every architecture family runs (`families`), RoPE and the
+rolling KV cache. No I/O, no device choice and no timing here."""
 
 from .cache import KVCache, RollingKVCache
 from .config import ModelArgs

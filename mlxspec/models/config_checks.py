@@ -9,8 +9,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..validate import is_int, is_real
+from .families import family
 
-SUPPORTED_ARCHITECTURES = ("mistral", "llama", "mixtral")
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
 MAX_DIM = 2**31 - 1  # MLX shapes and slice indices are 32-bit
 _MAX_WINDOW = 2**30  # the rolling cache adds the rollback slots to the window
@@ -25,8 +25,7 @@ def _is_finite(value: Any) -> bool:
 
 def check_types(args: Any) -> None:
     """Every field of `ModelArgs` has the type and range it needs (before anything is derived)."""
-    if args.model_type not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(f"unsupported architecture {args.model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    family(args.model_type)  # raises for an architecture the port does not know
     for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size"):
         if not is_int(getattr(args, name)) or not 0 < getattr(args, name) <= MAX_DIM:
             raise ConfigError(f"{name} must be a positive integer up to 2**31-1 (MLX shapes are 32-bit), "
@@ -42,16 +41,29 @@ def check_types(args: Any) -> None:
         value = getattr(args, name)
         if not _is_finite(value) or not 0 < value < most:
             raise ConfigError(f"{name} must be a finite number in (0, {most:g}), got {value!r}")
-    for name in ("rope_traditional", "tie_word_embeddings"):
+    for name in ("rope_traditional", "tie_word_embeddings", "attention_bias", "qkv_bias", "mlp_bias", "qk_norm"):
         if not isinstance(getattr(args, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(args, name)!r}")
+
+
+def check_options(args: Any) -> None:
+    """Only the optional parts of the blocks that the family has (`Family.options`): a Llama
+    has no window, a Mistral no biases, ..."""
+    used = {"attention_bias": args.attention_bias, "qkv_bias": args.qkv_bias, "mlp_bias": args.mlp_bias,
+            "qk_norm": args.qk_norm, "sliding_window": args.sliding_window is not None}
+    extra = next((name for name, on in used.items() if on and name not in family(args.model_type).options), None)
+    if extra == "sliding_window":
+        raise ConfigError(f"sliding_window is not part of the {args.model_type} architecture (transformers ignores "
+                          "it there); use model_type 'mistral' for windowed attention")
+    if extra is not None:
+        raise ConfigError(f"{extra} is not part of the {args.model_type} architecture")
 
 
 def check_experts(args: Any) -> None:
     """A mixture of experts (mixtral) names how many experts each layer has and how many
     each token reads; the dense architectures name neither."""
     experts, used = args.num_local_experts, args.num_experts_per_tok
-    if args.model_type != "mixtral":
+    if "experts" not in family(args.model_type).options:
         if experts is not None or used is not None:
             raise ConfigError(f"num_local_experts / num_experts_per_tok describe a mixture of experts, "
                               f"not a {args.model_type} model")

@@ -1,7 +1,8 @@
-"""The Mistral decoder in MLX (Jiang et al. 2023, "Mistral 7B").
+"""The Mistral decoder in MLX (Jiang et al. 2023, "Mistral 7B"), and with it every family of
+the port (`families`: Llama, Mixtral, Qwen2, Qwen3 set options on the same blocks).
 
 Pre-norm transformer blocks: RMSNorm -> grouped-query attention with rotary position
-embeddings (real arithmetic, `mx.fast.rope`) and an optional sliding window -> residual,
+embeddings (real arithmetic, `rope`) and an optional sliding window -> residual,
 RMSNorm -> SwiGLU feed-forward -> residual; a final RMSNorm and the output head.
 Module names are the HF / mlx-lm checkpoint keys, so weights load without a mapping.
 No I/O and no device choice here.
@@ -19,6 +20,7 @@ from .cache import KVCache, Mask, RollingKVCache, layer_cache
 from .config import ModelArgs
 from .linear import Linear
 from .moe import SparseMoE
+from .rope import RoPE
 
 Cache = KVCache | RollingKVCache
 
@@ -35,7 +37,9 @@ def full_pass_mask(n: int, window: int | None) -> Mask:
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention: n_kv_heads key/value heads shared by n_heads queries."""
+    """Grouped-query self-attention: n_kv_heads key/value heads shared by n_heads queries;
+    optional biases on the projections and, in Qwen3, an RMSNorm over each query and key
+    head before the rotation."""
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -43,29 +47,26 @@ class Attention(nn.Module):
         self.n_kv_heads = args.num_key_value_heads
         self.head_dim = args.head_dim
         self.scale = self.head_dim**-0.5
-        self.rope_theta = args.rope_theta
-        self.rope_traditional = args.rope_traditional
-        dim = args.hidden_size
-        self.q_proj = Linear(dim, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = Linear(self.n_heads * self.head_dim, dim, bias=False)
-
-    def rope(self, x: mx.array, offset: int | mx.array) -> mx.array:
-        """Rotate pairs of channels by position-dependent angles theta^(-2i/d) * position."""
-        return mx.fast.rope(
-            x, self.head_dim, traditional=self.rope_traditional,
-            base=self.rope_theta, scale=1.0, offset=offset,
-        )
+        dim, bias = args.hidden_size, args.attention_bias or args.qkv_bias
+        self.q_proj = Linear(dim, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = Linear(dim, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = Linear(dim, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = Linear(self.n_heads * self.head_dim, dim, bias=args.attention_bias)
+        if args.qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
+        self.rope = RoPE(args)
 
     def qkv(self, x: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """Queries, keys and values [B, heads, L, head_dim] of `x` [B, L, dim], the first at
         position `offset`, rotated."""
         B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1)
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        return self.rope(q, offset), self.rope(k, offset), v
+        if "q_norm" in self:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return self.rope(q.transpose(0, 2, 1, 3), offset), self.rope(k.transpose(0, 2, 1, 3), offset), v
 
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
         """Scaled dot-product attention, heads merged: [B, L, n_heads * head_dim]."""
@@ -91,9 +92,9 @@ class MLP(nn.Module):
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
-        self.gate_proj = Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.up_proj = Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.down_proj = Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.gate_proj = Linear(args.hidden_size, args.intermediate_size, bias=args.mlp_bias)
+        self.up_proj = Linear(args.hidden_size, args.intermediate_size, bias=args.mlp_bias)
+        self.down_proj = Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
@@ -228,7 +229,7 @@ class SubsetHead(nn.Module):
 
 
 class Model(nn.Module):
-    """A Mistral/Llama/Mixtral-family causal LM: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
+    """A causal LM of any of the port's families: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
 
     stack = MistralModel  # what holds the embedding, the blocks and the final norm
 
