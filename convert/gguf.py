@@ -10,9 +10,10 @@ templates, tokens); keys and tensor names are identifiers, and one that is not v
 rejects the file. Each tensor is decoded on its own with numpy, so a 4 GB file never sits
 in memory at once.
 
-llama.cpp stores q/k rows in the interleaved RoPE layout; they are permuted to HF's
-rotate-half layout here (a permutation of rows, so it commutes with the quantization
-along columns, see `ggml_types`).
+llama.cpp stores the q/k rows of LLaMA-style files in the interleaved RoPE layout; they are
+permuted to HF's rotate-half layout here (a permutation of rows, so it commutes with the
+quantization along columns, see `ggml_types`). Qwen files keep HF's order (the family says
+which: `Family.gguf_interleaved`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import numpy as np
 from mlxspec.errors import CheckpointError
 from mlxspec.layout import permute_interleaved_to_half
 from mlxspec.models.config import ModelArgs
+from mlxspec.models.families import GGUF_ARCHITECTURES
 from mlxspec.validate import is_int
 
 from . import kquants
 from .ggml_types import QUANT_BITS, decode_quantized, tensor_nbytes
 
 GGUF_MAGIC = b"GGUF"
+ROPE_FREQS = "rope_freqs.weight"  # RoPE frequency factors: configuration, not a weight (`gguf_config`)
 
 # GGUF metadata value types -> struct format (scalars) ; 8 = string, 9 = array.
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -42,7 +45,8 @@ _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     # Mixtral: the router and the experts, stacked [experts, out, in]
     "ffn_gate_inp": "block_sparse_moe.gate", "ffn_gate_exps": "block_sparse_moe.switch_mlp.gate_proj",
@@ -204,27 +208,32 @@ def read_tensor(gguf: GGUFFile, tensor: GGUFTensor) -> np.ndarray | tuple[np.nda
 
 
 def hf_name(name: str) -> str | None:
-    """HF name of a llama.cpp tensor name (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`)."""
+    """HF name of a llama.cpp tensor name (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`,
+    `blk.3.attn_q.bias` -> `...q_proj.bias`)."""
     base, _, kind = name.rpartition(".")
-    if kind != "weight":
+    if kind not in ("weight", "bias"):
         return None
-    if base in _TOP_NAMES:
+    if base in _TOP_NAMES and kind == "weight":
         return f"{_TOP_NAMES[base]}.weight"
     parts = base.split(".")
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.weight"
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{kind}"
     return None
 
 
 def tensor_loaders(gguf: GGUFFile, args: ModelArgs) -> list[tuple[str, GGUFTensor, Callable[[], Any]]]:
-    """(HF name, record, loader) per tensor; loaders return mx arrays, a triple when quantized.
-    q/k rows come back in the rotate-half layout."""
+    """(HF name, record, loader) per weight; loaders return mx arrays, a triple when quantized.
+    q/k rows (and biases) come back in the rotate-half layout."""
     out = []
+    interleaved = GGUF_ARCHITECTURES[gguf.get("general.architecture")].gguf_interleaved
     for tensor in gguf.tensors:
+        if tensor.name == ROPE_FREQS:
+            continue
         name = hf_name(tensor.name)
         if name is None:
             raise CheckpointError(f"{gguf.path}: unexpected tensor {tensor.name!r} in a {args.model_type} GGUF")
         heads = {"q_proj": args.num_attention_heads, "k_proj": args.num_key_value_heads}.get(name.split(".")[-2])
+        heads = heads if interleaved else None
 
         def load(tensor: GGUFTensor = tensor, heads: int | None = heads) -> Any:
             data = read_tensor(gguf, tensor)

@@ -2,7 +2,7 @@
 
 Two kinds occur in Llama/Mistral-family files (`tokenizer.ggml.model`):
 - "gpt2": byte-level BPE (tokens + merges), with a pre-tokenizer regex named by
-  `tokenizer.ggml.pre` (SmolLM2, Llama 3, ...);
+  `tokenizer.ggml.pre` (SmolLM2, Llama 3, Qwen2/Qwen3 (with HF's NFC normalizer), ...);
 - "llama": SentencePiece BPE (tokens + scores, `<0xNN>` byte pieces), as in Llama 2 and
   Mistral; the merges are recovered from the scores as transformers does.
 Control tokens (type 3) become special tokens, user-defined ones (type 4) added tokens.
@@ -29,7 +29,11 @@ CONTROL, USER_DEFINED, BYTE = 3, 4, 6
 _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_TOKENIZERS = {"default": "gpt2", "gpt2": "gpt2", "smollm": "smollm", "llama-bpe": "llama3", "llama3": "llama3"}
+# Qwen2's: Llama 3's with digits one by one.
+_QWEN2_REGEX = _LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+_PRE_TOKENIZERS = {"default": "gpt2", "gpt2": "gpt2", "smollm": "smollm", "llama-bpe": "llama3", "llama3": "llama3",
+                   "qwen2": "qwen2"}
+_REGEXES = {"llama3": _LLAMA3_REGEX, "qwen2": _QWEN2_REGEX}
 
 
 def tokenizer_files_from_gguf(gguf: "GGUFFile") -> dict[str, str]:
@@ -104,7 +108,7 @@ def _check_per_token(gguf: "GGUFFile", key: str, values: Any, n: int, valid: Cal
 
 
 def _byte_level_bpe(gguf: "GGUFFile", tokens: list[str]) -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     pre = gguf.get("tokenizer.ggml.pre", "default")
     if not isinstance(pre, str) or pre not in _PRE_TOKENIZERS:
@@ -116,7 +120,9 @@ def _byte_level_bpe(gguf: "GGUFFile", tokens: list[str]) -> Any:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     style = _PRE_TOKENIZERS[pre]
-    regex = _LLAMA3_REGEX if style == "llama3" else _GPT2_REGEX
+    regex = _REGEXES.get(style, _GPT2_REGEX)
+    if style == "qwen2":
+        tokenizer.normalizer = normalizers.NFC()
     steps = [pre_tokenizers.Split(Regex(regex), behavior="isolated"), byte_level]
     if style == "smollm":  # digits one by one, then GPT-2's split
         steps.insert(0, pre_tokenizers.Digits(individual_digits=True))

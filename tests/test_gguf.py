@@ -14,97 +14,17 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxspec.models.config import load_model_args
 from mlxspec import convert
 from mlxspec.convert import gguf as gguf_format
 from mlxspec.convert.gguf_config import model_args
-from mlxspec.layout import permute_half_to_interleaved
 from mlxspec.errors import CheckpointError, ConfigError
-from mlxspec.load import load, load_model, stack_experts
+from mlxspec.load import load, load_model
 
 from conftest import make_hf_checkpoint, smollm2_or_skip
+from gguf_writer import write_gguf
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
-
-_LLAMA_CPP_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-_LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-          "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-          "block_sparse_moe.gate": "ffn_gate_inp", "block_sparse_moe.switch_mlp.gate_proj": "ffn_gate_exps",
-          "block_sparse_moe.switch_mlp.up_proj": "ffn_up_exps", "block_sparse_moe.switch_mlp.down_proj": "ffn_down_exps"}
-
-
-def llama_cpp_name(name: str) -> str:
-    if name in _LLAMA_CPP_NAMES:
-        return _LLAMA_CPP_NAMES[name]
-    _, _, layer, rest = name.split(".", 3)
-    return f"blk.{layer}.{_LAYER[rest.rsplit('.', 1)[0]]}.weight"
-
-
-def add_sp_tokenizer(writer, sp_model_file: Path) -> None:
-    """The Mistral SentencePiece vocabulary in GGUF's `llama` tokenizer form."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(sp_model_file))
-    n = sp.get_piece_size()
-    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
-    writer.add_token_scores([sp.get_score(i) for i in range(n)])
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-
-
-def write_gguf(hf_dir: Path, out: Path, sp_model_file: Path, types: dict[str, int] | None = None,
-               arch: str = "llama", window: int | None = None) -> Path:
-    """llama.cpp's conversion of an HF checkpoint: interleaved q/k rows, llama.cpp names,
-    matrices in the block type `types[suffix]` (default F32); `window` adds the
-    `{arch}.attention.sliding_window` key."""
-    args = load_model_args(hf_dir)
-    weights = {}
-    for f in sorted(hf_dir.glob("model*.safetensors")):
-        weights.update(mx.load(str(f)))
-    weights = {k: np.array(v) for k, v in stack_experts(weights, hf_dir).items()}  # llama.cpp stacks them too
-    writer = gguf.GGUFWriter(str(out), arch)
-    if args.num_local_experts:
-        writer.add_expert_count(args.num_local_experts)
-        writer.add_expert_used_count(args.num_experts_per_tok)
-    writer.add_block_count(args.num_hidden_layers)
-    writer.add_context_length(args.max_position_embeddings or 2048)
-    writer.add_embedding_length(args.hidden_size)
-    writer.add_feed_forward_length(args.intermediate_size)
-    writer.add_head_count(args.num_attention_heads)
-    writer.add_head_count_kv(args.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(args.rms_norm_eps)
-    writer.add_rope_freq_base(args.rope_theta)
-    writer.add_rope_dimension_count(args.head_dim)
-    if window is not None:
-        writer.add_uint32(f"{arch}.attention.sliding_window", window)
-    add_sp_tokenizer(writer, sp_model_file)
-    for name, w in weights.items():
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = args.num_attention_heads if "q_proj" in name else args.num_key_value_heads
-            w = permute_half_to_interleaved(w, heads)
-        qtype = (types or {}).get(name.split(".")[-2], Q.F32) if w.ndim >= 2 else Q.F32
-        if qtype == Q.F32:
-            writer.add_tensor(llama_cpp_name(name), w.astype(np.float32))
-        elif qtype == Q.F16:
-            writer.add_tensor(llama_cpp_name(name), w.astype(np.float16))
-        else:
-            writer.add_tensor(llama_cpp_name(name), gguf.quants.quantize(w.astype(np.float32), qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
-
 
 @pytest.fixture(scope="module")
 def hf_llama(tmp_path_factory, hf_tokenizer_dir) -> Path:
@@ -263,3 +183,17 @@ def test_bad_gguf_files_fail_with_one_line(hf_llama, sp_model_file, tmp_path):
         gguf_format.read_header(not_gguf)
     with pytest.raises(ConfigError, match="gpt2"):
         model_args(gguf_format.read_header(other))
+
+
+@pytest.mark.parametrize("pre, pieces", [("qwen2", ["x", "Ġ", "1", "2", "3"]), ("llama-bpe", ["x", "Ġ", "123"])])
+def test_byte_level_pre_tokenizers_split_digits_as_their_models_do(pre, pieces):
+    """Qwen2's pre-tokenizer (GGUF `qwen2`) splits digits one by one, Llama 3's in threes."""
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    from mlxspec.convert.gguf_tokenizer import tokenizer_files_from_gguf
+
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["12", "123"]
+    metadata = {"general.architecture": "qwen2", "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+                "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": ["1 2", "12 3"]}
+    files = tokenizer_files_from_gguf(gguf_format.GGUFFile(Path("t.gguf"), 3, metadata, [], 0))
+    assert Tokenizer.from_str(files["tokenizer.json"]).encode("x 123", add_special_tokens=False).tokens == pieces

@@ -198,7 +198,8 @@ def test_mixtral_gguf_with_stacked_experts(mixtral_dir, sp_model_file, tmp_path)
     """llama.cpp's Mixtral layout (`llama` + expert_count, experts stacked in ffn_*_exps,
     the router in ffn_gate_inp): F32 gives the original logits; Q8_0 experts stay quantized
     (stacked), equal their own dequantized form and stay close to full precision."""
-    from test_gguf import Q, write_gguf
+    from gguf_writer import write_gguf
+    from test_gguf import Q
 
     if json.loads((mixtral_dir / "config.json").read_text())["sliding_window"]:
         pytest.skip("llama.cpp's llama architecture has no sliding window")
