@@ -121,8 +121,7 @@ class ModelDrafter:
         # the cache holds `last` and drafts 1..k-1; keep the accepted ones
         k = len(drafted)
         if accepted < k:
-            for c in self.cache:
-                c.rollback(k - 1 - accepted)
+            self.cache.rollback(k - 1 - accepted)
         else:
             self.pending = [drafted[-1]]
 

@@ -191,7 +191,7 @@ class Session:
 
     def _keep(self, generation: Generation, keep: bool) -> None:
         """Return a finished generation's cache to the prompt cache."""
-        if keep and generation.cache[0].offset <= len(generation.history):
+        if keep and generation.cache.offset <= len(generation.history):
             self.prompt_cache.put(generation.cached_tokens(), generation.cache)
 
     def generate(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> str:
