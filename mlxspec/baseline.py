@@ -11,7 +11,7 @@ from mlx.utils import tree_flatten
 
 from .engine.options import GenerationOptions
 from .errors import InputError
-from .models import Model
+from .models import ForeignModel, Model
 
 
 class SubsetHeadDraft(nn.Module):
@@ -29,9 +29,13 @@ class SubsetHeadDraft(nn.Module):
         return self.head(self.body.model(inputs, cache=cache))
 
 
-def _their_model(model: Model) -> Any:
-    """The same weights in mlx-lm's Llama module (which mlx-lm also runs Mistral with)."""
+def _their_model(model: Model | ForeignModel) -> Any:
+    """The same weights in mlx-lm's Llama module (which mlx-lm also runs Mistral with); a
+    model mlx-lm already runs is its own module."""
     from mlx_lm.models import llama
+
+    if isinstance(model, ForeignModel):
+        return model.lm
 
     if model.args.quantization:
         raise InputError("--compare-mlx-lm needs unquantized weights here (use --dequantize)")

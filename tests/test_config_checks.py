@@ -64,7 +64,7 @@ BASE = {"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2, "int
     ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "weights quantized with 'gptq' are not supported"),
     ({"model_type": "llama", "attention_bias": True}, "attention_bias = True is not supported"),
     ({"model_type": "llama", "mlp_bias": True}, "mlp_bias = True is not supported"),
-    ({"model_type": "gemma"}, "unsupported architecture 'gemma'"),
+    ({"model_type": "no_such_arch"}, "unsupported architecture 'no_such_arch'"),
     ({"model_type": None}, "config.json has no model_type"),
 ])
 def test_config_values_of_the_wrong_type_or_range(change, message, tmp_path):

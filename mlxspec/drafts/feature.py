@@ -82,6 +82,9 @@ class FeatureDraft(nn.Module):
         return BatchFeatureDrafter(self, target, chunk)
 
     def check(self, target: Model, num_draft_tokens: int) -> None:
+        if not isinstance(target, Model):
+            raise InputError(f"a feature draft reads the hidden states of mlxspec's own blocks; this "
+                             f"{target.args.model_type} target runs through mlx-lm: use a draft model or --draft ngram")
         for name in ("hidden_size", "vocab_size"):
             if getattr(self.args, name) != getattr(target.args, name):
                 raise InputError(f"feature draft made for a target with {name} {getattr(self.args, name)}, "

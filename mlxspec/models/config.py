@@ -17,6 +17,7 @@ from .config_checks import MAX_DIM, SUPPORTED_ARCHITECTURES, check_quantization,
 # implement: refused by name when set to anything but the value shown.
 _UNSUPPORTED_HF = {"attention_bias": False, "mlp_bias": False}
 _ACTIVATIONS = ("silu", "swish")
+_MLX_LM_IMPLEMENTS = ("unsupported RoPE scaling", "attention_bias", "mlp_bias")  # refusals mlx-lm's llama lifts
 _ARCHITECTURE_CLASSES = {"mistral": "MistralForCausalLM", "llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}  # one function (transformers' ACT2FN maps both to SiLU)
 _UNSUPPORTED_MISTRAL = {"vision_encoder": "a vision model",
                         "lora": "LoRA adapters", "quantization": "quantized weights", "yarn": "YaRN RoPE scaling",
@@ -209,6 +210,21 @@ def _rope_theta(config: dict[str, Any]) -> Any:
     if (rope.get("rope_type") or rope.get("type")) not in (None, "default"):
         raise ConfigError(f"unsupported RoPE scaling {rope!r}")
     return config.get("rope_theta", rope.get("rope_theta", 10000.0))
+
+
+def port_supports(config: dict[str, Any]) -> bool:
+    """Whether the port's blocks compute the model a config.json describes, rather than
+    mlx-lm's: its architecture is one of theirs, unless it asks for what they refuse and
+    mlx-lm's class of that architecture implements (RoPE scaling, biases). Any other refusal
+    (another activation, which mlx-lm would silently ignore) or malformed config stays the
+    port's, so that its error names what is wrong."""
+    if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED_ARCHITECTURES:
+        return False
+    try:
+        ModelArgs.from_hf_config(config)
+    except ConfigError as exc:
+        return not any(s in str(exc) for s in _MLX_LM_IMPLEMENTS)
+    return True
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -232,6 +232,7 @@ class Model(nn.Module):
     """A Mistral/Llama/Mixtral-family causal LM: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
 
     stack = MistralModel  # what holds the embedding, the blocks and the final norm
+    batches = True  # rows of a batch share one pass (`models.batch_cache`)
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
