@@ -11,7 +11,7 @@ from mlx.utils import tree_flatten
 
 from .engine.options import GenerationOptions
 from .errors import InputError
-from .models import Model
+from .models import ForeignModel, Model
 
 _MLX_LM_MODULES = {"mistral": "llama"}  # model_type -> mlx-lm's module, where the names differ
 
@@ -31,10 +31,13 @@ class SubsetHeadDraft(nn.Module):
         return self.head(self.body.model(inputs, cache=cache))
 
 
-def _their_model(model: Model) -> Any:
+def _their_model(model: Model | ForeignModel) -> Any:
     """The same weights in mlx-lm's module for the model's family (its Llama module for a
-    Mistral, as mlx-lm itself runs one)."""
+    Mistral, as mlx-lm itself runs one); a model mlx-lm already runs is its own module."""
     import importlib
+
+    if isinstance(model, ForeignModel):
+        return model.lm
 
     if model.args.quantization:
         raise InputError("--compare-mlx-lm needs unquantized weights here (use --dequantize)")

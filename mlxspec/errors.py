@@ -16,7 +16,7 @@ class ConfigError(MlxspecError):
 
 class UnsupportedModelError(ConfigError):
     """A configuration that mlxspec's own port does not implement (an architecture, a RoPE
-    scaling, per-layer attention windows), though another implementation may run it."""
+    scaling) though another implementation may run it (`models.config.port_supports`)."""
 
 
 class CheckpointError(MlxspecError):

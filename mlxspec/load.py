@@ -17,8 +17,11 @@ from .convert.safetensors_io import SafetensorsReader
 from .errors import CheckpointError, ConfigError, InputError, InputTypeError
 from .hub import resolve
 from .layout import check_layer_count, check_optional_parts, group_experts
+from .load_mlx_lm import known_to_mlx_lm, load_mlx_lm_model, unknown_architecture
+from .models import ForeignModel, Model, is_model
+from .models.config import port_supports
+from .models.families import FAMILIES
 from .models.families.mistral import consolidated_to_hf_name
-from .models import Model
 from .models.config import load_model_args, read_json
 from .standard_streams import reopen_closed_descriptors
 from .text import Tokenizer, load_tokenizer
@@ -137,12 +140,16 @@ def as_dtype(dtype: mx.Dtype | str | None) -> mx.Dtype | None:
     raise InputTypeError(f"dtype must be one of mx.float32, mx.float16, mx.bfloat16 (or their names), got {dtype!r}")
 
 
-def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool = False) -> Model:
-    """Build the model that `model_dir` describes and load its weights.
+def load_model(model_dir: Path, dtype: mx.Dtype | None = None, dequantize: bool = False) -> Model | ForeignModel:
+    """Build the model that `model_dir` describes and load its weights: the port's blocks for
+    its architectures, mlx-lm's model classes for any other (a `ForeignModel`).
 
     `dtype` casts floating-point weights (e.g. `mx.float32` on CPU backends where
     half-precision matmuls are slow). `dequantize` expands quantized matrices into plain
     ones (in `dtype`): more memory, but on MLX's CPU backend much faster than quantized matmuls."""
+    config = read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else None
+    if config is not None and not port_supports(config):
+        return load_other_architecture(model_dir, config, dtype, dequantize)
     return _load_module(model_dir, Model, dtype, dequantize)
 
 
@@ -190,6 +197,24 @@ def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None,
     return model, model_tokenizer(model_dir, model)
 
 
+def load_other_architecture(model_dir: Path, config: dict[str, Any], dtype: mx.Dtype | None,
+                            dequantize: bool) -> ForeignModel:
+    """A model of an architecture outside the port, through mlx-lm (`load_mlx_lm`); one line
+    when mlx-lm does not know it either."""
+    if not known_to_mlx_lm(config):
+        raise unknown_architecture(model_dir, config.get("model_type"), tuple(FAMILIES))
+    try:
+        return load_mlx_lm_model(model_dir, config, as_dtype(dtype), dequantize)
+    except CheckpointError as exc:
+        if config.get("model_type") not in FAMILIES:
+            raise
+        try:  # an architecture of the port with a setting it refuses: say that first
+            load_model_args(model_dir)
+        except ConfigError as refused:
+            raise ConfigError(f"{refused}; nor can mlx-lm load it ({str(exc).split(': ', 1)[-1]})") from None
+        raise
+
+
 def model_tokenizer(model_dir: Path, model: Model) -> Tokenizer:
     """The tokenizer stored with `model`, checked: no more tokens than embedding rows."""
     tokenizer = load_tokenizer(model_dir)
@@ -207,7 +232,7 @@ def load_draft(path_or_repo_id: str | Path, target: Model, tokenizer: Tokenizer,
     another: then an `OtherVocabularyDraft`), or a draft of the kind its config.json's
     `"draft_type"` names (`"eagle"`: a feature draft, which reads the target's hidden states).
     Raises `InputError` when it cannot draft for this target."""
-    if not isinstance(target, Model) or not isinstance(tokenizer, (Tokenizer, type(None))):
+    if not is_model(target) or not isinstance(tokenizer, (Tokenizer, type(None))):
         raise InputTypeError("load_draft(path, target, tokenizer) needs the loaded target and its tokenizer "
                              "(target, tokenizer = mlxspec.load(path))")
     folder = resolve(path_or_repo_id)

@@ -41,7 +41,7 @@ def test_generate_json(hf_window_dir):
     [
         ("missing config", ["--prompt", "hi"], "no config.json or params.json"),
         ("no folder", ["--prompt", "hi"], "no such folder"),
-        ("unknown arch", ["--prompt", "hi"], "unsupported architecture 'gpt2'"),
+        ("unknown arch", ["--prompt", "hi"], "unsupported architecture 'no_such_arch': neither mlxspec's port"),
         ("empty prompt", ["--prompt", ""], "prompt is empty"),
         ("negative max", ["--prompt", "hi", "--max-tokens", "-3"], "max_tokens must be >= 0"),
         ("long prompt", ["--prompt", "word " * 600], "more than the model's context of 512"),
@@ -50,9 +50,9 @@ def test_generate_json(hf_window_dir):
 def test_bad_input_is_one_clear_line(hf_window_dir, tmp_path, case, args, message):
     model = {"missing config": tmp_path, "no folder": tmp_path / "absent"}.get(case, hf_window_dir)
     if case == "unknown arch":
-        model = tmp_path / "gpt2"
+        model = tmp_path / "unknown"
         model.mkdir()
-        (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+        (model / "config.json").write_text(json.dumps({"model_type": "no_such_arch", "n_embd": 8}))
     res = run("generate", "--model", str(model), *args)
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()

@@ -71,7 +71,7 @@ BASE = {"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2, "int
     ({"model_type": "llama", "attention_bias": "yes"}, "attention_bias must be true or false"),
     ({"model_type": "qwen2", "use_sliding_window": True, "max_window_layers": 1}, "a sliding window on 1 of 2 layers"),
     ({"model_type": "qwen2", "layer_types": ["full_attention"]}, "layer_types must name"),
-    ({"model_type": "gemma"}, "unsupported architecture 'gemma'"),
+    ({"model_type": "no_such_arch"}, "unsupported architecture 'no_such_arch'"),
     ({"model_type": None}, "config.json has no model_type"),
 ])
 def test_config_values_of_the_wrong_type_or_range(change, message, tmp_path):

@@ -176,14 +176,17 @@ def test_what_the_port_does_not_implement_is_refused_in_one_line(checkpoints, tm
     config = json.loads((checkpoints["linear"] / "config.json").read_text())
     broken = shutil.copytree(checkpoints["linear"], tmp_path / "su")
     (broken / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "su", "factor": 2.0}}))
-    res = subprocess.run([sys.executable, "-m", "mlxspec", "convert", str(broken), "-o", str(tmp_path / "o")],
+    res = subprocess.run([sys.executable, "-m", "mlxspec", "generate", "--model", str(broken), "--prompt", "hi"],
                          capture_output=True, text=True)
-    lines = res.stderr.strip().splitlines()
+    lines = res.stderr.strip().splitlines()  # the port's refusal first, then mlx-lm's
     assert res.returncode != 0 and len(lines) == 1 and "unsupported RoPE scaling 'su'" in lines[0], res.stderr
-    for change in ({"model_type": "gemma"}, {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8,
-                                                              "long_factor": [2.0] * 8}},
-                   {"model_type": "qwen2", "use_sliding_window": True, "max_window_layers": 1}):
-        assert not port_supports({**config, **change})
+    for change in ({"model_type": "no_such_arch"}, {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8,
+                                                                     "long_factor": [2.0] * 8}}):
+        assert not port_supports({**config, **change})  # another implementation may run these
+    mixed = {**config, "model_type": "qwen2", "use_sliding_window": True, "max_window_layers": 1}
+    assert port_supports(mixed)  # mlx-lm would ignore the window: the port's refusal is the answer
+    with pytest.raises(ConfigError, match="a sliding window on 1 of 2 layers only is not supported"):
+        ModelArgs.from_hf_config(mixed)
     assert port_supports(config) and port_supports({**config, "hidden_size": "64"})  # broken: ours to report
     for name in VARIANTS:
         assert port_supports(json.loads((checkpoints[name] / "config.json").read_text()))

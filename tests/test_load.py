@@ -72,8 +72,11 @@ def test_bad_folders(hf_window_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(hf_window_dir, broken)
     config = json.loads((broken / "config.json").read_text())
-    (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
-    with pytest.raises(ConfigError, match="unsupported architecture 'gpt_neox'"):
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "no_such_arch"}))
+    with pytest.raises(ConfigError, match="unsupported architecture 'no_such_arch': neither"):
+        load_model(broken)
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))  # mlx-lm's, not these weights
+    with pytest.raises(CheckpointError, match="mlx-lm cannot load this gpt_neox checkpoint"):
         load_model(broken)
     (broken / "config.json").write_text(json.dumps({**config, "hidden_size": 96}))
     with pytest.raises(CheckpointError, match="has shape"):

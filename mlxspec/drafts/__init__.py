@@ -6,7 +6,7 @@ front of a draft model. The engine asks a draft for drafters and never what kind
 from __future__ import annotations
 
 from ..errors import InputError, InputTypeError
-from ..models import Model
+from ..models import Model, is_model
 from .combined import LookupAndModel, LookupAndModelDrafter, with_lookup
 from .feature import DRAFT_TYPE, FeatureDraft, FeatureDrafter, draft_config, target_subset_head
 from .kind import KINDS, DraftKind, DraftSettings, register
@@ -29,7 +29,7 @@ def as_draft(draft: object, settings: DraftSettings = DraftSettings()) -> DraftK
             raise InputTypeError(f"draft must be a loaded draft (mlxspec.load_draft(path, model, tokenizer)) or the "
                                  f"name of a kind of draft ({KINDS.help()}), got the string {draft!r}")
         return named
-    if isinstance(draft, Model):
+    if is_model(draft):
         return ModelDraft(draft)
     if not isinstance(draft, DraftKind):
         raise InputTypeError(f"draft must be a loaded draft (mlxspec.load_draft(path, model, tokenizer)) or the "

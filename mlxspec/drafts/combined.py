@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import Model
+from ..models import Model, is_model
 from .kind import DraftKind, DraftSettings
 from .model_draft import ModelDraft
 from .ngram import NGramDraft, NGramDrafter, match_prior
@@ -30,7 +30,7 @@ class LookupAndModel:
     reads_features = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.model, Model):  # a draft model as loaded
+        if is_model(self.model):  # a draft model as loaded
             object.__setattr__(self, "model", ModelDraft(self.model))
 
     @property

@@ -28,7 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import InputError
-from ..models import Cache, KVCache, Model, ModelArgs, SubsetHead, TransformerBlock, fingerprint
+from ..models import Cache, KVCache, LayerCaches, Model, ModelArgs, SubsetHead, TransformerBlock, fingerprint
 from ..models.batch_cache import BatchCache
 from .kind import register
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal, pick_rows, row_proposals
@@ -65,9 +65,9 @@ class FeatureDraft(nn.Module):
             return features
         return self.fuse(normalised_taps(features, self.args.hidden_size, self.args.rms_norm_eps))
 
-    def make_cache(self, max_rollback: int = 0) -> list[Cache]:
+    def make_cache(self, max_rollback: int = 0) -> LayerCaches:
         """One growing cache per block (the draft attends over the whole verified context)."""
-        return [KVCache() for _ in self.layers]
+        return LayerCaches(KVCache() for _ in self.layers)
 
     # the draft kind (`mlxspec.drafts.kind.DraftKind`)
     batches = True
@@ -82,6 +82,9 @@ class FeatureDraft(nn.Module):
         return BatchFeatureDrafter(self, target, chunk)
 
     def check(self, target: Model, num_draft_tokens: int) -> None:
+        if not isinstance(target, Model):
+            raise InputError(f"a feature draft reads the hidden states of mlxspec's own blocks; this "
+                             f"{target.args.model_type} target runs through mlx-lm: use a draft model or --draft ngram")
         for name in ("hidden_size", "vocab_size"):
             if getattr(self.args, name) != getattr(target.args, name):
                 raise InputError(f"feature draft made for a target with {name} {getattr(self.args, name)}, "
@@ -199,8 +202,7 @@ class FeatureDrafter:
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None) -> None:
         # positions drafted from predicted features give way to the verified pairs
-        for c in self.cache:
-            c.rollback(len(drafted) - 1)
+        self.cache.rollback(len(drafted) - 1)
         self.extend(drafted[:accepted], features[:, : accepted + 1])
 
 

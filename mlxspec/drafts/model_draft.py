@@ -10,7 +10,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import InputError
-from ..models import Model, SubsetHead, fingerprint
+from ..models import Model, SubsetHead, fingerprint, is_model
 from ..models.batch_cache import BatchCache
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal, pick_rows, row_proposals
 
@@ -22,7 +22,7 @@ def parameter_count(model: Model) -> int:
 
 def warn_if_not_smaller(model: Model, target: Model) -> None:
     """Speculation with a draft model as large as its target only slows things down."""
-    if isinstance(model, Model) and parameter_count(model) >= parameter_count(target):
+    if is_model(model) and parameter_count(model) >= parameter_count(target):
         warnings.warn(f"the draft ({parameter_count(model) / 1e6:.0f}M parameters) is not smaller than the target "
                       f"({parameter_count(target) / 1e6:.0f}M); speculation will not pay off", stacklevel=4)
 
@@ -31,11 +31,15 @@ class ModelDraft:
     """The draft kind of a `Model` with the target's vocabulary (what `load_draft` returns
     for one as the model itself; a session wraps it in this)."""
 
-    batches = True
     reads_features = False
 
     def __init__(self, model: Model) -> None:
         self.model = model
+
+    @property
+    def batches(self) -> bool:
+        """A model of the port drafts for every row in one pass; one mlx-lm runs, row by row."""
+        return self.model.batches
 
     @property
     def args(self):
@@ -121,8 +125,7 @@ class ModelDrafter:
         # the cache holds `last` and drafts 1..k-1; keep the accepted ones
         k = len(drafted)
         if accepted < k:
-            for c in self.cache:
-                c.rollback(k - 1 - accepted)
+            self.cache.rollback(k - 1 - accepted)
         else:
             self.pending = [drafted[-1]]
 

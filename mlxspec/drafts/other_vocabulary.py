@@ -175,8 +175,7 @@ class OtherVocabularyDrafter:
         if self.fed - back >= len(self.track.ids):  # nothing new: feed the last token again for its logits
             back = self.fed - len(self.track.ids) + 1
         if back:
-            for c in self.cache:
-                c.rollback(back)
+            self.cache.rollback(back)
             self.fed -= back
         feed = self.track.ids[self.fed :]
         for s in range(0, len(feed) - self.chunk, self.chunk):
@@ -250,7 +249,6 @@ class OtherVocabularyDrafter:
 
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
         if self.generated:  # the draft's own tokens give way to the verified text
-            for c in self.cache:
-                c.rollback(self.generated)
+            self.cache.rollback(self.generated)
             self.generated = 0
         self.extend(drafted[:accepted])

@@ -68,6 +68,9 @@ class Batch:
     def __init__(self, session: Owner) -> None:
         self.session = session
         self.target = session.target
+        if not self.target.batches:
+            raise InputError(f"this {self.target.args.model_type} target runs through mlx-lm, one sequence at a time: "
+                             "batched decoding (batch_generate, serve) needs a model of mlxspec's own port")
         self.chunk = default_chunk_size(self.target)
         self.cache = BatchCache(len(self.target.layers), self.target.args.sliding_window)
         draft = session.draft

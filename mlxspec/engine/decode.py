@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 
-from ..models import Cache, Model
+from ..models import Cache, Model, layer_caches
 
 Draw = Callable[[mx.array], mx.array]  # logits [1, vocab] -> token id [1]
 # Which hidden states a drafter reads (its `feature_layers`): None, none; a tuple, the final
@@ -22,10 +22,9 @@ def default_chunk_size(model: Model) -> int:
 
 def forward(model: Model, tokens: mx.array, cache: list[Cache], taps: Taps) -> tuple[mx.array, mx.array | None]:
     """Logits [B, n, vocab] for `tokens` [B, n] after the cache, and when `taps` is not None
-    the hidden states a feature draft reads ([B, n, d * (1 + len(taps))], see `Taps`)."""
-    hidden = model.model(tokens, cache, taps or ())
-    final = hidden[..., : model.args.hidden_size] if taps else hidden
-    return model.head(final), None if taps is None else hidden
+    the hidden states a feature draft reads ([B, n, d * (1 + len(taps))], see `Taps`): the
+    model's own pass (`models.passes` for the port's models)."""
+    return model.forward(tokens, cache, taps)
 
 
 def prefill(model: Model, prompt: Sequence[int], cache: list[Cache], chunk: int,
@@ -33,15 +32,7 @@ def prefill(model: Model, prompt: Sequence[int], cache: list[Cache], chunk: int,
     """Feed the whole prompt through the cache, `chunk` tokens a pass. Returns the logits
     after its last token [1, vocab] and, when `taps` is not None, the hidden states a feature
     draft reads at every position."""
-    ids = mx.array(list(prompt))[None]
-    kept = []
-    for start in range(0, ids.shape[1], chunk):
-        hidden = model.model(ids[:, start : start + chunk], cache, taps or ())
-        if taps is not None:
-            kept.append(hidden)
-        mx.eval(hidden, [c.keys for c in cache if c.keys is not None])  # the cache writes, too
-    logits = model.head(hidden[:, -1:, : model.args.hidden_size])[:, -1]
-    return logits, None if taps is None else mx.concatenate(kept, axis=1)
+    return model.prefill(prompt, layer_caches(cache), chunk, taps)
 
 
 def plain_steps(model: Model, cache: list[Cache], token: int, count: int, draw: Draw, taps: Taps,

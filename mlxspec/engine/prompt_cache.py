@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..models import Cache
+from ..models import LayerCaches
 
 DEFAULT_ENTRIES = 4
 
@@ -37,27 +37,26 @@ class PromptCache:
 
     def __init__(self, entries: int = DEFAULT_ENTRIES) -> None:
         self.entries = entries
-        self._store: list[tuple[list[int], list[Cache]]] = []
+        self._store: list[tuple[list[int], LayerCaches]] = []
 
     def __len__(self) -> int:
         return len(self._store)
 
-    def take(self, prompt: Sequence[int]) -> tuple[list[Cache] | None, int]:
+    def take(self, prompt: Sequence[int]) -> tuple[LayerCaches | None, int]:
         """The cache sharing the longest usable prefix with `prompt`, rolled back to it, and
         how many prompt tokens it holds; (None, 0) when none shares a token."""
         best, best_len = None, 0
         for i, (tokens, cache) in enumerate(self._store):
             keep = min(common_prefix(tokens, prompt), len(prompt) - 1)
-            if keep > best_len and len(tokens) - keep <= cache[0].max_rollback:
+            if keep > best_len and len(tokens) - keep <= cache.max_rollback:
                 best, best_len = i, keep
         if best is None:
             return None, 0
         tokens, cache = self._store.pop(best)
-        for c in cache:
-            c.rollback(len(tokens) - best_len)
+        cache.rollback(len(tokens) - best_len)
         return cache, best_len
 
-    def put(self, tokens: Sequence[int], cache: list[Cache]) -> None:
+    def put(self, tokens: Sequence[int], cache: LayerCaches) -> None:
         """Keep `cache`, which holds `tokens`, as the most recent entry."""
         if not tokens or self.entries == 0:
             return

@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 import mlx.core as mx
 
 from ..drafts import BatchDrafter, Proposal
-from ..models import Model
+from ..models import LayerCaches, Model
 from .decode import Taps, forward
 from .sampler import Sampler
 
@@ -42,13 +42,11 @@ class PassCache(Protocol):
 class SequenceCache:
     """One sequence's layer caches as a `PassCache`."""
 
-    def __init__(self, layers: list) -> None:
+    def __init__(self, layers: LayerCaches) -> None:
         self.layers = layers
 
     def rollback(self, counts: list[int]) -> None:
-        if counts[0]:
-            for c in self.layers:
-                c.rollback(counts[0])
+        self.layers.rollback(counts[0])
 
 
 @dataclass

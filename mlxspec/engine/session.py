@@ -16,7 +16,7 @@ import mlx.core as mx
 
 from ..drafts import Draft, DraftKind, as_draft, check_draft_length, make_drafter
 from ..errors import InputError, InputTypeError
-from ..models import Model, set_weight_first_rows
+from ..models import Model, is_model, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
 from ..text import Message, Tokenizer
 from ..text.chat import as_messages
@@ -38,7 +38,7 @@ DRAFT_POLICIES = ("cost", "fixed", "heuristic")
 
 def check_parts(target: object, tokenizer: object) -> None:
     """Loaded objects, not paths: say how to get them."""
-    if not isinstance(target, Model):
+    if not is_model(target):
         raise InputTypeError(f"the target must be a loaded Model (model, tokenizer = mlxspec.load(path)), "
                              f"got {type(target).__name__}")
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
@@ -191,7 +191,7 @@ class Session:
 
     def _keep(self, generation: Generation, keep: bool) -> None:
         """Return a finished generation's cache to the prompt cache."""
-        if keep and generation.cache[0].offset <= len(generation.history):
+        if keep and generation.cache.offset <= len(generation.history):
             self.prompt_cache.put(generation.cached_tokens(), generation.cache)
 
     def generate(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> str:

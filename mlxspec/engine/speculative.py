@@ -19,7 +19,7 @@ import mlx.core as mx
 from ..drafts import BatchDrafter
 from ..drafts.protocol import MODEL_OUTLOOK, Outlook
 from ..errors import CheckpointError
-from ..models import Model
+from ..models import Model, layer_caches
 from .decode import Taps, plain_steps, prefill
 from .policy import DraftPolicy
 from .round import SequenceCache, speculative_round
@@ -50,7 +50,7 @@ class Generation:
                  logprobs: int | None = None) -> None:
         self.target, self.drafter, self.policy, self.params = target, drafter, policy, params
         self.chunk, self.reused = prefill_chunk, reused
-        self.cache = cache if cache is not None else target.make_cache(max_rollback=policy.k_max)
+        self.cache = layer_caches(cache) if cache is not None else target.make_cache(max_rollback=policy.k_max)
         self.pass_cache = SequenceCache(self.cache)
         self.sampler = Sampler(params, keys, target.args.vocab_size, logprobs)
         self.last: int | None = None
@@ -132,7 +132,7 @@ class Generation:
 
     def cached_tokens(self) -> list[int]:
         """The tokens the target's cache holds now (a prefix of `history`)."""
-        return self.history[: self.cache[0].offset]
+        return self.history[: self.cache.offset]
 
     def run(self, prompt: Sequence[int], budget: int) -> Iterator[tuple[int, bool, tuple | None]]:
         """Prefill, then rounds until `budget` >= 1 tokens were produced (the caller stops

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .cache import KVCache, Mask, RollingKVCache
+from .cache import KVCache, LayerCaches, Mask, RollingKVCache
 
 STEP = 256  # slots are added in multiples of this
 
@@ -215,7 +215,7 @@ class BatchCache:
         for layer in self.layers:
             layer.keep(rows, width)
 
-    def row(self, b: int, max_rollback: int = 0) -> list[KVCache | RollingKVCache] | None:
+    def row(self, b: int, max_rollback: int = 0) -> LayerCaches | None:
         """Row b as single caches (for the prompt cache), or None where they cannot be what a
         prefill leaves. Without a window: when its slots hold positions 0.. in order. With a
         sliding window: rolling caches of `window + max_rollback` slots holding the row's
@@ -228,14 +228,14 @@ class BatchCache:
         window = self.layout.window
         if window is None:
             in_order = mx.array_equal(positions, mx.arange(length)).item()
-            return [layer.row(b, length) for layer in self.layers] if in_order else None
+            return LayerCaches(layer.row(b, length) for layer in self.layers) if in_order else None
         offset, capacity = self.layout.offsets[b], window + max_rollback
         keep = min(length, capacity)
         slots = mx.argsort(positions)[length - keep :]  # the newest `keep` positions, oldest first
         newest = mx.arange(offset - keep, offset)
         if (keep < capacity and keep != offset) or not mx.array_equal(positions[slots], newest).item():
             return None
-        caches = [RollingKVCache(window, max_rollback) for _ in self.layers]
+        caches = LayerCaches(RollingKVCache(window, max_rollback) for _ in self.layers)
         for cache, layer in zip(caches, self.layers):
             cache.offset = offset - keep  # the positions before these are out of every window
             cache.update_and_fetch(layer.keys[b : b + 1, :, slots], layer.values[b : b + 1, :, slots])

@@ -190,6 +190,37 @@ class RollingKVCache:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
+class LayerCaches(list):
+    """A model's caches, one per layer, as the engine uses them: they hold the same
+    positions, roll back together, and a pass run for its cache alone evaluates `arrays`.
+    (A model run by mlx-lm has caches of its own kinds, behind the same four members.)"""
+
+    @property
+    def offset(self) -> int:
+        """Positions held: the next position fed."""
+        return self[0].offset
+
+    @property
+    def max_rollback(self) -> int:
+        """How many of the newest positions `rollback` may remove."""
+        return min(c.max_rollback for c in self)
+
+    def rollback(self, n: int) -> None:
+        """Forget the newest `n` positions of every layer."""
+        if n:
+            for c in self:
+                c.rollback(n)
+
+    def arrays(self) -> list[mx.array]:
+        """What the passes so far wrote (evaluate to run them for the cache alone)."""
+        return [a for c in self if c.keys is not None for a in (c.keys, c.values)]
+
+
+def layer_caches(cache: list) -> LayerCaches:
+    """`cache` as `LayerCaches` (a plain list of layer caches is wrapped, not copied)."""
+    return cache if isinstance(cache, LayerCaches) else LayerCaches(cache)
+
+
 def layer_cache(window: int | None, max_rollback: int = 0) -> KVCache | RollingKVCache:
     """A new cache for one layer: rolling (window + `max_rollback` slots) with a sliding
     window, growing without one."""

@@ -130,6 +130,8 @@ def port_supports(config: dict[str, Any]) -> bool:
     architecture or a setting it does not implement (another implementation may run it),
     True otherwise, a config it will refuse as broken included (that error is the port's to
     report)."""
+    if not isinstance(config, dict):
+        return False
     try:
         ModelArgs.from_hf_config(config)
     except UnsupportedModelError:

@@ -16,8 +16,9 @@ from typing import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cache import KVCache, Mask, RollingKVCache, layer_cache
+from .cache import KVCache, LayerCaches, Mask, RollingKVCache, layer_cache
 from .config import ModelArgs
+from . import passes
 from .linear import Linear
 from .moe import SparseMoE
 from .rope import RoPE
@@ -232,6 +233,7 @@ class Model(nn.Module):
     """A causal LM of any of the port's families: `model(tokens [B, S], cache) -> logits [B, S, vocab]`."""
 
     stack = MistralModel  # what holds the embedding, the blocks and the final norm
+    batches = True  # rows of a batch share one pass (`models.batch_cache`)
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -245,6 +247,14 @@ class Model(nn.Module):
     def __call__(self, tokens: mx.array, cache: list[Cache] | None = None) -> mx.array:
         """Logits for every position of `tokens`; with `cache`, continues after what it holds."""
         return self.head(self.model(tokens, cache))
+
+    def forward(self, tokens: mx.array, cache: list[Cache], taps: tuple[int, ...] | None):
+        """Logits for `tokens` after `cache` (and the hidden states `taps` names; `passes.forward`)."""
+        return passes.forward(self, tokens, cache, taps)
+
+    def prefill(self, prompt: Sequence[int], cache: LayerCaches, chunk: int, taps: tuple[int, ...] | None):
+        """The prompt through `cache` in chunks; the logits after it (`passes.prefill`)."""
+        return passes.prefill(self, prompt, cache, chunk, taps)
 
     def head(self, h: mx.array) -> mx.array:
         """Logits from final hidden states (the tied embedding or `lm_head`)."""
@@ -262,7 +272,7 @@ class Model(nn.Module):
         """The transformer blocks (mlx-lm convention)."""
         return self.model.layers
 
-    def make_cache(self, max_rollback: int = 0) -> list[Cache]:
+    def make_cache(self, max_rollback: int = 0) -> LayerCaches:
         """One cache per layer: rolling (window + `max_rollback` slots) with a sliding window,
         growing without one. `max_rollback` is the most positions a caller will roll back at once."""
-        return [layer_cache(self.args.sliding_window, max_rollback) for _ in self.layers]
+        return LayerCaches(layer_cache(self.args.sliding_window, max_rollback) for _ in self.layers)

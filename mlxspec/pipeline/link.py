@@ -25,7 +25,7 @@ import mlx.nn as nn
 
 from ..errors import InputError
 from ..models import Model
-from ..models.cache import Mask, layer_cache
+from ..models.cache import LayerCaches, Mask, layer_cache
 from ..models.mistral import MistralModel, run_blocks
 
 NEW, FREE, ROLLBACK, FORWARD, STOP = range(5)
@@ -147,7 +147,7 @@ class LeadModel(Model):
     def make_cache(self, max_rollback: int = 0) -> list:
         """Rank 0's own layers' caches, then the handle on the other ranks' caches."""
         own = [layer_cache(self.args.sliding_window, max_rollback) for _ in self.layers[:-1]]
-        return own + [RemoteCache(self.link, max_rollback)]
+        return LayerCaches([*own, RemoteCache(self.link, max_rollback)])
 
 
 def serve(stage: nn.Module, first: int, group: Any) -> None:

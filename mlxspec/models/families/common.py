@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import ConfigError, UnsupportedModelError
+from ...errors import ConfigError
 from .family import Family
 
 _ACTIVATIONS = ("silu", "swish")  # one function (transformers' ACT2FN maps both to SiLU)
@@ -53,7 +53,7 @@ def read_rope(config: dict[str, Any], default_theta: float) -> tuple[Any, dict[s
     rope.pop("type", None)
     partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
-        raise UnsupportedModelError(f"partial_rotary_factor {partial!r} (RoPE on part of each head) is not supported")
+        raise ConfigError(f"partial_rotary_factor {partial!r} (RoPE on part of each head) is not supported")
     rope.pop("partial_rotary_factor", None)
     if kind == "default":
         return theta, None

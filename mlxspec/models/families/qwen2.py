@@ -2,13 +2,14 @@
 value projections (not the output's), often tied embeddings, and a sliding window that
 transformers applies to layers `max_window_layers`.. when `use_sliding_window` (or to those
 `layer_types` names). The blocks here run one window for every layer or none: a window on
-some layers only is refused. llama.cpp stores Qwen's q/k rows in HF's order (NEOX RoPE)."""
+some layers only is refused (a ConfigError: mlx-lm's Qwen2 ignores windows, so the port's
+refusal is the honest answer). llama.cpp stores Qwen's q/k rows in HF's order (NEOX RoPE)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...errors import ConfigError, UnsupportedModelError
+from ...errors import ConfigError
 from ...validate import is_int
 from .family import Family, GGUFKey
 
@@ -35,8 +36,8 @@ def window(config: dict[str, Any]) -> Any:
         return None
     if windowed == len(types):
         return size
-    raise UnsupportedModelError(f"a sliding window on {windowed} of {len(types)} layers only is not supported "
-                                "(the blocks here window every layer or none)")
+    raise ConfigError(f"a sliding window on {windowed} of {len(types)} layers only is not supported "
+                      "(the blocks here window every layer or none)")
 
 
 def write_window(args: Any) -> dict[str, Any]:
