@@ -17,15 +17,12 @@ import mlx.core as mx
 
 from mlxspec.errors import CheckpointError, ConfigError, InputError, InputTypeError, OutputError
 from mlxspec.hub import resolve
-from mlxspec.load_mlx_lm import known_to_mlx_lm, unknown_architecture
-from mlxspec.models.config import port_supports, read_json
-from mlxspec.models.families import FAMILIES
 from mlxspec.paths import user_path
 from mlxspec.validate import is_int
 from mlxspec.text import Tokenizer, load_tokenizer
 
 from .atomic import atomic_dir, check_writable
-from .other_architecture import write_other_architecture
+from .other_architecture import other_architecture
 from .kquants import REQUANTIZATION_BOUND, REQUANTIZED, requantize
 from .safetensors_io import ShardedWriter
 from .sources import Source, TensorRef, open_source
@@ -217,14 +214,11 @@ def convert(
     check_writable(out, force, sources=[src], kind="model")
     root = resolve_source(src, revision)
     target_dtype = DTYPES[dtype] if dtype else None
-    config = read_json(root / "config.json") if (root / "config.json").is_file() else None
-    if config is not None and not port_supports(config):  # mlx-lm's model class writes it
-        if not known_to_mlx_lm(config):
-            raise unknown_architecture(root, config.get("model_type"), tuple(FAMILIES))
-        if any(root.glob("tokenizer*")):
-            load_tokenizer(root)  # a tokenizer that cannot be read is one line before anything is written
+    other = other_architecture(root)
+    if other is not None:  # mlx-lm's model class writes it
+        other.tokenizer()  # a tokenizer that cannot be read is one line before anything is written
         with atomic_dir(out, force, sources=[root]) as tmp:
-            write_other_architecture(root, config, tmp, bits, group_size, target_dtype)
+            other.write(tmp, bits, group_size, target_dtype)
         return out
     source = open_source(root)
     source_tokenizer(source)

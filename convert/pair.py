@@ -12,9 +12,14 @@ from mlxspec.errors import TokenizerError
 from .atomic import atomic_dir, check_writable
 from .converter import (DTYPES, Progress, check_group_size, check_options, check_paths, resolve_source,
                         source_tokenizer, write_model)
-from .sources import open_source
+from .other_architecture import OtherArchitecture, other_architecture
+from .sources import Source, open_source
 
 MANIFEST = "pair.json"
+
+
+def _vocab_size(source: Source | OtherArchitecture) -> int:
+    return source.vocab_size if isinstance(source, OtherArchitecture) else source.args.vocab_size
 
 
 def convert_pair(
@@ -33,21 +38,26 @@ def convert_pair(
     out = Path(out)
     check_writable(out, force, sources=[target, draft], kind="pair")
     roots = {"target": resolve_source(target, revision), "draft": resolve_source(draft, revision)}
-    sources = {role: open_source(root) for role, root in roots.items()}
-    tokenizers = {role: source_tokenizer(source) for role, source in sources.items()}
+    sources = {role: other_architecture(root) or open_source(root) for role, root in roots.items()}
+    tokenizers = {role: source.tokenizer() if isinstance(source, OtherArchitecture) else source_tokenizer(source)
+                  for role, source in sources.items()}
     for role, tokenizer in tokenizers.items():
         if tokenizer is None:
             raise TokenizerError(f"{roots[role]}: the {role} carries no tokenizer, so the pair cannot be checked")
-    kind, why = pair_kind(*((tokenizers[r], sources[r].args.vocab_size) for r in ("target", "draft")))
+    kind, why = pair_kind(*((tokenizers[r], _vocab_size(sources[r])) for r in ("target", "draft")))
     for role, role_bits in (("target", bits), ("draft", draft_bits)):  # both, before either is written
-        check_group_size(sources[role], role_bits, group_size)
+        if not isinstance(sources[role], OtherArchitecture):
+            check_group_size(sources[role], role_bits, group_size)
     cast = DTYPES[dtype] if dtype else None
     with atomic_dir(out, force, sources=roots.values(), kind="pair") as tmp:
         for role, source in sources.items():
             (tmp / role).mkdir()
             role_bits = bits if role == "target" else draft_bits
-            write_model(source, tmp / role, role_bits, group_size, cast, max_shard_bytes,
-                        (progress or {}).get(role))
+            if isinstance(source, OtherArchitecture):
+                source.write(tmp / role, role_bits, group_size, cast)
+            else:
+                write_model(source, tmp / role, role_bits, group_size, cast, max_shard_bytes,
+                            (progress or {}).get(role))
         manifest = {
             "format": "mlxspec-pair", "version": PAIR_VERSION, "kind": kind, "target": "target", "draft": "draft",
             "sources": {"target": str(target), "draft": str(draft)},

@@ -21,7 +21,7 @@ import pytest
 import mlxspec
 from architectures import ARCHITECTURES, architecture_checkpoint, older_spelling
 from mlxspec.engine.sampling import SamplingParams
-from mlxspec.errors import InputError
+from mlxspec.errors import InputError, MlxspecError
 from mlxspec.load import load_model
 from mlxspec.models import ForeignModel
 from test_speculative import chi2_critical, sampled_chi2
@@ -115,8 +115,9 @@ def test_a_cache_that_cannot_trim_still_rolls_back_exactly(checkpoints):
         assert greedy(session)[0] == expect
 
 
-@pytest.mark.parametrize("broken", [False, True])
-def test_sampled_speculation_through_mlx_lm_models_has_the_target_distribution(tmp_path, broken, monkeypatch):
+@pytest.mark.parametrize("params, broken", [(SamplingParams(1.0), False), (SamplingParams(1.0), True),
+                                            (SamplingParams(1.0, top_p=0.9), False)], ids=["T=1", "broken", "top-p"])
+def test_sampled_speculation_through_mlx_lm_models_has_the_target_distribution(tmp_path, params, broken, monkeypatch):
     """A Phi-3 target and a confident GPT-NeoX draft, both run by mlx-lm, vocabulary 6: the
     first two tokens against the target's exact distribution; the broken variant resamples
     from p after a rejection (chi-square ~210 against a critical ~63; the right rule ~15)."""
@@ -128,7 +129,7 @@ def test_sampled_speculation_through_mlx_lm_models_has_the_target_distribution(t
     target = load_model(architecture_checkpoint(tmp_path / "t", "phi3", 6, 5), dtype=mx.float32)
     draft = load_model(architecture_checkpoint(tmp_path / "d", "gpt_neox", 6, 6, head_scale=4.0), dtype=mx.float32)
     assert isinstance(target, ForeignModel) and isinstance(draft, ForeignModel)
-    stat, df = sampled_chi2(target, draft, SamplingParams(1.0), [1, 2, 3, 4, 5, 0, 1, 2, 3], 2, 2, runs=1000)
+    stat, df = sampled_chi2(target, draft, params, [1, 2, 3, 4, 5, 0, 1, 2, 3], 2, 2, runs=1000)
     assert (stat < chi2_critical(df)) != broken, (stat, df)
 
 
@@ -153,12 +154,16 @@ def test_bad_folders_are_one_line(tmp_path, checkpoints):
     no_tokenizer = tmp_path / "no-tokenizer"
     shutil.copytree(checkpoints["gpt_neox"], no_tokenizer)
     (no_tokenizer / "tokenizer.json").write_text("{not json")
-    for folder, needle in [(unknown, "neither mlxspec's port"), (half, str(half)), (no_tokenizer, "tokenizer")]:
-        res = subprocess.run([sys.executable, "-m", "mlxspec", "generate", "-m", str(folder), "-p", "hi",
-                              "--max-tokens", "2"], capture_output=True, text=True, timeout=300)
+    target = str(checkpoints["qwen2"])
+    for args, needle in [(["-m", str(unknown)], "neither mlxspec's port"), (["-m", str(half)], str(half)),
+                         (["-m", target, "--draft", str(no_tokenizer)], "tokenizer.json")]:
+        res = mlxspec_cli("generate", *args, "-p", "hi", "--max-tokens", "2")
         lines = res.stderr.strip().splitlines()
         assert res.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], \
-            (folder.name, res.stderr)
+            (args, res.stderr)
+        with pytest.raises(MlxspecError):  # the same folders converted: one error, nothing written
+            mlxspec.convert(args[-1], tmp_path / "out")
+        assert not (tmp_path / "out").exists()
 
 
 def test_generate_runs_an_mlx_lm_model_with_prompt_lookup(checkpoints):
@@ -189,3 +194,24 @@ def test_convert_writes_an_architecture_outside_the_port_through_mlx_lm(checkpoi
     assert 0 < error < 0.5  # quantized (4 bits, a 64-wide random model), and still the model
     again = mlxspec_cli("convert", str(source), "-o", str(tmp_path / "q4"), "--bits", "4")
     assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    from conftest import smollm2_or_skip
+
+    return mlxspec.load(mlxspec.convert(smollm2_or_skip(), tmp_path_factory.mktemp("smol") / "m", dtype="float32"))
+
+
+@pytest.mark.parametrize("name", [*OUTSIDE_THE_PORT, "qwen3"])
+def test_each_architecture_drafts_with_another_vocabulary_for_the_real_smollm2(checkpoints, smollm2, name):
+    from mlxspec.drafts import OtherVocabularyDraft
+
+    target, tokenizer = smollm2
+    draft = mlxspec.load_draft(checkpoints[name], target, tokenizer, dtype=mx.float32)  # the Mistral tokenizer
+    assert isinstance(draft, OtherVocabularyDraft)
+    session = mlxspec.Session(target, tokenizer, draft, num_draft_tokens=3, draft_policy="fixed")
+    chat = [{"role": "user", "content": "Write a short poem about the sea and the sky."}]
+    steps = list(session.stream_chat(chat, max_tokens=20, prompt_cache=False))
+    plain = list(session.stream_chat(chat, max_tokens=20, speculative=False, prompt_cache=False))
+    assert [s.token for s in steps] == [s.token for s in plain] and steps[-1].stats.drafted > 0
