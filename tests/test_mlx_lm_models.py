@@ -87,7 +87,7 @@ def greedy(session: mlxspec.Session, **options) -> tuple[list[int], int]:
     return [s.token for s in steps], steps[-1].stats.drafted if options.get("speculative", True) else 0
 
 
-@pytest.mark.parametrize("target", OUTSIDE_THE_PORT + ["qwen2"])
+@pytest.mark.parametrize("target", list(ARCHITECTURES))
 def test_greedy_speculation_equals_plain_for_every_pairing(checkpoints, target):
     model, tok = mlxspec.load(checkpoints[target], dtype=mx.float32)
     plain, _ = greedy(mlxspec.Session(model, tok), speculative=False)
@@ -203,7 +203,7 @@ def smollm2(tmp_path_factory):
     return mlxspec.load(mlxspec.convert(smollm2_or_skip(), tmp_path_factory.mktemp("smol") / "m", dtype="float32"))
 
 
-@pytest.mark.parametrize("name", [*OUTSIDE_THE_PORT, "qwen3"])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_each_architecture_drafts_with_another_vocabulary_for_the_real_smollm2(checkpoints, smollm2, name):
     from mlxspec.drafts import OtherVocabularyDraft
 
