@@ -100,7 +100,9 @@ CASES = [
 def broken_copies(model: Path, bad: Path) -> dict[str, str]:
     """Copies of `model` with the broken configs the table names, and a prompts file that is
     not UTF-8, in `bad`: the placeholders {model} and {bad} (benchmarks/hostile.py uses it too)."""
-    for name, change in [*BAD_CONFIGS.items(), ("theta", {"rope_theta": "1e6"})]:
+    # theta where transformers reads it: in rope_parameters, which wins over a top-level rope_theta
+    theta = {"rope_theta": "1e6", "rope_parameters": {"rope_type": "default", "rope_theta": "1e6"}}
+    for name, change in [*BAD_CONFIGS.items(), ("theta", theta)]:
         shutil.copytree(model, bad / name)
         config = json.loads((bad / name / "config.json").read_text())
         (bad / name / "config.json").write_text(json.dumps({**config, **change}))

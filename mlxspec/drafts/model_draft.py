@@ -10,7 +10,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import InputError
-from ..models import Model, SubsetHead, fingerprint, is_model
+from ..models import Model, SubsetHead, fingerprint, is_model, layer_caches
 from ..models.batch_cache import BatchCache
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal, pick_rows, row_proposals
 
@@ -101,7 +101,7 @@ class ModelDrafter:
 
     def __init__(self, draft: Model, k_max: int, chunk: int) -> None:
         self.draft, self.chunk = draft, chunk
-        self.cache = draft.make_cache(max_rollback=k_max)
+        self.cache = layer_caches(draft.make_cache(max_rollback=k_max))
         self.pending: list[int] = []
         head = getattr(draft, "lm_head", None)
         self.support = head.token_ids if isinstance(head, SubsetHead) else None
