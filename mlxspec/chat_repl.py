@@ -27,6 +27,7 @@ from .chat_input import UnreadableInput, line_limit, read_line
 from .console import stats_line, write_step
 from .engine import GenerationOptions, GenerationStats, Session
 from .errors import ContextError, InputError, MlxspecError
+from .validate import int_text
 
 COMMANDS = (("/help", "this list"),
             ("/reset, /clear", "forget the conversation (the system prompt stays)"),
@@ -188,9 +189,9 @@ def _system(conversation: Conversation, rest: str) -> bool:
 
 def _drop(conversation: Conversation, rest: str) -> bool:
     exchanges = len(conversation.turns) // 2
-    if rest and not (rest.isascii() and rest.isdigit() and int(rest) > 0):
-        raise InputError(f"/drop takes a number of exchanges (1 or more), got {rest!r}")
-    n = int(rest or 1)
+    n = int_text(rest or "1")
+    if n is None or n < 1:
+        raise InputError(f"/drop takes a number of exchanges (1 or more), got {rest[:40]!r}")
     if n > exchanges:
         raise InputError(f"/drop {n}: the conversation holds {exchanges} exchange{'' if exchanges == 1 else 's'}")
     del conversation.turns[:2 * n]
