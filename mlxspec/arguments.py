@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import typer
 
 from .bench import check_numbers
+from .console import error_line
 from .drafts import check_draft_length
 from .engine.request import check_prefill_chunk
 from .errors import InputError
@@ -66,25 +67,25 @@ def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except errors.UsageError as exc:
         name = exc.ctx.command_path if exc.ctx is not None else "mlxspec"
-        typer.echo(f"error: {exc.format_message()} (see `{name} --help`)", err=True)
+        error_line(f"{exc.format_message()} (see `{name} --help`)")
         return 2
     except typer.Abort:
         typer.echo("interrupted", err=True)
         return 130
     except errors.ClickException as exc:
-        typer.echo(f"error: {exc.format_message()}", err=True)
+        error_line(exc.format_message())
         return exc.exit_code
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:  # an I/O failure no check could foresee (a full /dev/full, a vanished disk)
-        typer.echo(f"error: {exc.filename or 'writing the output'}: {exc.strerror or exc}", err=True)
+        error_line(f"{exc.filename or 'writing the output'}: {exc.strerror or exc}")
         return 1
     except Exception as exc:  # a bug, not bad input: still one line; the traceback on request
         if os.environ.get("MLXSPEC_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        typer.echo(f"error: internal error ({type(exc).__name__}: {first}); please report it "
-                   "(MLXSPEC_DEBUG=1 shows the traceback)", err=True)
+        error_line(f"internal error ({type(exc).__name__}: {first}); please report it "
+                   "(MLXSPEC_DEBUG=1 shows the traceback)")
         return 1
     return code if isinstance(code, int) else 0

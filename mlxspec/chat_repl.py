@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from .chat_input import UnreadableInput, line_limit, read_line
-from .console import stats_line, write_step
+from .console import error_line, stats_line, write_step
 from .engine import GenerationOptions, GenerationStats, Session
 from .errors import ContextError, InputError, MlxspecError
 from .validate import int_text
@@ -69,7 +69,7 @@ def chat_loop(session: Session, system: Optional[str], options: GenerationOption
         except UnreadableInput:
             raise
         except MlxspecError as exc:  # this message only: the conversation goes on
-            typer.echo(f"error: {exc}", err=True)
+            error_line(exc)
 
 
 def handle(line: str, session: Session, conversation: Conversation, options: GenerationOptions, colour: bool,

@@ -28,7 +28,7 @@ def friendly_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MlxspecError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            error_line(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -39,7 +39,18 @@ def friendly_errors(command: Callable) -> Callable:
 
 def _warning_line(message: Warning | str, category: type, filename: str, lineno: int, file: TextIO | None = None,
                   line: str | None = None) -> None:
-    typer.echo(f"warning: {message}", err=True)
+    typer.echo(f"warning: {one_line(message)}", err=True)
+
+
+def error_line(message: object) -> None:
+    """Write `error: MESSAGE` on stderr, always as one line."""
+    typer.echo(f"error: {one_line(message)}", err=True)
+
+
+def one_line(message: object) -> str:
+    """`message` as one printable line: a line break or other control character in it (a
+    newline in a file name, a lone surrogate from undecodable bytes) written as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(message))
 
 
 def colours(stream: TextIO, wanted: bool) -> bool:

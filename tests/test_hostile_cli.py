@@ -42,3 +42,13 @@ def test_chat_drop_refuses_what_is_not_a_count(rest):
     with pytest.raises(InputError, match="/drop takes a number of exchanges"):
         _drop(conversation, rest)
     assert conversation.turns == ["q", "a"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "-p", "hi", "-m", "{tmp}/a\nb"],
+    ["generate", "-p", "hi", "-m", "{tmp}/a\u2028b\x85c\rd"],
+    ["convert", "{tmp}/no\nsuch", "-o", "{tmp}/out"],
+], ids=["newline in a path", "other line breaks in a path", "newline in a source"])
+def test_an_error_naming_a_line_break_stays_one_line(argv, tmp_path, capsys):
+    line = one_error_line([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert "\\n" in line or "\\u2028" in line
