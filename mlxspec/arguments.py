@@ -16,6 +16,7 @@ from .console import error_line
 from .drafts import check_draft_length
 from .engine.request import check_prefill_chunk
 from .errors import InputError
+from .interrupts import exit_code, sigterm_unwinds
 from .standard_streams import read_stdin, usable_streams
 from .text.unicode import check_text, decode_utf8
 
@@ -60,8 +61,9 @@ def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
     errors = _click_errors()
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=list(argv) if argv is not None else None, prog_name="mlxspec",
-                            standalone_mode=False)
+        with sigterm_unwinds():
+            code = command.main(args=list(argv) if argv is not None else None, prog_name="mlxspec",
+                                standalone_mode=False)
     except getattr(errors, "NoArgsIsHelpError", ()) as exc:  # `mlxspec` alone: the help
         typer.echo(exc.format_message(), err=True)
         return 2
@@ -69,9 +71,9 @@ def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
         name = exc.ctx.command_path if exc.ctx is not None else "mlxspec"
         error_line(f"{exc.format_message()} (see `{name} --help`)")
         return 2
-    except typer.Abort:
+    except typer.Abort as exc:  # Ctrl-C or SIGTERM outside a command (click's own handling)
         typer.echo("interrupted", err=True)
-        return 130
+        return exit_code(exc.__context__ or KeyboardInterrupt())
     except errors.ClickException as exc:
         error_line(exc.format_message())
         return exc.exit_code

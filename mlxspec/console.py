@@ -14,6 +14,7 @@ import typer
 
 from .engine import GenerationStats, GenerationStep, SpeculativeStats
 from .errors import MlxspecError
+from .interrupts import exit_code
 
 DRAFT_COLOUR, RESET = "\033[32m", "\033[0m"
 
@@ -30,9 +31,9 @@ def friendly_errors(command: Callable) -> Callable:
         except MlxspecError as exc:
             error_line(exc)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`interrupts.Terminated`)
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(exit_code(exc)) from None
 
     return wrapper
 

@@ -5,14 +5,45 @@ nothing deleted that mlxspec did not write, no half-written output left by a sto
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 import mlxspec.cli as cli
 from mlxspec.arguments import run
 from mlxspec.chat_repl import Conversation, _drop
 from mlxspec.errors import InputError
+from mlxspec.models import ModelArgs
+from synthetic import mistral_tokenizer_file, write_random_hf_checkpoint
 
 LONG = "9" * 5000  # more digits than Python's int() converts (4300)
+# `mlxspec convert` whose writer, once done, waits: a stop then lands mid-conversion
+SLOW_CONVERT = """
+import sys, time
+from mlxspec.cli import main
+converter = sys.modules[main.__module__.replace("cli", "convert.converter")]
+real = converter.write_model
+def slow(source, folder, *args):
+    real(source, folder, *args)
+    print("written", flush=True)
+    time.sleep(120)
+converter.write_model = slow
+main(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A tiny random Mistral in HF layout with the real tokenizer."""
+    args = ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=32000, max_position_embeddings=512, sliding_window=16)
+    return write_random_hf_checkpoint(tmp_path_factory.mktemp("hostile") / "model", args,
+                                      tokenizer_file=mistral_tokenizer_file())
 
 
 def one_error_line(argv: list[str], capsys) -> str:
@@ -52,3 +83,16 @@ def test_chat_drop_refuses_what_is_not_a_count(rest):
 def test_an_error_naming_a_line_break_stays_one_line(argv, tmp_path, capsys):
     line = one_error_line([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
     assert "\\n" in line or "\\u2028" in line
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_conversion_leaves_nothing_and_says_so(stop, code, model, tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, "convert", str(model), "-o", str(tmp_path / "out"),
+                                "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert process.stdout.readline() == "written\n"  # the weights are in the temporary folder
+    assert [p.name for p in tmp_path.iterdir() if "mlxspec-tmp" in p.name]
+    process.send_signal(stop)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == code and err.strip().splitlines() == ["interrupted"], err
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary folder, no lock
