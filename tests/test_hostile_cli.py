@@ -17,7 +17,8 @@ import pytest
 import mlxspec.cli as cli
 from mlxspec.arguments import run
 from mlxspec.chat_repl import Conversation, _drop
-from mlxspec.errors import InputError
+from mlxspec.convert.atomic import atomic_dir, mark, written_by_mlxspec
+from mlxspec.errors import InputError, OutputError
 from mlxspec.models import ModelArgs
 from synthetic import mistral_tokenizer_file, write_random_hf_checkpoint
 
@@ -96,3 +97,47 @@ def test_a_stopped_conversion_leaves_nothing_and_says_so(stop, code, model, tmp_
     out, err = process.communicate(timeout=60)
     assert process.returncode == code and err.strip().splitlines() == ["interrupted"], err
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder, no lock
+
+
+DEAD = 9_999_999  # above Linux's largest pid (2**22): never a live process
+
+
+def a_folder(path: Path, marked: bool = False) -> Path:
+    """A folder holding a file of the user's, with mlxspec's marker if `marked`."""
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    if marked:
+        mark(path, "model")
+    return path
+
+
+def test_only_mlxspecs_leftovers_of_killed_runs_are_removed(tmp_path):
+    out = tmp_path / "out"
+    theirs = a_folder(tmp_path / f".out.mlxspec-tmp-{DEAD}")  # a name like mlxspec's, no marker
+    ours = a_folder(tmp_path / f".out.mlxspec-tmp-{DEAD - 1}", marked=True)
+    odd = a_folder(tmp_path / f".out.mlxspec-tmp-{'9' * 30}", marked=True)  # not a pid: left alone
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert (theirs / "notes.txt").read_text() == "mine" and odd.is_dir() and not ours.exists()
+    assert written_by_mlxspec(out) and (out / "config.json").exists()
+
+
+def test_an_output_moved_aside_by_a_killed_force_is_put_back(tmp_path):
+    moved = a_folder(tmp_path / f".out.mlxspec-tmp-old-{DEAD}", marked=True)
+    with pytest.raises(OutputError, match="already exists; pass --force"):
+        with atomic_dir(tmp_path / "out"):
+            raise AssertionError("the previous output was not put back")
+    assert not moved.exists() and (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("lock", ["link", "text", "pipe", "folder"])
+def test_the_lock_is_never_taken_on_what_is_not_mlxspecs(lock, tmp_path):
+    victim, path = tmp_path / "victim.txt", tmp_path / ".out.mlxspec-lock"
+    victim.write_text("root:x:0:0")
+    {"link": lambda: path.symlink_to(victim), "text": lambda: path.write_text("my notes"),
+     "pipe": lambda: os.mkfifo(path), "folder": path.mkdir}[lock]()
+    with pytest.raises(OutputError, match="lock file"):
+        with atomic_dir(tmp_path / "out"):
+            raise AssertionError("the lock was taken")
+    assert victim.read_text() == "root:x:0:0" and os.path.lexists(path)
+    assert path.is_dir() or path.is_symlink() or lock == "pipe" or path.read_text() == "my notes"
