@@ -17,6 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxspec.errors import CheckpointError
+from mlxspec.reading import regular_file
 from mlxspec.standard_streams import reopen_closed_descriptors
 from mlxspec.validate import is_int
 
@@ -85,7 +86,7 @@ class SafetensorsReader:
 def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
     """(header object, offset of the tensor data, file size); never reads past the file."""
     try:
-        size = path.stat().st_size
+        size = regular_file(path)  # a pipe would block the open
         with path.open("rb") as f:
             raw = f.read(8)
             if len(raw) < 8:

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxspec.errors import CheckpointError, ConfigError
+from mlxspec.errors import CheckpointError, ConfigError, TokenizerError
 from mlxspec.layout import (check_layer_count, group_experts, hf_tensor_shapes, mistral_to_hf_name,
                             permute_interleaved_to_half)
 from mlxspec.models.config import ModelArgs, load_model_args, read_json
+from mlxspec.reading import TOKENIZER_LIMIT, regular_file
 
 from . import gguf as gguf_format
 from .gguf_config import model_args
@@ -89,6 +90,11 @@ def open_source(root: Path) -> Source:
     _check_tensors(refs, args, root)
     tok_files = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
     tok_files += [p for p in sorted(root.glob("tokenizer.model.*")) if p.is_file()]
+    for file in tok_files:  # copied whole by the converter: a sparse giant would never finish
+        try:
+            regular_file(file, TOKENIZER_LIMIT)
+        except OSError as exc:
+            raise TokenizerError(f"{file}: {exc.strerror}") from None
     return Source(root, args, config, refs, tok_files)
 
 

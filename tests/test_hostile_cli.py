@@ -6,16 +6,18 @@ nothing deleted that mlxspec did not write, no half-written output left by a sto
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
 import mlxspec.cli as cli
 from mlxspec.arguments import run
+from mlxspec.chat_input import UnreadableInput, read_line
 from mlxspec.chat_repl import Conversation, _drop
 from mlxspec.convert.atomic import atomic_dir, mark, written_by_mlxspec
 from mlxspec.errors import InputError, OutputError
@@ -141,3 +143,64 @@ def test_the_lock_is_never_taken_on_what_is_not_mlxspecs(lock, tmp_path):
             raise AssertionError("the lock was taken")
     assert victim.read_text() == "root:x:0:0" and os.path.lexists(path)
     assert path.is_dir() or path.is_symlink() or lock == "pipe" or path.read_text() == "my notes"
+
+
+def endless(path: Path, kind: str) -> None:
+    """Put at `path` what never ends or cannot fit in memory: a pipe (with a safety valve
+    that ends it after 30 s, so that a reader blocked on it fails instead of hanging), or a
+    sparse file of 50 GB."""
+    if path.exists():
+        path.unlink()
+    if kind == "pipe":
+        os.mkfifo(path)
+        valve = threading.Timer(30, end_pipe, [path])
+        valve.daemon = True
+        valve.start()
+    else:
+        with open(path, "wb") as f:
+            f.truncate(50 * 2**30)
+
+
+def end_pipe(path: Path) -> None:
+    """Open the pipe at `path` for writing and close it: a reader blocked on it sees its end."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader (it was refused, as it should be) or the folder is gone
+        pass
+
+
+@pytest.mark.parametrize("name, kind, message", [
+    ("tokenizer.model", "pipe", "tokenizer.model: not a regular file"),
+    ("model.safetensors", "pipe", "model.safetensors: cannot read (not a regular file)"),
+    ("config.json", "sparse", "config.json: over 64 MiB"),
+    ("tokenizer_config.json", "sparse", "tokenizer_config.json: over 64 MiB"),
+])
+def test_a_model_file_that_never_ends_is_one_error_line(name, kind, message, model, tmp_path, capsys):
+    copy = shutil.copytree(model, tmp_path / "model")
+    endless(copy / name, kind)
+    assert message in one_error_line(["generate", "-p", "hi", "-m", str(copy), "-n", "1", "--chat"], capsys)
+
+
+@pytest.mark.parametrize("command", [["bench", "--demo"], ["distill", "--demo", "-o", "{tmp}/out"]])
+def test_a_prompts_file_that_never_ends_is_one_error_line(command, tmp_path, capsys):
+    endless(tmp_path / "prompts", "sparse")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command] + ["--prompts", str(tmp_path / "prompts")]
+    assert "over 256 MiB" in one_error_line(argv, capsys)
+
+
+@pytest.fixture
+def zeros_on_stdin(tmp_path, monkeypatch) -> None:
+    """Standard input holding 65 MiB of NUL bytes and no line end: `< /dev/zero` as far as
+    mlxspec may read (a finite file, so that a build that reads on fails instead of hanging)."""
+    endless(tmp_path / "zeros", "sparse")
+    os.truncate(tmp_path / "zeros", 65 * 2**20)
+    monkeypatch.setattr(sys, "stdin", open(tmp_path / "zeros"))
+
+
+def test_standard_input_that_never_ends_is_one_error_line(zeros_on_stdin, capsys):
+    assert "cannot read standard input (over 64 MiB" in one_error_line(["generate", "-p", "-", "-m", "x"], capsys)
+
+
+def test_a_chat_line_that_never_ends_ends_the_chat(zeros_on_stdin):
+    with pytest.raises(UnreadableInput, match="no end to it"):
+        read_line(100)

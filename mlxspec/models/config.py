@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..reading import JSON_LIMIT, read_file
 from ..validate import is_int
 from .config_checks import MAX_DIM, SUPPORTED_ARCHITECTURES, check_quantization, check_types
 
@@ -214,7 +215,7 @@ def _rope_theta(config: dict[str, Any]) -> Any:
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON object, turning I/O and syntax problems into a `ConfigError`."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_file(path, JSON_LIMIT).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
