@@ -27,6 +27,7 @@ from .text import Tokenizer
 from .validate import int_text
 
 
+MAX_REPEATS = 1000  # runs of one configuration: more only makes a bench that never ends
 _K_PART = re.compile(r"^\s*([0-9]+)\s*(?:\.\.\s*([0-9]+)\s*)?$")
 
 
@@ -130,8 +131,8 @@ def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool
 
 def check_numbers(repeats: int, max_tokens: int) -> None:
     """What a bench needs of its numbers (checked by the CLI before anything is loaded)."""
-    if repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise InputError(f"--repeats must be in 1..{MAX_REPEATS} (the report gives medians), got {repeats}")
     if max_tokens < 2:
         raise InputError(f"--max-tokens must be >= 2 (rates need two tokens), got {max_tokens}")
 
