@@ -223,6 +223,10 @@ def _torch_refs(files: list[Path], rename: Callable[[str, Path], str],
     refs = []
     for file in files:
         try:
+            regular_file(file)  # a pipe would block torch for ever
+        except OSError as exc:
+            raise CheckpointError(f"{file}: {exc.strerror}") from None
+        try:
             state = torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
         except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError...
             raise CheckpointError(f"{file}: unreadable PyTorch checkpoint ({type(exc).__name__})") from None

@@ -204,3 +204,11 @@ def test_standard_input_that_never_ends_is_one_error_line(zeros_on_stdin, capsys
 def test_a_chat_line_that_never_ends_ends_the_chat(zeros_on_stdin):
     with pytest.raises(UnreadableInput, match="no end to it"):
         read_line(100)
+
+
+def test_a_pickle_that_never_ends_is_one_error_line(model, tmp_path, capsys):
+    copy = shutil.copytree(model, tmp_path / "model")
+    (copy / "model.safetensors").unlink()
+    endless(copy / "pytorch_model.bin", "pipe")
+    line = one_error_line(["convert", str(copy), "-o", str(tmp_path / "out")], capsys)
+    assert "pytorch_model.bin: not a regular file" in line and not (tmp_path / "out").exists()
