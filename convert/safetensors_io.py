@@ -31,6 +31,7 @@ _DTYPES: dict[str, tuple[np.dtype, mx.Dtype]] = {
     "U8": (np.dtype("u1"), mx.uint8),
     "I8": (np.dtype("i1"), mx.int8),
     "I64": (np.dtype("<i8"), mx.int64),
+    "U64": (np.dtype("<u8"), mx.uint64),  # an optimizer's step count (distill's checkpoints)
 }
 _NAMES = {mx_dtype: name for name, (_, mx_dtype) in _DTYPES.items()}
 _NP_NAMES = {np_dtype: name for name, (np_dtype, _) in _DTYPES.items() if name != "BF16"}

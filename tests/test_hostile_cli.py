@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 
 import mlxspec.cli as cli
@@ -212,3 +213,52 @@ def test_a_pickle_that_never_ends_is_one_error_line(model, tmp_path, capsys):
     endless(copy / "pytorch_model.bin", "pipe")
     line = one_error_line(["convert", str(copy), "-o", str(tmp_path / "out")], capsys)
     assert "pytorch_model.bin: not a regular file" in line and not (tmp_path / "out").exists()
+
+
+DISTILL = ["--steps", "2", "--max-new", "4", "--seq-len", "16", "--batch", "2", "--head-vocab", "64", "-q"]
+
+
+@pytest.fixture(scope="module")
+def distilled(model, tmp_path_factory) -> Path:
+    """The work folder of a finished two-step distillation of `model` (its draft removed,
+    so that `--resume` may write it again)."""
+    place = tmp_path_factory.mktemp("distilled")
+    (place / "prompts.jsonl").write_text("".join(f'"Prompt number {n}."\n' for n in range(10)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLXSPEC_CACHE", str(place / "cache"))
+        assert run(cli.app, ["distill", "-m", str(model), "-o", str(place / "d"), "--prompts",
+                             str(place / "prompts.jsonl"), *DISTILL]) == 0
+    shutil.rmtree(place / "d")
+    return place / "d.work"
+
+
+def put(name: str, data: bytes):
+    return lambda train: (train / name).write_bytes(data)
+
+
+def reshaped(train: Path) -> None:
+    """weights-2 with every tensor of another shape: a checkpoint of some other draft."""
+    tensors = mx.load(str(train / "weights-2.safetensors"))
+    mx.save_safetensors(str(train / "weights-2.safetensors"), {k: mx.zeros((3,)) for k in tensors})
+
+
+@pytest.mark.parametrize("damage, message", [
+    (put("state.json", b"{"), "state.json is not readable JSON"),
+    (put("state.json", b'{"step": -5, "curve": []}'), "does not hold a step >= 1"),
+    (put("weights-2.safetensors", b"12345678"), "weights-2.safetensors: corrupt or truncated safetensors header"),
+    (lambda train: (train / "optimizer-2.safetensors").unlink(), "optimizer-2.safetensors: cannot read"),
+    (reshaped, "weights-2.safetensors does not fit this draft"),
+    (put("data.json", b'{"batches": 1, "head_ids": [1000000000]}'), "data.json does not hold"),
+], ids=["state not json", "negative step", "truncated weights", "no optimizer", "weights of another draft",
+        "head ids past the vocabulary"])
+def test_a_damaged_checkpoint_is_one_error_line_on_resume(damage, message, distilled, model, tmp_path):
+    work = shutil.copytree(distilled, tmp_path / "d.work")
+    damage(work / "train")
+    # a subprocess: head ids past the vocabulary crashed MLX (SIGSEGV), which would end pytest
+    res = subprocess.run([sys.executable, "-m", "mlxspec", "distill", "-m", str(model), "-o", str(tmp_path / "d"),
+                          "--prompts", str(distilled.parent / "prompts.jsonl"), *DISTILL, "--resume"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MLXSPEC_CACHE": str(distilled.parent / "cache"), "HF_HUB_OFFLINE": "1"})
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and "the checkpoint to resume is damaged" in lines[0], res.stderr
+    assert message in lines[0] and "--force starts the distillation over" in lines[0]
