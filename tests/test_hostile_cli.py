@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 import mlxspec.cli as cli
@@ -262,3 +263,23 @@ def test_a_damaged_checkpoint_is_one_error_line_on_resume(damage, message, disti
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and len(lines) == 1 and "the checkpoint to resume is damaged" in lines[0], res.stderr
     assert message in lines[0] and "--force starts the distillation over" in lines[0]
+
+
+def in_each_batch(pattern: str, damage):
+    return lambda answers: [damage(p) for p in answers.glob(f"*/{pattern}")]
+
+
+@pytest.mark.parametrize("damage", [
+    in_each_batch("0*.npz", lambda p: p.write_bytes(p.read_bytes()[:20])),
+    in_each_batch("0*.features.npy", lambda p: p.write_bytes(p.read_bytes()[:100])),
+    in_each_batch("0*.npz", lambda p: np.savez(p, **{k: np.full_like(v, 10**9) if k == "tokens" else v
+                                                   for k, v in dict(np.load(p)).items()})),
+], ids=["truncated tokens", "truncated features", "tokens past the vocabulary"])
+def test_a_damaged_answers_cache_is_answered_again(damage, distilled, model, tmp_path):
+    cache = shutil.copytree(distilled.parent / "cache", tmp_path / "cache")
+    damage(cache / "distill-answers")
+    # a subprocess: tokens past the vocabulary crashed MLX (SIGSEGV), which would end pytest
+    res = subprocess.run([sys.executable, "-m", "mlxspec", "distill", "-m", str(model), "-o", str(tmp_path / "d"),
+                          "--prompts", str(distilled.parent / "prompts.jsonl"), *DISTILL], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "MLXSPEC_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0 and (tmp_path / "d" / "model.safetensors").is_file(), res.stderr
