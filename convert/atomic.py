@@ -1,18 +1,23 @@
 """Output folders that appear whole or not at all, and never replace what mlxspec did not write.
 
-Work happens in a hidden sibling `.NAME.mlxspec-tmp-PID` while a lock on `.NAME.mlxspec-lock`
-is held (an OS lock: released when the process ends, however it ends). On success a marker
-file `.mlxspec` goes into the folder and it is renamed to NAME without replacing anything
-that appeared meanwhile. With `force`, an existing NAME is replaced only when it carries
-that marker (or is empty), and never when it is or contains one of the sources. A failed
-or interrupted run removes its temporary folder; a killed one leaves it, and the next run
-removes every such folder whose process is gone."""
+Work happens in a hidden sibling `.NAME.mlxspec-tmp-PID`, marked as mlxspec's from the
+start, while a lock on `.NAME.mlxspec-lock` is held (an OS lock: released when the process
+ends, however it ends; never taken through a link or on a file that is not a lock). On
+success the folder is renamed to NAME without replacing anything that appeared meanwhile.
+With `force`, an existing NAME is replaced only when it carries the marker (or is empty),
+and never when it is or contains one of the sources. A failed or interrupted run removes its
+temporary folder; a killed one leaves it, and the next run removes every such folder whose
+process is gone and which carries the marker (a folder of that name without it is not
+mlxspec's and stays), first putting back a previous output that a killed `--force` had
+moved aside and not yet replaced."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -29,7 +34,7 @@ MARKER = ".mlxspec"
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: beyond any process id
         return False
     except PermissionError:
         return True
@@ -37,13 +42,18 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
-    """Delete leftovers of killed runs that wrote to `out`; return what was removed."""
+    """Delete mlxspec's leftovers of killed runs that wrote to `out` (see the module
+    docstring), after putting back a previous output moved aside; return what was removed."""
     removed = []
-    for tmp in out.parent.glob(f".{out.name}{_TAG}*"):
+    for tmp in sorted(out.parent.glob(f".{out.name}{_TAG}*")):  # `old-PID` after `PID`
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
+        if not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or _alive(int(pid)) or not written_kind(tmp):
+            continue
+        if tmp.name == f".{out.name}{_TAG}old-{pid}" and not os.path.lexists(out):
+            rename_no_replace(tmp, out)
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
     return removed
 
 
@@ -149,7 +159,7 @@ def _lock(out: Path) -> Iterator[None]:
 
     path = out.parent / f".{out.name}.mlxspec-lock"
     while True:
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -157,13 +167,18 @@ def _lock(out: Path) -> Iterator[None]:
             raise OutputError(f"{out} is being written by another mlxspec process; "
                               "wait for it to finish or choose another folder") from None
         try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 break  # the lock file we hold is still the one at `path`
         except FileNotFoundError:
             pass
         os.close(fd)
+    if os.fstat(fd).st_size and not os.read(fd, 64).strip().isdigit():  # a pid, or nothing yet
+        os.close(fd)
+        raise OutputError(f"{path} is not mlxspec's lock file (it holds something else); "
+                          "move it away or choose another output folder")
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         try:
@@ -171,6 +186,24 @@ def _lock(out: Path) -> Iterator[None]:
         except OSError:
             pass
         os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor on the lock file at `path`, created if absent; never opened through a
+    symbolic link (that would write its pid into whatever the link names) nor on a file
+    that is not a regular one (a pipe would block)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise OutputError(f"{path} is in the way of mlxspec's lock file (a link, a folder or a pipe); "
+                              "move it away or choose another output folder") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{path} is in the way of mlxspec's lock file (not a regular file); "
+                          "move it away or choose another output folder")
+    return fd
 
 
 def _install(tmp: Path, out: Path, force: bool, kind: str) -> None:
@@ -215,12 +248,12 @@ def atomic_dir(out: Path, force: bool = False, sources: Iterable[Path] = (), kin
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with _lock(out):
-            check_writable(out, force, sources, kind)  # again, now that no other mlxspec can write it
             remove_stale_temporaries(out)
+            check_writable(out, force, sources, kind)  # again, now that no other mlxspec can write it
             tmp.mkdir()
             try:
+                mark(tmp, kind)  # from the start: a killed run's folder is known as mlxspec's
                 yield tmp
-                mark(tmp, kind)
                 _install(tmp, out, force, kind)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxspec.errors import CheckpointError
+from mlxspec.reading import regular_file
 from mlxspec.standard_streams import reopen_closed_descriptors
 from mlxspec.validate import is_int
 
@@ -30,6 +31,7 @@ _DTYPES: dict[str, tuple[np.dtype, mx.Dtype]] = {
     "U8": (np.dtype("u1"), mx.uint8),
     "I8": (np.dtype("i1"), mx.int8),
     "I64": (np.dtype("<i8"), mx.int64),
+    "U64": (np.dtype("<u8"), mx.uint64),  # an optimizer's step count (distill's checkpoints)
 }
 _NAMES = {mx_dtype: name for name, (_, mx_dtype) in _DTYPES.items()}
 _NP_NAMES = {np_dtype: name for name, (np_dtype, _) in _DTYPES.items() if name != "BF16"}
@@ -85,7 +87,7 @@ class SafetensorsReader:
 def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
     """(header object, offset of the tensor data, file size); never reads past the file."""
     try:
-        size = path.stat().st_size
+        size = regular_file(path)  # a pipe would block the open
         with path.open("rb") as f:
             raw = f.read(8)
             if len(raw) < 8:

@@ -15,11 +15,12 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxspec.errors import CheckpointError, ConfigError
+from mlxspec.errors import CheckpointError, ConfigError, TokenizerError
 from mlxspec.layout import (check_layer_count, check_optional_parts, group_experts, hf_tensor_shapes,
                             permute_interleaved_to_half)
 from mlxspec.models.config import ModelArgs, load_model_args, read_json
 from mlxspec.models.families.mistral import consolidated_to_hf_name
+from mlxspec.reading import TOKENIZER_LIMIT, regular_file
 
 from . import gguf as gguf_format
 from .gguf_config import model_args
@@ -90,6 +91,11 @@ def open_source(root: Path) -> Source:
     _check_tensors(refs, args, root)
     tok_files = [root / n for n in TOKENIZER_FILES if (root / n).is_file()]
     tok_files += [p for p in sorted(root.glob("tokenizer.model.*")) if p.is_file()]
+    for file in tok_files:  # copied whole by the converter: a sparse giant would never finish
+        try:
+            regular_file(file, TOKENIZER_LIMIT)
+        except OSError as exc:
+            raise TokenizerError(f"{file}: {exc.strerror}") from None
     return Source(root, args, config, refs, tok_files)
 
 
@@ -218,6 +224,10 @@ def _torch_refs(files: list[Path], rename: Callable[[str, Path], str],
         ) from None
     refs = []
     for file in files:
+        try:
+            regular_file(file)  # a pipe would block torch for ever
+        except OSError as exc:
+            raise CheckpointError(f"{file}: {exc.strerror}") from None
         try:
             state = torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
         except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError...

@@ -12,9 +12,11 @@ from typing import Optional, Sequence
 import typer
 
 from .bench import check_numbers
+from .console import error_line
 from .drafts import check_draft_length
 from .engine.request import check_prefill_chunk
 from .errors import InputError
+from .interrupts import exit_code, sigterm_unwinds
 from .standard_streams import read_stdin, usable_streams
 from .text.unicode import check_text, decode_utf8
 
@@ -59,32 +61,33 @@ def run(app: typer.Typer, argv: Optional[Sequence[str]] = None) -> int:
     errors = _click_errors()
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=list(argv) if argv is not None else None, prog_name="mlxspec",
-                            standalone_mode=False)
+        with sigterm_unwinds():
+            code = command.main(args=list(argv) if argv is not None else None, prog_name="mlxspec",
+                                standalone_mode=False)
     except getattr(errors, "NoArgsIsHelpError", ()) as exc:  # `mlxspec` alone: the help
         typer.echo(exc.format_message(), err=True)
         return 2
     except errors.UsageError as exc:
         name = exc.ctx.command_path if exc.ctx is not None else "mlxspec"
-        typer.echo(f"error: {exc.format_message()} (see `{name} --help`)", err=True)
+        error_line(f"{exc.format_message()} (see `{name} --help`)")
         return 2
-    except typer.Abort:
+    except typer.Abort as exc:  # Ctrl-C or SIGTERM outside a command (click's own handling)
         typer.echo("interrupted", err=True)
-        return 130
+        return exit_code(exc.__context__ or KeyboardInterrupt())
     except errors.ClickException as exc:
-        typer.echo(f"error: {exc.format_message()}", err=True)
+        error_line(exc.format_message())
         return exc.exit_code
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:  # an I/O failure no check could foresee (a full /dev/full, a vanished disk)
-        typer.echo(f"error: {exc.filename or 'writing the output'}: {exc.strerror or exc}", err=True)
+        error_line(f"{exc.filename or 'writing the output'}: {exc.strerror or exc}")
         return 1
     except Exception as exc:  # a bug, not bad input: still one line; the traceback on request
         if os.environ.get("MLXSPEC_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        typer.echo(f"error: internal error ({type(exc).__name__}: {first}); please report it "
-                   "(MLXSPEC_DEBUG=1 shows the traceback)", err=True)
+        error_line(f"internal error ({type(exc).__name__}: {first}); please report it "
+                   "(MLXSPEC_DEBUG=1 shows the traceback)")
         return 1
     return code if isinstance(code, int) else 0

@@ -24,9 +24,11 @@ from .errors import InputError
 from .models import Model
 from .report import SCHEMA_VERSION, Config, Run, compare, environment, summarise, timings_report
 from .text import Tokenizer
+from .validate import int_text
 
 
-_K_PART = re.compile(r"^\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?$")
+MAX_REPEATS = 1000  # runs of one configuration: more only makes a bench that never ends
+_K_PART = re.compile(r"^\s*([0-9]+)\s*(?:\.\.\s*([0-9]+)\s*)?$")
 
 
 def parse_ks(text: str) -> list[int]:
@@ -39,11 +41,11 @@ def parse_ks(text: str) -> list[int]:
         if match is None:
             raise InputError(f"--num-draft-tokens: cannot read {part.strip()!r} in {text!r} "
                              "(write draft lengths and ranges like '1..4,6,8')")
-        lo, hi = int(match[1]), int(match[2] or match[1])
-        if hi < lo:
+        lo, hi = (int_text(n) for n in (match[1], match[2] or match[1]))  # None: too many digits to be a k
+        if lo is not None and hi is not None and hi < lo:
             raise InputError(f"--num-draft-tokens: range {part.strip()!r} runs backwards (write {hi}..{lo})")
-        if lo < 1 or hi > MAX_DRAFT_TOKENS:
-            raise InputError(f"--num-draft-tokens: every k must be in 1..{MAX_DRAFT_TOKENS}, got {part.strip()!r}")
+        if lo is None or hi is None or lo < 1 or hi > MAX_DRAFT_TOKENS:
+            raise InputError(f"--num-draft-tokens: every k must be in 1..{MAX_DRAFT_TOKENS}, got {part.strip()[:40]!r}")
         ks.update(range(lo, hi + 1))
     return sorted(ks)
 
@@ -129,8 +131,8 @@ def check_options(draft: Draft, mlx_lm_draft: Model | None, compare_mlx_lm: bool
 
 def check_numbers(repeats: int, max_tokens: int) -> None:
     """What a bench needs of its numbers (checked by the CLI before anything is loaded)."""
-    if repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise InputError(f"--repeats must be in 1..{MAX_REPEATS} (the report gives medians), got {repeats}")
     if max_tokens < 2:
         raise InputError(f"--max-tokens must be >= 2 (rates need two tokens), got {max_tokens}")
 

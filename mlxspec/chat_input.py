@@ -8,11 +8,13 @@ held in memory); a terminal's line comes through `input`, which shows the prompt
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Optional
 
 from .engine import Session
 from .errors import InputError, MlxspecError
+from .reading import MIB, STDIN_LIMIT
 from .text.unicode import check_text
 
 NO_CONTEXT_LIMIT = 1 << 26  # bytes in a line when the model states no context
@@ -81,13 +83,17 @@ def _typed_line(limit: int) -> Optional[str]:
 
 
 def _skip_rest_of_line() -> int:
-    """Read up to the next line ending (or the end of input); how many bytes were skipped."""
+    """Read up to the next line ending (or the end of input); how many bytes were skipped.
+    An `OSError` after `STDIN_LIMIT` bytes without one: an input that never ends a line
+    (`< /dev/zero`) cannot be a conversation."""
     skipped = 0
     while True:
         chunk = sys.stdin.buffer.readline(CHUNK)
         skipped += len(chunk)
         if not chunk or chunk.endswith(b"\n"):
             return skipped
+        if skipped > STDIN_LIMIT:
+            raise OSError(errno.EFBIG, f"a line of more than {STDIN_LIMIT // MIB} MiB and no end to it")
 
 
 def _too_long(size: int, limit: int) -> str:

@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from .chat_input import UnreadableInput, line_limit, read_line
-from .console import stats_line, write_step
+from .console import error_line, stats_line, write_step
 from .engine import GenerationOptions, GenerationStats, Session
 from .errors import ContextError, InputError, MlxspecError
+from .validate import int_text
 
 COMMANDS = (("/help", "this list"),
             ("/reset, /clear", "forget the conversation (the system prompt stays)"),
@@ -68,7 +69,7 @@ def chat_loop(session: Session, system: Optional[str], options: GenerationOption
         except UnreadableInput:
             raise
         except MlxspecError as exc:  # this message only: the conversation goes on
-            typer.echo(f"error: {exc}", err=True)
+            error_line(exc)
 
 
 def handle(line: str, session: Session, conversation: Conversation, options: GenerationOptions, colour: bool,
@@ -188,9 +189,9 @@ def _system(conversation: Conversation, rest: str) -> bool:
 
 def _drop(conversation: Conversation, rest: str) -> bool:
     exchanges = len(conversation.turns) // 2
-    if rest and not (rest.isascii() and rest.isdigit() and int(rest) > 0):
-        raise InputError(f"/drop takes a number of exchanges (1 or more), got {rest!r}")
-    n = int(rest or 1)
+    n = int_text(rest or "1")
+    if n is None or n < 1:
+        raise InputError(f"/drop takes a number of exchanges (1 or more), got {rest[:40]!r}")
     if n > exchanges:
         raise InputError(f"/drop {n}: the conversation holds {exchanges} exchange{'' if exchanges == 1 else 's'}")
     del conversation.turns[:2 * n]

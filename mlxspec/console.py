@@ -14,6 +14,7 @@ import typer
 
 from .engine import GenerationStats, GenerationStep, SpeculativeStats
 from .errors import MlxspecError
+from .interrupts import exit_code
 
 DRAFT_COLOUR, RESET = "\033[32m", "\033[0m"
 
@@ -28,18 +29,29 @@ def friendly_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MlxspecError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            error_line(exc)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`interrupts.Terminated`)
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(exit_code(exc)) from None
 
     return wrapper
 
 
 def _warning_line(message: Warning | str, category: type, filename: str, lineno: int, file: TextIO | None = None,
                   line: str | None = None) -> None:
-    typer.echo(f"warning: {message}", err=True)
+    typer.echo(f"warning: {one_line(message)}", err=True)
+
+
+def error_line(message: object) -> None:
+    """Write `error: MESSAGE` on stderr, always as one line."""
+    typer.echo(f"error: {one_line(message)}", err=True)
+
+
+def one_line(message: object) -> str:
+    """`message` as one printable line: a line break or other control character in it (a
+    newline in a file name, a lone surrogate from undecodable bytes) written as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(message))
 
 
 def colours(stream: TextIO, wanted: bool) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import InputError
+from .reading import PROMPTS_LIMIT, read_file
 from .text.unicode import decode_utf8
 
 _SUMMARY_TEXT = (
@@ -64,7 +65,7 @@ def builtin_prompts(kinds: list[str] | None = None) -> list[tuple[str, str]]:
 def read_prompts(path: Path) -> list[tuple[str, str]]:
     """Prompts from a file: one per line, or blocks separated by a line holding only `---`."""
     try:
-        text = decode_utf8(Path(path).read_bytes(), f"prompts file {path}")
+        text = decode_utf8(read_file(Path(path), PROMPTS_LIMIT), f"prompts file {path}")
     except OSError as exc:
         raise InputError(f"cannot read prompts file {path}: {exc.strerror}") from None
     text = text.replace("\r\n", "\n")  # files written on Windows

@@ -14,6 +14,7 @@ import os
 import sys
 
 from .errors import InputError
+from .reading import STDIN_LIMIT, read_stream
 
 STANDARD_DESCRIPTORS = (0, 1, 2)
 
@@ -54,7 +55,7 @@ def read_stdin(instead: str) -> bytes:
     if sys.stdin is None:
         raise InputError(f"standard input is closed; {instead}")
     try:
-        return sys.stdin.buffer.read()
+        return read_stream(sys.stdin.buffer, STDIN_LIMIT, "standard input")
     except (OSError, ValueError) as exc:  # ValueError: the stream was closed from Python
         raise InputError(f"cannot read standard input ({_reason(exc)}); {instead}") from None
 

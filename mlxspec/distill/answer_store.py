@@ -10,10 +10,13 @@ the `.npz` (earlier mlxspec) are split once when first read.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from ..reading import regular_file
 
 
 class Rows:
@@ -44,6 +47,32 @@ class Rows:
 def is_done(folder: Path, g: int) -> bool:
     """Whether batch `g` was written completely."""
     return (folder / f"{g:05d}.npz").is_file()
+
+
+def intact(folder: Path, g: int, shape: tuple[int, int, int], vocab: int) -> bool:
+    """Whether batch `g` reads back as it was written: tokens in 0..vocab-1 and a valid mask
+    of [rows, seq_len], features of `shape` [rows, seq_len, width]. A cache damaged on disk
+    (truncated, edited, replaced) is answered again, never read into a crash."""
+    files = [folder / f"{g:05d}.npz", folder / f"{g:05d}.features.npy"]
+    try:
+        regular_file(files[0])
+        with np.load(files[0]) as batch:
+            tokens, valid = batch["tokens"], batch["valid"]
+            whole = batch["features"].shape if "features" in batch.files else None  # an earlier mlxspec's
+        if whole is None:
+            regular_file(files[1])
+        features = whole or np.load(files[1], mmap_mode="r").shape
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+    return (tuple(features) == shape and tokens.shape == valid.shape == shape[:2]
+            and np.issubdtype(tokens.dtype, np.integer) and (tokens.size == 0 or 0 <= tokens.min() <= tokens.max() < vocab))
+
+
+def discard(folder: Path, g: int) -> None:
+    """Remove the files of batch `g` (before it is answered again)."""
+    for file in folder.glob(f"{g:05d}.*"):
+        if file.is_symlink() or not file.is_dir():
+            file.unlink()
 
 
 def write_batch(folder: Path, g: int, data: dict[str, np.ndarray]) -> None:

@@ -24,7 +24,7 @@ from ..drafts.feature import normalised_taps
 from ..models import KVCache, Model
 from ..models.mistral import run_blocks
 from ..text import Tokenizer
-from .answer_store import done_batches, is_done, read_batches, write_batch
+from .answer_store import discard, done_batches, intact, is_done, read_batches, write_batch
 from .prompts_file import Prompt
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -178,7 +178,10 @@ def answer_prompts(target: Model, tokenizer: Tokenizer, prompts: list[Prompt], f
     groups = batches_by_length([len(i) for i in ids], batch)
     eos = set(tokenizer.eos_ids)
     groups = groups[:limit]
+    width = target.args.hidden_size * (1 + len(held))
     for g, group in enumerate(groups):
+        if is_done(folder, g) and not intact(folder, g, (len(group), seq_len, width), target.args.vocab_size):
+            discard(folder, g)  # damaged on disk: answered again
         if not is_done(folder, g):
             if g and time.monotonic() > deadline:  # the first batch always: there is no training without it
                 break

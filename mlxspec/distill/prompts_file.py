@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, TokenizerError
+from ..reading import PROMPTS_LIMIT, read_file
 from ..text.unicode import check_text
 from .prompt_set import builtin_prompts
 
@@ -27,7 +28,7 @@ def read_prompts(path: Path) -> list[tuple[str, Prompt]]:
     """Every prompt of a JSONL file with where it stands ("FILE line N"), checked; one clear
     error naming the line otherwise."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_file(path, PROMPTS_LIMIT).decode("utf-8-sig")
     except OSError as exc:
         raise InputError(f"cannot read the prompts file {path} ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

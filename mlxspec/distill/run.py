@@ -24,12 +24,14 @@ from mlx.utils import tree_flatten
 
 from ..convert.atomic import atomic_dir, check_writable
 from ..drafts.feature import draft_config
-from ..errors import InputError, InputTypeError
+from ..errors import CheckpointError, InputError, InputTypeError
 from ..hub import resolve
 from ..load import load
 from ..convert.sources import TOKENIZER_FILES
 from ..paths import cache_dir, user_path
+from ..reading import JSON_LIMIT, read_file
 from ..selection import dequantize_default, weights_dtype
+from ..validate import is_int
 from .answers import answer_prompts, answers_folder
 from .checks import check_for_target, check_options, context_of
 from .drafts import feature_layers_for, feature_loss, head_matrix, head_subset, model_loss, new_draft
@@ -173,7 +175,7 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
     taps = tuple(options["feature_layers"] or ())
     key = {**settings, **({} if options["dequantize"] else {"quantized": True})}
     pinned = work / "train" / "data.json"
-    kept = json.loads(pinned.read_text()) if pinned.is_file() else None
+    kept = _pinned(pinned, model.args.vocab_size) if pinned.is_file() else None
     place, held_taps = answers_folder(cache_dir(), folder, train_prompts, key, taps)
     data = answer_prompts(model, tokenizer, train_prompts, place, **settings, deadline=deadline, progress=report,
                           limit=None if kept is None else kept["batches"], taps=taps, held=held_taps)
@@ -188,6 +190,21 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
     pinned.parent.mkdir(parents=True, exist_ok=True)
     pinned.write_text(json.dumps({"batches": data["batches"], "head_ids": ids.tolist()}))
     return data, held, ids
+
+
+def _pinned(path: Path, vocab: int) -> dict[str, Any]:
+    """A resumed run's data.json (the batches and head it started with), checked: a damaged
+    one is one `CheckpointError`, never head ids past the vocabulary (MLX would crash on them)."""
+    try:
+        kept = json.loads(read_file(path, JSON_LIMIT))
+    except (OSError, ValueError, RecursionError):
+        kept = None
+    ids = kept.get("head_ids") if isinstance(kept, dict) else None
+    if not (isinstance(kept, dict) and is_int(kept.get("batches")) and kept["batches"] >= 1 and isinstance(ids, list)
+            and ids and all(is_int(i) and 0 <= i < vocab for i in ids)):
+        raise CheckpointError(f"{path.parent.parent}: the checkpoint to resume is damaged ({path.name} does not hold "
+                              f"the batches and the head's token ids below {vocab}); --force starts the distillation over")
+    return kept
 
 
 def export(draft: Any, kind: str, target_folder: Path, out: Path, info: dict, force: bool) -> None:

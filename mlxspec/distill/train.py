@@ -13,13 +13,18 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
+
+from ..convert.safetensors_io import SafetensorsReader
+from ..errors import CheckpointError
+from ..reading import JSON_LIMIT, read_file
+from ..validate import is_int
 
 Progress = Callable[[str, int, int], None]
 
@@ -78,13 +83,47 @@ def has_checkpoint(folder: Path) -> bool:
     return (folder / "state.json").is_file()
 
 
+def read_state(folder: Path) -> dict[str, Any]:
+    """The state.json of the checkpoint in `folder`, checked, with its weight and optimizer
+    files checked whole (each header against the file): a checkpoint damaged or edited by hand
+    is one `CheckpointError`, never a crash of MLX halfway through loading it."""
+    try:
+        state = json.loads(read_file(folder / "state.json", JSON_LIMIT))
+    except (OSError, ValueError, RecursionError):
+        raise _damaged(folder, "state.json is not readable JSON") from None
+    if not (isinstance(state, dict) and is_int(state.get("step")) and state["step"] >= 1
+            and isinstance(state.get("curve"), list) and isinstance(state.get("held", []), list)):
+        raise _damaged(folder, "state.json does not hold a step >= 1 and its curves")
+    for name in ("weights", "optimizer"):
+        try:
+            SafetensorsReader(folder / f"{name}-{state['step']}.safetensors")
+        except CheckpointError as exc:
+            raise _damaged(folder, str(exc)) from None
+    return state
+
+
+def _damaged(folder: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{folder.parent}: the checkpoint to resume is damaged ({what}); "
+                           "--force starts the distillation over")
+
+
 def load_checkpoint(folder: Path, draft: nn.Module, opt: optim.Optimizer, curve: Curve) -> int:
-    """The step a checkpoint in `folder` reached (its weights and optimizer state loaded), or 0."""
+    """The step a checkpoint in `folder` reached (its weights and optimizer state loaded, each
+    tensor checked against the draft's), or 0."""
     if not has_checkpoint(folder):
         return 0
-    state = json.loads((folder / "state.json").read_text())
-    draft.load_weights(str(folder / f"weights-{state['step']}.safetensors"), strict=False)
-    opt.state = tree_unflatten(list(mx.load(str(folder / f"optimizer-{state['step']}.safetensors")).items()))
+    state = read_state(folder)
+    reference = optim.AdamW(learning_rate=0.0)
+    reference.init(draft.trainable_parameters())
+    loaded = {}
+    for name, expected in (("weights", draft.trainable_parameters()), ("optimizer", reference.state)):
+        tensors = mx.load(str(folder / f"{name}-{state['step']}.safetensors"))
+        wrong = [k for k, v in tree_flatten(expected) if k != "step" and (k not in tensors or tensors[k].shape != v.shape)]
+        if wrong:
+            raise _damaged(folder, f"{name}-{state['step']}.safetensors does not fit this draft: {wrong[0]!r}")
+        loaded[name] = tensors
+    draft.load_weights(list(loaded["weights"].items()), strict=False)
+    opt.state = tree_unflatten(list(loaded["optimizer"].items()))
     curve.points, curve.held = state["curve"], state.get("held", [])
     return state["step"]
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from ..convert.atomic import MARKER, check_not_a_source, mark, written_kind
 from ..errors import InputError, OutputError
-from .train import has_checkpoint
+from .train import has_checkpoint, read_state
 
 KIND = "distill-work"
 RECORD = "run.json"
@@ -53,6 +53,8 @@ def check_work(work: Path, resume: bool, force: bool, sources: Iterable[str | Pa
                           "remove it yourself or choose another output folder")
     if not resume and not force:
         raise OutputError(f"{work} holds a started distillation: --resume continues it, --force starts over")
+    if resume and has_checkpoint(work / "train"):
+        read_state(work / "train")  # a damaged checkpoint is refused before any work
 
 
 @contextmanager

@@ -26,6 +26,7 @@ import mlx.core as mx
 from ..drafts import Draft, DraftKind, Drafter, as_draft, one_row
 from ..drafts.protocol import Outlook, Pick, Proposal, point_mass
 from ..models import Linear, Model, fingerprint as module_fingerprint, set_weight_first_rows
+from ..reading import JSON_LIMIT, read_file
 from .policy import FixedK, Timings
 from .sampling import RandomKeys, SamplingParams
 from .speculative import Generation
@@ -173,7 +174,7 @@ class CalibrationCache:
     def read(self) -> dict[str, Any]:
         """The entries stored, {} when there is no usable file."""
         try:
-            data = json.loads(self.path.read_bytes())
+            data = json.loads(read_file(self.path, JSON_LIMIT))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, RecursionError) as exc:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from ..errors import InputError, InputTypeError
 from ..text.stops import check_stops
-from ..validate import is_int, is_real
+from ..validate import int_text, is_int, is_real
 from .logprobs import check_logprobs
 from .sampling import SamplingParams, check_seed
 
@@ -101,19 +101,14 @@ def logit_bias_pairs(bias: object) -> tuple[tuple[int, float], ...]:
         raise InputTypeError(f"logit_bias must map token ids to numbers, got {bias!r}")
     pairs = {}
     for token, value in bias:
-        if isinstance(token, str) and _decimal(token.strip().lstrip("-")):
-            token = int(token)
+        if isinstance(token, str) and int_text(token) is not None:
+            token = int_text(token)
         if not is_int(token):
             raise InputError(f"logit_bias: a token id must be an integer >= 0, got {token!r}")
         if not is_real(value):
             raise InputError(f"logit_bias: the bias of token {token} must be a number in -100..100, got {value!r}")
         pairs[int(token)] = float(value)
     return tuple(sorted(pairs.items()))
-
-
-def _decimal(text: str) -> bool:
-    """ASCII digits that `int` reads (not '²', not thousands of digits)."""
-    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def _parse_bias(text: str) -> object:
@@ -123,6 +118,8 @@ def _parse_bias(text: str) -> object:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise InputError(f"logit_bias: not a JSON object ({e.msg})") from None
+        except (ValueError, RecursionError):  # a number of more digits than Python converts, deep nesting
+            raise InputError("logit_bias: not a usable JSON object (a number too long or nesting too deep)") from None
     pairs = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         token, sep, value = part.partition("=")

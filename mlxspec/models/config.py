@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnsupportedModelError
+from ..reading import JSON_LIMIT, read_file
 from ..validate import is_int
 from .config_checks import MAX_DIM, check_options, check_quantization, check_types
 from .families import family
@@ -144,7 +145,7 @@ def port_supports(config: dict[str, Any]) -> bool:
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON object, turning I/O and syntax problems into a `ConfigError`."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_file(path, JSON_LIMIT).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

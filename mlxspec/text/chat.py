@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError, MlxspecError, TokenizerError
+from ..reading import JSON_LIMIT, read_file
 from .unicode import check_text
 
 Message = dict[str, Any]
@@ -28,8 +29,10 @@ def read_chat_template(model_dir: Path) -> str | None:
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
         try:
-            return jinja.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            return read_file(jinja, JSON_LIMIT).decode("utf-8")
+        except OSError as exc:
+            raise TokenizerError(f"{jinja}: unreadable chat template ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
             raise TokenizerError(f"{jinja}: unreadable chat template ({exc})") from None
     for name in ("chat_template.json", "tokenizer_config.json"):
         template = _template_entry(side_file(model_dir / name).get("chat_template"))
@@ -43,8 +46,10 @@ def side_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError):  # ValueError: also bytes that are not UTF-8
+        data = json.loads(read_file(path, JSON_LIMIT).decode("utf-8"))
+    except OSError as exc:
+        raise TokenizerError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, RecursionError):  # ValueError: also bytes that are not UTF-8
         raise TokenizerError(f"{path} is not valid UTF-8 JSON") from None
     return data if isinstance(data, dict) else {}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import TokenizerError
+from ..reading import TOKENIZER_LIMIT, regular_file
 from .chat import MISTRAL_INSTRUCT, ChatTemplate, Message, as_messages, read_chat_template, side_file
 from .detokenizer import DecodeStreamDetokenizer, Detokenizer, StreamingDetokenizer
 from .spelling import byte_level_bytes, metaspace_bytes
@@ -81,6 +82,7 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_file: Path, chat_template: str | None = None) -> None:
         import sentencepiece as spm
 
+        readable(model_file)
         try:
             self._sp = spm.SentencePieceProcessor(model_file=str(model_file))
         except (OSError, RuntimeError) as exc:
@@ -132,6 +134,7 @@ class HFTokenizer(Tokenizer):
     def __init__(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer as RustTokenizer
 
+        readable(model_dir / "tokenizer.json")
         try:
             self._tok = RustTokenizer.from_file(str(model_dir / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
@@ -198,6 +201,15 @@ def _token_string(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def readable(path: Path) -> None:
+    """A tokenizer file the tokenizer libraries may open: a regular file of a sane size (a
+    pipe, `/dev/zero` or a sparse giant would hang them)."""
+    try:
+        regular_file(path, TOKENIZER_LIMIT)
+    except OSError as exc:
+        raise TokenizerError(f"{path}: {exc.strerror}") from None
 
 
 def load_tokenizer(model_dir: Path) -> Tokenizer:
