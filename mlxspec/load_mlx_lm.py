@@ -49,10 +49,23 @@ def mlx_lm_config(config: dict[str, Any], weight_names: set[str]) -> dict[str, A
     if isinstance(local, dict) and "rope_theta" in local:
         out["rope_local_base_freq"] = local["rope_theta"]
     types = config.get("layer_types")
-    if isinstance(types, list) and "full_attention" in types and "sliding_attention" in types:
-        out["sliding_window_pattern"] = types.index("full_attention") + 1
+    if isinstance(types, list) and "sliding_attention" in types:
+        out["sliding_window_pattern"] = _window_pattern(types, config)
     out["tie_word_embeddings"] = "lm_head.weight" not in weight_names
     return {k: v for k, v in out.items() if k not in config}
+
+
+def _window_pattern(types: list[Any], config: dict[str, Any]) -> int:
+    """mlx-lm's `sliding_window_pattern` for transformers' `layer_types`: every p-th layer
+    global, the others sliding. A layout it cannot say (no global layer, or not periodic)
+    is one line, rather than an index error or a wrong mask inside mlx-lm."""
+    pattern = types.index("full_attention") + 1 if "full_attention" in types else 0
+    periodic = [("full_attention" if (i + 1) % pattern == 0 else "sliding_attention") for i in range(len(types))] \
+        if pattern else None
+    if periodic != types:
+        raise ConfigError(f"{config.get('model_type')}: layer_types {types} is not every n-th layer global, "
+                          "the only layout mlx-lm's model class runs")
+    return pattern
 
 
 def _weight_names(folder: Path) -> set[str]:
@@ -87,7 +100,11 @@ def load_mlx_lm_lazily(folder: Path, config: dict[str, Any]) -> tuple[Any, dict[
     if not any(folder.glob("model*.safetensors")):
         raise CheckpointError(f"{folder}: no model*.safetensors weights (mlx-lm reads only those)")
     try:
-        return load_model(folder, lazy=True, model_config=mlx_lm_config(config, _weight_names(folder)))
+        settings = mlx_lm_config(config, _weight_names(folder))
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / 'config.json'}: {exc}") from None
+    try:
+        return load_model(folder, lazy=True, model_config=settings)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, FileNotFoundError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{folder}: mlx-lm cannot load this {config.get('model_type')} checkpoint "

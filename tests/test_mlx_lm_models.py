@@ -215,3 +215,15 @@ def test_each_architecture_drafts_with_another_vocabulary_for_the_real_smollm2(c
     steps = list(session.stream_chat(chat, max_tokens=20, prompt_cache=False))
     plain = list(session.stream_chat(chat, max_tokens=20, speculative=False, prompt_cache=False))
     assert [s.token for s in steps] == [s.token for s in plain] and steps[-1].stats.drafted > 0
+
+
+def test_a_layer_layout_mlx_lm_cannot_say_is_one_line(tmp_path):
+    """Gemma 3 with two sliding layers and no global one: mlx-lm's class would index a
+    global layer that is not there; refused by name instead."""
+    from mlxspec.errors import ConfigError
+
+    folder = architecture_checkpoint(tmp_path / "g", "gemma3_text", 64, 0, num_hidden_layers=2)
+    with pytest.raises(ConfigError, match="layer_types .* is not every n-th layer global"):
+        load_model(folder)
+    seven = architecture_checkpoint(tmp_path / "g7", "gemma3_text", 64, 0, num_hidden_layers=7)
+    assert isinstance(load_model(seven), ForeignModel)  # every 6th global, the 7th sliding: mlx-lm's layout
