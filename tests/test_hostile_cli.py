@@ -283,3 +283,12 @@ def test_a_damaged_answers_cache_is_answered_again(damage, distilled, model, tmp
                           "--prompts", str(distilled.parent / "prompts.jsonl"), *DISTILL], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "MLXSPEC_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0 and (tmp_path / "d" / "model.safetensors").is_file(), res.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "-p", "hi", "-m", "{model}", "--stop", "caf\udce9"], "a stop string is not valid UTF-8"),
+    (["chat", "-m", "{model}", "--system", "caf\udce9"], "the --system argument is not valid UTF-8"),
+], ids=["stop", "chat system"])
+def test_text_options_of_undecodable_bytes_are_one_error_line(argv, message, model, capsys):
+    line = one_error_line([a.replace("{model}", str(model)) for a in argv], capsys)
+    assert message in line and "the byte 0xe9" in line
