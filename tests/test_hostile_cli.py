@@ -292,3 +292,14 @@ def test_a_damaged_answers_cache_is_answered_again(damage, distilled, model, tmp
 def test_text_options_of_undecodable_bytes_are_one_error_line(argv, message, model, capsys):
     line = one_error_line([a.replace("{model}", str(model)) for a in argv], capsys)
     assert message in line and "the byte 0xe9" in line
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_while_the_process_exits_keeps_the_commands_exit_status(stop):
+    script = ("import atexit, os, sys\nfrom mlxspec.cli import main\n"
+              f"atexit.register(lambda: os.kill(os.getpid(), {int(stop)}))  # arrives during the shutdown\n"
+              "main(sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", script, "generate", "-p", "hi", "-m", "x", "-n", "-1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == ["error: max_tokens must be >= 0, got -1"]
