@@ -27,6 +27,7 @@ from .drafts import KINDS, describe_draft, draft_settings
 from .cli_request import with_generation_options
 from .engine import GenerationOptions, Session
 from .errors import InputError
+from .interrupts import exiting
 from .selection import dequantize_default, named_models, select_models, weights_dtype
 from .pipeline import PipelineError, close as close_pipeline, connect, lost_peers, pipeline_errors, serve_rank
 from .load import load_draft
@@ -281,4 +282,6 @@ app.command("distill")(friendly_errors(distill_command))
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of `mlxspec` and `python -m mlxspec`."""
-    sys.exit(run(app, argv))
+    code = run(app, argv)
+    exiting()
+    sys.exit(code)

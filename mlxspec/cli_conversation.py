@@ -20,6 +20,7 @@ from .console import colours
 from .engine import GenerationOptions
 from .errors import InputError
 from .selection import dequantize_default
+from .text.unicode import check_text
 
 
 @with_generation_options(max_tokens=512)
@@ -36,6 +37,8 @@ def chat_command(
 ) -> None:
     """Chat on the terminal: history kept, answers streamed, each turn prefilling only what is new."""
     check_generation(num_draft_tokens)
+    if system is not None:
+        check_text(system, "the --system argument")
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
                                           calibration_for(recalibrate))
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)

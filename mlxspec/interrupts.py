@@ -2,7 +2,9 @@
 command as Ctrl-C does, where the default action would end the process on the spot: the
 work in hand unwinds, so its cleanups run (a half-written output folder and its lock
 removed, a distillation's work folder kept only when it can be resumed), then one line and
-exit status 143 (128 + SIGTERM). A second SIGTERM ends the process at once, as by default."""
+exit status 143 (128 + SIGTERM). A second SIGTERM ends the process at once, as by default.
+Once the command is over, a stop arriving while the interpreter shuts down is ignored, so
+that the exit status stays the command's instead of becoming a signal's."""
 
 from __future__ import annotations
 
@@ -38,3 +40,10 @@ def sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def exiting() -> None:
+    """The command is over and the process about to exit: from now on Ctrl-C and SIGTERM
+    are ignored (the shutdown takes a moment; either would make the exit status a signal's)."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)

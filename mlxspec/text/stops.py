@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..errors import InputError, InputTypeError
+from .unicode import check_text
 
 MAX_STOPS = 16  # as llama.cpp and OpenAI's API (4) bound them: each one is searched every token
 
@@ -21,6 +22,8 @@ def check_stops(stop: object) -> list[str]:
         raise InputTypeError(f"stop must be a string or a list of strings, got {stop!r}")
     if any(not s for s in stops):
         raise InputError("a stop string is empty")
+    for s in stops:  # lone surrogates (undecodable bytes of an argument) could never be generated
+        check_text(s, "a stop string")
     if len(stops) > MAX_STOPS:
         raise InputError(f"at most {MAX_STOPS} stop strings, got {len(stops)}")
     return list(stops)
