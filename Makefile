@@ -6,6 +6,7 @@
 # missing and running as root; otherwise it warns and runs on the slow BLAS).
 
 PYTHON ?= python3
+EXTRAS ?= test   # CI: EXTRAS=test,oracles also installs llama.cpp (compiled) to check recorded oracles live
 VENV   := .venv
 BIN    := $(VENV)/bin
 UNAME  := $(shell uname -s)
@@ -66,7 +67,7 @@ $(VENV)/.demo: pyproject.toml setup.py $(VENV)/.venv
 	touch $@
 
 $(VENV)/.test: pyproject.toml setup.py $(VENV)/.venv
-	$(call install,.[test])
+	$(call install,.[$(strip $(EXTRAS))])
 	touch $@ $(VENV)/.demo
 
 clean:
