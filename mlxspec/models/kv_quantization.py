@@ -38,11 +38,7 @@ class KVQuantization:
     group_size: int = DEFAULT_GROUP_SIZE
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or self.bits not in BITS:
-            raise InputError(f"kv_bits must be one of {', '.join(map(str, BITS))}, got {self.bits!r}")
-        if isinstance(self.group_size, bool) or self.group_size not in GROUP_SIZES:
-            raise InputError(f"kv_group_size must be one of {', '.join(map(str, GROUP_SIZES))}, "
-                             f"got {self.group_size!r}")
+        check_values(self.bits, self.group_size)
 
     def check(self, head_dim: int, whose: str = "the model") -> None:
         """Raise `InputError` when `head_dim` does not split into whole groups."""
@@ -55,13 +51,19 @@ class KVQuantization:
         return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits))
 
 
+def check_values(bits: object, group_size: object, names: tuple[str, str] = ("kv_bits", "kv_group_size")) -> None:
+    """`InputError` naming the option (`names`) for bits or a group size no cache can take
+    (None bits: full precision)."""
+    if bits is not None and (isinstance(bits, bool) or bits not in BITS):
+        raise InputError(f"{names[0]} must be {' or '.join(map(str, BITS))}, got {bits!r}")
+    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+        raise InputError(f"{names[1]} must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size!r}")
+
+
 def kv_quantization(bits: int | None, group_size: int = DEFAULT_GROUP_SIZE) -> KVQuantization | None:
-    """The setting for `kv_bits`/`kv_group_size` (None: full precision)."""
-    if bits is None:
-        if group_size != DEFAULT_GROUP_SIZE:
-            KVQuantization(4, group_size)  # still say when the group size is not one
-        return None
-    return KVQuantization(bits, group_size)
+    """The setting for `kv_bits`/`kv_group_size` (None bits: full precision)."""
+    check_values(bits, group_size)
+    return None if bits is None else KVQuantization(bits, group_size)
 
 
 def encode(kv: KVQuantization | None, x: mx.array) -> Stored:
