@@ -181,7 +181,7 @@ def test_a_batchs_bytes_count_the_packed_data():
 @pytest.mark.parametrize("bits, group, message", [
     (5, 64, "kv_bits must be 4 or 8, got 5"), (True, 64, "kv_bits must be 4 or 8"),
     (4, 48, "kv_group_size must be one of 32, 64, 128, got 48"),
-    (4, 64, "kv_group_size 64 does not divide the model's head_dim 32; use one of 32"),
+    (4, 64, "kv_group_size 64 does not divide the model's head_dim 32; use 32"),
 ])
 def test_bad_settings_are_one_clear_line_from_the_library(bits, group, message):
     with pytest.raises(InputError, match=message):

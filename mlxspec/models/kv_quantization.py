@@ -43,8 +43,9 @@ class KVQuantization:
     def check(self, head_dim: int, whose: str = "the model") -> None:
         """Raise `InputError` when `head_dim` does not split into whole groups."""
         if head_dim % self.group_size:
-            raise InputError(f"kv_group_size {self.group_size} does not divide {whose}'s head_dim {head_dim}; "
-                             f"use one of {', '.join(str(g) for g in GROUP_SIZES if head_dim % g == 0) or 'none'}")
+            fits = [str(g) for g in GROUP_SIZES if head_dim % g == 0]
+            hint = f"use {' or '.join(fits)}" if fits else "no group size fits it: run without kv_bits"
+            raise InputError(f"kv_group_size {self.group_size} does not divide {whose}'s head_dim {head_dim}; {hint}")
 
     def encode(self, x: mx.array) -> Stored:
         """`x` [B, H, n, D] as stored: (packed, scales, biases)."""
