@@ -63,8 +63,7 @@ def generate(
     pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
     connect_timeout: float = typer.Option(60.0, "--connect-timeout", help="With --pipeline: seconds to wait for every rank to connect."),
     options: GenerationOptions = GenerationOptions(),
-    kv_bits: Optional[int] = None,
-    kv_group_size: int = 64,
+    kv: Optional[dict] = None,
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
@@ -80,7 +79,7 @@ def generate(
     with pipeline_errors(0), closing(target):
         session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                           draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json),
-                          kv_bits=kv_bits, kv_group_size=kv_group_size)
+                          **kv)
         steps = session.stream(text, options, chat=chat, prefill_chunk=prefill_chunk)
         _print_generation(steps, as_json, verbose)
 
@@ -204,9 +203,7 @@ def bench(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
-    options: GenerationOptions = GenerationOptions(max_tokens=128),
-    kv_bits: Optional[int] = None,
-    kv_group_size: int = 64,
+    options: GenerationOptions = GenerationOptions(max_tokens=128), kv: Optional[dict] = None,
 ) -> None:
     """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
     acceptance overall and per draft position, tokens per round, time to first token, peak
@@ -228,8 +225,7 @@ def bench(
     report = run_bench(target, tokenizer, draft_model, prompt_list, options=options, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
                        mlx_lm_draft=their_draft, weights=weights_label(dequant),
-                       calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True),
-                       kv_bits=kv_bits, kv_group_size=kv_group_size)
+                       calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True), **kv)
     with atomic_dir(out, force, sources=sources, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written) + ("" if not plots or any(p.suffix == ".png" for p in written)

@@ -36,15 +36,14 @@ def chat_command(
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     options: GenerationOptions = GenerationOptions(max_tokens=512),
-    kv_bits: Optional[int] = None,
-    kv_group_size: int = 64,
+    kv: Optional[dict] = None,
 ) -> None:
     """Chat on the terminal: history kept, answers streamed, each turn prefilling only what is new."""
     check_generation(num_draft_tokens)
     if system is not None:
         check_text(system, "the --system argument")
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
-                                          calibration_for(recalibrate), kv=(kv_bits, kv_group_size))
+                                          calibration_for(recalibrate), kv=kv)
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
 
 
@@ -65,8 +64,7 @@ def serve_command(
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     options: GenerationOptions = GenerationOptions(max_tokens=512, temperature=1.0),
-    kv_bits: Optional[int] = None,
-    kv_group_size: int = 64,
+    kv: Optional[dict] = None,
 ) -> None:
     """An OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
     Concurrent requests share one batch, with speculative decoding inside it. The request
@@ -82,7 +80,7 @@ def serve_command(
     with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
         session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
                                                  dequantize_default(dequantize), calibration_for(recalibrate),
-                                                 adaptive, prompt_cache, (kv_bits, kv_group_size))
+                                                 adaptive, prompt_cache, kv)
         stopped_by, cut = conversation.serve(session, served or name, sock, max_batch, max_queue, options)
     ended = f"{cut} request{'s' if cut != 1 else ''} in flight cut short" if cut else "no request in flight"
     interrupted = stopped_by == signal.SIGINT

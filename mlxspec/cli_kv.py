@@ -1,7 +1,7 @@
 """`--kv-bits` and `--kv-group-size`, the key/value cache options that generate, chat, serve
 and bench share: defined once here, checked before anything loads (one `error:` line for a
-value no cache can take), and handed to the command as `kv_bits` / `kv_group_size`, the
-names `Session` takes."""
+value no cache can take), and handed to the command as one `kv` dict of `kv_bits` and
+`kv_group_size`, the keywords `Session` takes."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ KV_GROUP_SIZE_HELP = (f"With --kv-bits: elements of a key/value vector per scale
 
 def with_kv_options(command: Callable) -> Callable:
     """Give a command `--kv-bits` and `--kv-group-size`; it receives them, checked, as its
-    `kv_bits` and `kv_group_size` parameters."""
+    `kv` parameter: `{"kv_bits": ..., "kv_group_size": ...}`."""
     signature = inspect.signature(command)
-    own = [p for name, p in signature.parameters.items() if name not in ("kv_bits", "kv_group_size")]
+    own = [p for name, p in signature.parameters.items() if name != "kv"]
     added = [
         inspect.Parameter("kv_bits", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int],
                           default=typer.Option(None, "--kv-bits", help=KV_BITS_HELP)),
@@ -34,9 +34,11 @@ def with_kv_options(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def run(**kwargs: Any) -> Any:
-        check_values(kwargs["kv_bits"], kwargs["kv_group_size"], ("--kv-bits", "--kv-group-size"))  # before loading
-        return command(**kwargs)
+        kv = {"kv_bits": kwargs.pop("kv_bits"), "kv_group_size": kwargs.pop("kv_group_size")}
+        check_values(*kv.values(), names=("--kv-bits", "--kv-group-size"))  # before anything loads
+        return command(kv=kv, **kwargs)
 
     run.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
-    run.__annotations__ = {**command.__annotations__, "kv_bits": Optional[int], "kv_group_size": int}
+    run.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "kv"},
+                           "kv_bits": Optional[int], "kv_group_size": int}
     return run

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import KVQuantization, Model, is_model
+from ..models import KVQuantization, Model, is_model, kv_keyword
 from .kind import DraftKind, DraftSettings
 from .model_draft import ModelDraft
 from .ngram import NGramDraft, NGramDrafter, match_prior
@@ -44,7 +44,7 @@ class LookupAndModel:
 
     def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool,
                 kv: KVQuantization | None = None) -> LookupAndModelDrafter:
-        return LookupAndModelDrafter(self, self.model.drafter(target, k_max, chunk, greedy, kv=kv))
+        return LookupAndModelDrafter(self, self.model.drafter(target, k_max, chunk, greedy, **kv_keyword(kv)))
 
     def batch_drafter(self, target: Model, chunk: int, kv: KVQuantization | None = None) -> None:
         raise NotImplementedError("prompt lookup in front of a draft model does not batch")

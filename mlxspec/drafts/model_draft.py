@@ -10,7 +10,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import InputError
-from ..models import KVQuantization, Model, SubsetHead, fingerprint, is_model, layer_caches
+from ..models import KVQuantization, Model, SubsetHead, fingerprint, is_model, kv_keyword, layer_caches
 from ..models.batch_cache import BatchCache
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal, pick_rows, row_proposals
 
@@ -102,7 +102,7 @@ class ModelDrafter:
 
     def __init__(self, draft: Model, k_max: int, chunk: int, kv: KVQuantization | None = None) -> None:
         self.draft, self.chunk = draft, chunk
-        self.cache = layer_caches(draft.make_cache(max_rollback=k_max, kv=kv))
+        self.cache = layer_caches(draft.make_cache(max_rollback=k_max, **kv_keyword(kv)))
         self.pending: list[int] = []
         head = getattr(draft, "lm_head", None)
         self.support = head.token_ids if isinstance(head, SubsetHead) else None
@@ -149,7 +149,7 @@ class BatchModelDrafter:
 
     def add(self, prompt: list[int], hidden: mx.array | None = None, greedy: bool = True) -> None:
         """A new last row: the draft reads its prompt alone, then joins the batch."""
-        cache = self.draft.make_cache(kv=self.kv)
+        cache = self.draft.make_cache(**kv_keyword(self.kv))
         for s in range(0, len(prompt), self.chunk):
             hidden = self.draft.model(mx.array([prompt[s : s + self.chunk]]), cache)
             mx.eval(hidden, [c.keys for c in cache if c.keys is not None])

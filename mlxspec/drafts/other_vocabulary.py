@@ -22,7 +22,7 @@ import math
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import KVQuantization, Model, SubsetHead, fingerprint, layer_caches
+from ..models import KVQuantization, Model, SubsetHead, fingerprint, kv_keyword, layer_caches
 from ..text import Tokenizer
 from ..text.spelling import complete_length, is_byte_piece, spell
 from .model_draft import last_logits, warn_if_not_smaller
@@ -150,7 +150,7 @@ class OtherVocabularyDrafter:
         self.draft, self.chunk, self.greedy = draft, chunk, greedy
         self.most = 2 * k_max + 2  # draft tokens written per greedy round
         rollback = self.most + LOOKBACK + LOOKBACK_BYTES + 4
-        self.cache = layer_caches(draft.model.make_cache(max_rollback=rollback, kv=kv))
+        self.cache = layer_caches(draft.model.make_cache(max_rollback=rollback, **kv_keyword(kv)))
         self.track = TextTrack(draft.tokenizer, draft.draft_bytes)
         self.fed = 0  # how many of track.ids the cache holds
         self.text = bytearray()

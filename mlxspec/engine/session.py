@@ -16,7 +16,7 @@ import mlx.core as mx
 
 from ..drafts import Draft, DraftKind, as_draft, check_draft_length, make_drafter
 from ..errors import InputError, InputTypeError
-from ..models import KVQuantization, Model, is_model, kv_quantization, set_weight_first_rows
+from ..models import KVQuantization, Model, is_model, kv_keyword, kv_quantization, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
 from ..text import Message, Tokenizer
 from ..text.chat import as_messages
@@ -187,7 +187,9 @@ class Session:
         one) an empty cache. A feature draft reads every prompt position, so a request
         drafting with one must not reuse."""
         cache, reused = self.prompt_cache.take(ids) if reuse else (None, 0)
-        return (cache if cache is not None else self.target.make_cache(max_rollback=self.k_max, kv=self.kv)), reused
+        if cache is None:
+            cache = self.target.make_cache(max_rollback=self.k_max, **kv_keyword(self.kv))
+        return cache, reused
 
     def _steps(self, generation: Generation, ids: list[int], budget: int, stops: list[str],
                keep: bool) -> Iterator[GenerationStep]:

@@ -4,7 +4,7 @@ rolling KV cache. No I/O, no device choice and no timing here."""
 from .cache import KVCache, LayerCaches, RollingKVCache, layer_caches
 from .config import ModelArgs
 from .fingerprint import fingerprint
-from .kv_quantization import KVQuantization, kv_quantization
+from .kv_quantization import KVQuantization, kv_keyword, kv_quantization
 from .linear import Linear, set_weight_first_rows
 from .foreign import ForeignModel
 from .mistral import Cache, Model, SubsetHead, TransformerBlock
@@ -16,5 +16,5 @@ def is_model(obj: object) -> bool:
 
 
 __all__ = ["Cache", "ForeignModel", "KVCache", "KVQuantization", "LayerCaches", "Linear", "Model", "ModelArgs", "RollingKVCache", "SubsetHead", "TransformerBlock",
-           "fingerprint", "is_model", "kv_quantization", "layer_caches",
+           "fingerprint", "is_model", "kv_keyword", "kv_quantization", "layer_caches",
            "set_weight_first_rows"]

@@ -67,6 +67,13 @@ def kv_quantization(bits: int | None, group_size: int = DEFAULT_GROUP_SIZE) -> K
     return None if bits is None else KVQuantization(bits, group_size)
 
 
+def kv_keyword(kv: KVQuantization | None) -> dict:
+    """`{"kv": kv}` to pass on, or nothing for full precision: a model's `make_cache` or a
+    draft kind's `drafter` written before the option (a wrapper, a kind of one's own)
+    still works where no quantization is asked for."""
+    return {} if kv is None else {"kv": kv}
+
+
 def encode(kv: KVQuantization | None, x: mx.array) -> Stored:
     """`x` as a cache with setting `kv` stores it."""
     return x if kv is None else kv.encode(x)
