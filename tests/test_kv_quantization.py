@@ -163,6 +163,20 @@ def test_at_4_bits_the_cache_takes_at_most_03_of_float16s_bytes(make):
     assert sizes["8bit"] / sizes["float16"] == pytest.approx(8.5 / 16)
 
 
+def test_a_models_caches_count_their_bytes_as_stored():
+    """What a memory planner reads: a float16 model's caches, every layer, at 4 bits."""
+    model = tiny_model(WINDOW)
+    model.set_dtype(mx.float16)
+    sizes = {}
+    for kv in (None, KVQuantization(4, 32)):
+        cache = model.make_cache(4, kv=kv)
+        model(tokens(40), cache)
+        mx.eval(cache.arrays())
+        sizes[kv] = cache.nbytes
+        assert cache.nbytes == sum(c.nbytes for c in cache) > 0
+    assert sizes[KVQuantization(4, 32)] / sizes[None] == pytest.approx((4 + 32 / 32) / 16)  # a scale and bias per 32
+
+
 def test_a_batchs_bytes_count_the_packed_data():
     kv = KVQuantization(4, 64)
     sizes = []
@@ -174,7 +188,8 @@ def test_a_batchs_bytes_count_the_packed_data():
             single.update_and_fetch(x, x)
             batch.layers[0].add(single)
             batch.layout.add(mx.arange(n), n)
-        sizes.append(batch.layers[0].nbytes)
+        sizes.append(batch.nbytes)
+        assert batch.nbytes == batch.layers[0].nbytes
     assert sizes[1] / sizes[0] == pytest.approx(4.5 / 16)
 
 

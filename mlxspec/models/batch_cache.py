@@ -234,6 +234,11 @@ class BatchCache:
         """Forget the newest counts[b] positions of each row b."""
         self.layout.rollback(counts)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every layer's keys and values for all rows (as stored)."""
+        return sum(layer.nbytes for layer in self.layers)
+
     def keep(self, rows: list[int]) -> None:
         """Keep only these rows, in this order."""
         width = self.layout.keep(rows)

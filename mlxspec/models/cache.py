@@ -239,6 +239,11 @@ class LayerCaches(list):
             for c in self:
                 c.rollback(n)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every layer's keys and values (as stored: quantized ones packed)."""
+        return sum(c.nbytes for c in self)
+
     def arrays(self) -> list[mx.array]:
         """What the passes so far wrote (evaluate to run them for the cache alone)."""
         return [a for c in self for a in parts(c.keys) + parts(c.values)]
