@@ -6,6 +6,7 @@ its quantized cache (chi-square, and a broken verifier must fail)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import mlx.core as mx
@@ -14,7 +15,7 @@ import pytest
 
 from mlxspec import Session, stream_generate
 from mlxspec.drafts import FeatureDraft, LookupAndModel, make_drafter
-from mlxspec.engine import FixedK, Generation, RandomKeys
+from mlxspec.engine import Calibration, FixedK, Generation, RandomKeys
 from mlxspec.engine.sampling import SamplingParams, process_logits
 from mlxspec.models import KVQuantization, Model
 from mlxspec.models.config import ModelArgs
@@ -92,6 +93,20 @@ def test_the_quantized_cache_changes_the_text_so_the_greedy_test_can_fail():
     target, _ = pair("model", WINDOW)
     texts = {bits: greedy(target, PROMPT, 40, kv_bits=bits, **KV)[0] for bits in (None, 4)}
     assert texts[None] != texts[4]
+
+
+@pytest.mark.filterwarnings("ignore:the draft")
+def test_the_cost_policy_is_calibrated_over_quantized_caches(tmp_path):
+    """The round times a session with kv_bits plans with are measured over quantized caches
+    (an entry of their own in the calibration cache), and its greedy text is still plain's."""
+    target, draft = pair("model", WINDOW)
+    sessions = [Session(target, None, draft, num_draft_tokens=3, calibration=Calibration(tmp_path), **kv)
+                for kv in ({}, dict(kv_bits=8, **KV))]
+    for session in sessions:
+        session.timings(SamplingParams())
+    assert len(json.loads((tmp_path / "calibration.json").read_text())["entries"]) == 2
+    expected, _ = greedy(target, PROMPT, 30, kv_bits=8, **KV)
+    assert [s.token for s in sessions[1].stream(PROMPT, max_tokens=30)] == expected
 
 
 @pytest.mark.parametrize("window", [WINDOW, None])

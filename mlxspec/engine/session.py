@@ -54,15 +54,16 @@ class Calibration:
                  progress: Progress | None = None) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.recalibrate, self.progress = recalibrate, progress
-        self._timings: dict[str, Timings] = {}
+        self._timings: dict[tuple[str, KVQuantization | None], Timings] = {}
 
-    def timings(self, target: Model, draft: DraftKind, k_max: int, params: SamplingParams) -> Timings:
-        """The round times for `params`' kind of sampling, the target set to the
-        multiplication order they were measured in."""
-        kind = sampling_kind(params)
+    def timings(self, target: Model, draft: DraftKind, k_max: int, params: SamplingParams,
+                kv: KVQuantization | None = None) -> Timings:
+        """The round times for `params`' kind of sampling (over caches quantized as `kv`
+        says), the target set to the multiplication order they were measured in."""
+        kind = (sampling_kind(params), kv)
         if kind not in self._timings:
             self._timings[kind] = calibrate(target, draft, k_max, params, cache_dir=self.cache_dir,
-                                            recalibrate=self.recalibrate, progress=self.progress)
+                                            recalibrate=self.recalibrate, progress=self.progress, kv=kv)
         timings = self._timings[kind]
         set_weight_first_rows(target, timings.weight_first_rows)
         return timings
@@ -114,7 +115,7 @@ class Session:
         """The calibrated round times for these sampling settings (measured on first use)."""
         if self.draft is None:
             raise InputError("a session without a draft has nothing to calibrate")
-        return self.calibration.timings(self.target, self.draft, self.k_max, params)
+        return self.calibration.timings(self.target, self.draft, self.k_max, params, **kv_keyword(self.kv))
 
     def policy(self, params: SamplingParams, seed: int | None, k_max: int | None = None) -> DraftPolicy:
         """The draft-length policy for one request (drafting at most `k_max`, default the session's)."""
