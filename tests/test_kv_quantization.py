@@ -210,3 +210,12 @@ def test_a_draft_whose_head_dim_the_groups_do_not_divide_fails_at_the_session():
                             num_key_value_heads=2, vocab_size=VOCAB))  # head_dim 16
     with pytest.raises(InputError, match="head_dim 16"):
         Session(target, None, draft, kv_bits=8, kv_group_size=32)
+
+
+def test_a_pipelined_target_refuses_quantized_caches():
+    from mlxspec.pipeline.link import LeadModel
+
+    lead = LeadModel(ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=96, num_attention_heads=2,
+                               num_key_value_heads=2, vocab_size=VOCAB))
+    with pytest.raises(InputError, match="a pipelined target keeps full-precision caches"):
+        Session(lead, kv_bits=4, kv_group_size=32)
