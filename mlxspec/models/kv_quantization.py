@@ -103,10 +103,6 @@ def slots(stored: Stored) -> int:
     return parts(stored)[0].shape[2]
 
 
-def is_quantized(stored: Stored | None) -> bool:
-    return isinstance(stored, tuple)
-
-
 def quantized_attention(q: mx.array, k: tuple, v: tuple, scale: float, mask) -> mx.array:
     """Scaled dot-product attention of queries `q` [B, n_heads, L, D] over quantized keys
     and values [B, n_kv_heads, T, ...] (mlx-lm's way: `quantized_matmul` on the packed
