@@ -177,7 +177,8 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Draft, prompts: list[t
     if compare_mlx_lm:
         drafts["mlx-lm"] = describe_draft(mlx_lm_draft if mlx_lm_draft is not None else draft)
     rows = summarise(configs, temperatures, results, timings)
-    return {"comparison": compare(rows, temperatures), "schema": SCHEMA_VERSION, "weights": weights,
+    kv_cache = "full precision" if kv_bits is None else f"{kv_bits}-bit, groups of {kv_group_size} (mlxspec's runs)"
+    return {"comparison": compare(rows, temperatures), "schema": SCHEMA_VERSION, "weights": weights, "kv_cache": kv_cache,
             "drafts": drafts, "max_tokens": max_tokens, "repeats": repeats,
             "prompts": [{"kind": k, "text": t, "tokens": len(i)} for k, t, i in encoded],
             "timings": timings_report(timings), "environment": environment(), "rows": rows}

@@ -92,3 +92,16 @@ def test_the_server_refuses_a_group_size_the_model_cannot_take(hf_full_dir):
     res = run("serve", "-m", str(hf_full_dir), "--port", str(free_port()), "--kv-bits", "4", "--kv-group-size", "32")
     assert res.returncode != 0
     assert res.stderr.strip() == NO_FIT
+
+
+def test_bench_measures_over_quantized_caches_and_says_so(head_dim_32, tmp_path):
+    target, draft = head_dim_32
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello there\n")
+    res = run("bench", "-m", str(target), "-d", str(draft), "--prompts", str(prompts), "-n", "4", "--temperatures", "0",
+              "-k", "1", "--repeats", "1", "--no-adaptive", "--no-plots", "--kv-bits", "8", "--kv-group-size", "32",
+              "-o", str(tmp_path / "report"))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["kv_cache"] == "8-bit, groups of 32 (mlxspec's runs)"
+    assert "KV cache: 8-bit, groups of 32" in (tmp_path / "report" / "report.md").read_text()
