@@ -187,3 +187,19 @@ def test_sampled_speculation_follows_the_target_over_its_quantized_cache(broken,
         counts[keys.index(tuple(out[:2]))] += 1
     stat, df = chi2_stat(counts, np.array([exact[k] for k in keys]))
     assert (stat < chi2_critical(df)) != broken, (stat, df)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_greedy_with_a_draft_of_another_vocabulary_equals_plain(bits):
+    """The other-vocabulary drafter's cache (rolled back by re-spelling) quantized too."""
+    from mlxspec.drafts import OtherVocabularyDraft
+    from test_other_vocabulary import BPE, SP, TRICKY
+
+    target = tiny(20, vocab=SP.vocab_size, layers=1)
+    draft = OtherVocabularyDraft(tiny(21, vocab=BPE.vocab_size, window=None, layers=1), BPE, SP)
+    plain = Session(target, SP, kv_bits=bits, **KV)
+    session = Session(target, SP, draft, num_draft_tokens=4, draft_policy="fixed", kv_bits=bits, **KV)
+    for prompt in TRICKY[:3]:
+        expected = [s.token for s in plain.stream(prompt, max_tokens=30)]
+        assert [s.token for s in session.stream(prompt, max_tokens=30)] == expected, prompt
+    assert all(c.kv == session.kv for c in session.draft.drafter(target, 4, 64, True, kv=session.kv).cache)
