@@ -86,6 +86,7 @@ class RemoteCache:
     here, a rollback is sent on."""
 
     keys = values = None  # held by the other ranks
+    nbytes = 0  # (on this rank)
 
     def __init__(self, link: Link, max_rollback: int) -> None:
         self.link, self.offset = link, 0
