@@ -64,6 +64,27 @@ def test_generate_with_a_quantized_cache_gives_the_librarys_text(head_dim_32):
     assert expect != plain  # the 4-bit cache changes this text: the comparison can fail
 
 
+def test_chat_keeps_its_history_in_quantized_caches(head_dim_32, hf_tokenizer_dir, tmp_path):
+    """Two turns of `mlxspec chat --kv-bits 4` (a target without a window: the whole history
+    stays cached): the second reuses the first's cache, and both answers equal the
+    library's over the same 4-bit caches."""
+    target = make_hf_checkpoint(tmp_path / "full", hf_tokenizer_dir, seed=8, num_attention_heads=2,
+                                sliding_window=None, rope_theta=1e6)
+    draft = head_dim_32[1]
+    done = subprocess.run([sys.executable, "-m", "mlxspec", "chat", "--model", str(target), "--draft", str(draft),
+                           "-n", "8", "-v", "--kv-bits", "4", "--kv-group-size", "32"], input="Hello there\nAnd then?\n",
+                          capture_output=True, text=True, env=dict(os.environ, MLXSPEC_CACHE=str(tmp_path)), timeout=300)
+    assert done.returncode == 0, done.stderr
+    model, tokenizer = mlxspec.load(str(target))
+    local = mlxspec.Session(model, tokenizer, kv_bits=4, kv_group_size=32)
+    first = local.chat([{"role": "user", "content": "Hello there"}], max_tokens=8, speculative=False)
+    second = local.chat([{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first},
+                         {"role": "user", "content": "And then?"}], max_tokens=8, speculative=False)
+    assert done.stdout.split("\n")[:2] == [first, second]
+    cached = [int(line.split()[2]) for line in done.stderr.splitlines() if line.startswith("prompt cache:")]
+    assert len(cached) == 2 and cached[1] > 0
+
+
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
