@@ -189,6 +189,7 @@ def test_sampled_speculation_follows_the_target_over_its_quantized_cache(broken,
     assert (stat < chi2_critical(df)) != broken, (stat, df)
 
 
+@pytest.mark.filterwarnings("ignore:the draft")
 @pytest.mark.parametrize("bits", [8, 4])
 def test_greedy_with_a_draft_of_another_vocabulary_equals_plain(bits):
     """The other-vocabulary drafter's cache (rolled back by re-spelling) quantized too."""
