@@ -80,9 +80,10 @@ class Bench:
     """The sessions and mlx-lm models every configuration runs on."""
 
     def __init__(self, target: Model, draft: Draft, ks: Sequence[int], calibration: Calibration,
-                 mlx_lm_draft: Model | None = None, compare_mlx_lm: bool = False) -> None:
-        self.sessions = {k: Session(target, None, draft, num_draft_tokens=k, draft_policy="fixed") for k in ks}
-        self.adaptive = Session(target, None, draft, num_draft_tokens=max(ks), calibration=calibration)
+                 mlx_lm_draft: Model | None = None, compare_mlx_lm: bool = False, kv: dict | None = None) -> None:
+        kv = kv or {}  # kv_bits, kv_group_size: every session's caches
+        self.sessions = {k: Session(target, None, draft, num_draft_tokens=k, draft_policy="fixed", **kv) for k in ks}
+        self.adaptive = Session(target, None, draft, num_draft_tokens=max(ks), calibration=calibration, **kv)
         their_draft = as_draft(mlx_lm_draft if mlx_lm_draft is not None else draft).token_model
         self.theirs = mlx_lm_models(target, their_draft) if compare_mlx_lm else None
 
@@ -156,14 +157,17 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Draft, prompts: list[t
               options: GenerationOptions = GenerationOptions(max_tokens=128), temperatures: Sequence[float] = (0.0,), ks: Sequence[int] = (1, 2, 3, 4),
               adaptive: bool = True, repeats: int = 3, compare_mlx_lm: bool = False,
               mlx_lm_draft: Model | None = None, weights: str = "as stored", calibration: Calibration | None = None,
-              log: Callable[[str], None] = lambda s: None) -> dict:
+              log: Callable[[str], None] = lambda s: None, kv_bits: int | None = None,
+              kv_group_size: int = 64) -> dict:
     """Run every configuration; return the report (see `report.SCHEMA_VERSION`). mlx-lm's
     speculative loop runs `mlx_lm_draft` when given (it cannot run a feature draft), else `draft`.
-    Every run samples with `options` at each of `temperatures`."""
+    Every run samples with `options` at each of `temperatures`; mlxspec's caches are quantized
+    as `kv_bits`/`kv_group_size` say (see `Session`)."""
     max_tokens = options.max_tokens
     check_options(draft, mlx_lm_draft, compare_mlx_lm, repeats, max_tokens)
     encoded = encode_prompts(target, tokenizer, prompts, max_tokens)
-    bench = Bench(target, draft, ks, calibration or Calibration(), mlx_lm_draft, compare_mlx_lm)
+    bench = Bench(target, draft, ks, calibration or Calibration(), mlx_lm_draft, compare_mlx_lm,
+                  dict(kv_bits=kv_bits, kv_group_size=kv_group_size))
     # before any timed run: the adaptive runs read these, and the predictions rest on them
     timings = {temp: bench.adaptive.timings(options.with_values({"temperature": temp}).sampling)
                for temp in temperatures}
@@ -173,7 +177,8 @@ def run_bench(target: Model, tokenizer: Tokenizer, draft: Draft, prompts: list[t
     if compare_mlx_lm:
         drafts["mlx-lm"] = describe_draft(mlx_lm_draft if mlx_lm_draft is not None else draft)
     rows = summarise(configs, temperatures, results, timings)
-    return {"comparison": compare(rows, temperatures), "schema": SCHEMA_VERSION, "weights": weights,
+    kv_cache = "full precision" if kv_bits is None else f"{kv_bits}-bit, groups of {kv_group_size} (mlxspec's runs)"
+    return {"comparison": compare(rows, temperatures), "schema": SCHEMA_VERSION, "weights": weights, "kv_cache": kv_cache,
             "drafts": drafts, "max_tokens": max_tokens, "repeats": repeats,
             "prompts": [{"kind": k, "text": t, "tokens": len(i)} for k, t, i in encoded],
             "timings": timings_report(timings), "environment": environment(), "rows": rows}

@@ -17,6 +17,7 @@ from .arguments import check_bench, check_generation, check_positive, read_promp
 from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
                           MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for, weights_label)
 from .cli_conversation import chat_command, serve_command
+from .cli_kv import with_kv_options
 from .cli_distill import distill_command
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, colours, friendly_errors, stats_line, stream_text, write_step
@@ -42,6 +43,7 @@ app = typer.Typer(
 @app.command()
 @friendly_errors
 @with_generation_options()
+@with_kv_options
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text; '-' reads it from standard input."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (mlxspec/mlx-lm/HF/Mistral layout) or Hugging Face repo id."),
@@ -61,6 +63,7 @@ def generate(
     pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
     connect_timeout: float = typer.Option(60.0, "--connect-timeout", help="With --pipeline: seconds to wait for every rank to connect."),
     options: GenerationOptions = GenerationOptions(),
+    kv: Optional[dict] = None,
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
     decode speculatively (the output follows the target's distribution exactly)."""
@@ -75,7 +78,8 @@ def generate(
                                                    draft_settings(max_ngram, min_ngram), lookup, group=group)
     with pipeline_errors(0), closing(target):
         session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
-                          draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json))
+                          draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json),
+                          **kv)
         steps = session.stream(text, options, chat=chat, prefill_chunk=prefill_chunk)
         _print_generation(steps, as_json, verbose)
 
@@ -177,6 +181,7 @@ def _demo_answer(session: Session, text: str, options: GenerationOptions, colour
 @app.command()
 @friendly_errors
 @with_generation_options(exclude=("temperature", "seed", "stop", "logprobs"), max_tokens=128)
+@with_kv_options
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model folder or Hugging Face repo id."),
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
@@ -198,7 +203,7 @@ def bench(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
-    options: GenerationOptions = GenerationOptions(max_tokens=128),
+    options: GenerationOptions = GenerationOptions(max_tokens=128), kv: Optional[dict] = None,
 ) -> None:
     """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
     acceptance overall and per draft position, tokens per round, time to first token, peak
@@ -220,7 +225,7 @@ def bench(
     report = run_bench(target, tokenizer, draft_model, prompt_list, options=options, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
                        mlx_lm_draft=their_draft, weights=weights_label(dequant),
-                       calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True))
+                       calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True), **kv)
     with atomic_dir(out, force, sources=sources, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
     names = ", ".join(p.name for p in written) + ("" if not plots or any(p.suffix == ".png" for p in written)

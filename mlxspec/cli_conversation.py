@@ -15,6 +15,7 @@ from . import conversation
 from .chat_repl import chat_loop
 from .arguments import check_generation
 from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for
+from .cli_kv import with_kv_options
 from .cli_request import with_generation_options
 from .console import colours
 from .engine import GenerationOptions
@@ -24,6 +25,7 @@ from .text.unicode import check_text
 
 
 @with_generation_options(max_tokens=512)
+@with_kv_options
 def chat_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
@@ -34,17 +36,19 @@ def chat_command(
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     options: GenerationOptions = GenerationOptions(max_tokens=512),
+    kv: Optional[dict] = None,
 ) -> None:
     """Chat on the terminal: history kept, answers streamed, each turn prefilling only what is new."""
     check_generation(num_draft_tokens)
     if system is not None:
         check_text(system, "the --system argument")
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
-                                          calibration_for(recalibrate))
+                                          calibration_for(recalibrate), kv=kv)
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
 
 
 @with_generation_options(exclude=("logprobs",), max_tokens=512, temperature=1.0)
+@with_kv_options
 def serve_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
     draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
@@ -60,6 +64,7 @@ def serve_command(
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     options: GenerationOptions = GenerationOptions(max_tokens=512, temperature=1.0),
+    kv: Optional[dict] = None,
 ) -> None:
     """An OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
     Concurrent requests share one batch, with speculative decoding inside it. The request
@@ -75,7 +80,7 @@ def serve_command(
     with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
         session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
                                                  dequantize_default(dequantize), calibration_for(recalibrate),
-                                                 adaptive, prompt_cache)
+                                                 adaptive, prompt_cache, kv)
         stopped_by, cut = conversation.serve(session, served or name, sock, max_batch, max_queue, options)
     ended = f"{cut} request{'s' if cut != 1 else ''} in flight cut short" if cut else "no request in flight"
     interrupted = stopped_by == signal.SIGINT

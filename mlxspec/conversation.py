@@ -19,9 +19,9 @@ from .selection import select_models
 
 def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_draft_tokens: int,
                 dequantize: bool, calibration: Calibration, adaptive: bool = True,
-                prompt_cache: int = 4) -> tuple[Session, str]:
+                prompt_cache: int = 4, kv: dict | None = None) -> tuple[Session, str]:
     """The session and the name clients call its model by (the demo: SmolLM2-135M-Instruct
-    with the shipped feature draft, as `mlxspec demo` runs it)."""
+    with the shipped feature draft, as `mlxspec demo` runs it); `kv`: its kv_bits and kv_group_size."""
     if prompt_cache < 0:
         raise InputError(f"--prompt-cache must be >= 0 (0 disables it), got {prompt_cache}")
     if use_demo:
@@ -31,7 +31,7 @@ def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_
     target, tokenizer, loaded = select_models(model, draft, None, False, dequantize)
     name = "smollm2-135m-instruct" if use_demo else Path(model).name or model
     return Session(target, tokenizer, loaded, num_draft_tokens=num_draft_tokens, calibration=calibration,
-                   draft_policy="cost" if adaptive else "fixed", prompt_cache_entries=prompt_cache), name
+                   draft_policy="cost" if adaptive else "fixed", prompt_cache_entries=prompt_cache, **(kv or {})), name
 
 
 def warm_up(session: Session) -> None:

@@ -6,7 +6,7 @@ front of a draft model. The engine asks a draft for drafters and never what kind
 from __future__ import annotations
 
 from ..errors import InputError, InputTypeError
-from ..models import Model, is_model
+from ..models import KVQuantization, Model, is_model, kv_keyword
 from .combined import LookupAndModel, LookupAndModelDrafter, with_lookup
 from .feature import DRAFT_TYPE, FeatureDraft, FeatureDrafter, draft_config, target_subset_head
 from .kind import KINDS, DraftKind, DraftSettings, register
@@ -43,17 +43,20 @@ def draft_settings(max_ngram: int = 3, min_ngram: int = 1) -> DraftSettings:
     return DraftSettings(max_ngram, min_ngram)
 
 
-def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, greedy: bool = True) -> EachRow:
-    """A fresh drafter (its own state) for one sequence with this draft: a batch of one row."""
-    return one_row(as_draft(draft).drafter(target, k_max, chunk, greedy))
+def make_drafter(draft: Draft, target: Model, k_max: int, chunk: int, greedy: bool = True,
+                 kv: KVQuantization | None = None) -> EachRow:
+    """A fresh drafter (its own state) for one sequence with this draft: a batch of one row.
+    With `kv` the draft's caches are quantized as the target's are."""
+    return one_row(as_draft(draft).drafter(target, k_max, chunk, greedy, **kv_keyword(kv)))
 
 
-def batch_drafter(draft: DraftKind, target: Model, k_max: int, chunk: int) -> BatchDrafter:
+def batch_drafter(draft: DraftKind, target: Model, k_max: int, chunk: int,
+                  kv: KVQuantization | None = None) -> BatchDrafter:
     """A fresh drafter for the rows of a batch: the kind's own, which drafts every row in one
-    pass, where it has one; else one drafter per row."""
+    pass, where it has one; else one drafter per row (caches as in `make_drafter`)."""
     if draft.batches:
-        return draft.batch_drafter(target, chunk)
-    return EachRow(lambda greedy: draft.drafter(target, k_max, chunk, greedy))
+        return draft.batch_drafter(target, chunk, **kv_keyword(kv))
+    return EachRow(lambda greedy: draft.drafter(target, k_max, chunk, greedy, **kv_keyword(kv)))
 
 
 def check_draft_length(num_draft_tokens: int, option: str = "num_draft_tokens") -> None:

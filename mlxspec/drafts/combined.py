@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import Model, is_model
+from ..models import KVQuantization, Model, is_model, kv_keyword
 from .kind import DraftKind, DraftSettings
 from .model_draft import ModelDraft
 from .ngram import NGramDraft, NGramDrafter, match_prior
@@ -42,10 +42,11 @@ class LookupAndModel:
         """One line saying what this draft is."""
         return f"prompt lookup where a match runs {self.min_match}+ tokens back, else the {self.model.describe()}"
 
-    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> LookupAndModelDrafter:
-        return LookupAndModelDrafter(self, self.model.drafter(target, k_max, chunk, greedy))
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool,
+                kv: KVQuantization | None = None) -> LookupAndModelDrafter:
+        return LookupAndModelDrafter(self, self.model.drafter(target, k_max, chunk, greedy, **kv_keyword(kv)))
 
-    def batch_drafter(self, target: Model, chunk: int) -> None:
+    def batch_drafter(self, target: Model, chunk: int, kv: KVQuantization | None = None) -> None:
         raise NotImplementedError("prompt lookup in front of a draft model does not batch")
 
     def check(self, target: Model, num_draft_tokens: int) -> None:

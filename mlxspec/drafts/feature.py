@@ -28,7 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import InputError
-from ..models import Cache, KVCache, LayerCaches, Model, ModelArgs, SubsetHead, TransformerBlock, fingerprint
+from ..models import Cache, KVCache, KVQuantization, LayerCaches, Model, ModelArgs, SubsetHead, TransformerBlock, fingerprint
 from ..models.batch_cache import BatchCache
 from .kind import register
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal, pick_rows, row_proposals
@@ -65,9 +65,12 @@ class FeatureDraft(nn.Module):
             return features
         return self.fuse(normalised_taps(features, self.args.hidden_size, self.args.rms_norm_eps))
 
-    def make_cache(self, max_rollback: int = 0) -> LayerCaches:
-        """One growing cache per block (the draft attends over the whole verified context)."""
-        return LayerCaches(KVCache() for _ in self.layers)
+    def make_cache(self, max_rollback: int = 0, kv: KVQuantization | None = None) -> LayerCaches:
+        """One growing cache per block (the draft attends over the whole verified context);
+        with `kv`, quantized."""
+        if kv is not None:
+            kv.check(self.args.head_dim, "the feature draft")
+        return LayerCaches(KVCache(kv) for _ in self.layers)
 
     # the draft kind (`mlxspec.drafts.kind.DraftKind`)
     batches = True
@@ -75,11 +78,12 @@ class FeatureDraft(nn.Module):
     timed = property(lambda self: self)
     token_model = None
 
-    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> FeatureDrafter:
-        return FeatureDrafter(self, target, chunk)
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool,
+                kv: KVQuantization | None = None) -> FeatureDrafter:
+        return FeatureDrafter(self, target, chunk, kv)
 
-    def batch_drafter(self, target: Model, chunk: int) -> BatchFeatureDrafter:
-        return BatchFeatureDrafter(self, target, chunk)
+    def batch_drafter(self, target: Model, chunk: int, kv: KVQuantization | None = None) -> BatchFeatureDrafter:
+        return BatchFeatureDrafter(self, target, chunk, kv)
 
     def check(self, target: Model, num_draft_tokens: int) -> None:
         if not isinstance(target, Model):
@@ -163,12 +167,12 @@ class FeatureDrafter:
     def outlook(self, last: int) -> Outlook:
         return MODEL_OUTLOOK
 
-    def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:
+    def __init__(self, draft: FeatureDraft, target: Model, chunk: int, kv: KVQuantization | None = None) -> None:
         self.draft, self.target, self.chunk = draft, target, chunk
         self.feature_layers = feature_taps(draft, target)
         self.embed = target.model.embed_tokens
         self.head = target_subset_head(target, draft.token_ids)
-        self.cache = draft.make_cache()
+        self.cache = draft.make_cache(kv=kv)
         self.features: list[mx.array] = []
         self.tokens: list[int] = []
         self.started = False
@@ -213,8 +217,8 @@ class BatchFeatureDrafter:
 
     mode = FeatureDrafter.mode
 
-    def __init__(self, draft: FeatureDraft, target: Model, chunk: int) -> None:
-        self.draft, self.chunk = draft, chunk
+    def __init__(self, draft: FeatureDraft, target: Model, chunk: int, kv: KVQuantization | None = None) -> None:
+        self.draft, self.chunk, self.kv = draft, chunk, kv
         self.feature_layers = feature_taps(draft, target)
         self.embed = target.model.embed_tokens
         self.head = target_subset_head(target, draft.token_ids)
@@ -225,7 +229,7 @@ class BatchFeatureDrafter:
 
     def add(self, prompt: list[int], hidden: mx.array, greedy: bool = True) -> None:
         """A new last row: the draft reads the prompt's pairs alone, then joins the batch."""
-        cache = self.draft.make_cache()
+        cache = self.draft.make_cache(kv=self.kv)
         for s in range(0, len(prompt) - 1, self.chunk):
             ids = mx.array([prompt[s + 1 : s + 1 + self.chunk]])
             self.draft(self.draft.fused(hidden[:, s : s + ids.shape[1]]), self.embed(ids), cache)

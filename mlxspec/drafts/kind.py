@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from ..errors import ConfigError
-from ..models import Model
+from ..models import KVQuantization, Model
 from .protocol import BatchDrafter, Drafter
 
 
@@ -23,12 +23,14 @@ class DraftKind(Protocol):
     batches: bool  # whether `batch_drafter` gives a drafter (else a batch decodes without drafting)
     reads_features: bool  # whether its drafters read the target's hidden states
 
-    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> Drafter:
-        """A fresh drafter (its own state) for one sequence, drafting up to `k_max` per round."""
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool,
+                kv: KVQuantization | None = None) -> Drafter:
+        """A fresh drafter (its own state) for one sequence, drafting up to `k_max` per round;
+        its caches (if any) store keys/values as `kv` says (the target's setting)."""
         ...
 
-    def batch_drafter(self, target: Model, chunk: int) -> BatchDrafter:
-        """A fresh drafter for the rows of a batch (only when `batches`)."""
+    def batch_drafter(self, target: Model, chunk: int, kv: KVQuantization | None = None) -> BatchDrafter:
+        """A fresh drafter for the rows of a batch (only when `batches`; caches as in `drafter`)."""
         ...
 
     def check(self, target: Model, num_draft_tokens: int) -> None:

@@ -10,7 +10,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import InputError
-from ..models import Model, SubsetHead, fingerprint, is_model, layer_caches
+from ..models import KVQuantization, Model, SubsetHead, fingerprint, is_model, kv_keyword, layer_caches
 from ..models.batch_cache import BatchCache
 from .protocol import MODEL_OUTLOOK, Outlook, Pick, Proposal, draw_proposal, pick_rows, row_proposals
 
@@ -46,11 +46,12 @@ class ModelDraft:
         """The draft model's configuration."""
         return self.model.args
 
-    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> ModelDrafter:
-        return ModelDrafter(self.model, k_max, chunk)
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool,
+                kv: KVQuantization | None = None) -> ModelDrafter:
+        return ModelDrafter(self.model, k_max, chunk, kv)
 
-    def batch_drafter(self, target: Model, chunk: int) -> BatchModelDrafter:
-        return BatchModelDrafter(self.model, chunk)
+    def batch_drafter(self, target: Model, chunk: int, kv: KVQuantization | None = None) -> BatchModelDrafter:
+        return BatchModelDrafter(self.model, chunk, kv)
 
     def check(self, target: Model, num_draft_tokens: int) -> None:
         if self.model.args.vocab_size != target.args.vocab_size:
@@ -99,9 +100,9 @@ class ModelDrafter:
     def outlook(self, last: int) -> Outlook:
         return MODEL_OUTLOOK
 
-    def __init__(self, draft: Model, k_max: int, chunk: int) -> None:
+    def __init__(self, draft: Model, k_max: int, chunk: int, kv: KVQuantization | None = None) -> None:
         self.draft, self.chunk = draft, chunk
-        self.cache = layer_caches(draft.make_cache(max_rollback=k_max))
+        self.cache = layer_caches(draft.make_cache(max_rollback=k_max, **kv_keyword(kv)))
         self.pending: list[int] = []
         head = getattr(draft, "lm_head", None)
         self.support = head.token_ids if isinstance(head, SubsetHead) else None
@@ -138,8 +139,8 @@ class BatchModelDrafter:
     mode = ModelDrafter.mode
     feature_layers = None
 
-    def __init__(self, draft: Model, chunk: int) -> None:
-        self.draft, self.chunk = draft, chunk
+    def __init__(self, draft: Model, chunk: int, kv: KVQuantization | None = None) -> None:
+        self.draft, self.chunk, self.kv = draft, chunk, kv
         self.cache = BatchCache(len(draft.layers), draft.args.sliding_window)
         self.pending: list[list[int]] = []
         head = getattr(draft, "lm_head", None)
@@ -148,7 +149,7 @@ class BatchModelDrafter:
 
     def add(self, prompt: list[int], hidden: mx.array | None = None, greedy: bool = True) -> None:
         """A new last row: the draft reads its prompt alone, then joins the batch."""
-        cache = self.draft.make_cache()
+        cache = self.draft.make_cache(**kv_keyword(self.kv))
         for s in range(0, len(prompt), self.chunk):
             hidden = self.draft.model(mx.array([prompt[s : s + self.chunk]]), cache)
             mx.eval(hidden, [c.keys for c in cache if c.keys is not None])

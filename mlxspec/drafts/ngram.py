@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import Model
+from ..models import KVQuantization, Model
 from .kind import DraftSettings, register
 from .protocol import Outlook, Pick, Proposal, point_mass
 
@@ -49,10 +49,11 @@ class NGramDraft:
         """One line saying what this draft is."""
         return f"prompt lookup (n-grams of {self.min_ngram}..{self.max_ngram} tokens, no draft model)"
 
-    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> NGramDrafter:
-        return NGramDrafter(self)
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool,
+                kv: KVQuantization | None = None) -> NGramDrafter:
+        return NGramDrafter(self)  # no cache: nothing to quantize
 
-    def batch_drafter(self, target: Model, chunk: int) -> None:
+    def batch_drafter(self, target: Model, chunk: int, kv: KVQuantization | None = None) -> None:
         raise NotImplementedError("prompt lookup drafts each row alone")
 
     def check(self, target: Model, num_draft_tokens: int) -> None:

@@ -22,7 +22,7 @@ import math
 import mlx.core as mx
 
 from ..errors import InputError
-from ..models import Model, SubsetHead, fingerprint, layer_caches
+from ..models import KVQuantization, Model, SubsetHead, fingerprint, kv_keyword, layer_caches
 from ..text import Tokenizer
 from ..text.spelling import complete_length, is_byte_piece, spell
 from .model_draft import last_logits, warn_if_not_smaller
@@ -81,10 +81,11 @@ class OtherVocabularyDraft:
     timed = property(lambda self: self)
     token_model = None
 
-    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool) -> OtherVocabularyDrafter:
-        return OtherVocabularyDrafter(self, k_max, chunk, greedy)
+    def drafter(self, target: Model, k_max: int, chunk: int, greedy: bool,
+                kv: KVQuantization | None = None) -> OtherVocabularyDrafter:
+        return OtherVocabularyDrafter(self, k_max, chunk, greedy, kv)
 
-    def batch_drafter(self, target: Model, chunk: int) -> None:
+    def batch_drafter(self, target: Model, chunk: int, kv: KVQuantization | None = None) -> None:
         raise NotImplementedError("a draft with another vocabulary does not batch")
 
     def check(self, target: Model, num_draft_tokens: int) -> None:
@@ -144,10 +145,12 @@ class OtherVocabularyDrafter:
     feature_layers = None
     varies = False
 
-    def __init__(self, draft: OtherVocabularyDraft, k_max: int, chunk: int, greedy: bool) -> None:
+    def __init__(self, draft: OtherVocabularyDraft, k_max: int, chunk: int, greedy: bool,
+                 kv: KVQuantization | None = None) -> None:
         self.draft, self.chunk, self.greedy = draft, chunk, greedy
         self.most = 2 * k_max + 2  # draft tokens written per greedy round
-        self.cache = layer_caches(draft.model.make_cache(max_rollback=self.most + LOOKBACK + LOOKBACK_BYTES + 4))
+        rollback = self.most + LOOKBACK + LOOKBACK_BYTES + 4
+        self.cache = layer_caches(draft.model.make_cache(max_rollback=rollback, **kv_keyword(kv)))
         self.track = TextTrack(draft.tokenizer, draft.draft_bytes)
         self.fed = 0  # how many of track.ids the cache holds
         self.text = bytearray()

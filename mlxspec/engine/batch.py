@@ -26,7 +26,7 @@ import mlx.core as mx
 
 from ..drafts import DraftKind, batch_drafter
 from ..errors import InputError, InputTypeError
-from ..models import Model
+from ..models import KVQuantization, Model
 from ..models.batch_cache import BatchCache
 from ..text import Tokenizer
 from .batch_policy import BatchCost
@@ -50,6 +50,7 @@ class Owner(Protocol):
     draft: DraftKind | None
     tokenizer: Tokenizer | None
     k_max: int
+    kv: KVQuantization | None
     draft_policy: str
     prompt_cache: PromptCache
 
@@ -74,7 +75,7 @@ class Batch:
         self.chunk = default_chunk_size(self.target)
         self.cache = BatchCache(len(self.target.layers), self.target.args.sliding_window)
         draft = session.draft
-        self.drafter = None if draft is None else batch_drafter(draft, self.target, session.k_max, self.chunk)
+        self.drafter = None if draft is None else batch_drafter(draft, self.target, session.k_max, self.chunk, session.kv)
         self.rows: list[Row] = []
         self.cost: BatchCost | None = None
         self.steps = 0

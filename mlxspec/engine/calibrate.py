@@ -25,7 +25,7 @@ import mlx.core as mx
 
 from ..drafts import Draft, DraftKind, Drafter, as_draft, one_row
 from ..drafts.protocol import Outlook, Pick, Proposal, point_mass
-from ..models import Linear, Model, fingerprint as module_fingerprint, set_weight_first_rows
+from ..models import KVQuantization, Linear, Model, fingerprint as module_fingerprint, kv_keyword, set_weight_first_rows
 from ..reading import JSON_LIMIT, read_file
 from .policy import FixedK, Timings
 from .sampling import RandomKeys, SamplingParams
@@ -54,14 +54,16 @@ def made_up_tokens(n: int, vocab: int) -> list[int]:
 
 
 def time_rounds(target: Model, draft: Draft, k_max: int, params: SamplingParams, orders: tuple[int, ...] = (0,),
-                repeats: int = 5, context: int = 64, progress: Progress | None = None) -> dict[int, dict[int, float]]:
+                repeats: int = 5, context: int = 64, progress: Progress | None = None,
+                kv: KVQuantization | None = None) -> dict[int, dict[int, float]]:
     """Median seconds of a round drafting k = 0..k_max tokens, per multiplication order
-    (`weight_first_rows` of the target), sampling with `params`. The target is left in the
-    order it was in."""
+    (`weight_first_rows` of the target), sampling with `params`, the caches quantized as `kv`
+    says. The target is left in the order it was in."""
     before = next((m.weight_first_rows for m in target.modules() if isinstance(m, Linear)), 0)
     draft = as_draft(draft)
-    drafter = one_row(FullRounds(draft.timed.drafter(target, k_max, context, params.greedy)))
-    generation = Generation(target, drafter, FixedK(k_max), params, RandomKeys(0), prefill_chunk=context)
+    drafter = one_row(FullRounds(draft.timed.drafter(target, k_max, context, params.greedy, **kv_keyword(kv))))
+    generation = Generation(target, drafter, FixedK(k_max), params, RandomKeys(0), prefill_chunk=context,
+                            cache=target.make_cache(max_rollback=k_max, **kv_keyword(kv)))
     generation.prefill(made_up_tokens(context, min(target.args.vocab_size, draft.vocabulary(target))))
     plain_steps = 4  # plain decoding pipelines its steps: time a few in a row
     samples: dict[int, dict[int, list[float]]] = {o: {k: [] for k in range(k_max + 1)} for o in orders}
@@ -139,21 +141,23 @@ def faster_order(standard: dict[int, float], weight_first: dict[int, float]) -> 
 
 
 def measure(target: Model, draft: DraftKind, k_max: int, params: SamplingParams, rows: int | None = None,
-            progress: Progress | None = None) -> Timings:
+            progress: Progress | None = None, kv: KVQuantization | None = None) -> Timings:
     """Time the rounds; with `rows` None, in both orders, keeping the faster (see `faster_order`)."""
     dense = any(isinstance(m, Linear) for m in target.modules())
     if rows is not None or not dense:
         rows = rows or 0
-        return Timings(time_rounds(target, draft, k_max, params, (rows,), progress=progress)[rows], rows)
-    both = time_rounds(target, draft, k_max, params, (0, k_max + 1), progress=progress)
+        return Timings(time_rounds(target, draft, k_max, params, (rows,), progress=progress, kv=kv)[rows], rows)
+    both = time_rounds(target, draft, k_max, params, (0, k_max + 1), progress=progress, kv=kv)
     rows, rounds = faster_order(both[0], both[k_max + 1])
     return Timings(rounds, rows)
 
 
-def fingerprint(target: Model, draft: DraftKind, k_max: int) -> str:
-    """What a calibration is valid for: the pair's shapes, the device, the MLX version, k_max."""
+def fingerprint(target: Model, draft: DraftKind, k_max: int, kv: KVQuantization | None = None) -> str:
+    """What a calibration is valid for: the pair's shapes, the device, the MLX version, k_max
+    (and a quantized cache's bits and group size)."""
+    quantized = [] if kv is None else [kv.bits, kv.group_size]
     key = json.dumps([CALIBRATION_VERSION, module_fingerprint(target), draft.fingerprint(), str(mx.default_device()),
-                      mx.__version__, k_max], sort_keys=True, default=str)
+                      mx.__version__, k_max, *quantized], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -219,19 +223,21 @@ class CalibrationCache:
 
 
 def calibrate(target: Model, draft: Draft, k_max: int, params: SamplingParams | None = None, *,
-              cache_dir: Path, recalibrate: bool = False, progress: Progress | None = None) -> Timings:
+              cache_dir: Path, recalibrate: bool = False, progress: Progress | None = None,
+              kv: KVQuantization | None = None) -> Timings:
     """Round times for this pair on this device, sampling as with `params` (default: greedy):
     read from the cache in `cache_dir`, else (or with `recalibrate`) measured and stored.
     The multiplication order is chosen once per pair; the caller applies it to the target
-    (`set_weight_first_rows(target, timings.weight_first_rows)`)."""
+    (`set_weight_first_rows(target, timings.weight_first_rows)`). With `kv` the rounds run
+    over quantized caches, as a session with `kv_bits` decodes."""
     params, draft = params or SamplingParams(), as_draft(draft)
     cache = CalibrationCache(cache_dir / "calibration.json")
     entries = cache.read()
-    key, kind = fingerprint(target, draft, k_max), sampling_kind(params)
+    key, kind = fingerprint(target, draft, k_max, kv), sampling_kind(params)
     rows, rounds = (None, None) if recalibrate else cache.entry(entries, key, kind, k_max)
     if rounds is not None:
         return Timings({int(k): t for k, t in rounds.items()}, rows)
-    timings = measure(target, draft, k_max, params, rows, progress)
+    timings = measure(target, draft, k_max, params, rows, progress, kv)
     old = entries.get(key) if rows is not None else None
     entry = {"weight_first_rows": timings.weight_first_rows, "rounds": dict(old["rounds"]) if old else {}}
     entry["rounds"][kind] = {str(k): t for k, t in timings.rounds.items()}

@@ -16,7 +16,7 @@ import mlx.core as mx
 
 from ..drafts import Draft, DraftKind, as_draft, check_draft_length, make_drafter
 from ..errors import InputError, InputTypeError
-from ..models import Model, is_model, set_weight_first_rows
+from ..models import KVQuantization, Model, is_model, kv_keyword, kv_quantization, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
 from ..text import Message, Tokenizer
 from ..text.chat import as_messages
@@ -54,15 +54,16 @@ class Calibration:
                  progress: Progress | None = None) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.recalibrate, self.progress = recalibrate, progress
-        self._timings: dict[str, Timings] = {}
+        self._timings: dict[tuple[str, KVQuantization | None], Timings] = {}
 
-    def timings(self, target: Model, draft: DraftKind, k_max: int, params: SamplingParams) -> Timings:
-        """The round times for `params`' kind of sampling, the target set to the
-        multiplication order they were measured in."""
-        kind = sampling_kind(params)
+    def timings(self, target: Model, draft: DraftKind, k_max: int, params: SamplingParams,
+                kv: KVQuantization | None = None) -> Timings:
+        """The round times for `params`' kind of sampling (over caches quantized as `kv`
+        says), the target set to the multiplication order they were measured in."""
+        kind = (sampling_kind(params), kv)
         if kind not in self._timings:
             self._timings[kind] = calibrate(target, draft, k_max, params, cache_dir=self.cache_dir,
-                                            recalibrate=self.recalibrate, progress=self.progress)
+                                            recalibrate=self.recalibrate, progress=self.progress, kv=kv)
         timings = self._timings[kind]
         set_weight_first_rows(target, timings.weight_first_rows)
         return timings
@@ -75,12 +76,19 @@ class Session:
     which may also decode plainly when drafting does not pay), "fixed" (always
     `num_draft_tokens`) or "heuristic" (transformers' +2/-1 schedule). `draft` is a loaded
     draft (`mlxspec.load_draft`), any draft kind, or the name of one made by name ("ngram":
-    prompt lookup, the text drafts itself)."""
+    prompt lookup, the text drafts itself).
+
+    `kv_bits` (4 or 8; None: full precision) quantizes the key/value caches of the target and
+    of the draft, in groups of `kv_group_size` (32, 64 or 128) along head_dim, as mlx-lm's
+    `generate(..., kv_bits=...)` does (from the first token here): about 0.28 of the memory at 4
+    bits, and they still roll back. `InputError` when a value or the models' head_dim rules it out."""
 
     def __init__(self, target: Model, tokenizer: Tokenizer | None = None, draft: Draft | str | None = None, *,
                  num_draft_tokens: int = 6, draft_policy: str = "cost",
-                 calibration: Calibration | None = None, prompt_cache_entries: int = DEFAULT_ENTRIES) -> None:
+                 calibration: Calibration | None = None, prompt_cache_entries: int = DEFAULT_ENTRIES,
+                 kv_bits: int | None = None, kv_group_size: int = 64) -> None:
         check_parts(target, tokenizer)
+        self.kv: KVQuantization | None = kv_quantization(kv_bits, kv_group_size)
         if draft_policy not in DRAFT_POLICIES:
             raise InputError(f"draft_policy must be one of {', '.join(DRAFT_POLICIES)}, got {draft_policy!r}")
         if not is_int(num_draft_tokens):
@@ -98,12 +106,16 @@ class Session:
         if not is_int(prompt_cache_entries) or prompt_cache_entries < 0:
             raise InputError(f"prompt_cache_entries must be an integer >= 0, got {prompt_cache_entries!r}")
         self.prompt_cache = PromptCache(prompt_cache_entries)
+        if self.kv is not None:  # a model the setting rules out says so now, not at the first request
+            target.make_cache(kv=self.kv)
+            if self.draft is not None:
+                make_drafter(self.draft, target, self.k_max, default_chunk_size(target), kv=self.kv)
 
     def timings(self, params: SamplingParams) -> Timings:
         """The calibrated round times for these sampling settings (measured on first use)."""
         if self.draft is None:
             raise InputError("a session without a draft has nothing to calibrate")
-        return self.calibration.timings(self.target, self.draft, self.k_max, params)
+        return self.calibration.timings(self.target, self.draft, self.k_max, params, **kv_keyword(self.kv))
 
     def policy(self, params: SamplingParams, seed: int | None, k_max: int | None = None) -> DraftPolicy:
         """The draft-length policy for one request (drafting at most `k_max`, default the session's)."""
@@ -161,7 +173,8 @@ class Session:
         req = self.request(prompt, options, **values)
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
-        drafter = make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy) if drafting else None
+        drafter = (make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy, self.kv)
+                   if drafting else None)
         reuse = req.prompt_cache and (drafter is None or drafter.feature_layers is None)
         cache, reused = self.starting_cache(req.ids, reuse)
         generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,
@@ -175,7 +188,9 @@ class Session:
         one) an empty cache. A feature draft reads every prompt position, so a request
         drafting with one must not reuse."""
         cache, reused = self.prompt_cache.take(ids) if reuse else (None, 0)
-        return (cache if cache is not None else self.target.make_cache(max_rollback=self.k_max)), reused
+        if cache is None:
+            cache = self.target.make_cache(max_rollback=self.k_max, **kv_keyword(self.kv))
+        return cache, reused
 
     def _steps(self, generation: Generation, ids: list[int], budget: int, stops: list[str],
                keep: bool) -> Iterator[GenerationStep]:

@@ -13,7 +13,9 @@ The bookkeeping is the same for every layer, so it lives once, in a `BatchLayout
 all the layers' `BatchKVCache`s share; a pass begins when the model asks the first layer's
 cache for its mask (`make_mask`), so callers never prepare one.
 A sequence enters the batch from a single-sequence cache (`KVCache` or `RollingKVCache`,
-e.g. after its prefill) and leaves it by index.
+e.g. after its prefill) and leaves it by index. Rows store keys/values as their single
+caches did (full precision or quantized, `kv_quantization`): the first row to enter sets
+the form for the batch's life.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from .cache import KVCache, LayerCaches, Mask, RollingKVCache
+from .kv_quantization import KVQuantization, Stored, each, encode, nbytes, slots
 
 STEP = 256  # slots are added in multiples of this
 
@@ -28,7 +31,7 @@ STEP = 256  # slots are added in multiples of this
 def held_slots(cache: KVCache | RollingKVCache) -> int:
     """How many leading slots of a single-sequence cache hold positions."""
     if isinstance(cache, RollingKVCache):
-        return 0 if cache.keys is None else min(cache.keys.shape[2], cache.offset)
+        return 0 if cache.keys is None else min(slots(cache.keys), cache.offset)
     return cache.offset
 
 
@@ -101,14 +104,19 @@ class BatchLayout:
         return width
 
 
-def _after_empty_rows(a: mx.array, rows: int) -> mx.array:
-    """`a` [1, H, T, D] after `rows` rows of zeros (rows that hold no slot)."""
-    return mx.concatenate([mx.zeros((rows, *a.shape[1:]), a.dtype), a]) if rows else a
+def _after_empty_rows(stored: Stored, rows: int) -> Stored:
+    """`stored` [1, H, T, D] after `rows` rows of zeros (rows that hold no slot)."""
+    return each(lambda a: mx.concatenate([mx.zeros((rows, *a.shape[1:]), a.dtype), a]), stored) if rows else stored
 
 
-def _add_empty_row(a: mx.array) -> mx.array:
-    """`a` [B, H, T, D] with a last row of zeros (slots the new row does not hold)."""
-    return mx.concatenate([a, mx.zeros((1, *a.shape[1:]), a.dtype)])
+def _add_empty_row(stored: Stored) -> Stored:
+    """`stored` [B, H, T, D] with a last row of zeros (slots the new row does not hold)."""
+    return each(lambda a: mx.concatenate([a, mx.zeros((1, *a.shape[1:]), a.dtype)]), stored)
+
+
+def _pad_slots(stored: Stored, width: int) -> Stored:
+    """`stored` padded with zeros to `width` slots."""
+    return each(lambda a: _pad(a, width, 0, axis=2), stored)
 
 
 def _pad(a: mx.array, width: int, value: int | float, axis: int) -> mx.array:
@@ -126,8 +134,9 @@ class BatchKVCache:
 
     def __init__(self, layout: BatchLayout) -> None:
         self.layout = layout
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
+        self.kv: KVQuantization | None = None  # the first row's (`add`)
+        self.keys: Stored | None = None
+        self.values: Stored | None = None
 
     @property
     def offset(self) -> mx.array:
@@ -140,33 +149,41 @@ class BatchKVCache:
         self.layout.begin(n)
         return self.layout.mask
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Write the pass's keys/values [B, H, n, D] at each row's slots; return every slot in use."""
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[Stored, Stored]:
+        """Write the pass's keys/values [B, H, n, D] at each row's slots; return every slot in
+        use (as stored)."""
+        keys, values = encode(self.kv, keys), encode(self.kv, values)
         used = self.layout.used
-        if self.keys is None or used > self.keys.shape[2]:
+        if self.keys is None or used > slots(self.keys):
             width = -(-used // STEP) * STEP
-            self.keys = _pad(self.keys if self.keys is not None else keys[:, :, :0], width, 0, axis=2)
-            self.values = _pad(self.values if self.values is not None else values[:, :, :0], width, 0, axis=2)
-        slots = self.layout.slots[:, None, :, None]
-        self.keys = mx.put_along_axis(self.keys, slots, keys, axis=2)
-        self.values = mx.put_along_axis(self.values, slots, values, axis=2)
-        return self.keys[:, :, :used], self.values[:, :, :used]
+            none = lambda a: a[:, :, :0]  # noqa: E731
+            self.keys = _pad_slots(self.keys if self.keys is not None else each(none, keys), width)
+            self.values = _pad_slots(self.values if self.values is not None else each(none, values), width)
+        at = self.layout.slots[:, None, :, None]
+        put = lambda buf, new: mx.put_along_axis(buf, at, new, axis=2)  # noqa: E731
+        self.keys, self.values = each(put, self.keys, keys), each(put, self.values, values)
+        fetch = lambda a: a[:, :, :used]  # noqa: E731
+        return each(fetch, self.keys), each(fetch, self.values)
 
     def add(self, cache: KVCache | RollingKVCache) -> None:
         """Append a single-sequence cache's slots as a new last row (before `layout.add`)."""
+        if self.layout.rows == 0:
+            self.kv = cache.kv
+        assert cache.kv == self.kv, "a batch's rows store keys/values in one form"
         size = held_slots(cache)
         if size == 0:  # an empty cache (e.g. a draft that has read no pair yet): a row of no slots
             if self.keys is not None:
                 self.keys, self.values = _add_empty_row(self.keys), _add_empty_row(self.values)
             return
-        keys, values = cache.keys[:, :, :size], cache.values[:, :, :size]
+        held = lambda a: a[:, :, :size]  # noqa: E731
+        keys, values = each(held, cache.keys), each(held, cache.values)
         if self.keys is None:  # every row so far is empty (no buffer yet): they get zero slots
             empty = self.layout.rows
             self.keys, self.values = _after_empty_rows(keys, empty), _after_empty_rows(values, empty)
             return
-        width = max(self.keys.shape[2], keys.shape[2])
-        self.keys = mx.concatenate([_pad(self.keys, width, 0, 2), _pad(keys, width, 0, 2)], axis=0)
-        self.values = mx.concatenate([_pad(self.values, width, 0, 2), _pad(values, width, 0, 2)], axis=0)
+        width = max(slots(self.keys), size)
+        stack = lambda rows, row: mx.concatenate([_pad(rows, width, 0, 2), _pad(row, width, 0, 2)])  # noqa: E731
+        self.keys, self.values = each(stack, self.keys, keys), each(stack, self.values, values)
 
     def keep(self, rows: list[int], width: int) -> None:
         """Keep only these rows, in this order, and `width` slots (none: the buffers are freed)."""
@@ -174,14 +191,21 @@ class BatchKVCache:
             self.keys = self.values = None
             return
         index = mx.array(rows, dtype=mx.int32)
-        self.keys, self.values = self.keys[index, :, :width], self.values[index, :, :width]
+        kept = lambda a: a[index, :, :width]  # noqa: E731
+        self.keys, self.values = each(kept, self.keys), each(kept, self.values)
 
     def row(self, b: int, length: int) -> KVCache:
         """Row b's first `length` slots as a single-sequence cache (full attention only)."""
-        cache = KVCache()
-        cache.keys, cache.values = self.keys[b : b + 1, :, :length], self.values[b : b + 1, :, :length]
+        cache = KVCache(self.kv)
+        first = lambda a: a[b : b + 1, :, :length]  # noqa: E731
+        cache.keys, cache.values = each(first, self.keys), each(first, self.values)
         cache.offset = length
         return cache
+
+    def gather(self, b: int, at: mx.array) -> tuple[Stored, Stored]:
+        """Row b's keys/values in slots `at` ([1, H, len(at), ...], as stored)."""
+        picked = lambda a: a[b : b + 1, :, at]  # noqa: E731
+        return each(picked, self.keys), each(picked, self.values)
 
     @property
     def max_rollback(self) -> int:
@@ -189,7 +213,8 @@ class BatchKVCache:
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+        """Bytes held by the key/value buffers (packed data, scales and biases when quantized)."""
+        return nbytes(self.keys) + nbytes(self.values)
 
 
 class BatchCache:
@@ -208,6 +233,11 @@ class BatchCache:
     def rollback(self, counts: list[int]) -> None:
         """Forget the newest counts[b] positions of each row b."""
         self.layout.rollback(counts)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every layer's keys and values for all rows (as stored)."""
+        return sum(layer.nbytes for layer in self.layers)
 
     def keep(self, rows: list[int]) -> None:
         """Keep only these rows, in this order."""
@@ -231,12 +261,12 @@ class BatchCache:
             return LayerCaches(layer.row(b, length) for layer in self.layers) if in_order else None
         offset, capacity = self.layout.offsets[b], window + max_rollback
         keep = min(length, capacity)
-        slots = mx.argsort(positions)[length - keep :]  # the newest `keep` positions, oldest first
+        at = mx.argsort(positions)[length - keep :]  # the newest `keep` positions, oldest first
         newest = mx.arange(offset - keep, offset)
-        if (keep < capacity and keep != offset) or not mx.array_equal(positions[slots], newest).item():
+        if (keep < capacity and keep != offset) or not mx.array_equal(positions[at], newest).item():
             return None
-        caches = LayerCaches(RollingKVCache(window, max_rollback) for _ in self.layers)
+        caches = LayerCaches(RollingKVCache(window, max_rollback, layer.kv) for layer in self.layers)
         for cache, layer in zip(caches, self.layers):
             cache.offset = offset - keep  # the positions before these are out of every window
-            cache.update_and_fetch(layer.keys[b : b + 1, :, slots], layer.values[b : b + 1, :, slots])
+            cache.update_and_fetch_stored(*layer.gather(b, at))
         return caches

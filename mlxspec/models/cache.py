@@ -22,40 +22,52 @@ care in which order the slots hold them: the mask is computed from the position 
 slot holds, never from its index. A chunk longer than ``capacity - W + 1`` (prefill) is
 attended against the old slots concatenated with the chunk, then the newest
 ``capacity`` positions are written back.
+
+What a slot stores is full-precision keys/values or, with a `KVQuantization`, each
+position's vector quantized on its own (`kv_quantization`): the slot logic is the same.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
+from .kv_quantization import KVQuantization, Stored, each, encode, nbytes, parts, slots
+
 Mask = mx.array | str | None
 
 
 class KVCache:
-    """Growing cache for full attention: position p lives at index p; grows in steps."""
+    """Growing cache for full attention: position p lives at index p; grows in steps.
+    With `kv` its slots hold quantized keys/values."""
 
     step = 256
 
-    def __init__(self) -> None:
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
+    def __init__(self, kv: KVQuantization | None = None) -> None:
+        self.kv = kv
+        self.keys: Stored | None = None
+        self.values: Stored | None = None
         self.offset = 0
 
     def make_mask(self, n: int) -> Mask:
         """Mask for the next `n` queries against everything cached plus themselves."""
         return None if n == 1 else "causal"
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Append `[B, H, n, D]` keys/values; return all cached keys/values in order."""
-        prev, n = self.offset, keys.shape[2]
-        if self.keys is None or prev + n > self.keys.shape[2]:
-            self._grow(keys, values, prev + n)
-        self.keys[..., prev : prev + n, :] = keys
-        self.values[..., prev : prev + n, :] = values
-        self.offset += n
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[Stored, Stored]:
+        """Append `[B, H, n, D]` keys/values; return all cached keys/values in order (as stored)."""
+        return self.update_and_fetch_stored(encode(self.kv, keys), encode(self.kv, values))
 
-    def _grow(self, keys: mx.array, values: mx.array, needed: int) -> None:
+    def update_and_fetch_stored(self, keys: Stored, values: Stored) -> tuple[Stored, Stored]:
+        """`update_and_fetch` for keys/values already in this cache's stored form."""
+        prev, n = self.offset, slots(keys)
+        if self.keys is None or prev + n > slots(self.keys):
+            self._grow(keys, values, prev + n)
+        for buf, new in zip(parts(self.keys) + parts(self.values), parts(keys) + parts(values)):
+            buf[..., prev : prev + n, :] = new
+        self.offset += n
+        fetch = lambda a: a[..., : self.offset, :]  # noqa: E731
+        return each(fetch, self.keys), each(fetch, self.values)
+
+    def _grow(self, keys: Stored, values: Stored, needed: int) -> None:
         """Re-allocate to the next multiple of `step` >= `needed`, keeping what is cached."""
         size = -(-needed // self.step) * self.step
 
@@ -66,7 +78,10 @@ class KVCache:
             fresh = mx.zeros((B, H, size - self.offset, D), like.dtype)
             return mx.concatenate([buf[..., : self.offset, :], fresh], axis=2)
 
-        self.keys, self.values = grown(self.keys, keys), grown(self.values, values)
+        if self.keys is None:
+            self.keys, self.values = each(lambda k: grown(None, k), keys), each(lambda v: grown(None, v), values)
+        else:
+            self.keys, self.values = each(grown, self.keys, keys), each(grown, self.values, values)
 
     @property
     def max_rollback(self) -> int:
@@ -81,8 +96,8 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the key/value buffers."""
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+        """Bytes held by the key/value buffers (packed data, scales and biases when quantized)."""
+        return nbytes(self.keys) + nbytes(self.values)
 
 
 class RollingKVCache:
@@ -90,13 +105,14 @@ class RollingKVCache:
 
     step = 256
 
-    def __init__(self, window: int, max_rollback: int = 0) -> None:
+    def __init__(self, window: int, max_rollback: int = 0, kv: KVQuantization | None = None) -> None:
         if window <= 0 or max_rollback < 0:
             raise ValueError(f"window must be > 0 and max_rollback >= 0, got {window}, {max_rollback}")
         self.window = window
         self.capacity = window + max_rollback
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
+        self.kv = kv
+        self.keys: Stored | None = None
+        self.values: Stored | None = None
         self.offset = 0
         self._rollbackable = 0
 
@@ -123,7 +139,7 @@ class RollingKVCache:
         return (key_pos >= 0) & (key_pos <= query_pos) & (key_pos > query_pos - self.window)
 
     def _size(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        return 0 if self.keys is None else slots(self.keys)
 
     def _size_for(self, end: int) -> int:
         """Buffer size once `end` positions have been written in place."""
@@ -131,46 +147,58 @@ class RollingKVCache:
             return self.capacity
         return max(self._size(), min(self.capacity, -(-end // self.step) * self.step))
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Store `[B, H, n, D]` keys/values; return the keys/values the new queries attend to."""
-        n = keys.shape[2]
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[Stored, Stored]:
+        """Store `[B, H, n, D]` keys/values; return the keys/values the new queries attend to
+        (as stored)."""
+        return self.update_and_fetch_stored(encode(self.kv, keys), encode(self.kv, values))
+
+    def update_and_fetch_stored(self, keys: Stored, values: Stored) -> tuple[Stored, Stored]:
+        """`update_and_fetch` for keys/values already in this cache's stored form."""
+        n = slots(keys)
         if self._in_place(n):
             self._resize(keys, values, self._size_for(self.offset + n))
             self._write(keys, values, self.offset)
             self.offset += n
             self._rollbackable = min(self._rollbackable + n, self.capacity - self.window)
             size = min(self.offset, self._size())
-            return self.keys[..., :size, :], self.values[..., :size, :]
+            fetch = lambda a: a[..., :size, :]  # noqa: E731
+            return each(fetch, self.keys), each(fetch, self.values)
         # Too long to write in place without clobbering keys the chunk itself needs.
-        out_k = keys if self.keys is None else mx.concatenate([self.keys, keys], axis=2)
-        out_v = values if self.values is None else mx.concatenate([self.values, values], axis=2)
+        joined = lambda old, new: mx.concatenate([old, new], axis=2)  # noqa: E731
+        out_k = keys if self.keys is None else each(joined, self.keys, keys)
+        out_v = values if self.values is None else each(joined, self.values, values)
         self._resize(keys, values, self.capacity)
         keep = min(n, self.capacity)
-        self._write(keys[..., n - keep :, :], values[..., n - keep :, :], self.offset + n - keep)
+        newest = lambda a: a[..., n - keep :, :]  # noqa: E731
+        self._write(each(newest, keys), each(newest, values), self.offset + n - keep)
         self.offset += n
         self._rollbackable = min(self._rollbackable + n, self.capacity - self.window)
         return out_k, out_v
 
-    def _resize(self, keys: mx.array, values: mx.array, size: int) -> None:
+    def _resize(self, keys: Stored, values: Stored, size: int) -> None:
         old = self._size()
         if size <= old:
             return
-        B, H, _, D = keys.shape
-        new_k = mx.zeros((B, H, size - old, D), keys.dtype)
-        new_v = mx.zeros((B, H, size - old, values.shape[3]), values.dtype)
-        self.keys = new_k if self.keys is None else mx.concatenate([self.keys, new_k], axis=2)
-        self.values = new_v if self.values is None else mx.concatenate([self.values, new_v], axis=2)
 
-    def _write(self, keys: mx.array, values: mx.array, first_pos: int) -> None:
+        def fresh(like: mx.array) -> mx.array:
+            B, H, _, D = like.shape
+            return mx.zeros((B, H, size - old, D), like.dtype)
+
+        if self.keys is None:
+            self.keys, self.values = each(fresh, keys), each(fresh, values)
+            return
+        grown = lambda buf, like: mx.concatenate([buf, fresh(like)], axis=2)  # noqa: E731
+        self.keys, self.values = each(grown, self.keys, keys), each(grown, self.values, values)
+
+    def _write(self, keys: Stored, values: Stored, first_pos: int) -> None:
         """Write consecutive positions starting at `first_pos` into their slots (wrapping)."""
-        n = keys.shape[2]
+        n = slots(keys)
         start = first_pos % self.capacity
         head = min(n, self.capacity - start)
-        self.keys[..., start : start + head, :] = keys[..., :head, :]
-        self.values[..., start : start + head, :] = values[..., :head, :]
-        if head < n:
-            self.keys[..., : n - head, :] = keys[..., head:, :]
-            self.values[..., : n - head, :] = values[..., head:, :]
+        for buf, new in zip(parts(self.keys) + parts(self.values), parts(keys) + parts(values)):
+            buf[..., start : start + head, :] = new[..., :head, :]
+            if head < n:
+                buf[..., : n - head, :] = new[..., head:, :]
 
     @property
     def max_rollback(self) -> int:
@@ -187,7 +215,7 @@ class RollingKVCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by the key/value buffers (constant once the buffer is full)."""
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+        return nbytes(self.keys) + nbytes(self.values)
 
 
 class LayerCaches(list):
@@ -211,9 +239,14 @@ class LayerCaches(list):
             for c in self:
                 c.rollback(n)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every layer's keys and values (as stored: quantized ones packed)."""
+        return sum(c.nbytes for c in self)
+
     def arrays(self) -> list[mx.array]:
         """What the passes so far wrote (evaluate to run them for the cache alone)."""
-        return [a for c in self if c.keys is not None for a in (c.keys, c.values)]
+        return [a for c in self for a in parts(c.keys) + parts(c.values)]
 
 
 def layer_caches(cache: list) -> LayerCaches:
@@ -221,7 +254,8 @@ def layer_caches(cache: list) -> LayerCaches:
     return cache if isinstance(cache, LayerCaches) else LayerCaches(cache)
 
 
-def layer_cache(window: int | None, max_rollback: int = 0) -> KVCache | RollingKVCache:
+def layer_cache(window: int | None, max_rollback: int = 0,
+                kv: KVQuantization | None = None) -> KVCache | RollingKVCache:
     """A new cache for one layer: rolling (window + `max_rollback` slots) with a sliding
-    window, growing without one."""
-    return KVCache() if window is None else RollingKVCache(window, max_rollback)
+    window, growing without one; with `kv`, its slots hold quantized keys/values."""
+    return KVCache(kv) if window is None else RollingKVCache(window, max_rollback, kv)

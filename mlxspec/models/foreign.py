@@ -24,6 +24,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from ..errors import InputError
 from .cache import LayerCaches
+from .kv_quantization import KVQuantization
 
 
 @dataclass
@@ -108,6 +109,22 @@ class ForeignCaches(LayerCaches):
         return [a for c in self for _, a in tree_flatten(c.state) if isinstance(a, mx.array)]
 
 
+def quantized_caches(model: ForeignModel, caches: list, kv: KVQuantization) -> list:
+    """mlx-lm's growing caches as its quantized ones; one line for caches of another kind."""
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
+
+    others = sorted({type(c).__name__ for c in caches if type(c) is not KVCache})
+    if others:
+        raise InputError(f"kv_bits: this {model.args.model_type} model runs through mlx-lm with {', '.join(others)} "
+                         "caches, which cannot be quantized and still roll back; run it without kv_bits")
+    args = getattr(model.lm, "args", None)
+    heads = getattr(args, "num_attention_heads", None)
+    head_dim = getattr(args, "head_dim", None) or (heads and model.args.hidden_size // heads)
+    if head_dim:
+        kv.check(head_dim)
+    return [QuantizedKVCache(group_size=kv.group_size, bits=kv.bits) for _ in caches]
+
+
 class ForeignModel:
     """An mlx-lm model (`lm`) as the engine's model: `model(tokens, cache) -> logits`, passes,
     a prefill that computes the output head at the last prompt position only, and caches
@@ -151,12 +168,15 @@ class ForeignModel:
             mx.eval(cache.arrays())
         return self(mx.array([ids[-1:]]), cache)[:, -1], None
 
-    def make_cache(self, max_rollback: int = 0) -> ForeignCaches:
+    def make_cache(self, max_rollback: int = 0, kv: KVQuantization | None = None) -> ForeignCaches:
         """mlx-lm's caches for this model (its `make_cache`, else one growing cache per
-        layer), able to roll back `max_rollback` positions at once (any number when they trim)."""
+        layer), able to roll back `max_rollback` positions at once (any number when they trim).
+        With `kv`, mlx-lm's quantized caches, which trim exactly; a model whose caches are of
+        other kinds (rotating, recurrent) cannot have them (`InputError`)."""
         from mlx_lm.models.cache import make_prompt_cache
 
-        return ForeignCaches(self, make_prompt_cache(self.lm), max_rollback)
+        caches = make_prompt_cache(self.lm)
+        return ForeignCaches(self, caches if kv is None else quantized_caches(self, caches, kv), max_rollback)
 
     @property
     def layers(self) -> list[nn.Module]:

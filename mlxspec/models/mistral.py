@@ -18,6 +18,7 @@ import mlx.nn as nn
 
 from .cache import KVCache, LayerCaches, Mask, RollingKVCache, layer_cache
 from .config import ModelArgs
+from .kv_quantization import KVQuantization, quantized_attention
 from . import passes
 from .linear import Linear
 from .moe import SparseMoE
@@ -69,9 +70,13 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return self.rope(q.transpose(0, 2, 1, 3), offset), self.rope(k.transpose(0, 2, 1, 3), offset), v
 
-    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
-        """Scaled dot-product attention, heads merged: [B, L, n_heads * head_dim]."""
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+    def attend(self, q: mx.array, k: mx.array | tuple, v: mx.array | tuple, mask: Mask) -> mx.array:
+        """Scaled dot-product attention, heads merged: [B, L, n_heads * head_dim]; over the
+        packed data itself when a quantized cache gave the keys/values (a tuple)."""
+        if isinstance(k, tuple):
+            out = quantized_attention(q, k, v, self.scale, mask)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         B, _, L, _ = out.shape
         return out.transpose(0, 2, 1, 3).reshape(B, L, -1)
 
@@ -272,7 +277,11 @@ class Model(nn.Module):
         """The transformer blocks (mlx-lm convention)."""
         return self.model.layers
 
-    def make_cache(self, max_rollback: int = 0) -> LayerCaches:
+    def make_cache(self, max_rollback: int = 0, kv: KVQuantization | None = None) -> LayerCaches:
         """One cache per layer: rolling (window + `max_rollback` slots) with a sliding window,
-        growing without one. `max_rollback` is the most positions a caller will roll back at once."""
-        return LayerCaches(layer_cache(self.args.sliding_window, max_rollback) for _ in self.layers)
+        growing without one. `max_rollback` is the most positions a caller will roll back at once;
+        with `kv` the caches hold quantized keys/values (`InputError` when its groups do not
+        divide head_dim)."""
+        if kv is not None:
+            kv.check(self.args.head_dim)
+        return LayerCaches(layer_cache(self.args.sliding_window, max_rollback, kv) for _ in self.layers)

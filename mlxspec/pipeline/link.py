@@ -24,7 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import InputError
-from ..models import Model
+from ..models import KVQuantization, Model
 from ..models.cache import LayerCaches, Mask, layer_cache
 from ..models.mistral import MistralModel, run_blocks
 
@@ -86,6 +86,7 @@ class RemoteCache:
     here, a rollback is sent on."""
 
     keys = values = None  # held by the other ranks
+    nbytes = 0  # (on this rank)
 
     def __init__(self, link: Link, max_rollback: int) -> None:
         self.link, self.offset = link, 0
@@ -144,8 +145,11 @@ class LeadModel(Model):
     def depth(self) -> int:
         return self.blocks_in_all
 
-    def make_cache(self, max_rollback: int = 0) -> list:
-        """Rank 0's own layers' caches, then the handle on the other ranks' caches."""
+    def make_cache(self, max_rollback: int = 0, kv: KVQuantization | None = None) -> list:
+        """Rank 0's own layers' caches, then the handle on the other ranks' caches (full
+        precision: a quantized cache is refused, the other ranks' caches have no such form)."""
+        if kv is not None:
+            raise InputError("kv_bits: a pipelined target keeps full-precision caches; run --pipeline without --kv-bits")
         own = [layer_cache(self.args.sliding_window, max_rollback) for _ in self.layers[:-1]]
         return LayerCaches([*own, RemoteCache(self.link, max_rollback)])
 

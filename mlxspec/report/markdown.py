@@ -15,7 +15,8 @@ def markdown(report: dict) -> str:
     def f(x: Any, nd: int = 2) -> str:
         return "" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
-    lines = [f"Weights: {report['weights']}; up to {report['max_tokens']} tokens per prompt, "
+    lines = [f"Weights: {report['weights']}; KV cache: {report.get('kv_cache', 'full precision')}; "
+             f"up to {report['max_tokens']} tokens per prompt, "
              f"{len(report['prompts'])} prompts, median of {report['repeats']} repeats. "
              "tok/s = decode rate after the first token; speedup vs mlxspec plain decoding.",
              "Drafts: " + "; ".join(f"{engine}: {what}" for engine, what in report.get("drafts", {}).items()) + ".", "",

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..engine import GenerationStats, SpeculativeStats, Timings
 
-SCHEMA_VERSION = 5  # bumped whenever the report's fields change
+SCHEMA_VERSION = 6  # bumped whenever the report's fields change (6: kv_cache)
 
 
 @dataclass
