@@ -14,7 +14,7 @@ import typer
 from . import conversation
 from .chat_repl import chat_loop
 from .arguments import check_generation
-from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for
+from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, adapter_option, calibration_for
 from .cli_request import with_generation_options
 from .console import colours
 from .engine import GenerationOptions
@@ -33,6 +33,7 @@ def chat_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour accepted draft tokens green (on a terminal) and print stats after each answer."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    adapter: Optional[str] = adapter_option(),
     options: GenerationOptions = GenerationOptions(max_tokens=512),
 ) -> None:
     """Chat on the terminal: history kept, answers streamed, each turn prefilling only what is new."""
@@ -40,7 +41,7 @@ def chat_command(
     if system is not None:
         check_text(system, "the --system argument")
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
-                                          calibration_for(recalibrate))
+                                          calibration_for(recalibrate), adapter=adapter)
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
 
 
@@ -59,6 +60,7 @@ def serve_command(
     prompt_cache: int = typer.Option(4, "--prompt-cache", help="Caches of recent requests kept, so a request that begins like one of them (the next turn of a conversation) prefills only what is new; 0 disables. Each holds its request's keys and values."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    adapter: Optional[str] = adapter_option(),
     options: GenerationOptions = GenerationOptions(max_tokens=512, temperature=1.0),
 ) -> None:
     """An OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
@@ -75,7 +77,7 @@ def serve_command(
     with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
         session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
                                                  dequantize_default(dequantize), calibration_for(recalibrate),
-                                                 adaptive, prompt_cache)
+                                                 adaptive, prompt_cache, adapter=adapter)
         stopped_by, cut = conversation.serve(session, served or name, sock, max_batch, max_queue, options)
     ended = f"{cut} request{'s' if cut != 1 else ''} in flight cut short" if cut else "no request in flight"
     interrupted = stopped_by == signal.SIGINT

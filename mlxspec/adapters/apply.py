@@ -54,7 +54,7 @@ def _apply_full(root: nn.Module, adapter: Adapter) -> None:
     root.load_weights([(k, v.astype(params[k].dtype)) for k, v in tensors.items()], strict=False)
 
 
-def _built_layers(root: nn.Module, adapter: Adapter) -> dict[str, nn.Module]:
+def adapter_layers(root: nn.Module, adapter: Adapter) -> dict[str, nn.Module]:
     """path -> mlx-lm's adapter layer for every module the adapter adapts, checked against
     the folder's tensors: each of them in place, of the layer's shape."""
     chosen = chosen_modules(root, adapter)
@@ -94,7 +94,7 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def _apply_lora(root: nn.Module, adapter: Adapter) -> None:
     """LoRA/DoRA: folded into float weights, mlx-lm's layers around quantized ones."""
-    layers = _built_layers(root, adapter)
+    layers = adapter_layers(root, adapter)
     tensors = _tensors(adapter)
     for path, layer in layers.items():
         layer.update({leaf: tensors[f"{path}.{leaf}"] for leaf in adapter.adapted_modules()[path]})

@@ -1,0 +1,135 @@
+"""Adapters written by mlx-lm's own trainer (LoRA, DoRA, full fine-tune): a model loaded with
+one gives mlx-lm's logits with the same adapter (port and mlx-lm-run models, float and
+quantized weights); speculative greedy == plain greedy with a draft model, a feature draft
+and prompt lookup; the calibration key tells it from its base; `convert --adapter` folds it
+into weights that give the same logits (quantized: within quantization error)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxspec
+from mlxspec.engine.calibrate import fingerprint as calibration_key
+from mlxspec.load import load_model
+from mlxspec.models import ForeignModel, fingerprint
+from adapter_training import mlx_lm_with_adapter, train_adapter
+from architectures import architecture_checkpoint
+from conftest import make_hf_checkpoint
+from test_feature_draft import feature_draft
+from test_speculative import tokens
+
+TOKENS = mx.array([[1, 5, 9, 200, 31, 7, 123, 77, 2000, 15]])
+PROMPT = [1, 5, 9, 200, 31, 7, 5, 9, 200, 31]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, hf_tokenizer_dir):
+    return make_hf_checkpoint(tmp_path_factory.mktemp("adapter-base"), hf_tokenizer_dir, seed=5, architecture="llama")
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, base):
+    """lora on every block's every layer, dora on two projections of the last block, full on the last block."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {"lora": train_adapter(base, root / "lora", "lora", num_layers=-1),
+            "dora": train_adapter(base, root / "dora", "dora", num_layers=1, keys=["self_attn.q_proj", "mlp.down_proj"]),
+            "full": train_adapter(base, root / "full", "full", num_layers=1)}
+
+
+def biggest_gap(a: mx.array, b: mx.array) -> float:
+    return float(mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max())
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "full"])
+def test_logits_equal_mlx_lms_with_the_same_adapter(base, adapters, kind):
+    model, _ = mlxspec.load(base, adapter=adapters[kind])
+    theirs = mlx_lm_with_adapter(base, adapters[kind])(TOKENS)
+    assert biggest_gap(model(TOKENS), theirs) < 1e-4
+    assert biggest_gap(load_model(base)(TOKENS), theirs) > 0.05  # the adapter does change the model
+
+
+def test_quantized_target_keeps_mlx_lms_layers_and_their_logits(base, adapters, tmp_path):
+    quantized = mlxspec.convert(base, tmp_path / "q8", bits=8)
+    for kind in ("lora", "dora"):
+        model, _ = mlxspec.load(quantized, adapter=adapters[kind])
+        assert any(type(m).__name__.endswith("Linear") and "lora_a" in m for m in model.modules())
+        assert biggest_gap(model(TOKENS), mlx_lm_with_adapter(quantized, adapters[kind])(TOKENS)) < 1e-3
+        expanded, _ = mlxspec.load(quantized, adapter=adapters[kind], dequantize=True, dtype=mx.float32)
+        theirs = mlx_lm_with_adapter(quantized, adapters[kind], dequantize=True)(TOKENS)
+        assert biggest_gap(expanded(TOKENS), theirs) < 1e-4
+
+
+def test_a_model_run_by_mlx_lm_takes_an_adapter(tmp_path):
+    folder = architecture_checkpoint(tmp_path / "phi3", "phi3", vocab_size=512, seed=1)
+    adapter = train_adapter(folder, tmp_path / "lora", "lora", num_layers=1, iters=3)
+    model = load_model(folder)
+    assert isinstance(model, ForeignModel)
+    mlxspec.adapters.apply_adapter(model, adapter)
+    tokens_ = TOKENS % 512
+    assert biggest_gap(model(tokens_), mlx_lm_with_adapter(folder, adapter)(tokens_)) < 1e-4
+    assert biggest_gap(load_model(folder)(tokens_), model(tokens_)) > 0.05
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_speculative_greedy_equals_plain_with_an_adapter(base, adapters, kind, tmp_path):
+    target, _ = mlxspec.load(base, adapter=adapters[kind])
+    plain_base, _ = tokens(load_model(base), PROMPT, 24)
+    expected, _ = tokens(target, PROMPT, 24)
+    assert expected != plain_base  # the adapter changes what the model writes
+    drafts = {"base model": load_model(base), "feature": feature_draft(target, 3), "ngram": "ngram"}
+    for name, draft in drafts.items():
+        for k in (1, 3):
+            got, _ = tokens(target, PROMPT, 24, draft=draft, num_draft_tokens=k, draft_policy="fixed")
+            assert got == expected, (name, k)
+    quantized, _ = mlxspec.load(mlxspec.convert(base, tmp_path / "q8", bits=8), adapter=adapters[kind])
+    expected, _ = tokens(quantized, PROMPT, 16)
+    got, _ = tokens(quantized, PROMPT, 16, draft=load_model(base), num_draft_tokens=3, draft_policy="fixed")
+    assert got == expected
+
+
+def test_the_calibration_key_tells_an_adapted_model_from_its_base(base, adapters):
+    plain, adapted = load_model(base), mlxspec.load(base, adapter=adapters["lora"])[0]
+    other = mlxspec.load(base, adapter=adapters["dora"])[0]
+    keys = {calibration_key(m, SameDraft(), 4) for m in (plain, adapted, other)}
+    assert len(keys) == 3
+    assert "adapter" not in fingerprint(plain)  # keys of models without an adapter stay what they were
+
+
+class SameDraft:
+    """A draft standing for any one draft: the key then differs only by the target."""
+
+    def fingerprint(self) -> dict:
+        return {"draft": "same"}
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "full"])
+def test_convert_folds_the_adapter_into_the_weights(base, adapters, kind, tmp_path):
+    adapted, _ = mlxspec.load(base, adapter=adapters[kind])
+    fused = load_model(mlxspec.convert(base, tmp_path / "fused", adapter=adapters[kind]))
+    assert biggest_gap(fused(TOKENS), adapted(TOKENS)) < 1e-4
+    if kind == "full":
+        return
+    # folded, then quantized: what quantizing the folded float checkpoint gives, near the adapted model
+    fused8 = load_model(mlxspec.convert(base, tmp_path / "fused8", bits=8, adapter=adapters[kind]))
+    requantized = load_model(mlxspec.convert(tmp_path / "fused", tmp_path / "requantized", bits=8))
+    assert biggest_gap(fused8(TOKENS), requantized(TOKENS)) == 0
+    want = adapted(TOKENS)
+    assert biggest_gap(fused8(TOKENS), want) < biggest_gap(load_model(base)(TOKENS), want) / 4
+
+
+def test_generate_with_an_adapter_writes_what_the_fused_model_writes(base, adapters, tmp_path, capsys):
+    from mlxspec.arguments import run
+    import mlxspec.cli as cli
+
+    fused = mlxspec.convert(base, tmp_path / "fused", adapter=adapters["lora"])
+    texts = []
+    for argv in (["--model", str(base), "--adapter", str(adapters["lora"]), "--draft", "ngram"],
+                 ["--model", str(fused)]):
+        code = run(cli.app, ["generate", *argv, "-p", "Hello there", "--max-tokens", "12", "--temp", "0",
+                             "--no-adaptive", "-k", "2"])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        texts.append(out.out)
+    assert texts[0] == texts[1] and texts[0].strip()
