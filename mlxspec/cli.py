@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import mlx.core as mx
 import typer
 
 from . import demo as demo_pair
@@ -219,10 +218,8 @@ def bench(
     check_writable(out, force, sources=sources, kind="report")
     dequant = dequantize_default(dequantize)
     target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings, adapter=adapter)
-    their_draft = None
-    if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
-        their_draft = load_draft(mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer,
-                                 dtype=mx.float32 if dequant else None, dequantize=dequant)
+    their_draft = None if not compare_mlx_lm or (mlx_lm_draft is None and not use_demo) else load_draft(
+        mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer, dtype=weights_dtype(dequant), dequantize=dequant)
     report = run_bench(target, tokenizer, draft_model, prompt_list, options=options, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
                        mlx_lm_draft=their_draft, weights=weights_label(dequant),

@@ -41,8 +41,12 @@ def with_lora(**changes) -> dict:
 
 def damage(folder: Path, case: str) -> str:
     """Damage a good adapter folder as `case` says; the text its error line must hold."""
+    return damage_files(folder, case) or damage_tensors(folder, case) or damage_config(folder, case)
+
+
+def damage_files(folder: Path, case: str) -> str | None:
+    """Files missing, garbled or cut short."""
     config, weights = folder / "adapter_config.json", folder / "adapters.safetensors"
-    q = "model.layers.1.self_attn.q_proj"
     if case == "no config":
         config.unlink()
         return "adapter_config.json: missing"
@@ -55,24 +59,18 @@ def damage(folder: Path, case: str) -> str:
     if case == "truncated weights":
         weights.write_bytes(weights.read_bytes()[:-100])
         return "adapters.safetensors"
+    return None
+
+
+def damage_tensors(folder: Path, case: str) -> str | None:
+    """Tensors of the wrong names or shapes."""
+    q = "model.layers.1.self_attn.q_proj"
     if case == "wrong shapes":
         adapter_folder(folder, tensors={f"{q}.lora_a": (32, 4), f"{q}.lora_b": (4, 64)})
         return "has shape (32, 4), the model's layer needs (64, 4)"
     if case == "ranks disagree":
         adapter_folder(folder, tensors={f"{q}.lora_a": (64, 4), f"{q}.lora_b": (8, 64)})
         return "not of rank 4"
-    if case == "unknown fine_tune_type":
-        config.write_text(json.dumps({**CONFIG, "fine_tune_type": "qlora"}))
-        return "unknown fine_tune_type 'qlora'"
-    if case == "num_layers too large":
-        config.write_text(json.dumps({**CONFIG, "num_layers": 3}))
-        return "num_layers 3 but this model has 2 blocks"
-    if case == "num_layers not a number":
-        config.write_text(json.dumps({**CONFIG, "num_layers": "all"}))
-        return "num_layers must be an integer"
-    if case == "key names no module":
-        config.write_text(json.dumps(with_lora(keys=["self_attn.query"])))
-        return "keys names 'self_attn.query', which is no module"
     if case == "tensor names no module":
         adapter_folder(folder, tensors={f"{q}.lora_a": (64, 4), f"{q}.lora_b": (4, 64),
                                         "model.layers.1.self_attn.nope.lora_a": (64, 4),
@@ -89,6 +87,24 @@ def damage(folder: Path, case: str) -> str:
     if case == "not a lora tensor":
         adapter_folder(folder, tensors={f"{q}.weight": (64, 64)})
         return "is not a lora parameter"
+    return None
+
+
+def damage_config(folder: Path, case: str) -> str:
+    """adapter_config.json holding what no adapter can be."""
+    config = folder / "adapter_config.json"
+    if case == "unknown fine_tune_type":
+        config.write_text(json.dumps({**CONFIG, "fine_tune_type": "qlora"}))
+        return "unknown fine_tune_type 'qlora'"
+    if case == "num_layers too large":
+        config.write_text(json.dumps({**CONFIG, "num_layers": 3}))
+        return "num_layers 3 but this model has 2 blocks"
+    if case == "num_layers not a number":
+        config.write_text(json.dumps({**CONFIG, "num_layers": "all"}))
+        return "num_layers must be an integer"
+    if case == "key names no module":
+        config.write_text(json.dumps(with_lora(keys=["self_attn.query"])))
+        return "keys names 'self_attn.query', which is no module"
     if case == "alpha instead of scale":
         params = {k: v for k, v in CONFIG["lora_parameters"].items() if k != "scale"}
         config.write_text(json.dumps({**CONFIG, "lora_parameters": {**params, "alpha": 16}}))

@@ -7,7 +7,6 @@ into weights that give the same logits (quantized: within quantization error).""
 from __future__ import annotations
 
 import mlx.core as mx
-import numpy as np
 import pytest
 
 import mlxspec
