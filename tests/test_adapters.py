@@ -6,6 +6,8 @@ into weights that give the same logits (quantized: within quantization error).""
 
 from __future__ import annotations
 
+import json
+
 import mlx.core as mx
 import pytest
 
@@ -132,3 +134,25 @@ def test_generate_with_an_adapter_writes_what_the_fused_model_writes(base, adapt
         assert code == 0, out.err
         texts.append(out.out)
     assert texts[0] == texts[1] and texts[0].strip()
+
+
+def test_distill_trains_a_draft_for_the_adapted_target(base, adapters, tmp_path, monkeypatch):
+    """The target's answers are the adapted model's own (never the base's cached ones), the run
+    records the adapter, and the draft speculates exactly for the adapted target."""
+    from mlxspec.distill import distill
+    from test_distill_command import PROMPTS, SMALL
+
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")
+    for name, adapter in (("base", None), ("lora", adapters["lora"])):
+        distill(base, tmp_path / name, kind="model", prompts=prompts, steps=4, adapter=adapter, **{**SMALL, "head_vocab": 64})
+    answers = sorted((tmp_path / "cache" / "distill-answers").iterdir())
+    assert len([a for a in answers if (a / "key.json").is_file()]) == 4  # train and held-out answers, each model its own
+    info = json.loads((tmp_path / "lora" / "training.json").read_text())
+    assert info["options"]["adapter"] == mlxspec.adapters.read_adapter(adapters["lora"]).digest
+    target, tokenizer = mlxspec.load(base, adapter=adapters["lora"], dtype=mx.float32)
+    draft = mlxspec.load_draft(tmp_path / "lora", target, tokenizer, dtype=mx.float32)
+    plain = [s.token for s in mlxspec.Session(target, tokenizer).stream("Tell me a story.", max_tokens=16)]
+    session = mlxspec.Session(target, tokenizer, draft, num_draft_tokens=3, draft_policy="fixed")
+    assert [s.token for s in session.stream("Tell me a story.", max_tokens=16)] == plain

@@ -141,8 +141,11 @@ def _digest(config: dict[str, Any], weights: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_adapter(path: str | Path) -> Adapter:
-    """The adapter folder at `path`, checked (see the module docstring); no tensor is loaded."""
+def read_adapter(path: str | Path | Adapter) -> Adapter:
+    """The adapter folder at `path`, checked (see the module docstring); no tensor is loaded.
+    An `Adapter` already checked is returned as it is."""
+    if isinstance(path, Adapter):
+        return path
     folder = _folder(path)
     config_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_file.is_file():
