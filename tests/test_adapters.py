@@ -156,3 +156,40 @@ def test_distill_trains_a_draft_for_the_adapted_target(base, adapters, tmp_path,
     plain = [s.token for s in mlxspec.Session(target, tokenizer).stream("Tell me a story.", max_tokens=16)]
     session = mlxspec.Session(target, tokenizer, draft, num_draft_tokens=3, draft_policy="fixed")
     assert [s.token for s in session.stream("Tell me a story.", max_tokens=16)] == plain
+
+
+def test_a_mixture_of_experts_takes_lora_on_its_router_and_experts(tmp_path, hf_tokenizer_dir):
+    base = make_hf_checkpoint(tmp_path / "mixtral", hf_tokenizer_dir, seed=3, architecture="mixtral",
+                              num_local_experts=4, num_experts_per_tok=2)
+    adapter = train_adapter(base, tmp_path / "lora", "lora", num_layers=-1, iters=3)
+    assert any("switch_mlp" in name for name in mlxspec.adapters.read_adapter(adapter).shapes)
+    theirs = mlx_lm_with_adapter(base, adapter)(TOKENS)
+    assert biggest_gap(mlxspec.load(base, adapter=adapter)[0](TOKENS), theirs) < 1e-4
+    assert biggest_gap(load_model(base)(TOKENS), theirs) > 0.05
+    fused = load_model(mlxspec.convert(base, tmp_path / "fused", adapter=adapter))  # expert by expert
+    assert biggest_gap(fused(TOKENS), theirs) < 1e-4
+    quantized = mlxspec.convert(base, tmp_path / "q8", bits=8)
+    model = mlxspec.load(quantized, adapter=adapter)[0]  # mlx-lm's LoRA layers around the quantized experts
+    assert biggest_gap(model(TOKENS), mlx_lm_with_adapter(quantized, adapter)(TOKENS)) < 1e-3
+    expected, _ = tokens(model, PROMPT, 12)
+    assert tokens(model, PROMPT, 12, draft="ngram", num_draft_tokens=3, draft_policy="fixed")[0] == expected
+
+
+def test_a_quantized_gguf_source_is_expanded_folded_and_quantized_again(base, adapters, sp_model_file, tmp_path):
+    from mlxspec.convert.adapter_fusion import FusionWarning
+    from gguf_writer import write_gguf
+
+    gguf = pytest.importorskip("gguf")
+    source = write_gguf(base, tmp_path / "m.gguf", sp_model_file,
+                        {"q_proj": gguf.GGMLQuantizationType.Q8_0, "v_proj": gguf.GGMLQuantizationType.Q4_0})
+    with pytest.warns(FusionWarning, match="quantized again"):
+        kept = mlxspec.convert(source, tmp_path / "kept", adapter=adapters["lora"])
+    # the same as folding into the expanded file and quantizing the result at the file's bits
+    dense = mlxspec.convert(mlxspec.convert(source, tmp_path / "dense", dtype="float32"), tmp_path / "fused",
+                            adapter=adapters["lora"])
+    name = "model.layers.1.self_attn.q_proj"
+    ours, folded = mx.load(str(kept / "model.safetensors")), mx.load(str(dense / "model.safetensors"))
+    weight, scales, biases = mx.quantize(folded[f"{name}.weight"], group_size=32, bits=8)
+    assert mx.array_equal(ours[f"{name}.weight"], weight) and mx.array_equal(ours[f"{name}.scales"], scales)
+    want = load_model(dense)(TOKENS)
+    assert biggest_gap(load_model(kept, dequantize=True)(TOKENS), want) < biggest_gap(load_model(base)(TOKENS), want) / 4
