@@ -197,8 +197,8 @@ def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None, dequantize:
     checked = None if adapter is None else read_adapter(adapter)  # before anything heavy is read
     model_dir = resolve(path_or_repo_id)
     model = load_model(model_dir, dtype=dtype, dequantize=dequantize)
-    if checked is not None:
-        apply_adapter(model, checked)
+    if checked is not None:  # a Mistral-layout folder keeps q/k rows interleaved; adapters come from its HF twin
+        apply_adapter(model, checked, interleaved_qk=weight_files(model_dir)[1])
     return model, model_tokenizer(model_dir, model)
 
 

@@ -6,7 +6,11 @@ LoRA and DoRA on float weights are folded into them (mlx-lm's `fuse`): the model
 costs what its base costs, and its outputs equal mlx-lm's unfused layers' up to float
 rounding. On quantized weights mlx-lm's LoRA/DoRA layers stay in place around the
 quantized layers (folding would quantize the sum anew). A full fine-tune's tensors replace
-the parameters they name."""
+the parameters they name.
+
+A checkpoint in Mistral's layout keeps its query and key rows in RoPE's interleaved order
+(rotated "traditionally"), while mlx-lm trains on the HF twin, whose rows are in rotate-half
+order: there the adapter's output rows of q_proj and k_proj are put in the interleaved order."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import CheckpointError, ConfigError
+from ..layout import permute_half_to_interleaved
 from ..models.foreign import ForeignModel
 from ..standard_streams import reopen_closed_descriptors
 from .folder import Adapter, read_adapter
@@ -33,12 +38,29 @@ def _tensors(adapter: Adapter) -> dict[str, mx.array]:
         raise CheckpointError(f"{adapter.weights_file}: unreadable safetensors file ({exc})") from None
 
 
+def _interleaved(tensors: dict[str, mx.array], args: Any) -> dict[str, mx.array]:
+    """The tensors with the output rows of q_proj and k_proj (lora_b's columns, DoRA's m, a
+    full fine-tune's weight and bias) from rotate-half into interleaved order, head by head."""
+    out = {}
+    for name, tensor in tensors.items():
+        heads = args.num_attention_heads if ".self_attn.q_proj." in name else \
+            args.num_key_value_heads if ".self_attn.k_proj." in name else None
+        leaf = name.rsplit(".", 1)[-1]
+        if heads is not None and leaf in ("lora_b", "weight"):
+            tensor = permute_half_to_interleaved(tensor.T, heads).T if leaf == "lora_b" else \
+                permute_half_to_interleaved(tensor, heads)
+        elif heads is not None and leaf in ("m", "bias"):
+            tensor = permute_half_to_interleaved(tensor[:, None], heads)[:, 0]
+        out[name] = tensor
+    return out
+
+
 def _quantized_hint(root: nn.Module) -> str:
     return "; the model is quantized: load it with --dequantize" if any(
         quantized(m) for _, m in root.named_modules()) else ""
 
 
-def _apply_full(root: nn.Module, adapter: Adapter) -> None:
+def _apply_full(root: nn.Module, adapter: Adapter, tensors: dict[str, mx.array]) -> None:
     """A full fine-tune: its tensors replace the parameters of the same names."""
     params = dict(tree_flatten(root.parameters()))
     if adapter.num_layers is not None and adapter.num_layers > len(root.layers):
@@ -50,7 +72,6 @@ def _apply_full(root: nn.Module, adapter: Adapter) -> None:
         if tuple(params[name].shape) != shape:
             raise CheckpointError(f"{adapter.weights_file}: tensor {name!r} has shape {shape}, the model's "
                                   f"{tuple(params[name].shape)}{_quantized_hint(root)}")
-    tensors = _tensors(adapter)
     root.load_weights([(k, v.astype(params[k].dtype)) for k, v in tensors.items()], strict=False)
 
 
@@ -92,10 +113,9 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
         setattr(parent, last, module)
 
 
-def _apply_lora(root: nn.Module, adapter: Adapter) -> None:
+def _apply_lora(root: nn.Module, adapter: Adapter, tensors: dict[str, mx.array]) -> None:
     """LoRA/DoRA: folded into float weights, mlx-lm's layers around quantized ones."""
     layers = adapter_layers(root, adapter)
-    tensors = _tensors(adapter)
     for path, layer in layers.items():
         layer.update({leaf: tensors[f"{path}.{leaf}"] for leaf in adapter.adapted_modules()[path]})
         base = base_of(layer)
@@ -105,16 +125,20 @@ def _apply_lora(root: nn.Module, adapter: Adapter) -> None:
             base.weight = fused_weight(layer).astype(base.weight.dtype)
 
 
-def apply_adapter(model: Any, adapter: str | Path | Adapter) -> Any:
+def apply_adapter(model: Any, adapter: str | Path | Adapter, interleaved_qk: bool = False) -> Any:
     """Apply an mlx-lm adapter folder (or a checked `Adapter`) to `model`, just loaded (a port
-    `Model` or a `ForeignModel`), in place; returns it. The model's `adapter_id` names the
+    `Model` or a `ForeignModel`), in place; returns it. `interleaved_qk`: the model was loaded
+    from Mistral's layout (see the module docstring). The model's `adapter_id` names the
     adapter, so that what is measured for it (calibration) is not taken for its base's."""
-    adapter = adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
+    adapter = read_adapter(adapter)
     root = model.lm if isinstance(model, ForeignModel) else model
+    tensors = _tensors(adapter)
+    if interleaved_qk:
+        tensors = _interleaved(tensors, root.args)
     if adapter.fine_tune_type == "full":
-        _apply_full(root, adapter)
+        _apply_full(root, adapter, tensors)
     else:
-        _apply_lora(root, adapter)
+        _apply_lora(root, adapter, tensors)
     root.eval()
     try:
         mx.eval(root.parameters())
