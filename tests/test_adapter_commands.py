@@ -19,6 +19,7 @@ from adapter_training import mlx_lm_with_adapter, train_adapter
 from conftest import make_hf_checkpoint
 from synthetic import write_mistral_checkpoint_from_hf, write_random_hf_checkpoint
 
+FOLDED = 5e-4  # logits of weights with an adapter folded in vs mlx-lm's unfused layers: float rounding
 TOKENS = mx.array([[1, 5, 9, 200, 31, 7, 123, 77, 2000, 15]])
 
 
@@ -46,9 +47,9 @@ def test_a_mistral_layout_checkpoint_takes_the_adapter_of_its_hf_twin(tmp_path, 
     consolidated = write_mistral_checkpoint_from_hf(hf, tmp_path / "mistral", args)
     adapter = train_adapter(hf, tmp_path / "adapter", kind, num_layers=1, iters=3)
     theirs = mlx_lm_with_adapter(hf, adapter)(TOKENS)
-    assert gap(mlxspec.load(consolidated, adapter=adapter)[0](TOKENS), theirs) < 1e-4
+    assert gap(mlxspec.load(consolidated, adapter=adapter)[0](TOKENS), theirs) < FOLDED
     assert gap(load_model(consolidated)(TOKENS), theirs) > 0.05
-    assert gap(load_model(mlxspec.convert(consolidated, tmp_path / "fused", adapter=adapter))(TOKENS), theirs) < 1e-4
+    assert gap(load_model(mlxspec.convert(consolidated, tmp_path / "fused", adapter=adapter))(TOKENS), theirs) < FOLDED
 
 
 def test_a_pair_adapts_its_target_only(base, lora, tmp_path, hf_tokenizer_dir):

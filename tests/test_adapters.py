@@ -21,6 +21,7 @@ from conftest import make_hf_checkpoint
 from test_feature_draft import feature_draft
 from test_speculative import tokens
 
+FOLDED = 5e-4  # logits of weights with an adapter folded in vs mlx-lm's unfused layers: float rounding
 TOKENS = mx.array([[1, 5, 9, 200, 31, 7, 123, 77, 2000, 15]])
 PROMPT = [1, 5, 9, 200, 31, 7, 5, 9, 200, 31]
 
@@ -47,7 +48,7 @@ def biggest_gap(a: mx.array, b: mx.array) -> float:
 def test_logits_equal_mlx_lms_with_the_same_adapter(base, adapters, kind):
     model, _ = mlxspec.load(base, adapter=adapters[kind])
     theirs = mlx_lm_with_adapter(base, adapters[kind])(TOKENS)
-    assert biggest_gap(model(TOKENS), theirs) < 1e-4
+    assert biggest_gap(model(TOKENS), theirs) < FOLDED
     assert biggest_gap(load_model(base)(TOKENS), theirs) > 0.05  # the adapter does change the model
 
 
@@ -59,7 +60,7 @@ def test_quantized_target_keeps_mlx_lms_layers_and_their_logits(base, adapters, 
         assert biggest_gap(model(TOKENS), mlx_lm_with_adapter(quantized, adapters[kind])(TOKENS)) < 1e-3
         expanded, _ = mlxspec.load(quantized, adapter=adapters[kind], dequantize=True, dtype=mx.float32)
         theirs = mlx_lm_with_adapter(quantized, adapters[kind], dequantize=True)(TOKENS)
-        assert biggest_gap(expanded(TOKENS), theirs) < 1e-4
+        assert biggest_gap(expanded(TOKENS), theirs) < FOLDED
 
 
 def test_a_model_run_by_mlx_lm_takes_an_adapter(tmp_path):
@@ -69,7 +70,7 @@ def test_a_model_run_by_mlx_lm_takes_an_adapter(tmp_path):
     assert isinstance(model, ForeignModel)
     mlxspec.adapters.apply_adapter(model, adapter)
     tokens_ = TOKENS % 512
-    assert biggest_gap(model(tokens_), mlx_lm_with_adapter(folder, adapter)(tokens_)) < 1e-4
+    assert biggest_gap(model(tokens_), mlx_lm_with_adapter(folder, adapter)(tokens_)) < FOLDED
     assert biggest_gap(load_model(folder)(tokens_), model(tokens_)) > 0.05
 
 
@@ -109,7 +110,7 @@ class SameDraft:
 def test_convert_folds_the_adapter_into_the_weights(base, adapters, kind, tmp_path):
     adapted, _ = mlxspec.load(base, adapter=adapters[kind])
     fused = load_model(mlxspec.convert(base, tmp_path / "fused", adapter=adapters[kind]))
-    assert biggest_gap(fused(TOKENS), adapted(TOKENS)) < 1e-4
+    assert biggest_gap(fused(TOKENS), adapted(TOKENS)) < FOLDED
     if kind == "full":
         return
     # folded, then quantized: what quantizing the folded float checkpoint gives, near the adapted model
@@ -164,10 +165,10 @@ def test_a_mixture_of_experts_takes_lora_on_its_router_and_experts(tmp_path, hf_
     adapter = train_adapter(base, tmp_path / "lora", "lora", num_layers=-1, iters=3)
     assert any("switch_mlp" in name for name in mlxspec.adapters.read_adapter(adapter).shapes)
     theirs = mlx_lm_with_adapter(base, adapter)(TOKENS)
-    assert biggest_gap(mlxspec.load(base, adapter=adapter)[0](TOKENS), theirs) < 1e-4
+    assert biggest_gap(mlxspec.load(base, adapter=adapter)[0](TOKENS), theirs) < FOLDED
     assert biggest_gap(load_model(base)(TOKENS), theirs) > 0.05
     fused = load_model(mlxspec.convert(base, tmp_path / "fused", adapter=adapter))  # expert by expert
-    assert biggest_gap(fused(TOKENS), theirs) < 1e-4
+    assert biggest_gap(fused(TOKENS), theirs) < FOLDED
     quantized = mlxspec.convert(base, tmp_path / "q8", bits=8)
     model = mlxspec.load(quantized, adapter=adapter)[0]  # mlx-lm's LoRA layers around the quantized experts
     assert biggest_gap(model(TOKENS), mlx_lm_with_adapter(quantized, adapter)(TOKENS)) < 1e-3
