@@ -84,6 +84,10 @@ def damage_tensors(folder: Path, case: str) -> str | None:
     if case == "a tensor missing":
         adapter_folder(folder, tensors={f"{q}.lora_a": (64, 4)})
         return "has no 'lora_b' tensor"
+    if case == "integer tensor":
+        mx.save_safetensors(str(folder / "adapters.safetensors"), {f"{q}.lora_a": mx.zeros((64, 4), dtype=mx.int32),
+                                                                   f"{q}.lora_b": mx.zeros((4, 64))})
+        return "is I32, not floating point"
     if case == "not a lora tensor":
         adapter_folder(folder, tensors={f"{q}.weight": (64, 64)})
         return "is not a lora parameter"
@@ -118,7 +122,7 @@ def damage_config(folder: Path, case: str) -> str:
 CASES = ["no config", "garbled config", "no weights", "truncated weights", "wrong shapes", "ranks disagree",
          "unknown fine_tune_type", "num_layers too large", "num_layers not a number", "key names no module",
          "tensor names no module", "tensor outside the adapted blocks", "a tensor missing", "not a lora tensor",
-         "alpha instead of scale", "rank zero"]
+         "alpha instead of scale", "rank zero", "integer tensor"]
 
 
 def test_the_good_folder_loads(model, tmp_path):
@@ -147,13 +151,15 @@ def test_a_damaged_adapter_is_refused_before_the_model_loads(tmp_path, capsys):
     assert "fine_tune_type" in line
 
 
-@pytest.mark.parametrize("case", ["missing", "a file"])
+@pytest.mark.parametrize("case", ["missing", "a file", "empty"])
 def test_an_adapter_path_that_is_no_folder(model, tmp_path, capsys, case):
     path = tmp_path / "adapter"
     if case == "a file":
         path.write_text("{}")
-    line = one_error_line(["chat", "--model", str(model), "--adapter", str(path)], capsys)
-    assert str(path) in line and ("no such adapter folder" in line or "not a file" in line)
+    line = one_error_line(["chat", "--model", str(model), "--adapter", "" if case == "empty" else str(path)], capsys)
+    assert {"missing": "no such adapter folder", "a file": "not a file", "empty": "the adapter path is empty"}[case] in line
+    if case == "empty":
+        return
     with pytest.raises(InputError):
         mlxspec.load(model, adapter=path)
 

@@ -67,6 +67,8 @@ def _folder(path: str | Path) -> Path:
     """The adapter folder `path` names (the folder itself, as mlx-lm's `--adapter-path`)."""
     if not isinstance(path, (str, Path)):
         raise InputTypeError(f"adapter must be the path of an adapter folder, got {type(path).__name__}")
+    if not str(path).strip():
+        raise InputError("the adapter path is empty")
     folder = Path(path).expanduser()
     if not folder.exists():
         raise InputError(f"{folder}: no such adapter folder")
@@ -97,10 +99,15 @@ def _lora_parameters(config: dict[str, Any], where: Path) -> tuple[int, float, t
     return rank, float(scale), None if keys is None else tuple(keys)
 
 
-def _check_tensors(kind: str, shapes: dict[str, tuple[int, ...]], rank: int | None, where: Path) -> None:
-    """lora/dora: only adapter leaves, each module with all of its own, of rank `rank`."""
+def _check_tensors(kind: str, reader: SafetensorsReader, rank: int | None, where: Path) -> None:
+    """Floating-point tensors; for lora/dora only adapter leaves, each module with all of its
+    own, of rank `rank`."""
+    shapes = {name: reader.shape(name) for name in reader.names()}
     if not shapes:
         raise CheckpointError(f"{where}: holds no tensors")
+    for name in shapes:
+        if reader.header[name]["dtype"] not in ("F16", "BF16", "F32", "F64") and kind != "full":
+            raise CheckpointError(f"{where}: tensor {name!r} is {reader.header[name]['dtype']}, not floating point")
     if kind == "full":
         return
     leaves = ADAPTER_LEAVES[kind]
@@ -163,6 +170,6 @@ def read_adapter(path: str | Path | Adapter) -> Adapter:
     if not weights_file.is_file():
         raise CheckpointError(f"{weights_file}: missing (the adapter's weights, as mlx_lm.lora saves them)")
     reader = SafetensorsReader(weights_file)  # one CheckpointError naming the file for a bad header
+    _check_tensors(kind, reader, rank, weights_file)
     shapes = {name: reader.shape(name) for name in reader.names()}
-    _check_tensors(kind, shapes, rank, weights_file)
     return Adapter(folder, kind, num_layers, rank, scale, keys, shapes, _digest(config, weights_file))
