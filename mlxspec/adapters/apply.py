@@ -93,7 +93,7 @@ def adapter_layers(root: nn.Module, adapter: Adapter) -> dict[str, nn.Module]:
         expected = {k: tuple(v.shape) for k, v in layer.parameters().items() if isinstance(v, mx.array)}
         for leaf, shape in given[path].items():
             if leaf not in expected:
-                raise CheckpointError(f"{adapter.weights_file}: tensor {path}.{leaf!r} has no place in "
+                raise CheckpointError(f"{adapter.weights_file}: tensor '{path}.{leaf}' has no place in "
                                       f"{type(layer).__name__}")
             if shape != expected[leaf]:
                 raise CheckpointError(f"{adapter.weights_file}: tensor '{path}.{leaf}' has shape {shape}, the "
@@ -115,11 +115,11 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def _apply_lora(root: nn.Module, adapter: Adapter, tensors: dict[str, mx.array]) -> None:
     """LoRA/DoRA: folded into float weights, mlx-lm's layers around quantized ones."""
-    layers = adapter_layers(root, adapter)
+    layers, given = adapter_layers(root, adapter), adapter.adapted_modules()
     for path, layer in layers.items():
-        layer.update({leaf: tensors[f"{path}.{leaf}"] for leaf in adapter.adapted_modules()[path]})
+        layer.update({leaf: tensors[f"{path}.{leaf}"] for leaf in given[path]})
         base = base_of(layer)
-        if quantized(base) or not hasattr(layer, "fuse"):
+        if base is None or quantized(base) or not hasattr(layer, "fuse"):
             _replace(root, path, layer)
         else:
             base.weight = fused_weight(layer).astype(base.weight.dtype)

@@ -88,9 +88,9 @@ def lora_layer(module: Any, adapter: Adapter, path: str) -> nn.Module:
                       f"a {type(module).__name__} (mlx-lm adapts dense, embedding and, with lora, expert layers)")
 
 
-def base_of(layer: nn.Module) -> nn.Module:
-    """The layer an adapter layer wraps."""
-    return layer["linear"] if "linear" in layer else layer["embedding"]
+def base_of(layer: nn.Module) -> nn.Module | None:
+    """The layer an adapter layer wraps (None for a model's own `to_lora` layer of another shape)."""
+    return layer.get("linear", layer.get("embedding"))
 
 
 def quantized(module: nn.Module) -> bool:
