@@ -222,7 +222,7 @@ def bench(
         mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer, dtype=weights_dtype(dequant), dequantize=dequant)
     report = run_bench(target, tokenizer, draft_model, prompt_list, options=options, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
-                       mlx_lm_draft=their_draft, weights=weights_label(dequant),
+                       mlx_lm_draft=their_draft, weights=weights_label(dequant, adapter),
                        calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True))
     with atomic_dir(out, force, sources=sources, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)

@@ -31,9 +31,9 @@ PIPELINE_HELP = ("Split the target across the ranks that mlx.launch started (pip
 RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
 
 
-def weights_label(dequantize: bool) -> str:
+def weights_label(dequantize: bool, adapter: str | None = None) -> str:
     return ("dequantized to float32 at load (--dequantize; default on the CPU backend)" if dequantize
-            else "as stored (quantized)")
+            else "as stored (quantized)") + ("" if adapter is None else f"; target with the adapter {adapter}")
 
 
 def calibration_for(recalibrate: bool, quiet: bool = False) -> Calibration:

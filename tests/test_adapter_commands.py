@@ -4,6 +4,7 @@ Mistral's names) takes an adapter trained on its HF twin; `load_pair(adapter=)` 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -76,3 +77,11 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr
     return res
+
+
+def test_bench_measures_the_adapted_target(base, lora, tmp_path):
+    out = tmp_path / "report"
+    cli("bench", "--model", str(base), "--adapter", str(lora), "--draft", "ngram", "-k", "2", "--repeats", "1",
+        "--temperatures", "0", "--max-tokens", "6", "--no-adaptive", "--no-plots", "--kinds", "code", "-o", str(out))
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"].endswith(f"target with the adapter {lora}") and report["rows"]
