@@ -85,3 +85,15 @@ def test_bench_measures_the_adapted_target(base, lora, tmp_path):
         "--temperatures", "0", "--max-tokens", "6", "--no-adaptive", "--no-plots", "--kinds", "code", "-o", str(out))
     report = json.loads((out / "report.json").read_text())
     assert report["weights"].endswith(f"target with the adapter {lora}") and report["rows"]
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_a_key_naming_the_embedding_adapts_a_tied_embedding_and_its_head(tmp_path, kind):
+    """A Qwen2 (biased q/k/v, tied head): mlx-lm adapts `model.embed_tokens` as a full module name."""
+    base = make_hf_checkpoint(tmp_path / "qwen2", None, seed=3, architecture="qwen2", tie_word_embeddings=True)
+    adapter = train_adapter(base, tmp_path / kind, kind, keys=["self_attn.q_proj", "model.embed_tokens"], iters=3)
+    assert "model.embed_tokens.lora_a" in mlxspec.adapters.read_adapter(adapter).shapes
+    model = load_model(base)
+    mlxspec.adapters.apply_adapter(model, adapter)
+    theirs = mlx_lm_with_adapter(base, adapter)(TOKENS)
+    assert gap(model(TOKENS), theirs) < FOLDED and gap(load_model(base)(TOKENS), theirs) > 0.05

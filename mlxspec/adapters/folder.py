@@ -31,7 +31,8 @@ ADAPTER_LEAVES = {"lora": ("lora_a", "lora_b"), "dora": ("lora_a", "lora_b", "m"
 class Adapter:
     """A checked adapter folder: what to build (`fine_tune_type`, the last `num_layers`
     blocks, -1 or 0 for all, as mlx-lm reads it; `rank`, `scale`, `keys` for lora and dora)
-    and the tensors `adapters.safetensors` holds (name -> shape), read from its header."""
+    and the tensors `adapters.safetensors` holds (name -> shape), read from its header;
+    `digest` tells it from any other adapter (and a model with it from one without)."""
 
     folder: Path
     fine_tune_type: str
@@ -49,10 +50,6 @@ class Adapter:
     @property
     def weights_file(self) -> Path:
         return self.folder / WEIGHTS_FILE
-
-    def identity(self) -> dict[str, Any]:
-        """What tells this adapter from another (and a model with it from one without)."""
-        return {"adapter": self.digest, "fine_tune_type": self.fine_tune_type}
 
     def adapted_modules(self) -> dict[str, dict[str, tuple[int, ...]]]:
         """lora/dora: module path -> {leaf: shape} of the tensors adapting it."""
