@@ -63,15 +63,25 @@ def test_quantized_target_keeps_mlx_lms_layers_and_their_logits(base, adapters, 
         assert biggest_gap(expanded(TOKENS), theirs) < FOLDED
 
 
-def test_a_model_run_by_mlx_lm_takes_an_adapter(tmp_path):
-    folder = architecture_checkpoint(tmp_path / "phi3", "phi3", vocab_size=512, seed=1)
+def test_a_model_run_by_mlx_lm_takes_an_adapter(tmp_path, hf_tokenizer_dir):
+    folder = architecture_checkpoint(tmp_path / "phi3", "phi3", vocab_size=32000, seed=1, tokenizer_dir=hf_tokenizer_dir)
     adapter = train_adapter(folder, tmp_path / "lora", "lora", num_layers=1, iters=3)
     model = load_model(folder)
     assert isinstance(model, ForeignModel)
     mlxspec.adapters.apply_adapter(model, adapter)
-    tokens_ = TOKENS % 512
-    assert biggest_gap(model(tokens_), mlx_lm_with_adapter(folder, adapter)(tokens_)) < FOLDED
-    assert biggest_gap(load_model(folder)(tokens_), model(tokens_)) > 0.05
+    assert biggest_gap(model(TOKENS), mlx_lm_with_adapter(folder, adapter)(TOKENS)) < FOLDED
+    assert biggest_gap(load_model(folder)(TOKENS), model(TOKENS)) > 0.05
+    # converted: folded in mlx-lm's module; from a quantized folder, quantized again as it was
+    assert biggest_gap(load_model(mlxspec.convert(folder, tmp_path / "fused", adapter=adapter))(TOKENS),
+                       model(TOKENS)) < FOLDED
+    from mlxspec.convert.adapter_fusion import FusionWarning
+
+    quantized = mlxspec.convert(folder, tmp_path / "q8", bits=8)
+    with pytest.warns(FusionWarning, match="quantized again at 8 bits"):
+        requantized = mlxspec.convert(quantized, tmp_path / "fused8", adapter=adapter)
+    assert json.loads((requantized / "config.json").read_text())["quantization"]["bits"] == 8
+    want = model(TOKENS)
+    assert biggest_gap(load_model(requantized)(TOKENS), want) < biggest_gap(load_model(folder)(TOKENS), want) / 4
 
 
 @pytest.mark.parametrize("kind", ["lora", "dora"])
