@@ -132,6 +132,13 @@ def test_the_good_folder_loads(model, tmp_path):
     assert float(mx.abs(adapted(tokens) - plain(tokens)).max()) > 1e-3
 
 
+def test_an_older_mlx_lms_lora_layers_key_reads_as_num_layers(model, tmp_path):
+    new = adapter_folder(tmp_path / "new")
+    old = adapter_folder(tmp_path / "old", {"lora_layers": 1, "lora_parameters": CONFIG["lora_parameters"]})
+    tokens = mx.array([[1, 20, 300]])
+    assert mx.array_equal(mlxspec.load(model, adapter=old)[0](tokens), mlxspec.load(model, adapter=new)[0](tokens))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_a_damaged_adapter_is_one_line_naming_the_file(model, tmp_path, capsys, case):
     folder = adapter_folder(tmp_path / "adapter")

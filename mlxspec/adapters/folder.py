@@ -158,7 +158,7 @@ def read_adapter(path: str | Path | Adapter) -> Adapter:
     kind = config.get("fine_tune_type", "lora")
     if kind not in FINE_TUNE_TYPES:
         raise ConfigError(f"{config_file}: unknown fine_tune_type {kind!r} (lora, dora or full)")
-    num_layers = config.get("num_layers")
+    num_layers = config.get("num_layers", config.get("lora_layers"))  # the older mlx-lm's name
     if not (num_layers is None and kind == "full") and (not is_int(num_layers) or num_layers < -1):
         raise ConfigError(f"{config_file}: num_layers must be an integer >= -1 (-1: every block), got {num_layers!r}")
     rank = scale = keys = None
