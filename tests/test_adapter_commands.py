@@ -97,3 +97,19 @@ def test_a_key_naming_the_embedding_adapts_a_tied_embedding_and_its_head(tmp_pat
     mlxspec.adapters.apply_adapter(model, adapter)
     theirs = mlx_lm_with_adapter(base, adapter)(TOKENS)
     assert gap(model(TOKENS), theirs) < FOLDED and gap(load_model(base)(TOKENS), theirs) > 0.05
+
+
+def test_serve_answers_with_the_adapted_target(base, lora, tmp_path):
+    pytest.importorskip("openai")
+    from serving import MODEL, Server
+
+    fused = mlxspec.convert(base, tmp_path / "fused", adapter=lora)
+    texts = []
+    for model, extra in ((base, ["--adapter", str(lora), "--draft", "ngram"]), (fused, [])):
+        server = Server(model, *extra, "--no-adaptive", "-k", "2", cache=tmp_path)
+        try:
+            done = server.client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0)
+            texts.append(done.choices[0].text)
+        finally:
+            server.stop()
+    assert texts[0] == texts[1] and texts[0]
