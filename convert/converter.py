@@ -21,6 +21,9 @@ from mlxspec.paths import user_path
 from mlxspec.validate import is_int
 from mlxspec.text import Tokenizer, load_tokenizer
 
+from mlxspec.adapters import read_adapter
+
+from .adapter_fusion import fold_adapter
 from .atomic import atomic_dir, check_writable
 from .other_architecture import other_architecture
 from .kquants import REQUANTIZATION_BOUND, REQUANTIZED, requantize
@@ -201,27 +204,33 @@ def convert(
     revision: str | None = None,
     max_shard_bytes: int = 2 * 1024**3,
     progress: Progress | None = None,
+    adapter: str | Path | None = None,
 ) -> Path:
     """Convert a checkpoint (local folder or Hub repo id) into MLX weights at `out`.
 
     `bits` quantizes projection and embedding matrices (affine, `group_size` columns per
     scale); without it weights are written unquantized in `dtype` (default: as stored).
     `out` appears complete or not at all; an existing `out` needs `force`, which replaces
-    only a folder mlxspec wrote (never a source or a folder holding one)."""
+    only a folder mlxspec wrote (never a source or a folder holding one). `adapter`, an
+    mlx-lm adapter folder, is folded into the weights first (`adapter_fusion`, as
+    `mlx_lm.fuse`); tensors stored quantized that it changes are quantized again."""
     check_options(bits, group_size, dtype, max_shard_bytes, progress=progress)
     check_paths(src=src, out=out)
+    checked = None if adapter is None else read_adapter(adapter)
     out = Path(out)
-    check_writable(out, force, sources=[src], kind="model")
+    check_writable(out, force, sources=[src, *([checked.folder] if checked else [])], kind="model")
     root = resolve_source(src, revision)
     target_dtype = DTYPES[dtype] if dtype else None
     other = other_architecture(root)
     if other is not None:  # mlx-lm's model class writes it
         other.tokenizer()  # a tokenizer that cannot be read is one line before anything is written
         with atomic_dir(out, force, sources=[root]) as tmp:
-            other.write(tmp, bits, group_size, target_dtype)
+            other.write(tmp, bits, group_size, target_dtype, checked)
         return out
     source = open_source(root)
     source_tokenizer(source)
+    if checked is not None:
+        source = fold_adapter(source, checked)
     with atomic_dir(out, force, sources=[root]) as tmp:
         write_model(source, tmp, bits, group_size, target_dtype, max_shard_bytes, progress)
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,23 @@ class OtherArchitecture:
                               f"only {self.vocab_size} embedding rows")
         return tokenizer
 
-    def write(self, folder: Path, bits: int | None, group_size: int, dtype: mx.Dtype | None) -> None:
-        """The model written into `folder` by mlx-lm (`bits`: quantized, affine, `group_size`)."""
+    def write(self, folder: Path, bits: int | None, group_size: int, dtype: mx.Dtype | None,
+              adapter: Any = None) -> None:
+        """The model written into `folder` by mlx-lm (`bits`: quantized, affine, `group_size`),
+        with `adapter` (a checked `mlxspec.adapters.Adapter`) folded in first."""
         from mlx_lm.utils import quantize_model, save_config, save_model
+
+        from .adapter_fusion import FusionWarning, fold_into_mlx_lm
 
         lm, written = load_mlx_lm_lazily(self.root, self.config)
         if written.get("quantization") and bits is not None:
             raise CheckpointError(f"{self.root}: already quantized; convert from the full-precision checkpoint")
+        if adapter is not None:
+            lm, written, quant = fold_into_mlx_lm(lm, written, adapter)
+            if quant is not None:  # quantized again as it was
+                bits, group_size = quant.get("bits", 4), quant.get("group_size", 64)
+                warnings.warn(f"{self.root}: quantized weights expanded, folded with the adapter and quantized "
+                              f"again at {bits} bits", FusionWarning, stacklevel=3)
         if dtype is not None:
             lm.set_dtype(dtype)
         if bits is not None:

@@ -9,13 +9,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import mlx.core as mx
 import typer
 
 from . import demo as demo_pair
 from .arguments import check_bench, check_generation, check_positive, read_prompt, run
 from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
-                          MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for, weights_label)
+                          MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, adapter_option, calibration_for,
+                          weights_label)
 from .cli_conversation import chat_command, serve_command
 from .cli_kv import with_kv_options
 from .cli_distill import distill_command
@@ -62,6 +62,7 @@ def generate(
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
     connect_timeout: float = typer.Option(60.0, "--connect-timeout", help="With --pipeline: seconds to wait for every rank to connect."),
+    adapter: Optional[str] = adapter_option(),
     options: GenerationOptions = GenerationOptions(),
     kv: Optional[dict] = None,
 ) -> None:
@@ -71,11 +72,14 @@ def generate(
     check_positive(connect_timeout, "--connect-timeout")
     text = read_prompt(prompt)
     dequant = dequantize_default(dequantize)
+    if pipeline and adapter is not None:
+        raise InputError("--adapter does not go with --pipeline yet (fuse it first: mlxspec convert SRC -o OUT --adapter A)")
     group = connect(connect_timeout) if pipeline else None
     if group is not None and group.rank() > 0:  # this rank serves its blocks to rank 0; only rank 0 prints
         return serve_rank(named_models(model, draft, pair, False)[0], group, weights_dtype(dequant), dequant)
     target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant,
-                                                   draft_settings(max_ngram, min_ngram), lookup, group=group)
+                                                   draft_settings(max_ngram, min_ngram), lookup, group=group,
+                                                   adapter=adapter)
     with pipeline_errors(0), closing(target):
         session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                           draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json),
@@ -203,6 +207,7 @@ def bench(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    adapter: Optional[str] = adapter_option(),
     options: GenerationOptions = GenerationOptions(max_tokens=128), kv: Optional[dict] = None,
 ) -> None:
     """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
@@ -213,18 +218,16 @@ def bench(
     k_list, temps, settings = parse_ks(ks), parse_temperatures(temperatures), draft_settings(max_ngram, min_ngram)
     check_bench(options.max_tokens, repeats, mlx_lm_draft is not None, compare_mlx_lm)
     prompt_list = chosen_prompts(prompts_file, kinds)
-    sources = [p for p in (model, draft, pair, mlx_lm_draft) if p is not None and not KINDS.makes(p)] + \
+    sources = [p for p in (model, draft, pair, mlx_lm_draft, adapter) if p is not None and not KINDS.makes(p)] + \
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
     dequant = dequantize_default(dequantize)
-    target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings)
-    their_draft = None
-    if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
-        their_draft = load_draft(mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer,
-                                 dtype=mx.float32 if dequant else None, dequantize=dequant)
+    target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings, adapter=adapter)
+    their_draft = None if not compare_mlx_lm or (mlx_lm_draft is None and not use_demo) else load_draft(
+        mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer, dtype=weights_dtype(dequant), dequantize=dequant)
     report = run_bench(target, tokenizer, draft_model, prompt_list, options=options, temperatures=temps,
                        ks=k_list, adaptive=adaptive, repeats=repeats, compare_mlx_lm=compare_mlx_lm,
-                       mlx_lm_draft=their_draft, weights=weights_label(dequant),
+                       mlx_lm_draft=their_draft, weights=weights_label(dequant, adapter),
                        calibration=calibration_for(recalibrate), log=lambda line: typer.echo(line, err=True), **kv)
     with atomic_dir(out, force, sources=sources, kind="report") as tmp:
         written = write_report(report, tmp, plots=plots)
@@ -249,6 +252,7 @@ def convert(
     draft_bits: Optional[int] = typer.Option(None, "--draft-bits", help="Pair mode: bits for the draft (default: same as --bits)."),
     max_shard_gb: float = typer.Option(2.0, "--max-shard-size", help="Largest output shard, in GB."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="An mlx-lm adapter folder (LoRA, DoRA or full) folded into the weights before they are cast or quantized, as mlx_lm.fuse does (quantized source tensors it changes are quantized again at their own bits)."),
 ) -> None:
     """Convert a checkpoint to MLX weights, optionally quantized; or a target + draft pair.
 
@@ -264,11 +268,13 @@ def convert(
         raise InputError("missing SRC (a folder or repo id), or --target and --draft")
     if draft_bits is not None and target is None:
         raise InputError("--draft-bits only applies with --target/--draft")
+    if adapter is not None and target is not None:
+        raise InputError("--adapter folds into one model (SRC); convert the target with it first, then the pair")
     bars, close = byte_bars(quiet, ["target", "draft"] if target is not None else ["converting"])
     try:
         if target is None:
             convert_one(src, out, bits=bits, group_size=group_size, dtype=dtype, force=force, revision=revision,
-                        max_shard_bytes=shard, progress=bars.get("converting"))
+                        max_shard_bytes=shard, progress=bars.get("converting"), adapter=adapter)
             typer.echo(f"wrote {out}", err=True)
             return
         manifest = convert_pair(target, draft, out, bits=bits, draft_bits=draft_bits if draft_bits is not None else bits,

@@ -14,7 +14,7 @@ import typer
 from . import conversation
 from .chat_repl import chat_loop
 from .arguments import check_generation
-from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for
+from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, adapter_option, calibration_for
 from .cli_kv import with_kv_options
 from .cli_request import with_generation_options
 from .console import colours
@@ -35,6 +35,7 @@ def chat_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour accepted draft tokens green (on a terminal) and print stats after each answer."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    adapter: Optional[str] = adapter_option(),
     options: GenerationOptions = GenerationOptions(max_tokens=512),
     kv: Optional[dict] = None,
 ) -> None:
@@ -43,7 +44,7 @@ def chat_command(
     if system is not None:
         check_text(system, "the --system argument")
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
-                                          calibration_for(recalibrate), kv=kv)
+                                          calibration_for(recalibrate), kv=kv, adapter=adapter)
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
 
 
@@ -63,6 +64,7 @@ def serve_command(
     prompt_cache: int = typer.Option(4, "--prompt-cache", help="Caches of recent requests kept, so a request that begins like one of them (the next turn of a conversation) prefills only what is new; 0 disables. Each holds its request's keys and values."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    adapter: Optional[str] = adapter_option(),
     options: GenerationOptions = GenerationOptions(max_tokens=512, temperature=1.0),
     kv: Optional[dict] = None,
 ) -> None:
@@ -80,7 +82,7 @@ def serve_command(
     with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
         session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
                                                  dequantize_default(dequantize), calibration_for(recalibrate),
-                                                 adaptive, prompt_cache, kv)
+                                                 adaptive, prompt_cache, kv, adapter=adapter)
         stopped_by, cut = conversation.serve(session, served or name, sock, max_batch, max_queue, options)
     ended = f"{cut} request{'s' if cut != 1 else ''} in flight cut short" if cut else "no request in flight"
     interrupted = stopped_by == signal.SIGINT

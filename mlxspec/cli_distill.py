@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .cli_options import DEQUANTIZE_HELP
+from .cli_options import DEQUANTIZE_HELP, adapter_option
 from .demo import demo_target
 from .distill import KINDS, distill
 from .errors import InputError
@@ -74,6 +74,7 @@ def distill_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompts' split and order, the sampled answers and the batches (0..2^32-1)."),
     as_json: bool = typer.Option(False, "--json", help="Print training.json's evaluation as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    adapter: Optional[str] = adapter_option(),
 ) -> None:
     """Train a draft for your own target on this machine: the target answers prompts, the
     draft learns its distributions, and is evaluated through mlxspec's speculative loop."""
@@ -86,7 +87,7 @@ def distill_command(
                          head_vocab=head_vocab, unroll=unroll, feature_layers=layer_list(feature_layers), batch=batch,
                          lr=lr, max_new=max_new, seq_len=seq_len,
                          dequantize=dequantize, resume=resume, force=force, seed=seed, progress=update,
-                         command=_command_line())
+                         command=_command_line(), adapter=adapter)
     finally:
         close()
     info = json.loads((folder / "training.json").read_text())

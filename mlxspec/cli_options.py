@@ -3,6 +3,10 @@ the command reports (calibration progress)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import typer
+
 from .console import calibration_progress
 from .drafts import KINDS
 from .engine import Calibration
@@ -18,6 +22,8 @@ MAX_NGRAM_HELP = "With --draft ngram or --lookup: the longest n-gram looked up (
 MIN_NGRAM_HELP = "With --draft ngram or --lookup: the shortest n-gram looked up (1..64)."
 ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "
                  "when drafting does not pay); --no-adaptive always drafts -k tokens.")
+ADAPTER_HELP = ("An mlx-lm adapter folder (adapter_config.json + adapters.safetensors, as `mlx_lm.lora` writes it: "
+                "LoRA, DoRA or a full fine-tune) applied to the target only; the draft stays as it is.")
 DEMO_KINDS = ("chat", "code", "summarisation")  # one prompt of each in `mlxspec demo`
 PIPELINE_HELP = ("Split the target across the ranks that mlx.launch started (pipeline parallel; the draft runs on "
                  "rank 0, which alone prints): mlx.launch -n 2 --backend ring --python PYTHON -- -m mlxspec "
@@ -25,10 +31,15 @@ PIPELINE_HELP = ("Split the target across the ranks that mlx.launch started (pip
 RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
 
 
-def weights_label(dequantize: bool) -> str:
+def weights_label(dequantize: bool, adapter: str | None = None) -> str:
     return ("dequantized to float32 at load (--dequantize; default on the CPU backend)" if dequantize
-            else "as stored (quantized)")
+            else "as stored (quantized)") + ("" if adapter is None else f"; target with the adapter {adapter}")
 
 
 def calibration_for(recalibrate: bool, quiet: bool = False) -> Calibration:
     return Calibration(recalibrate=recalibrate, progress=calibration_progress(quiet))
+
+
+def adapter_option() -> Any:
+    """`--adapter PATH`: one definition for every command that loads a target."""
+    return typer.Option(None, "--adapter", help=ADAPTER_HELP)

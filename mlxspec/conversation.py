@@ -19,16 +19,18 @@ from .selection import select_models
 
 def session_for(model: Optional[str], draft: Optional[str], use_demo: bool, num_draft_tokens: int,
                 dequantize: bool, calibration: Calibration, adaptive: bool = True,
-                prompt_cache: int = 4, kv: dict | None = None) -> tuple[Session, str]:
+                prompt_cache: int = 4, kv: dict | None = None,
+                adapter: Optional[str] = None) -> tuple[Session, str]:
     """The session and the name clients call its model by (the demo: SmolLM2-135M-Instruct
-    with the shipped feature draft, as `mlxspec demo` runs it); `kv`: its kv_bits and kv_group_size."""
+    with the shipped feature draft, as `mlxspec demo` runs it); `kv`: its kv_bits and
+    kv_group_size; `adapter` applies to the target."""
     if prompt_cache < 0:
         raise InputError(f"--prompt-cache must be >= 0 (0 disables it), got {prompt_cache}")
     if use_demo:
         if model is not None or draft is not None:
             raise InputError("give --demo or --model/--draft, not both")
         model, draft = str(demo_pair.demo_target()), str(demo_pair.demo_draft())
-    target, tokenizer, loaded = select_models(model, draft, None, False, dequantize)
+    target, tokenizer, loaded = select_models(model, draft, None, False, dequantize, adapter=adapter)
     name = "smollm2-135m-instruct" if use_demo else Path(model).name or model
     return Session(target, tokenizer, loaded, num_draft_tokens=num_draft_tokens, calibration=calibration,
                    draft_policy="cost" if adaptive else "fixed", prompt_cache_entries=prompt_cache, **(kv or {})), name

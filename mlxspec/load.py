@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .adapters import apply_adapter, read_adapter
 from .drafts import KINDS, Draft
 from .drafts.pairing import PAIR_KINDS, PAIR_VERSION, SAME_VOCABULARY, pair_draft
 from .convert.safetensors_io import SafetensorsReader
@@ -185,15 +186,19 @@ def _load_module(model_dir: Path, build, dtype: mx.Dtype | None, dequantize: boo
     return model
 
 
-def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None,
-         dequantize: bool = False) -> tuple[Model, Tokenizer]:
+def load(path_or_repo_id: str | Path, dtype: mx.Dtype | None = None, dequantize: bool = False,
+         adapter: str | Path | None = None) -> tuple[Model, Tokenizer]:
     """Load a model and its tokenizer from a folder or a Hugging Face repo id.
 
     Reads the MLX layout written by `mlxspec convert` or mlx-lm (quantized or not), HF
     safetensors checkpoints and Mistral's `params.json` + `consolidated.safetensors`.
-    See `load_model` for `dtype` and `dequantize`."""
+    See `load_model` for `dtype` and `dequantize`. `adapter`: an mlx-lm LoRA/DoRA/full
+    adapter folder (`mlx_lm.lora`'s output) applied to the model (`mlxspec.adapters`)."""
+    checked = None if adapter is None else read_adapter(adapter)  # before anything heavy is read
     model_dir = resolve(path_or_repo_id)
     model = load_model(model_dir, dtype=dtype, dequantize=dequantize)
+    if checked is not None:  # a Mistral-layout folder keeps q/k rows interleaved; adapters come from its HF twin
+        apply_adapter(model, checked, interleaved_qk=weight_files(model_dir)[1])
     return model, model_tokenizer(model_dir, model)
 
 
@@ -272,13 +277,14 @@ def read_pair_manifest(pair_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None,
-              dequantize: bool = False) -> tuple[Model, Tokenizer, Draft]:
-    """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer, draft)."""
+def load_pair(pair_dir: str | Path, dtype: mx.Dtype | None = None, dequantize: bool = False,
+              adapter: str | Path | None = None) -> tuple[Model, Tokenizer, Draft]:
+    """Load a pair written by `mlxspec convert --target ... --draft ...`: (target, tokenizer,
+    draft); `adapter` applies to the target only (see `load`)."""
     if not isinstance(pair_dir, (str, Path)):
         raise InputTypeError(f"pair_dir must be a folder path, got {type(pair_dir).__name__}")
     folder = Path(pair_dir).expanduser()
     manifest = read_pair_manifest(folder)
-    target, tokenizer = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize)
+    target, tokenizer = load(folder / manifest["target"], dtype=dtype, dequantize=dequantize, adapter=adapter)
     draft = load_draft(folder / manifest["draft"], target, tokenizer, dtype=dtype, dequantize=dequantize)
     return target, tokenizer, draft

@@ -20,12 +20,12 @@ from .text import Tokenizer
 
 def select_models(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
                   dequantize: bool, settings: DraftSettings = DraftSettings(), combine: bool = False,
-                  group: Any = None) -> tuple[Model, Tokenizer, Optional[DraftKind]]:
+                  group: Any = None, adapter: Optional[str] = None) -> tuple[Model, Tokenizer, Optional[DraftKind]]:
     """(target, tokenizer, draft or None) from --model [--draft], --pair or --demo; a draft
     named by a registered kind's name is made with `settings`, and `combine` (--lookup) puts
     prompt lookup in front of a draft model. With a pipeline `group` (on rank 0) the target
-    is its part."""
-    target, tokenizer, loaded = _load_parts(model, draft, pair, use_demo, dequantize, settings, group)
+    is its part. `adapter` (an mlx-lm adapter folder) applies to the target only."""
+    target, tokenizer, loaded = _load_parts(model, draft, pair, use_demo, dequantize, settings, group, adapter)
     if combine and loaded is None:
         raise InputError("--lookup goes with a draft model (--draft, --pair); for prompt lookup alone: --draft ngram")
     if combine and not KINDS.makes(draft):
@@ -34,13 +34,16 @@ def select_models(model: Optional[str], draft: Optional[str], pair: Optional[str
 
 
 def _load_parts(model: Optional[str], draft: Optional[str], pair: Optional[str], use_demo: bool,
-                dequantize: bool, settings: DraftSettings, group: Any) -> tuple[Model, Tokenizer, Optional[DraftKind]]:
+                dequantize: bool, settings: DraftSettings, group: Any,
+                adapter: Optional[str] = None) -> tuple[Model, Tokenizer, Optional[DraftKind]]:
     """What the options name, loaded (a kind made by name for a registered name); with a
     pipeline `group`, rank 0's part of the target."""
     target_path, draft = named_models(model, draft, pair, use_demo)
     dtype = weights_dtype(dequantize)
     if group is None:
-        target, tokenizer = load(target_path, dtype=dtype, dequantize=dequantize)
+        target, tokenizer = load(target_path, dtype=dtype, dequantize=dequantize, adapter=adapter)
+    elif adapter is not None:
+        raise InputError("--adapter does not go with --pipeline yet (fuse it first: mlxspec convert SRC -o OUT --adapter A)")
     else:
         target, tokenizer = load_lead(target_path, group, dtype=dtype, dequantize=dequantize)
     if draft is None or KINDS.makes(draft):

@@ -146,3 +146,12 @@ def test_bad_chat_messages_are_input_errors(hf, sp_model_file, tmp_path):
     strict = SentencePieceTokenizer(sp_model_file, read_chat_template(tmp_path))
     with pytest.raises(InputError, match="roles must start with user"):
         strict.apply_chat([{"role": "assistant", "content": "hi"}])
+
+
+@pytest.mark.parametrize("ids", [[3, 131, 14258], [4, 131, 14258, 1200, 29871], [55, 200, 14258]])
+def test_byte_runs_the_decode_stream_refuses_still_stream(hf, ids):
+    # tokenizers' DecodeStream raises "Invalid prefix encountered" on a stray byte piece followed
+    # by a word (as a random or fine-tuned model may write): the stream goes on, never a traceback
+    detok = hf.detokenizer()
+    deltas = [detok.add(t) for t in ids] + [detok.finalize()]
+    assert "pleted" in "".join(deltas) and hf.decode(ids).endswith("".join(deltas)[-6:])

@@ -22,6 +22,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from ..adapters import read_adapter
 from ..convert.atomic import atomic_dir, check_writable
 from ..drafts.feature import draft_config
 from ..errors import CheckpointError, InputError, InputTypeError
@@ -67,7 +68,7 @@ def distill(target: str | Path | Callable[[], str | Path], out: str | Path, *, k
             feature_layers: str | list[int] | None = "auto", batch: int = 8, lr: float = 3e-4, answer_batch: int = 16,
             eval_k: int = 4, eval_prompts: int = 8, checkpoint_every: int = 50, seed: int = 0,
             dequantize: bool | None = None, resume: bool = False, force: bool = False,
-            progress: Progress | None = None, command: str | None = None) -> Path:
+            progress: Progress | None = None, command: str | None = None, adapter: str | Path | None = None) -> Path:
     """Train a draft of `kind` ("feature" or "model") for `target` and write it to `out`
     (loadable with `--draft` / `load_draft`); see the module docstring. A feature draft reads
     the outputs of `feature_layers` beside the final feature (see `feature_layers_for`; by
@@ -79,7 +80,7 @@ def distill(target: str | Path | Callable[[], str | Path], out: str | Path, *, k
     is recorded in training.json. Every option, every prompt and the destination are checked
     before any work (`checks`, `prompts_file`, `work`); `target` may be a function giving
     the target, called once the options have passed (the CLI's demo target is converted on
-    first use). Returns `out`."""
+    first use); `adapter`, an mlx-lm adapter folder, is applied to the target. Returns `out`."""
     start = time.monotonic()
     options = dict(target=None, kind=kind, prompts=None if prompts is None else str(prompts), seed=seed,
                    layers=layers, head_vocab=head_vocab, seq_len=seq_len, max_new=max_new, unroll=unroll,
@@ -87,15 +88,15 @@ def distill(target: str | Path | Callable[[], str | Path], out: str | Path, *, k
                    checkpoint_every=checkpoint_every)
     check_options({**options, "eval_prompts": eval_prompts, "resume": resume, "force": force,
                    "dequantize": dequantize})
-    target = target() if callable(target) else target
+    checked, target = None if adapter is None else read_adapter(adapter), target() if callable(target) else target
     out, prompts_path = _paths(target, out, prompts, progress, command)
-    sources = [target] + ([prompts_path] if prompts_path is not None else [])
-    options["target"] = str(target)
+    sources = [target] + ([prompts_path] if prompts_path is not None else []) + ([checked.folder] if checked else [])
+    options["target"], options["adapter"] = str(target), checked and checked.digest
     check_writable(out, force, sources=sources, kind="draft")
     work = work_path(out)
     check_work(work, resume, force, sources)
     numbered = numbered_prompts(prompts_path, seed)
-    folder, model, tokenizer, options["dequantize"] = _target(target, dequantize)
+    folder, model, tokenizer, options["dequantize"] = _target(target, dequantize, checked)
     check_for_target(options, model)
     options["head_vocab"] = head_vocab or min(DEFAULT_HEAD_VOCAB, model.args.vocab_size)
     options["feature_layers"] = _layers_read(kind, feature_layers, model.depth)
@@ -150,12 +151,12 @@ def _train_and_export(run: _Run, work: Path) -> None:
     export(draft, kind, run.folder, run.out, info, run.force)
 
 
-def _target(target: str | Path, dequantize: bool | None) -> tuple[Path, Any, Any, bool]:
-    """(its folder, the target, its tokenizer, whether it was dequantized): loaded as
-    `generate` loads it on this backend unless told."""
+def _target(target: str | Path, dequantize: bool | None, adapter: Any = None) -> tuple[Path, Any, Any, bool]:
+    """(its folder, the target with `adapter` if any, its tokenizer, whether it was
+    dequantized): loaded as `generate` loads it on this backend unless told."""
     folder = resolve(target)
     dequantize = dequantize_default(dequantize)
-    model, tokenizer = load(folder, dtype=weights_dtype(dequantize), dequantize=dequantize)
+    model, tokenizer = load(folder, dtype=weights_dtype(dequantize), dequantize=dequantize, adapter=adapter)
     return folder, model, tokenizer, dequantize
 
 
@@ -173,7 +174,8 @@ def _data(model: Any, tokenizer: Any, folder: Path, work: Path, train_prompts: l
     settings = dict(batch=options["answer_batch"], max_new=options["max_new"], seq_len=options["seq_len"],
                     seed=options["seed"])
     taps = tuple(options["feature_layers"] or ())
-    key = {**settings, **({} if options["dequantize"] else {"quantized": True})}
+    key = {**settings, **({} if options["dequantize"] else {"quantized": True}),
+           **({"adapter": options["adapter"]} if options.get("adapter") else {})}  # an adapter's answers are its own
     pinned = work / "train" / "data.json"
     kept = _pinned(pinned, model.args.vocab_size) if pinned.is_file() else None
     place, held_taps = answers_folder(cache_dir(), folder, train_prompts, key, taps)

@@ -25,7 +25,7 @@ KIND = "distill-work"
 RECORD = "run.json"
 # Settings the data and the draft's shape depend on: a resumed run must keep them.
 FIXED = ("target", "kind", "prompts", "seed", "layers", "head_vocab", "seq_len", "max_new", "unroll", "feature_layers",
-         "dequantize")
+         "dequantize", "adapter")
 
 
 def work_path(out: Path) -> Path:

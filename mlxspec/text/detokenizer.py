@@ -85,7 +85,13 @@ class DecodeStreamDetokenizer:
 
     def add(self, token: int) -> str:
         self._ids.append(token)
-        delta = self._stream.step(self._tokenizer, token) or ""
+        try:
+            delta = self._stream.step(self._tokenizer, token) or ""
+        except Exception:  # noqa: BLE001 (it refuses a stray byte piece before a word: "Invalid prefix encountered")
+            from tokenizers.decoders import DecodeStream
+
+            self._stream = DecodeStream(skip_special_tokens=True)  # the stray bytes are dropped; the text goes on
+            delta = self._stream.step(self._tokenizer, token) or ""
         self.text += delta
         return delta
 
