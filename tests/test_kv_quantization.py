@@ -15,7 +15,7 @@ from mlxspec.errors import InputError
 from mlxspec.models import KVCache, KVQuantization, Model, RollingKVCache
 from mlxspec.models.batch_cache import BatchCache
 from mlxspec.models.config import ModelArgs
-from mlxspec.models.kv_quantization import quantized_attention
+from mlxspec.models.kv_quantization import PACKED_QUERIES, quantized_attention
 
 WINDOW = 8
 SEQ = 60
@@ -63,10 +63,12 @@ SETTINGS = [KVQuantization(8, 32), KVQuantization(4, 32)]
 @pytest.mark.parametrize("repeats", [1, 2])
 @pytest.mark.parametrize("mask", ["none", "causal", "band", "rows"])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_attention_over_the_packed_data_equals_attention_over_the_dequantized_values(repeats, mask, bits):
+@pytest.mark.parametrize("queries", ["few", "chunk"])  # packed data / a prefill chunk's dequantized layer
+def test_attention_over_the_packed_data_equals_attention_over_the_dequantized_values(repeats, mask, bits, queries):
     kv = KVQuantization(bits, 32)
     rng = np.random.default_rng(bits)
-    B, L, T, D = 2, 1 if mask == "none" else 5, 12, 64
+    L = 1 if mask == "none" else 5 if queries == "few" else PACKED_QUERIES + 3
+    B, T, D = 2, L + 7, 64
     q = mx.array(rng.standard_normal((B, 2 * repeats, L, D)), dtype=mx.float32)
     k, v = (mx.array(rng.standard_normal((B, 2, T, D)), dtype=mx.float32) for _ in range(2))
     m = {"none": None, "causal": "causal",

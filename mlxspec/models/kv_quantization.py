@@ -10,7 +10,11 @@ slots with `each` (every operation along the first three axes applies to every p
 
 Every attention over a quantized cache reads the quantized keys and values, the new
 tokens' own included, so a position's numbers do not depend on which pass fed it: plain
-and speculative decoding see the same values. At 4 bits and groups of 64 a float16
+and speculative decoding see the same values. Decoding and verification passes (a few
+queries, bound by memory reads) multiply the packed data directly; a prefill chunk (more
+than `PACKED_QUERIES` queries, bound by arithmetic) attends over the same values
+dequantized, one layer at a time: 3-4x faster on the CPU backend for a 256-token chunk, and
+equal up to float rounding. At 4 bits and groups of 64 a float16
 element takes 4 + 2 * 16 / 64 = 4.5 bits.
 """
 
@@ -26,6 +30,7 @@ from ..errors import InputError
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64
+PACKED_QUERIES = 16  # passes of up to this many queries attend over the packed data itself
 
 Stored = mx.array | tuple[mx.array, mx.array, mx.array]
 
@@ -105,12 +110,17 @@ def slots(stored: Stored) -> int:
 
 def quantized_attention(q: mx.array, k: tuple, v: tuple, scale: float, mask) -> mx.array:
     """Scaled dot-product attention of queries `q` [B, n_heads, L, D] over quantized keys
-    and values [B, n_kv_heads, T, ...] (mlx-lm's way: `quantized_matmul` on the packed
-    data, no dequantized copy of the cache); `mask` as for `mx.fast.scaled_dot_product_attention`."""
+    and values [B, n_kv_heads, T, ...]: for a few queries mlx-lm's way (`quantized_matmul`
+    on the packed data, no dequantized copy of the cache), for a prefill chunk over this
+    layer's keys dequantized (see the module docstring); `mask` as for
+    `mx.fast.scaled_dot_product_attention`."""
     B, n_heads, L, D = q.shape
     n_kv = k[0].shape[1]
     group_size = D // k[1].shape[-1]
     bits = k[0].shape[-1] * 32 // D
+    if L > PACKED_QUERIES:  # a prefill chunk: the same values, dequantized for this layer alone
+        k, v = (mx.dequantize(*a, group_size=group_size, bits=bits) for a in (k, v))
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     repeats = n_heads // n_kv
     q = q * scale
     if repeats > 1:
