@@ -15,9 +15,12 @@ import typer
 from . import demo as demo_pair
 from .arguments import check_bench, check_generation, check_positive, read_prompt, run
 from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
-                          MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for, weights_label)
+                          MIN_NGRAM_HELP, NO_FIT_CHECK_HELP, PIPELINE_HELP, RECALIBRATE_HELP, calibration_for,
+                          weights_label)
 from .cli_conversation import chat_command, serve_command
 from .cli_distill import distill_command
+from .cli_plan import plan_command
+from .plan import FitRequest, check_fit
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, colours, friendly_errors, stats_line, stream_text, write_step
 from .convert.atomic import atomic_dir, check_writable
@@ -60,6 +63,7 @@ def generate(
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
     connect_timeout: float = typer.Option(60.0, "--connect-timeout", help="With --pipeline: seconds to wait for every rank to connect."),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Context counted: the prompt's UTF-8 bytes (at least its tokens) + --max-tokens."),
     options: GenerationOptions = GenerationOptions(),
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
@@ -71,6 +75,9 @@ def generate(
     group = connect(connect_timeout) if pipeline else None
     if group is not None and group.rank() > 0:  # this rank serves its blocks to rank 0; only rank 0 prints
         return serve_rank(named_models(model, draft, pair, False)[0], group, weights_dtype(dequant), dequant)
+    check_fit(model, draft, pair, FitRequest(context=len(text.encode()) + options.max_tokens, dequantize=dequant,
+                                             prefill_chunk=prefill_chunk, draft_tokens=num_draft_tokens),
+              skip=no_fit_check or pipeline, how=", the prompt's bytes + --max-tokens")
     target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant,
                                                    draft_settings(max_ngram, min_ngram), lookup, group=group)
     with pipeline_errors(0), closing(target):
@@ -198,6 +205,7 @@ def bench(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib: pip install 'mlxspec[plots]')."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Context counted: the longest prompt's UTF-8 bytes + --max-tokens."),
     options: GenerationOptions = GenerationOptions(max_tokens=128),
 ) -> None:
     """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
@@ -212,6 +220,10 @@ def bench(
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
     dequant = dequantize_default(dequantize)
+    longest = max((len(text.encode()) for _, text in prompt_list), default=0)
+    check_fit(model, draft, pair, FitRequest(context=longest + options.max_tokens, dequantize=dequant,
+                                             draft_tokens=max(k_list)),
+              skip=no_fit_check or use_demo, how=", the longest prompt's bytes + --max-tokens")
     target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings)
     their_draft = None
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):
@@ -278,6 +290,7 @@ def convert(
 app.command("chat")(friendly_errors(chat_command))
 app.command("serve")(friendly_errors(serve_command))
 app.command("distill")(friendly_errors(distill_command))
+app.command("plan")(friendly_errors(plan_command))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -14,11 +14,12 @@ import typer
 from . import conversation
 from .chat_repl import chat_loop
 from .arguments import check_generation
-from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, calibration_for
+from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, NO_FIT_CHECK_HELP, RECALIBRATE_HELP, calibration_for
 from .cli_request import with_generation_options
 from .console import colours
 from .engine import GenerationOptions
 from .errors import InputError
+from .plan import FitRequest, check_fit
 from .selection import dequantize_default
 from .text.unicode import check_text
 
@@ -33,12 +34,15 @@ def chat_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Colour accepted draft tokens green (on a terminal) and print stats after each answer."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Context counted: the model's, at most 4096 tokens."),
     options: GenerationOptions = GenerationOptions(max_tokens=512),
 ) -> None:
     """Chat on the terminal: history kept, answers streamed, each turn prefilling only what is new."""
     check_generation(num_draft_tokens)
     if system is not None:
         check_text(system, "the --system argument")
+    check_fit(model, draft, None, FitRequest(dequantize=dequantize_default(dequantize), draft_tokens=num_draft_tokens),
+              skip=no_fit_check or use_demo, how=", the model's context up to 4096")
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
                                           calibration_for(recalibrate))
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
@@ -59,6 +63,7 @@ def serve_command(
     prompt_cache: int = typer.Option(4, "--prompt-cache", help="Caches of recent requests kept, so a request that begins like one of them (the next turn of a conversation) prefills only what is new; 0 disables. Each holds its request's keys and values."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Counted: --max-batch rows of the model's context, at most 4096 tokens each."),
     options: GenerationOptions = GenerationOptions(max_tokens=512, temperature=1.0),
 ) -> None:
     """An OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
@@ -72,6 +77,9 @@ def serve_command(
         raise InputError("--max-batch must be >= 1 and --max-queue >= 0")
     if served is not None and not served.strip():
         raise InputError("--name is empty")
+    check_fit(model, draft, None, FitRequest(batch=max_batch, dequantize=dequantize_default(dequantize),
+                                             draft_tokens=num_draft_tokens),
+              skip=no_fit_check or use_demo, how=f", --max-batch {max_batch}, the model's context up to 4096")
     with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
         session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
                                                  dequantize_default(dequantize), calibration_for(recalibrate),

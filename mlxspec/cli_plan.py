@@ -1,0 +1,60 @@
+"""`mlxspec plan`: the memory a run takes and the speed a chip should reach, read from configs
+and file headers alone (no weight is read or downloaded), printed as a table or JSON; the exit
+status says whether it fits."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from .cli_options import DRAFT_HELP
+from .errors import FitError
+from .plan import FitRequest, plan_named, projection, read_named
+from .plan.chips import CHIPS
+from .plan.projection import ASSUMED_ACCEPTANCE, EFFICIENCY
+from .plan.render import as_dict, table
+from .selection import dequantize_default
+
+PLAN_HELP = (f"""Plan a run before loading it: the weights of target and draft as stored and as loaded, the KV
+cache per token and at --context tokens x --batch rows (sliding windows and grouped KV heads
+counted; --kv-bits for a quantized cache), the activation peak of a prefill chunk, the device's
+limit (this machine: Metal's recommended working set, or physical memory on the CPU backend;
+--device: a chip of the table) and the verdict, with what to change when it does not fit. On a
+chip, a projection: plain tok/s = {EFFICIENCY} x bandwidth / bytes a token reads, speculative
+tok/s at the draft's measured acceptance (a draft `mlxspec distill` wrote), --acceptance, or
+{ASSUMED_ACCEPTANCE} assumed (labelled). MODEL is a folder, a .gguf file or a Hub id (metadata
+only). Exit status 0 when it fits, 3 when it does not.""")
+
+
+def plan_command(
+    model: Optional[str] = typer.Argument(None, help="Target: a model folder, a .gguf file or a Hugging Face repo id (metadata only)."),
+    draft: Optional[str] = typer.Option(None, "--draft", "--draft-model", "-d", help=DRAFT_HELP),
+    pair: Optional[str] = typer.Option(None, "--pair", help="Folder written by `mlxspec convert --target T --draft D` (instead of MODEL/--draft)."),
+    context: Optional[int] = typer.Option(None, "--context", "-c", help="Tokens each row holds (default: the model's context, at most 4096)."),
+    batch: int = typer.Option(1, "--batch", help="Rows decoded together (serve's --max-batch)."),
+    kv_bits: Optional[int] = typer.Option(None, "--kv-bits", help="A quantized KV cache of 2, 3, 4, 6 or 8 bits (default: the activations' float type)."),
+    kv_group_size: int = typer.Option(64, "--kv-group-size", help="Elements per KV quantization scale: 32, 64 or 128."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"Plan for an Apple chip, NAME[:GB] (default memory: the largest it comes with): {', '.join(c.name for c in CHIPS)}. Default: this machine."),
+    dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help="Count weights expanded to float32 at load, as generate does by default on MLX's CPU backend (default: so on this machine's CPU backend; as stored with --device)."),
+    num_draft_tokens: int = typer.Option(6, "--num-draft-tokens", "-k", help="Most tokens drafted a round (a sliding-window cache keeps this many more)."),
+    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
+    acceptance: Optional[float] = typer.Option(None, "--acceptance", help="Acceptance rate to project speculation with (0..1; default: measured by distill, else assumed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every number (bytes as integers)."),
+) -> None:
+    if acceptance is not None and not 0 <= acceptance <= 1:
+        from .errors import InputError
+        raise InputError(f"--acceptance must be in 0..1, got {acceptance}")
+    dequant = dequantize if dequantize is not None else (False if device is not None else dequantize_default(None))
+    request = FitRequest(context=context, batch=batch, kv_bits=kv_bits, kv_group_size=kv_group_size,
+                         dequantize=dequant, prefill_chunk=prefill_chunk, draft_tokens=num_draft_tokens)
+    named = read_named(model, draft, pair)
+    plan = plan_named(named, request, device)
+    speed = projection(plan, named, acceptance)
+    typer.echo(json.dumps(as_dict(plan, speed), indent=2) if as_json else table(plan, speed))
+    if not plan.fits:
+        raise typer.Exit(FitError.exit_code)
+
+
+plan_command.__doc__ = PLAN_HELP
