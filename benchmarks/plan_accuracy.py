@@ -7,6 +7,7 @@ end) and the process's peak RSS.
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 python benchmarks/plan_accuracy.py \
         --model M [--draft D] --context 1024 [--keep-quantized] [--max-tokens 8]
     python benchmarks/plan_accuracy.py --make-model OUT --layers 4 [--bits 4]   # a 7B-width random checkpoint
+    python benchmarks/plan_accuracy.py --make-model D --layers 2 --hidden 1024 --heads 8 --intermediate 2816 --bits 4
 """
 
 from __future__ import annotations
@@ -32,21 +33,23 @@ from mlxspec.selection import dequantize_default, select_models  # noqa: E402
 GB = 1e9
 
 
-def seven_b(layers: int) -> ModelArgs:
-    """Mistral-7B's widths (4096 hidden, 32 heads, 8 KV heads, 14336 MLP) with `layers` blocks."""
-    return ModelArgs(hidden_size=4096, num_hidden_layers=layers, intermediate_size=14336, num_attention_heads=32,
-                     num_key_value_heads=8, vocab_size=32000, rope_theta=10000.0, max_position_embeddings=32768,
-                     model_type="llama")
+def llama_shape(layers: int, hidden: int = 4096, heads: int = 32, kv_heads: int = 8,
+                intermediate: int = 14336) -> ModelArgs:
+    """A Llama of Mistral-7B's widths by default (4096 hidden, 32 heads, 8 KV heads, 14336 MLP,
+    no window) with `layers` blocks; narrower for a draft."""
+    return ModelArgs(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
+                     num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=32000, rope_theta=10000.0,
+                     max_position_embeddings=32768, model_type="llama")
 
 
-def make_model(out: Path, layers: int, bits: int | None) -> None:
-    """A random 7B-width checkpoint (float16), quantized with `bits` by `mlxspec convert`."""
+def make_model(out: Path, args: ModelArgs, bits: int | None) -> None:
+    """A random checkpoint of `args` (float16), quantized with `bits` by `mlxspec convert`."""
     if bits is None:
-        write_random_hf_checkpoint(out, seven_b(layers), dtype="float16", shard_bytes=2 * 1024**3,
+        write_random_hf_checkpoint(out, args, dtype="float16", shard_bytes=2 * 1024**3,
                                    tokenizer_file=mistral_tokenizer_file())
         return
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        write_random_hf_checkpoint(Path(tmp) / "src", seven_b(layers), dtype="float16", shard_bytes=2 * 1024**3,
+        write_random_hf_checkpoint(Path(tmp) / "src", args, dtype="float16", shard_bytes=2 * 1024**3,
                                    tokenizer_file=mistral_tokenizer_file())
         convert(str(Path(tmp) / "src"), str(out), bits=bits, group_size=64)
 
@@ -74,10 +77,12 @@ def main() -> None:
     parser.add_argument("--keep-quantized", action="store_true")
     parser.add_argument("-k", type=int, default=4)
     parser.add_argument("--make-model", type=Path), parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--bits", type=int)
+    parser.add_argument("--bits", type=int), parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--heads", type=int, default=32), parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--intermediate", type=int, default=14336)
     a = parser.parse_args()
     if a.make_model is not None:
-        return make_model(a.make_model, a.layers, a.bits)
+        return make_model(a.make_model, llama_shape(a.layers, a.hidden, a.heads, a.kv_heads, a.intermediate), a.bits)
     dequantize = dequantize_default(False if a.keep_quantized else None)
     request = FitRequest(context=a.context, dequantize=dequantize, draft_tokens=a.k)
     plan = plan_named(read_named(a.model, a.draft, None), request)

@@ -19,7 +19,7 @@ from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP
                           weights_label)
 from .cli_conversation import chat_command, serve_command
 from .cli_distill import distill_command
-from .cli_plan import plan_command
+from .cli_plan import checked_weights, plan_command
 from .plan import FitRequest, check_fit
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, colours, friendly_errors, stats_line, stream_text, write_step
@@ -208,9 +208,8 @@ def bench(
     no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Context counted: the longest prompt's UTF-8 bytes + --max-tokens."),
     options: GenerationOptions = GenerationOptions(max_tokens=128),
 ) -> None:
-    """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
-    acceptance overall and per draft position, tokens per round, time to first token, peak
-    memory, and the cost model's predicted speedup next to the measured one."""
+    """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup, acceptance overall and per
+    draft position, tokens per round, time to first token, peak memory, the cost model's speedup beside the measured one."""
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
     k_list, temps, settings = parse_ks(ks), parse_temperatures(temperatures), draft_settings(max_ngram, min_ngram)
@@ -219,11 +218,7 @@ def bench(
     sources = [p for p in (model, draft, pair, mlx_lm_draft) if p is not None and not KINDS.makes(p)] + \
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
-    dequant = dequantize_default(dequantize)
-    longest = max((len(text.encode()) for _, text in prompt_list), default=0)
-    check_fit(model, draft, pair, FitRequest(context=longest + options.max_tokens, dequantize=dequant,
-                                             draft_tokens=max(k_list)),
-              skip=no_fit_check or use_demo, how=", the longest prompt's bytes + --max-tokens")
+    dequant = checked_weights(model, draft, pair, prompt_list, options.max_tokens, dequantize, max(k_list), no_fit_check or use_demo)
     target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings)
     their_draft = None
     if compare_mlx_lm and (mlx_lm_draft is not None or use_demo):

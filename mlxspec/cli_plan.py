@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from .cli_options import DRAFT_HELP
-from .errors import FitError
-from .plan import FitRequest, plan_named, projection, read_named
+from .errors import FitError, InputError
+from .plan import FitRequest, check_fit, plan_named, projection, read_named
 from .plan.chips import CHIPS
 from .plan.projection import ASSUMED_ACCEPTANCE, EFFICIENCY
 from .plan.render import as_dict, table
@@ -44,7 +44,6 @@ def plan_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every number (bytes as integers)."),
 ) -> None:
     if acceptance is not None and not 0 <= acceptance <= 1:
-        from .errors import InputError
         raise InputError(f"--acceptance must be in 0..1, got {acceptance}")
     dequant = dequantize if dequantize is not None else (False if device is not None else dequantize_default(None))
     request = FitRequest(context=context, batch=batch, kv_bits=kv_bits, kv_group_size=kv_group_size,
@@ -58,3 +57,14 @@ def plan_command(
 
 
 plan_command.__doc__ = PLAN_HELP
+
+
+def checked_weights(model: Optional[str], draft: Optional[str], pair: Optional[str], prompts: list[tuple[str, str]],
+                    max_tokens: int, dequantize: Optional[bool], draft_tokens: int, skip: bool) -> bool:
+    """`bench`'s fit check (the longest prompt's UTF-8 bytes, at least its tokens, + --max-tokens);
+    whether the weights load dequantized."""
+    dequant = dequantize_default(dequantize)
+    longest = max((len(text.encode()) for _, text in prompts), default=0)
+    check_fit(model, draft, pair, FitRequest(context=longest + max_tokens, dequantize=dequant, draft_tokens=draft_tokens),
+              skip=skip, how=", the longest prompt's bytes + --max-tokens")
+    return dequant

@@ -57,17 +57,12 @@ def make_plan(target: ModelShape, draft: ModelShape | None, request: FitRequest,
 
 
 def load_peak(shape: ModelShape, dequantize: bool) -> int:
-    """Memory while the target loads: expanding quantized weights holds the stored ones and the
-    largest expanded matrix twice more beside the float32 result (measured with
-    mx.get_peak_memory, benchmarks/plan_accuracy.py); as stored, the weights alone."""
+    """Memory while the target loads: the weights as loaded, and while they are expanded or cast
+    to float32 (one matrix at a time, `load.dequantize_weights`) the stored ones beside them
+    (measured with mx.get_peak_memory: within 3 %, benchmarks/plan_accuracy.py)."""
     stored = sum(t.nbytes for t in shape.tensors)
-    if not dequantize:
-        return stored
-    sizes = tensor_loaded_bytes(shape, True)
-    loaded = sum(sizes.values())
-    if not any(t.name.endswith(".scales") or t.dtype not in FLOAT_BYTES for t in shape.tensors):
-        return loaded + (stored if stored != loaded else 0)  # a cast holds the stored weights beside
-    return loaded + stored + 2 * max(sizes.values(), default=0)
+    loaded = sum(tensor_loaded_bytes(shape, dequantize).values())
+    return loaded + (stored if dequantize and stored != loaded else 0)
 
 
 def _gb(n: float) -> str:
