@@ -160,3 +160,25 @@ def test_malformed_config_is_one_line(tmp_path, tiny_dir, bad, line):
     result = invoke("plan", str(folder))
     assert result.exit_code != 0 and line in result.output and "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0
+
+
+def test_hub_id_through_the_command(monkeypatch):
+    monkeypatch.setattr("mlxspec.plan.hub_metadata.hub_unreachable", lambda: None)
+    monkeypatch.setattr("mlxspec.plan.hub_metadata.offline", lambda: False)
+    fake = FakeHub({**TINY, "model_type": "llama"})
+    monkeypatch.setattr("mlxspec.plan.hub_metadata.HubMetadata.config", lambda self, repo: fake.config(repo))
+    monkeypatch.setattr("mlxspec.plan.hub_metadata.HubMetadata.tensors", lambda self, repo: fake.tensors(repo))
+    out = json.loads(invoke("plan", "org/tiny-model", "--keep-quantized", "--json").output)
+    assert out["target"] == "org/tiny-model"
+    assert out["target_footprint"]["weights_stored"] == sum(t.nbytes for t in fake.tensors("org/tiny-model"))
+
+
+def test_architecture_outside_the_port(tmp_path, tiny_dir):
+    folder = tmp_path / "phi"
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to(tiny_dir / "model.safetensors")
+    config = {"model_type": "phi3", "num_hidden_layers": 3, "hidden_size": 64, "num_attention_heads": 4,
+              "num_key_value_heads": 1, "vocab_size": 100, "sliding_window": 32}
+    (folder / "config.json").write_text(json.dumps(config))
+    shape = read_model(folder)
+    assert (shape.layers, shape.kv_heads, shape.head_dim, shape.windowed_layers) == (3, 1, 16, 3)

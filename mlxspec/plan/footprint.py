@@ -52,7 +52,10 @@ def footprint(shape: ModelShape, request: FitRequest, tokens: int) -> Footprint:
 
 def float_bytes(shape: ModelShape) -> int:
     """Bytes of the activations' float type: the norms' (a quantized model computes in its
-    scales' type), 2 when nothing says."""
+    scales' type), 2 when nothing says or for a GGUF file (its norms are float32 whatever the
+    model computes in; llama.cpp keeps its KV cache in float16)."""
+    if shape.stored_format == "gguf":
+        return 2
     norms = [t for t in shape.tensors if t.name.endswith("norm.weight") and t.dtype in FLOAT_BYTES]
     scales = [t for t in shape.tensors if t.name.endswith(".scales") and t.dtype in FLOAT_BYTES]
     for found in (scales, norms):
