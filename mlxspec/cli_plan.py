@@ -51,7 +51,7 @@ def plan_command(
     named = read_named(model, draft, pair)
     plan = plan_named(named, request, device)
     speed = projection(plan, named, acceptance)
-    typer.echo(json.dumps(as_dict(plan, speed), indent=2) if as_json else table(plan, speed))
+    typer.echo(json.dumps(as_dict(plan, speed), indent=2) if as_json else table(plan, speed, named.draft_kind is not None))
     if not plan.fits:
         raise typer.Exit(FitError.exit_code)
 

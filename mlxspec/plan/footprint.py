@@ -40,14 +40,16 @@ class Footprint:
         return self.weights_loaded + self.kv_cache + self.activations
 
 
-def footprint(shape: ModelShape, request: FitRequest, tokens: int) -> Footprint:
-    """The footprint of `shape` holding `tokens` tokens in each of `request.batch` rows."""
+def footprint(shape: ModelShape, request: FitRequest, tokens: int, fused_attention: bool = False) -> Footprint:
+    """The footprint of `shape` holding `tokens` tokens in each of `request.batch` rows;
+    `fused_attention`: attention never holds its scores (MLX's Metal kernel), else it does (CPU)."""
     fb = 4 if request.dequantize else float_bytes(shape)
     per_token = kv_per_token(shape, request, fb)
     cache = kv_cache_bytes(shape, request, tokens, fb)
     loaded = loaded_bytes(shape, request.dequantize)
     read = streamed_bytes(shape, request.dequantize) + cache // request.batch
-    return Footprint(stored_bytes(shape), loaded, per_token, cache, activation_bytes(shape, request, tokens, fb), read, fb)
+    activations = activation_bytes(shape, request, tokens, fb, fused_attention)
+    return Footprint(stored_bytes(shape), loaded, per_token, cache, activations, read, fb)
 
 
 def float_bytes(shape: ModelShape) -> int:
@@ -90,12 +92,12 @@ def prefill_chunk(shape: ModelShape, request: FitRequest) -> int:
     return request.prefill_chunk or shape.window or DEFAULT_CHUNK
 
 
-def activation_bytes(shape: ModelShape, request: FitRequest, tokens: int, fb: int) -> int:
+def activation_bytes(shape: ModelShape, request: FitRequest, tokens: int, fb: int, fused_attention: bool = False) -> int:
     """The largest transient of one prefill pass over a chunk (at the end of the context, where
     it attends to the most keys); a feature draft's are those of its own blocks."""
     chunk = min(prefill_chunk(shape, request), tokens)
     keys = tokens if shape.window is None else min(tokens, shape.window + request.draft_tokens + chunk)
-    scores = SCORE_COPIES * shape.heads * chunk * keys * fb
+    scores = 0 if fused_attention else SCORE_COPIES * shape.heads * chunk * keys * fb
     mlp = MLP_COPIES * chunk * shape.intermediate * (shape.experts_per_token or 1) * fb
     return int(scores + mlp + HIDDEN_COPIES * chunk * shape.hidden * fb + 4 * shape.vocab * (request.draft_tokens + 1))
 

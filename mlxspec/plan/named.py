@@ -54,7 +54,9 @@ def projection(plan: Plan, named: Named, acceptance: float | None = None) -> Pro
     chip = plan.device.chip
     if chip is None:
         return None
-    drafting = named.draft is not None or named.draft_kind is not None
-    draft_bytes = plan.draft_fp.read_per_token if plan.draft_fp is not None else (0 if drafting else None)
-    rate = draft_acceptance(named.draft_folder, acceptance) if drafting else None
-    return project(chip.bandwidth, plan.target_fp.read_per_token, draft_bytes, rate)
+    if named.draft is not None:
+        rate = draft_acceptance(named.draft_folder, acceptance)
+        return project(chip.bandwidth, plan.target_fp.read_per_token, plan.draft_fp.read_per_token, rate)
+    if named.draft_kind is not None and acceptance is not None:  # a kind by name (lookup) reads no weights
+        return project(chip.bandwidth, plan.target_fp.read_per_token, 0, draft_acceptance(None, acceptance))
+    return project(chip.bandwidth, plan.target_fp.read_per_token, None, None)

@@ -24,8 +24,9 @@ def _footprint_rows(role: str, fp: Footprint) -> list[tuple[str, str]]:
             (f"{role} KV cache", _gb(fp.kv_cache))]
 
 
-def table(plan: Plan, projection: Projection | None) -> str:
-    """The plan as an aligned table, the verdict and (on a chip) the projection."""
+def table(plan: Plan, projection: Projection | None, lookup: bool = False) -> str:
+    """The plan as an aligned table, the verdict and (on a chip) the projection; `lookup`: the
+    draft is a kind made by name (its acceptance is not assumed)."""
     r = plan.request
     kv = f"{r.kv_bits}-bit (groups of {r.kv_group_size})" if r.kv_bits else "float"
     rows = [("context", f"{plan.tokens} tokens x {r.batch} row{'s' if r.batch > 1 else ''}"),
@@ -44,14 +45,16 @@ def table(plan: Plan, projection: Projection | None) -> str:
     lines.append(f"verdict: {'fits' if plan.fits else 'does not fit'} "
                  f"({abs(margin) / GB:.2f} GB {'to spare' if plan.fits else 'over'})")
     lines += [f"  try: {tip}" for tip in plan.advice]
-    lines.append(projection_line(projection))
+    lines.append(projection_line(projection, lookup))
     return "\n".join(lines)
 
 
-def projection_line(projection: Projection | None) -> str:
+def projection_line(projection: Projection | None, drafting: bool = False) -> str:
     if projection is None:
         return "projection: none (this device is not an Apple chip of the table; name one with --device)"
     line = f"projection at {projection.bandwidth:g} GB/s: plain {projection.plain:.1f} tok/s"
+    if projection.speculative is None and drafting:
+        line += "; speculative: give --acceptance (prompt lookup's depends on how much the text repeats)"
     if projection.speculative is not None and projection.acceptance is not None:
         acc = projection.acceptance
         line += (f"; speculative {projection.speculative:.1f} tok/s (k={projection.k}) "

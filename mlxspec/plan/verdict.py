@@ -42,14 +42,15 @@ def make_plan(target: ModelShape, draft: ModelShape | None, request: FitRequest,
               advise: bool = True) -> Plan:
     """The plan for `target` (and `draft`) under `request` on `device`."""
     tokens = request.tokens(target.context)
-    t = footprint(target, request, tokens)
-    d = footprint(draft, request, tokens) if draft is not None else None
+    t = footprint(target, request, tokens, device.on_metal)
+    d = footprint(draft, request, tokens, device.on_metal) if draft is not None else None
     kept_features = 0
     if draft is not None and draft.feature_draft:  # the prefill keeps the target's hidden states for it
         kept_features = tokens * target.hidden * (1 + draft.taps) * t.float_bytes
     activations = max(t.activations + kept_features, d.activations if d else 0)
     running = t.weights_loaded + t.kv_cache + (d.weights_loaded + d.kv_cache if d else 0) + activations
-    loading = load_peak(target, request.dequantize) + (d.weights_loaded if d else 0)
+    loading = max(load_peak(target, request.dequantize),  # the draft loads once the target has
+                  t.weights_loaded + (load_peak(draft, request.dequantize) if draft is not None else 0))
     plan = Plan(target, draft, request, tokens, device, t, d, activations, loading, max(running, loading))
     if advise and not plan.fits:
         plan.advice = advice(plan)
