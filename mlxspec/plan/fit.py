@@ -10,6 +10,7 @@ from dataclasses import replace
 from ..errors import ConfigError, FitError
 from ..hub import is_repo_id
 from ..paths import user_path
+from ..selection import named_models
 from .named import plan_named, read_named
 from .request import FitRequest
 from .verdict import GB, Plan
@@ -25,8 +26,9 @@ def check_fit(model: str | None, draft: str | None, pair: str | None, request: F
     `how` says how the command chose the context (it ends the line's parenthesis)."""
     if skip:
         return None
+    target, drafted = named_models(model, draft, pair, False)  # the command's own words for bad options
     try:
-        named = read_named(model, draft, pair)
+        named = read_named(str(target), None if drafted is None else str(drafted), None)
     except ConfigError:
         if _on_hub(model) or _on_hub(draft):
             return None

@@ -14,7 +14,9 @@ from ..drafts import KINDS
 from ..errors import ConfigError
 from ..hub import is_repo_id
 from ..load import read_pair_manifest, weight_files
+from ..load_mlx_lm import known_to_mlx_lm, unknown_architecture
 from ..models.config import load_model_args, port_supports, read_json
+from ..models.families import FAMILIES
 from ..paths import user_path
 from .hub_metadata import hub_model
 from .shape import ModelShape, Tensor, from_args, from_config
@@ -37,13 +39,15 @@ def read_model(name: str | Path) -> ModelShape:
 def read_folder(folder: Path) -> ModelShape:
     """A model folder's shape (see the module docstring); a feature draft's config names its kind."""
     config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
-    tensors = folder_tensors(folder)
     if config is not None and "draft_type" in config:
         KINDS.folder_module(config["draft_type"], str(folder))  # an unknown kind: one line
-        return from_args(str(folder), load_model_args(folder), tensors, feature_draft=True)
-    if config is not None and not port_supports(config):
-        return from_config(str(folder), config, tensors)
-    return from_args(str(folder), load_model_args(folder), tensors)
+        return from_args(str(folder), load_model_args(folder), folder_tensors(folder), feature_draft=True)
+    if config is not None and not port_supports(config):  # checked in the order loading checks
+        if not known_to_mlx_lm(config):
+            raise unknown_architecture(folder, config.get("model_type"), tuple(FAMILIES))
+        return from_config(str(folder), config, folder_tensors(folder))
+    args = load_model_args(folder)
+    return from_args(str(folder), args, folder_tensors(folder))
 
 
 def folder_tensors(folder: Path) -> list[Tensor]:
