@@ -16,7 +16,7 @@ from .shape import FLOAT_BYTES, ModelShape, Tensor
 CACHE_STEP = 256  # models.cache.KVCache grows by this many positions
 DEFAULT_CHUNK = 2048  # engine.decode.default_chunk_size without a window
 # Transients of one prefill pass, in float elements, calibrated against mx.get_peak_memory on
-# the CPU backend (benchmarks/plan_accuracy.py --calibrate; README "How mlxspec plan counts"):
+# the CPU backend (benchmarks/plan_accuracy.py; README "Will it fit? mlxspec plan"):
 SCORE_COPIES = 1.25  # attention scores [heads, chunk, keys] (fitted: 1.1 to 1.5 on the models measured)
 MLP_COPIES = 3  # [chunk, intermediate]: gate, up and their product
 HIDDEN_COPIES = 6  # [chunk, hidden]: residual, norm, attention output, q/k/v
