@@ -14,11 +14,14 @@ import typer
 from . import demo as demo_pair
 from .arguments import check_bench, check_generation, check_positive, read_prompt, run
 from .cli_options import (ADAPTIVE_HELP, DEMO_KINDS, DEQUANTIZE_HELP, DRAFT_HELP, LOOKUP_HELP, MAX_NGRAM_HELP,
-                          MIN_NGRAM_HELP, PIPELINE_HELP, RECALIBRATE_HELP, adapter_option, calibration_for,
+                          MIN_NGRAM_HELP, NO_FIT_CHECK_HELP, PIPELINE_HELP, RECALIBRATE_HELP, adapter_option,
+                          calibration_for,
                           weights_label)
 from .cli_conversation import chat_command, serve_command
 from .cli_kv import with_kv_options
 from .cli_distill import distill_command
+from .cli_plan import checked_weights, plan_command
+from .plan import FitRequest, check_fit
 from .bench import parse_ks, parse_temperatures, run_bench
 from .console import byte_bars, colours, friendly_errors, stats_line, stream_text, write_step
 from .convert.atomic import atomic_dir, check_writable
@@ -63,6 +66,7 @@ def generate(
     pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
     connect_timeout: float = typer.Option(60.0, "--connect-timeout", help="With --pipeline: seconds to wait for every rank to connect."),
     adapter: Optional[str] = adapter_option(),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Context counted: the prompt's UTF-8 bytes (at least its tokens) + --max-tokens."),
     options: GenerationOptions = GenerationOptions(),
     kv: Optional[dict] = None,
 ) -> None:
@@ -77,6 +81,9 @@ def generate(
     group = connect(connect_timeout) if pipeline else None
     if group is not None and group.rank() > 0:  # this rank serves its blocks to rank 0; only rank 0 prints
         return serve_rank(named_models(model, draft, pair, False)[0], group, weights_dtype(dequant), dequant)
+    check_fit(model, draft, pair, FitRequest(context=len(text.encode()) + options.max_tokens, dequantize=dequant,
+                                             prefill_chunk=prefill_chunk, draft_tokens=num_draft_tokens, **kv),
+              skip=no_fit_check or pipeline, how=", the prompt's bytes + --max-tokens")
     target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant,
                                                    draft_settings(max_ngram, min_ngram), lookup, group=group,
                                                    adapter=adapter)
@@ -208,11 +215,11 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     adapter: Optional[str] = adapter_option(),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Context counted: the longest prompt's UTF-8 bytes + --max-tokens."),
     options: GenerationOptions = GenerationOptions(max_tokens=128), kv: Optional[dict] = None,
 ) -> None:
-    """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup,
-    acceptance overall and per draft position, tokens per round, time to first token, peak
-    memory, and the cost model's predicted speedup next to the measured one."""
+    """Measure plain vs speculative decoding of a pair on this device: tokens/s, speedup, acceptance overall and per
+    draft position, tokens per round, time to first token, peak memory, the cost model's speedup beside the measured one."""
     if draft is None and pair is None and not use_demo:
         raise InputError("bench needs a draft (--draft, --pair or --demo)")
     k_list, temps, settings = parse_ks(ks), parse_temperatures(temperatures), draft_settings(max_ngram, min_ngram)
@@ -221,7 +228,8 @@ def bench(
     sources = [p for p in (model, draft, pair, mlx_lm_draft, adapter) if p is not None and not KINDS.makes(p)] + \
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
-    dequant = dequantize_default(dequantize)
+    dequant = checked_weights(model, draft, pair, prompt_list, options.max_tokens, dequantize, max(k_list),
+                              no_fit_check or use_demo, kv)
     target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings, adapter=adapter)
     their_draft = None if not compare_mlx_lm or (mlx_lm_draft is None and not use_demo) else load_draft(
         mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer, dtype=weights_dtype(dequant), dequantize=dequant)
@@ -289,6 +297,7 @@ def convert(
 app.command("chat")(friendly_errors(chat_command))
 app.command("serve")(friendly_errors(serve_command))
 app.command("distill")(friendly_errors(distill_command))
+app.command("plan")(friendly_errors(plan_command))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -14,12 +14,13 @@ import typer
 from . import conversation
 from .chat_repl import chat_loop
 from .arguments import check_generation
-from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, RECALIBRATE_HELP, adapter_option, calibration_for
+from .cli_options import DEQUANTIZE_HELP, DRAFT_HELP, NO_FIT_CHECK_HELP, RECALIBRATE_HELP, adapter_option, calibration_for
 from .cli_kv import with_kv_options
 from .cli_request import with_generation_options
 from .console import colours
 from .engine import GenerationOptions
 from .errors import InputError
+from .plan import FitRequest, check_fit
 from .selection import dequantize_default
 from .text.unicode import check_text
 
@@ -36,6 +37,7 @@ def chat_command(
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     adapter: Optional[str] = adapter_option(),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Context counted: the model's, at most 4096 tokens."),
     options: GenerationOptions = GenerationOptions(max_tokens=512),
     kv: Optional[dict] = None,
 ) -> None:
@@ -43,6 +45,9 @@ def chat_command(
     check_generation(num_draft_tokens)
     if system is not None:
         check_text(system, "the --system argument")
+    check_fit(model, draft, None, FitRequest(dequantize=dequantize_default(dequantize), draft_tokens=num_draft_tokens,
+                                             **kv),
+              skip=no_fit_check or use_demo, how=", the model's context up to 4096")
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
                                           calibration_for(recalibrate), kv=kv, adapter=adapter)
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
@@ -65,6 +70,7 @@ def serve_command(
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     adapter: Optional[str] = adapter_option(),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Counted: --max-batch rows of the model's context, at most 4096 tokens each."),
     options: GenerationOptions = GenerationOptions(max_tokens=512, temperature=1.0),
     kv: Optional[dict] = None,
 ) -> None:
@@ -79,6 +85,9 @@ def serve_command(
         raise InputError("--max-batch must be >= 1 and --max-queue >= 0")
     if served is not None and not served.strip():
         raise InputError("--name is empty")
+    check_fit(model, draft, None, FitRequest(batch=max_batch, dequantize=dequantize_default(dequantize),
+                                             draft_tokens=num_draft_tokens, **kv),
+              skip=no_fit_check or use_demo, how=f", --max-batch {max_batch}, the model's context up to 4096")
     with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
         session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
                                                  dequantize_default(dequantize), calibration_for(recalibrate),

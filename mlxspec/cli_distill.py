@@ -11,10 +11,12 @@ from typing import Optional
 
 import typer
 
-from .cli_options import DEQUANTIZE_HELP, adapter_option
+from .cli_options import DEQUANTIZE_HELP, NO_FIT_CHECK_HELP, adapter_option
 from .demo import demo_target
 from .distill import KINDS, distill
 from .errors import InputError
+from .plan import FitRequest, check_fit
+from .selection import dequantize_default
 
 
 def stage_bars(quiet: bool):
@@ -75,11 +77,15 @@ def distill_command(
     as_json: bool = typer.Option(False, "--json", help="Print training.json's evaluation as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     adapter: Optional[str] = adapter_option(),
+    no_fit_check: bool = typer.Option(False, "--no-fit-check", help=NO_FIT_CHECK_HELP + " Counted: the target with --batch rows of --seq-len tokens (not the draft it trains)."),
 ) -> None:
     """Train a draft for your own target on this machine: the target answers prompts, the
     draft learns its distributions, and is evaluated through mlxspec's speculative loop."""
     if (target is None) == (not use_demo):
         raise InputError("give the target: --target T, or --demo for the embedded demo target")
+    if not use_demo and batch >= 1 and seq_len >= 1:  # distill itself refuses other values, in its own words
+        check_fit(target, None, None, FitRequest(context=seq_len, batch=batch, dequantize=dequantize_default(dequantize)),
+                  skip=no_fit_check, how=", --batch rows of --seq-len")
     source = (lambda: str(demo_target())) if use_demo else target  # the demo's is converted after the checks
     update, close = stage_bars(quiet)
     try:

@@ -28,6 +28,8 @@ DEMO_KINDS = ("chat", "code", "summarisation")  # one prompt of each in `mlxspec
 PIPELINE_HELP = ("Split the target across the ranks that mlx.launch started (pipeline parallel; the draft runs on "
                  "rank 0, which alone prints): mlx.launch -n 2 --backend ring --python PYTHON -- -m mlxspec "
                  "generate --pipeline --model M ...")
+NO_FIT_CHECK_HELP = ("Load even when `mlxspec plan` says the run does not fit this device (the check reads configs "
+                     "and headers only, before any weight).")
 RECALIBRATE_HELP = "Measure the round times of this pair again instead of reading the calibration cache."
 
 

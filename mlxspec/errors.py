@@ -47,3 +47,10 @@ class InputTypeError(InputError, TypeError):
 class ContextError(InputError):
     """A prompt longer than the model's context: a conversation that has outgrown it, or a
     message that alone cannot fit. The chat offers to make room instead of ending."""
+
+
+class FitError(MlxspecError):
+    """A run needs more memory than the device allows (`mlxspec plan`; the commands' fit
+    check, before any weight is read)."""
+
+    exit_code = 3

@@ -125,6 +125,7 @@ def dequantize_weights(weights: dict[str, mx.array], quant: dict[str, Any]) -> d
                                   None if biases is None else biases.astype(mx.float32),
                                   group_size=layer.get("group_size", quant.get("group_size", 64)),
                                   bits=layer.get("bits", quant.get("bits", 4)))
+            mx.eval(value)  # one matrix at a time: expanding them all in one graph held ~2x their size at once
         out[name] = value
     return out
 

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"mlxspec": ROOT / "mlxspec", "mlxspec.convert": ROOT / "convert"}  # convert/ installs as mlxspec.convert
-COMMANDS = {"bench", "chat", "convert", "demo", "distill", "generate", "serve"}  # at least these
+COMMANDS = {"bench", "chat", "convert", "demo", "distill", "generate", "plan", "serve"}  # at least these
 DIST_INFO = "mlxspec-0.1.0.dist-info"
 # A build's own warnings (setuptools' deprecations and layout warnings) and pip's.
 WARNING = re.compile(r"\w+Warning: |\bWARNING: |\bERROR: ")
