@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, UnsupportedModelError
-from ..validate import is_int, is_real
+from ..validate import is_real
 
 SCALINGS = ("linear", "dynamic", "llama3", "yarn", "longrope")
 _REQUIRED = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor", "original_max_position_embeddings"),
