@@ -5,7 +5,7 @@ prints the plan's numbers beside MLX's peak memory (`mx.get_peak_memory`, after 
 end) and the process's peak RSS.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 python benchmarks/plan_accuracy.py \
-        --model M [--draft D] --context 1024 [--keep-quantized] [--max-tokens 8]
+        --model M [--draft D] --context 1024 [--keep-quantized] [--max-tokens 8] [--kv-bits 4]
     python benchmarks/plan_accuracy.py --make-model OUT --layers 4 [--bits 4]   # a 7B-width random checkpoint
     python benchmarks/plan_accuracy.py --make-model D --layers 2 --hidden 1024 --heads 8 --intermediate 2816 --bits 4
 """
@@ -54,12 +54,13 @@ def make_model(out: Path, args: ModelArgs, bits: int | None) -> None:
         convert(str(Path(tmp) / "src"), str(out), bits=bits, group_size=64)
 
 
-def measure(model: str, draft: str | None, context: int, max_tokens: int, dequantize: bool, k: int) -> dict:
+def measure(model: str, draft: str | None, context: int, max_tokens: int, dequantize: bool, k: int,
+            kv_bits: int | None = None) -> dict:
     """Peak MLX memory after loading and after generating, and peak RSS, in bytes."""
     mx.reset_peak_memory()
     target, tokenizer, drafted = select_models(model, draft, None, False, dequantize)
     loaded = mx.get_peak_memory()
-    session = Session(target, None, drafted, num_draft_tokens=k, draft_policy="fixed")
+    session = Session(target, None, drafted, num_draft_tokens=k, draft_policy="fixed", kv_bits=kv_bits)
     prompt = [(7 * i + 3) % target.args.vocab_size for i in range(context - max_tokens)]
     for _ in session.stream(prompt, max_tokens=max_tokens, temperature=0.0, prefill_chunk=None):
         pass
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--keep-quantized", action="store_true")
     parser.add_argument("-k", type=int, default=4)
+    parser.add_argument("--kv-bits", type=int, help="a quantized KV cache (4 or 8 bits, groups of 64)")
     parser.add_argument("--make-model", type=Path), parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--bits", type=int), parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--heads", type=int, default=32), parser.add_argument("--kv-heads", type=int, default=8)
@@ -84,13 +86,13 @@ def main() -> None:
     if a.make_model is not None:
         return make_model(a.make_model, llama_shape(a.layers, a.hidden, a.heads, a.kv_heads, a.intermediate), a.bits)
     dequantize = dequantize_default(False if a.keep_quantized else None)
-    request = FitRequest(context=a.context, dequantize=dequantize, draft_tokens=a.k)
+    request = FitRequest(context=a.context, dequantize=dequantize, draft_tokens=a.k, kv_bits=a.kv_bits)
     plan = plan_named(read_named(a.model, a.draft, None), request)
-    got = measure(a.model, a.draft, a.context, a.max_tokens, dequantize, a.k)
+    got = measure(a.model, a.draft, a.context, a.max_tokens, dequantize, a.k, a.kv_bits)
     weights = plan.target_fp.weights_loaded + (plan.draft_fp.weights_loaded if plan.draft_fp else 0)
     kv = plan.target_fp.kv_cache + (plan.draft_fp.kv_cache if plan.draft_fp else 0)
     print(f"model {a.model}, draft {a.draft}, context {a.context}, weights "
-          f"{'float32' if dequantize else 'as stored'}, k={a.k}")
+          f"{'float32' if dequantize else 'as stored'}, k={a.k}, KV {a.kv_bits or 'float'}")
     print(f"plan: weights {weights / GB:.3f} GB, KV {kv / GB:.3f} GB, activations {plan.activations / GB:.3f} GB, "
           f"total {plan.total / GB:.3f} GB")
     print(f"measured: after load {got['after load'] / GB:.3f} GB, generating {got['generating'] / GB:.3f} GB, peak {got['peak'] / GB:.3f} GB, "

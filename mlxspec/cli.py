@@ -83,7 +83,7 @@ def generate(
         return serve_rank(named_models(model, draft, pair, False)[0], group, weights_dtype(dequant), dequant)
     check_fit(model, draft, pair, FitRequest(context=len(text.encode()) + options.max_tokens, dequantize=dequant,
                                              prefill_chunk=prefill_chunk, draft_tokens=num_draft_tokens, **kv),
-              skip=no_fit_check or pipeline, how=", the prompt's bytes + --max-tokens")
+              skip=no_fit_check or pipeline, how=", the prompt's bytes + --max-tokens", adapter=adapter)
     target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant,
                                                    draft_settings(max_ngram, min_ngram), lookup, group=group,
                                                    adapter=adapter)
@@ -170,7 +170,7 @@ def bench(
         (demo_pair.demo_sources() if use_demo else [])
     check_writable(out, force, sources=sources, kind="report")
     dequant = checked_weights(model, draft, pair, prompt_list, options.max_tokens, dequantize, max(k_list),
-                              no_fit_check or use_demo, kv)
+                              no_fit_check or use_demo, kv, adapter)
     target, tokenizer, draft_model = select_models(model, draft, pair, use_demo, dequant, settings, adapter=adapter)
     their_draft = None if not compare_mlx_lm or (mlx_lm_draft is None and not use_demo) else load_draft(
         mlx_lm_draft or demo_pair.demo_token_draft(), target, tokenizer, dtype=weights_dtype(dequant), dequantize=dequant)

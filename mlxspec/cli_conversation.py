@@ -47,7 +47,7 @@ def chat_command(
         check_text(system, "the --system argument")
     check_fit(model, draft, None, FitRequest(dequantize=dequantize_default(dequantize), draft_tokens=num_draft_tokens,
                                              **kv),
-              skip=no_fit_check or use_demo, how=", the model's context up to 4096")
+              skip=no_fit_check or use_demo, how=", the model's context up to 4096", adapter=adapter)
     session, _ = conversation.session_for(model, draft, use_demo, num_draft_tokens, dequantize_default(dequantize),
                                           calibration_for(recalibrate), kv=kv, adapter=adapter)
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
@@ -87,7 +87,8 @@ def serve_command(
         raise InputError("--name is empty")
     check_fit(model, draft, None, FitRequest(batch=max_batch, dequantize=dequantize_default(dequantize),
                                              draft_tokens=num_draft_tokens, **kv),
-              skip=no_fit_check or use_demo, how=f", --max-batch {max_batch}, the model's context up to 4096")
+              skip=no_fit_check or use_demo, how=f", --max-batch {max_batch}, the model's context up to 4096",
+              adapter=adapter)
     with closing(conversation.listen(host, port)) as sock:  # before loading: an address in use fails at once
         session, name = conversation.session_for(model, draft, use_demo, num_draft_tokens,
                                                  dequantize_default(dequantize), calibration_for(recalibrate),

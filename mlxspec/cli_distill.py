@@ -85,7 +85,7 @@ def distill_command(
         raise InputError("give the target: --target T, or --demo for the embedded demo target")
     if not use_demo and batch >= 1 and seq_len >= 1:  # distill itself refuses other values, in its own words
         check_fit(target, None, None, FitRequest(context=seq_len, batch=batch, dequantize=dequantize_default(dequantize)),
-                  skip=no_fit_check, how=", --batch rows of --seq-len")
+                  skip=no_fit_check, how=", --batch rows of --seq-len", adapter=adapter)
     source = (lambda: str(demo_target())) if use_demo else target  # the demo's is converted after the checks
     update, close = stage_bars(quiet)
     try:

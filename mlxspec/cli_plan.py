@@ -62,12 +62,12 @@ plan_command.__doc__ = PLAN_HELP
 
 def checked_weights(model: Optional[str], draft: Optional[str], pair: Optional[str], prompts: list[tuple[str, str]],
                     max_tokens: int, dequantize: Optional[bool], draft_tokens: int, skip: bool,
-                    kv: Optional[dict] = None) -> bool:
+                    kv: Optional[dict] = None, adapter: Optional[str] = None) -> bool:
     """`bench`'s fit check (the longest prompt's UTF-8 bytes, at least its tokens, + --max-tokens;
     `kv`: --kv-bits and --kv-group-size); whether the weights load dequantized."""
     dequant = dequantize_default(dequantize)
     longest = max((len(text.encode()) for _, text in prompts), default=0)
     check_fit(model, draft, pair, FitRequest(context=longest + max_tokens, dequantize=dequant, draft_tokens=draft_tokens,
                                              **(kv or {})),
-              skip=skip, how=", the longest prompt's bytes + --max-tokens")
+              skip=skip, how=", the longest prompt's bytes + --max-tokens", adapter=adapter)
     return dequant

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..adapters import read_adapter
 from ..errors import ConfigError, FitError
 from ..hub import is_repo_id
 from ..paths import user_path
@@ -21,9 +22,13 @@ def _on_hub(name: str | None) -> bool:
 
 
 def check_fit(model: str | None, draft: str | None, pair: str | None, request: FitRequest,
-              skip: bool = False, how: str = "") -> Plan | None:
+              skip: bool = False, how: str = "", adapter: str | None = None) -> Plan | None:
     """Raise `FitError` when the run does not fit this device; the plan, or None when skipped.
-    `how` says how the command chose the context (it ends the line's parenthesis)."""
+    `how` says how the command chose the context (it ends the line's parenthesis). An
+    `adapter` folder is checked first, fit check or not (it is small; a damaged one is one line
+    before any model is read)."""
+    if adapter is not None:
+        read_adapter(adapter)
     if skip:
         return None
     target, drafted = named_models(model, draft, pair, False)  # the command's own words for bad options
