@@ -18,6 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxspec.adapters import Adapter
+from mlxspec.adapters.folder import check_full_tensors
 from mlxspec.adapters.apply import adapter_layers
 from mlxspec.adapters.layers import base_of, fused_weight
 from mlxspec.errors import CheckpointError
@@ -79,13 +80,7 @@ def _requantizer(ref: TensorRef, load: Callable[[], mx.array]):
 
 def _fold_full(source: Source, adapter: Adapter, tensors: dict[str, mx.array]) -> Source:
     """A full fine-tune: its tensors replace the source's of the same names and shapes."""
-    refs = {ref.name: ref for ref in source.tensors}
-    for name, shape in adapter.shapes.items():
-        if name not in refs:
-            raise CheckpointError(f"{adapter.weights_file}: tensor {name!r} names no tensor of {source.root}")
-        if tuple(refs[name].shape) != shape:
-            raise CheckpointError(f"{adapter.weights_file}: tensor {name!r} has shape {shape}, "
-                                  f"{source.root}'s {tuple(refs[name].shape)}")
+    check_full_tensors(adapter, {ref.name: tuple(ref.shape) for ref in source.tensors}, str(source.root))
     out = []
     for ref in source.tensors:
         if ref.name in tensors:

@@ -25,7 +25,7 @@ from ..errors import CheckpointError, ConfigError
 from ..layout import permute_half_to_interleaved
 from ..models.foreign import ForeignModel
 from ..standard_streams import reopen_closed_descriptors
-from .folder import Adapter, read_adapter
+from .folder import Adapter, check_full_tensors, read_adapter
 from .layers import base_of, chosen_modules, fused_weight, lora_layer, quantized
 
 
@@ -66,12 +66,7 @@ def _apply_full(root: nn.Module, adapter: Adapter, tensors: dict[str, mx.array])
     if adapter.num_layers is not None and adapter.num_layers > len(root.layers):
         raise ConfigError(f"{adapter.config_file}: num_layers {adapter.num_layers} but this model has "
                           f"{len(root.layers)} blocks")
-    for name, shape in adapter.shapes.items():
-        if name not in params:
-            raise CheckpointError(f"{adapter.weights_file}: tensor {name!r} names no parameter of this model")
-        if tuple(params[name].shape) != shape:
-            raise CheckpointError(f"{adapter.weights_file}: tensor {name!r} has shape {shape}, the model's "
-                                  f"{tuple(params[name].shape)}{_quantized_hint(root)}")
+    check_full_tensors(adapter, {k: tuple(v.shape) for k, v in params.items()}, "this model", _quantized_hint(root))
     root.load_weights([(k, v.astype(params[k].dtype)) for k, v in tensors.items()], strict=False)
 
 

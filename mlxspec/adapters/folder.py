@@ -170,3 +170,14 @@ def read_adapter(path: str | Path | Adapter) -> Adapter:
     _check_tensors(kind, reader, rank, weights_file)
     shapes = {name: reader.shape(name) for name in reader.names()}
     return Adapter(folder, kind, num_layers, rank, scale, keys, shapes, _digest(config, weights_file))
+
+
+def check_full_tensors(adapter: Adapter, shapes: dict[str, tuple[int, ...]], whose: str, hint: str = "") -> None:
+    """A full fine-tune's tensors must name tensors of `shapes` (the model's, or a source's:
+    `whose`) and have their shapes; `CheckpointError` naming the adapter's file otherwise."""
+    for name, shape in adapter.shapes.items():
+        if name not in shapes:
+            raise CheckpointError(f"{adapter.weights_file}: tensor {name!r} names no tensor of {whose}")
+        if tuple(shapes[name]) != shape:
+            raise CheckpointError(f"{adapter.weights_file}: tensor {name!r} has shape {shape}, "
+                                  f"{whose}'s {tuple(shapes[name])}{hint}")
