@@ -9,6 +9,7 @@ import io
 import types
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 
 
@@ -35,6 +36,8 @@ def train_adapter(base: Path, out: Path, fine_tune_type: str = "lora", num_layer
     from mlx_lm.lora import CONFIG_DEFAULTS, train_model
     from mlx_lm.utils import load_model
 
+    mx.random.seed(seed)  # the LoRA matrices start from MLX's global generator, and mlx-lm's
+    np.random.seed(seed)  # batches are shuffled by numpy's: the same adapter in any test order
     model, _ = load_model(base)
     rng = np.random.default_rng(seed)
     rows = [list(map(int, rng.integers(3, 300, size=24))) for _ in range(8)]
