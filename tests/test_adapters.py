@@ -44,6 +44,12 @@ def biggest_gap(a: mx.array, b: mx.array) -> float:
     return float(mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max())
 
 
+def mean_gap(a: mx.array, b: mx.array) -> float:
+    """For a quantized model against a float one: the largest of 32000 x T logits is the
+    quantization noise's tail, the mean is what the adapter moved."""
+    return float(mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).mean())
+
+
 @pytest.mark.parametrize("kind", ["lora", "dora", "full"])
 def test_logits_equal_mlx_lms_with_the_same_adapter(base, adapters, kind):
     model, _ = mlxspec.load(base, adapter=adapters[kind])
@@ -81,7 +87,7 @@ def test_a_model_run_by_mlx_lm_takes_an_adapter(tmp_path, hf_tokenizer_dir):
         requantized = mlxspec.convert(quantized, tmp_path / "fused8", adapter=adapter)
     assert json.loads((requantized / "config.json").read_text())["quantization"]["bits"] == 8
     want = model(TOKENS)
-    assert biggest_gap(load_model(requantized)(TOKENS), want) < biggest_gap(load_model(folder)(TOKENS), want) / 4
+    assert mean_gap(load_model(requantized)(TOKENS), want) < mean_gap(load_model(folder)(TOKENS), want) / 4
 
 
 @pytest.mark.parametrize("kind", ["lora", "dora"])
@@ -128,7 +134,7 @@ def test_convert_folds_the_adapter_into_the_weights(base, adapters, kind, tmp_pa
     requantized = load_model(mlxspec.convert(tmp_path / "fused", tmp_path / "requantized", bits=8))
     assert biggest_gap(fused8(TOKENS), requantized(TOKENS)) == 0
     want = adapted(TOKENS)
-    assert biggest_gap(fused8(TOKENS), want) < biggest_gap(load_model(base)(TOKENS), want) / 4
+    assert mean_gap(fused8(TOKENS), want) < mean_gap(load_model(base)(TOKENS), want) / 4
 
 
 def test_generate_with_an_adapter_writes_what_the_fused_model_writes(base, adapters, tmp_path, capsys):
@@ -203,4 +209,4 @@ def test_a_quantized_gguf_source_is_expanded_folded_and_quantized_again(base, ad
     weight, scales, biases = mx.quantize(folded[f"{name}.weight"], group_size=32, bits=8)
     assert mx.array_equal(ours[f"{name}.weight"], weight) and mx.array_equal(ours[f"{name}.scales"], scales)
     want = load_model(dense)(TOKENS)
-    assert biggest_gap(load_model(kept, dequantize=True)(TOKENS), want) < biggest_gap(load_model(base)(TOKENS), want) / 4
+    assert mean_gap(load_model(kept, dequantize=True)(TOKENS), want) < mean_gap(load_model(base)(TOKENS), want) / 4
