@@ -132,7 +132,7 @@ app.command("demo")(friendly_errors(demo_command))
 
 @app.command()
 @friendly_errors
-@with_generation_options(exclude=("temperature", "seed", "stop", "logprobs"), max_tokens=128)
+@with_generation_options(exclude=("temperature", "seed", "stop", "logprobs", "response_format"), max_tokens=128)
 @with_kv_options
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model folder or Hugging Face repo id."),

@@ -28,6 +28,7 @@ from ..drafts import DraftKind, batch_drafter
 from ..errors import InputError, InputTypeError
 from ..models import KVQuantization, Model
 from ..models.batch_cache import BatchCache
+from ..structured import Constraint
 from ..text import Tokenizer
 from .batch_policy import BatchCost
 from .batch_row import Emit, Row
@@ -59,6 +60,8 @@ class Owner(Protocol):
     def timings(self, params: SamplingParams) -> Timings: ...
 
     def acceptance(self, params: SamplingParams, seed: int | None) -> dict: ...
+
+    def constraint(self, options: GenerationOptions) -> Constraint | None: ...
 
     def request(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> Request: ...
 
@@ -194,7 +197,8 @@ def make_row(session: Owner, request: Request, emit: Emit) -> Row:
                emit, seed=request.seed, stops=request.stops, logprobs=request.logprobs,
                k_max=request.k_max if drafting else 0,
                estimates=session.acceptance(request.params, request.seed) if drafting else None,
-               drafting=drafting, prompt_cache=request.prompt_cache)
+               drafting=drafting, prompt_cache=request.prompt_cache,
+               constraint=session.constraint(request.options))
 
 
 @dataclass

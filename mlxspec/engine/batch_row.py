@@ -9,6 +9,7 @@ from typing import Callable
 import mlx.core as mx
 
 from ..drafts.protocol import Outlook
+from ..structured import Constraint
 from ..text import Tokenizer
 from .policy import AcceptanceEstimate
 from .request import StepText
@@ -22,15 +23,15 @@ Emit = Callable[[GenerationStep], None]
 class Row:
     """A request in a batch. `estimates` are the acceptance estimates it shares with the
     session's other requests of the same settings (a fresh dict: its own); `k_max` caps
-    its drafts, 0 switches speculation off for it."""
+    its drafts, 0 switches speculation off for it; `constraint` holds its text to a format."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, budget: int, tokenizer: Tokenizer | None,
                  vocab: int, emit: Emit, *, seed: int | None = None, stops: list[str] | None = None,
                  logprobs: int | None = None, k_max: int = 0, estimates: dict | None = None,
-                 drafting: bool = False, prompt_cache: bool = True) -> None:
+                 drafting: bool = False, prompt_cache: bool = True, constraint: Constraint | None = None) -> None:
         self.prompt, self.budget, self.emit, self.k_max = prompt, budget, emit, k_max
         self.prompt_cache = prompt_cache
-        self.sampler = Sampler(params, RandomKeys(seed), vocab, logprobs)
+        self.sampler = Sampler(params, RandomKeys(seed), vocab, logprobs, constraint)
         self.stats: GenerationStats = (SpeculativeStats(draft_mode="batched", accepted_per_position=[0] * k_max,
                                                         drafted_per_position=[0] * k_max)
                                        if drafting else GenerationStats())

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from ..errors import InputError, InputTypeError
+from ..structured.format import ResponseFormat, response_format
 from ..text.stops import check_stops
 from ..validate import int_text, is_int, is_real
 from .logprobs import check_logprobs
@@ -44,6 +45,10 @@ class GenerationOptions:
     seed: int | None = option(None, "Random seed: the same seed and prompt give the same text (-1: random).")
     stop: tuple = option((), "Stop before this text (never printed); repeat for several.")
     logprobs: int | None = option(None, "Report each token's log-probability and this many alternatives (0..20).")
+    response_format: ResponseFormat | None = option(
+        None, "Hold the output to a format: 'json' (any JSON object), a JSON schema or OpenAI's response_format "
+              "object as JSON text, or a file: a JSON schema (.json) or a grammar (Lark or GBNF). Speculation "
+              "stays exact under it.", "--response-format", "--format")
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen: normalised once, here
@@ -51,6 +56,7 @@ class GenerationOptions:
         set_field(self, "logit_bias", logit_bias_pairs(self.logit_bias))
         set_field(self, "seed", check_seed(self.seed))
         set_field(self, "logprobs", check_logprobs(self.logprobs))
+        set_field(self, "response_format", response_format(self.response_format))
         if not is_int(self.max_tokens):
             raise InputTypeError(f"max_tokens must be an integer, got {self.max_tokens!r}")
         if self.max_tokens < 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..drafts.protocol import Proposal
+from ..structured import Constraint
 from .logprobs import LogprobRecords
 from .penalties import penalize, recent_windows
 from .sampling import RandomKeys, SamplingParams, process_logits, sample
@@ -21,10 +22,12 @@ from .verify import verify
 
 class Sampler:
     """Draws for one request over a target vocabulary of `vocab` tokens; `logprobs` (None:
-    off) keeps each token's log-probability record (see `LogprobRecords`)."""
+    off) keeps each token's log-probability record (see `LogprobRecords`); `constraint`
+    (None: free text) holds every draw to the request's format (`mlxspec.structured`)."""
 
-    def __init__(self, params: SamplingParams, keys: RandomKeys, vocab: int, logprobs: int | None = None) -> None:
-        self.params, self.keys, self.vocab = params, keys, vocab
+    def __init__(self, params: SamplingParams, keys: RandomKeys, vocab: int, logprobs: int | None = None,
+                 constraint: Constraint | None = None) -> None:
+        self.params, self.keys, self.vocab, self.constraint = params, keys, vocab, constraint
         self.records = LogprobRecords(logprobs)
         self.history: list[int] = []
         self._recent: mx.array | None = None  # the penalty's window through the newest token fed
@@ -41,13 +44,17 @@ class Sampler:
         """The next token [1] from the target's logits [1, vocab] after `history` (and the
         tokens drawn since without being added: plain steps run ahead)."""
         self.records.keep(logits)
-        if not self.params.shaped:
-            return self.records.chose(sample(logits, self.params, self.key()))
-        if self._recent is None:
-            self._recent = self._window()
-        token = sample(penalize(logits, self._recent, self.params, self.vocab),
-                       self.params, self.key())
-        self._recent = mx.concatenate([self._recent[:, 1:], token[:, None].astype(mx.int32)], axis=1)
+        if self.params.shaped:
+            if self._recent is None:
+                self._recent = self._window()
+            logits = penalize(logits, self._recent, self.params, self.vocab)
+        if self.constraint is not None:
+            logits = self.constraint.masked(logits)
+        token = sample(logits, self.params, self.key())
+        if self.params.shaped:
+            self._recent = mx.concatenate([self._recent[:, 1:], token[:, None].astype(mx.int32)], axis=1)
+        if self.constraint is not None:  # the next mask needs this token: read it now
+            self.constraint.advance(token.tolist())
         return self.records.chose(token)
 
     def added(self, tokens: list[int]) -> None:
@@ -57,6 +64,8 @@ class Sampler:
     def start_round(self) -> None:
         """A draft is about to propose after `history`."""
         self._draft_recent = self._window() if self.params.shaped else None
+        if self.constraint is not None:
+            self.constraint.start_round()
 
     def pick(self, logits: mx.array, support: mx.array | None = None,
              target_ids: bool = False) -> tuple[mx.array, mx.array | None]:
@@ -66,14 +75,18 @@ class Sampler:
         penalized = self.params.shaped and target_ids
         if penalized:
             logits = penalize(logits, self._draft_recent, self.params, self.vocab, support)
+        if self.constraint is not None and target_ids:
+            logits = self.constraint.draft_mask(logits, support)
         if self.params.greedy:
             token, lp = mx.argmax(logits, axis=-1)[:, None], None
         else:
             lp = process_logits(logits, self.params)
             token = mx.random.categorical(lp, key=self.keys())[:, None]
+        ids = token if support is None else support[token]
         if penalized:
-            ids = token if support is None else support[token]
             self._draft_recent = mx.concatenate([self._draft_recent[:, 1:], ids.astype(mx.int32)], axis=1)
+        if self.constraint is not None and target_ids:
+            self.constraint.drafted(ids.item())
         return token, lp
 
     def verify(self, raw: mx.array, proposal: Proposal) -> tuple[mx.array, mx.array]:
@@ -83,6 +96,8 @@ class Sampler:
         if self.params.shaped:
             windows = self._window(proposal.tokens)
             logits = penalize(raw[0], windows, self.params, self.vocab)[None]
+        if self.constraint is not None:
+            logits = mx.where(self.constraint.verification_masks(proposal.tokens[0].tolist()), logits, -mx.inf)
         target_lp = logits if self.params.greedy else process_logits(logits, self.params)
         return verify(target_lp, proposal.logprobs, proposal.tokens, self.params.greedy, proposal.support, self.key())
 
@@ -91,4 +106,6 @@ class Sampler:
         rows of its target logits `raw` [1, k+1, vocab]."""
         self.history.extend(tokens)
         self._recent = None
+        if self.constraint is not None:
+            self.constraint.advance(tokens)
         self.records.keep_pass(raw[0, : len(tokens)], tokens)

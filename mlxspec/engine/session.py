@@ -18,6 +18,7 @@ from ..drafts import Draft, DraftKind, as_draft, check_draft_length, make_drafte
 from ..errors import InputError, InputTypeError
 from ..models import KVQuantization, Model, is_model, kv_keyword, kv_quantization, set_weight_first_rows
 from ..paths import cache_dir as default_cache_dir
+from ..structured import Constraint
 from ..text import Message, Tokenizer
 from ..text.chat import as_messages
 from ..validate import is_int
@@ -178,9 +179,17 @@ class Session:
         reuse = req.prompt_cache and (drafter is None or drafter.feature_layers is None)
         cache, reused = self.starting_cache(req.ids, reuse)
         generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,
-                                reused, req.logprobs)
+                                reused, req.logprobs, self.constraint(req.options))
         generation.stats.prompt_tokens, generation.stats.prompt_cached_tokens = len(req.ids), reused
         return self._steps(generation, req.ids, req.budget, req.stops, reuse)
+
+    def constraint(self, options: GenerationOptions) -> Constraint | None:
+        """What holds a request's output to its `response_format` (None: free text)."""
+        if options.response_format is None:
+            return None
+        if self.tokenizer is None:
+            raise InputError("response_format needs the model's tokenizer (the session has none)")
+        return Constraint(options.response_format, self.tokenizer, self.target.args.vocab_size)
 
     def starting_cache(self, ids: list[int], reuse: bool) -> tuple[list, int]:
         """The target cache a request starts from and how many of its prompt tokens it holds:

@@ -20,6 +20,7 @@ from ..drafts import BatchDrafter
 from ..drafts.protocol import MODEL_OUTLOOK, Outlook
 from ..errors import CheckpointError
 from ..models import Model, layer_caches
+from ..structured import Constraint
 from .decode import Taps, plain_steps, prefill
 from .policy import DraftPolicy
 from .round import SequenceCache, speculative_round
@@ -43,16 +44,17 @@ class Generation:
 
     `cache` may come holding the first `reused` prompt tokens already (a prompt cache);
     `logprobs` (None: off) keeps the log-probability of every token and its `logprobs`
-    most likely alternatives, under the target's unprocessed distribution."""
+    most likely alternatives, under the target's unprocessed distribution; `constraint`
+    (None: free text) holds the output to a format."""
 
     def __init__(self, target: Model, drafter: BatchDrafter | None, policy: DraftPolicy, params: SamplingParams,
                  keys: RandomKeys, prefill_chunk: int, cache: list | None = None, reused: int = 0,
-                 logprobs: int | None = None) -> None:
+                 logprobs: int | None = None, constraint: Constraint | None = None) -> None:
         self.target, self.drafter, self.policy, self.params = target, drafter, policy, params
         self.chunk, self.reused = prefill_chunk, reused
         self.cache = layer_caches(cache) if cache is not None else target.make_cache(max_rollback=policy.k_max)
         self.pass_cache = SequenceCache(self.cache)
-        self.sampler = Sampler(params, keys, target.args.vocab_size, logprobs)
+        self.sampler = Sampler(params, keys, target.args.vocab_size, logprobs, constraint)
         self.last: int | None = None
         self._draft_checked = False
         self.stats: GenerationStats = (GenerationStats() if drafter is None else SpeculativeStats(

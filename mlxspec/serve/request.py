@@ -25,7 +25,7 @@ ROLES = ("system", "user", "assistant")
 UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "echo": lambda v: v is False, "best_of": lambda v: v == 1 and is_int(v), "suffix": lambda v: v == "",
     "tools": lambda v: v == [], "functions": lambda v: v == [], "tool_choice": lambda v: v in ("none", "auto"),
-    "function_call": lambda v: v in ("none", "auto"), "response_format": lambda v: v == {"type": "text"},
+    "function_call": lambda v: v in ("none", "auto"),
 }
 
 

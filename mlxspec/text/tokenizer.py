@@ -49,6 +49,12 @@ class Tokenizer:
     def _spelled_tokens(self) -> list[bytes | None]:
         raise NotImplementedError
 
+    def special_ids(self) -> set[int]:
+        """Ids of the tokens that mark structure rather than spell text (BOS, EOS, control
+        tokens, chat markers): a grammar over text never matches them."""
+        marks = {i for i, spelled in enumerate(self.token_bytes()) if spelled is None}
+        return marks | self.eos_ids | ({self.bos_id} if self.bos_id is not None else set())
+
     @functools.cached_property
     def max_piece_bytes(self) -> int:
         """The most UTF-8 bytes one token's piece takes: text of n bytes needs at least
@@ -188,6 +194,11 @@ class HFTokenizer(Tokenizer):
             else:
                 out.append(byte_level_bytes(piece) if byte_level else metaspace_bytes(piece))
         return out
+
+    def special_ids(self) -> set[int]:
+        spec = json.loads(self._tok.to_str())
+        added = {a["id"] for a in spec.get("added_tokens", []) if isinstance(a, dict) and a.get("special")}
+        return super().special_ids() | added
 
     def specials(self) -> dict[str, str]:
         return dict(self._specials)
