@@ -223,15 +223,22 @@ class Session:
         return "".join(step.text for step in self.stream(prompt, options, **values))
 
     def stream_chat(self, messages: Sequence[Message], options: GenerationOptions | None = None,
-                    **values: Any) -> Iterator[GenerationStep]:
-        """The assistant's reply to role/content `messages` (system, user, assistant), in the
-        model's chat template, one step per token (options as in `stream`). Send the whole
-        conversation each turn: the prompt cache prefills only what is new."""
-        return self.stream(as_messages(messages), options, **values)
+                    tools: list[dict] | None = None, **values: Any) -> Iterator[GenerationStep]:
+        """The assistant's reply to role/content `messages` (system, user, assistant; tool
+        results and assistant `tool_calls` as OpenAI writes them), in the model's chat
+        template, one step per token (options as in `stream`). `tools` (OpenAI function
+        tools) are offered through the template (`mlxspec.tools.prompt`); read the calls out
+        of the reply with `mlxspec.tools.parse_tool_calls`. Send the whole conversation each
+        turn: the prompt cache prefills only what is new."""
+        if tools and self.tokenizer is None:
+            raise InputError("tools need the model's tokenizer (the session has none)")
+        prompt = self.tokenizer.apply_chat(messages, tools) if tools else as_messages(messages)
+        return self.stream(prompt, options, **values)
 
-    def chat(self, messages: Sequence[Message], options: GenerationOptions | None = None, **values: Any) -> str:
+    def chat(self, messages: Sequence[Message], options: GenerationOptions | None = None,
+             tools: list[dict] | None = None, **values: Any) -> str:
         """The assistant's whole reply to `messages` (see `stream_chat`)."""
-        return "".join(step.text for step in self.stream_chat(messages, options, **values))
+        return "".join(step.text for step in self.stream_chat(messages, options, tools, **values))
 
     def batch_generate(self, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
                        **values: Any) -> list[Completion]:

@@ -31,6 +31,7 @@ from .body import BodyLimits, ClientLeft, read_json
 from .engine import Closing, Engine, QueueFull
 from .errors import RequestError, error
 from .request import Asked, asked, chat_prompt, completion_prompt
+from .tools import ToolReply, tool_use, with_tools
 
 SHUTDOWN = "the server is shutting down"
 
@@ -47,6 +48,7 @@ class Live:
 
     def __init__(self, row: Row, out: asyncio.Queue, request: Request) -> None:
         self.row, self.out = row, out
+        self.tools: ToolReply | None = None  # reads the reply's tool calls, when tools were offered
         self.watcher = asyncio.create_task(self.watch(request))
 
     async def watch(self, request: Request) -> None:
@@ -125,7 +127,8 @@ class Routes:
             return Response(status_code=400)
         if isinstance(last, BaseException):
             return fail(500, f"generation failed: {last}", "server_error")
-        return JSONResponse(self.whole(kind, rid, steps, len(live.row.prompt)))
+        answer = self.whole(kind, rid, steps, len(live.row.prompt))
+        return JSONResponse(live.tools.shape_whole(answer) if live.tools else answer)
 
     async def accept(self, request: Request, kind: str, prompt_of: Callable[[dict], Any]) -> tuple[Asked, Live]:
         """The request read, checked and queued, watched from now on."""
@@ -140,9 +143,13 @@ class Routes:
                                "model", code="model_not_found")
         session = self.engine.session
         wants = asked(body, self.defaults, kind == "chat", session.k_max, session.target.args.vocab_size)
+        prompt = prompt_of(body)
+        use = tool_use(body, session.tokenizer) if kind == "chat" else None
+        wants, prompt = with_tools(use, wants, session.tokenizer, prompt)
         out: asyncio.Queue = asyncio.Queue()
-        row = self.engine.submit(wants, prompt_of(body), asyncio.get_running_loop(), out)
+        row = self.engine.submit(wants, prompt, asyncio.get_running_loop(), out)
         live = Live(row, out, request)
+        live.tools = ToolReply(use.fmt) if use else None
         self.live.add(live)
         return wants, live
 
@@ -187,7 +194,9 @@ class Routes:
                 return
             last, logs, finish = step, self.logprobs(kind, [step]), step.stats.finish_reason
             if step.text or logs or finish:
-                yield _sse(oa.chunk(kind, rid, self.model_id, step.text, finish, logs))
+                payload = oa.chunk(kind, rid, self.model_id, step.text, finish, logs)
+                for shaped in live.tools.shape(payload) if live.tools else [payload]:
+                    yield _sse(shaped)
         if usage:
             done = oa.chunk(kind, rid, self.model_id, None)
             done["choices"], done["usage"] = [], oa.usage(last.stats if last else None, len(live.row.prompt))

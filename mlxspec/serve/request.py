@@ -6,8 +6,9 @@ their messages are the library's and the command line's. Beyond OpenAI's fields 
 may send every other `GenerationOptions` field (`top_k`, `repetition_penalty`, ...),
 `num_draft_tokens` (the most drafted per step for this request, up to the server's `-k`;
 0: no speculation) and `speculative`. OpenAI fields this server does not implement are
-refused when they ask for something (`echo`, `best_of` > 1, `tools`, ...); unknown fields
-are ignored."""
+refused when they ask for something (`echo`, `best_of` > 1, `functions`, a completion's
+`tools`, ...); unknown fields are ignored. A chat's tools are `tools.py`'s; its messages
+may carry tool results (`role: tool`) and an assistant's `tool_calls`."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from typing import Any, Callable
 from ..engine.options import GenerationOptions
 from ..errors import InputError
 from ..text.unicode import check_text
+from ..tools import ToolSpecError, check_tool_calls
 from ..validate import is_int
 from .errors import RequestError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+CHAT_TOOLS = ("tools", "tool_choice")  # a chat's, checked by tools.py
 # OpenAI fields not implemented here, and the values that ask for nothing
 UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "echo": lambda v: v is False, "best_of": lambda v: v == 1 and is_int(v), "suffix": lambda v: v == "",
@@ -63,6 +66,8 @@ def asked(body: dict, defaults: GenerationOptions, chat: bool, k_max: int | None
     if typed(body, "n", is_int, "an integer", 1) != 1:
         raise RequestError("'n' must be 1 (one completion per request)", "n")
     for name, asks_nothing in UNSUPPORTED.items():
+        if chat and name in CHAT_TOOLS:
+            continue
         if body.get(name) is not None and not asks_nothing(body[name]):
             raise RequestError(f"'{name}' is not supported by this server, got {_short(body[name])}", name)
     typed(body, "user", lambda v: isinstance(v, str), "a string")
@@ -143,12 +148,36 @@ def _message(message: Any, index: int) -> dict:
     if role not in ROLES:
         raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, got {_short(role)}", f"{where}.role")
     typed(message, "name", lambda v: isinstance(v, str), "a string", where=f"{where}.")
+    extra = _tool_fields(message, role, where)
+    if content is None and extra.get("tool_calls"):
+        return {"role": role, "content": None, **extra}
     if isinstance(content, list):
         content = _text_parts(content, f"{where}.content")
     if not isinstance(content, str):
         raise RequestError(f"{where}.content must be a string or a list of text parts, got {_short(content)}",
                            f"{where}.content")
-    return {"role": role, "content": _text(content, f"{where}.content")}
+    return {"role": role, "content": _text(content, f"{where}.content"), **extra}
+
+
+def _tool_fields(message: dict, role: str, where: str) -> dict:
+    """A tool result's `tool_call_id`, an assistant's `tool_calls` (checked)."""
+    if role == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise RequestError(f"{where}.tool_call_id must be a string (the id of the call answered)",
+                               f"{where}.tool_call_id")
+        return {"tool_call_id": call_id}
+    if role == "assistant" and message.get("tool_calls") is not None:
+        return {"tool_calls": fielded(check_tool_calls, message["tool_calls"], f"{where}.tool_calls")}
+    return {}
+
+
+def fielded(check: Callable[..., Any], *args: Any) -> Any:
+    """`check(*args)`, its `ToolSpecError` a 400 naming the field."""
+    try:
+        return check(*args)
+    except ToolSpecError as e:
+        raise RequestError(str(e), e.field) from None
 
 
 def _text_parts(parts: list, where: str) -> str:

@@ -66,16 +66,19 @@ def _template_entry(entry: Any) -> str | None:
 
 def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
     """One user turn for a string; otherwise the messages, checked: each a mapping with a
-    string `role` and a string `content`."""
+    string `role` and a string `content` (None in an assistant message with `tool_calls`)."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     messages = list(prompt)
     if not messages:
         raise InputError("no messages to format")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        calling = isinstance(m, dict) and m.get("tool_calls") and m.get("content") is None
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not (
+                calling or isinstance(m.get("content"), str)):
             raise InputError(f"message {i} must be a mapping with string 'role' and 'content'")
-        check_text(m["content"], f"message {i}")
+        if not calling:
+            check_text(m["content"], f"message {i}")
     return messages
 
 
@@ -93,7 +96,7 @@ class ChatTemplate:
     """A compiled chat template and the special-token strings it may refer to."""
 
     def __init__(self, source: str, specials: dict[str, str]) -> None:
-        from jinja2 import TemplateError
+        from jinja2 import TemplateError, meta
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
@@ -104,15 +107,21 @@ class ChatTemplate:
             self._template = env.from_string(source)
         except TemplateError as exc:
             raise TokenizerError(f"chat template does not parse: {exc}") from None
-        self._specials = specials
+        self._specials, self.source = specials, source
+        self._reads = meta.find_undeclared_variables(env.parse(source))
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """The prompt text for `messages`, ending with the assistant's turn opened."""
+    def reads(self, name: str) -> bool:
+        """Whether the template reads variable `name` (e.g. "tools": it renders tools itself)."""
+        return name in self._reads
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True, **context: Any) -> str:
+        """The prompt text for `messages`, ending with the assistant's turn opened; `context`
+        are further variables (`tools=[...]`, as transformers passes them)."""
         from jinja2 import TemplateError
 
         try:
             return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                         **self._specials)
+                                         **self._specials, **context)
         except TemplateError as exc:
             raise TokenizerError(f"chat template: {exc}") from None
         except MlxspecError:  # raise_exception(): the template refuses this conversation

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from ..errors import TokenizerError
 from ..reading import TOKENIZER_LIMIT, regular_file
+from ..tools.prompt import chat_text
 from .chat import MISTRAL_INSTRUCT, ChatTemplate, Message, as_messages, read_chat_template, side_file
 from .detokenizer import DecodeStreamDetokenizer, Detokenizer, StreamingDetokenizer
 from .spelling import byte_level_bytes, metaspace_bytes
@@ -74,12 +75,17 @@ class Tokenizer:
         """A fresh streaming detokenizer."""
         return StreamingDetokenizer(self.decode)
 
-    def apply_chat(self, prompt: str | Sequence[Message]) -> list[int]:
-        """Token ids of a conversation (a string is one user turn) in the model's chat format,
-        the assistant's turn opened; without a template, Mistral's `[INST] ... [/INST]`."""
+    def chat_format(self) -> ChatTemplate:
+        """The model's chat template, compiled once; without one, Mistral's `[INST] ... [/INST]`."""
         if "_chat" not in self.__dict__:
             self._chat = ChatTemplate(self.chat_template or MISTRAL_INSTRUCT, self.specials())
-        return self.encode_special(self._chat.render(as_messages(prompt)))
+        return self._chat
+
+    def apply_chat(self, prompt: str | Sequence[Message], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a conversation (a string is one user turn) in the model's chat format,
+        the assistant's turn opened, offering `tools` (checked OpenAI function tools; see
+        `mlxspec.tools.prompt`)."""
+        return self.encode_special(chat_text(self.chat_format(), as_messages(prompt), tools))
 
 
 class SentencePieceTokenizer(Tokenizer):
