@@ -166,3 +166,23 @@ def test_sampled_constrained_speculation_follows_the_constrained_distribution(pa
     assert sum(p * SAMPLES >= 5 for p in exact.values()) >= 5  # enough cells for the test to have power
     stat, df = chi2_stat(counts, np.array([exact[k] for k in keys]))
     assert (outside == 0 and stat < chi2_critical(df)) != broken, (stat, df, outside)
+
+
+@pytest.mark.parametrize("layout", ["tokenizer.json", "tokenizer.model"])
+def test_a_sentencepiece_tokenizer_spells_a_grammars_fixed_text_without_its_leading_space(hf_tokenizer_dir, layout,
+                                                                                          tmp_path):
+    """SentencePiece encodes "{" as "▁{"; the tokens a grammar forces must spell "{" alone
+    (else the reply's first token is " {" and every later mask is empty)."""
+    from mlxspec.text import load_tokenizer
+
+    for f in hf_tokenizer_dir.iterdir():
+        if layout == "tokenizer.json" or f.name == layout:
+            (tmp_path / f.name).symlink_to(f)
+    tokenizer = load_tokenizer(tmp_path)
+    spelled = tokenizer.token_bytes()
+    for grammar, text in [('start: "{" /[a-z]+/ "}"', b"{"), ('start: "<tool_call>\\n" "x"', b"<"),
+                          ('start: "\\n" "a"', b"\n")]:
+        allowed = np.nonzero(Constraint(response_format({"type": "grammar", "grammar": grammar}), tokenizer,
+                                        tokenizer.vocab_size).allowed())[0]
+        assert len(allowed) and all(text.startswith(spelled[i]) or spelled[i].startswith(text) for i in allowed)
+        assert not any(spelled[i].startswith(b" ") for i in allowed)

@@ -52,9 +52,21 @@ class _Spelling:
         self.bos_token_id = tokenizer.bos_id
 
     def __call__(self, text: str | bytes) -> list[int]:
+        """Token ids that spell exactly `text` (llguidance forces a grammar's fixed text with
+        them). SentencePiece puts a space before the text it encodes ("{" becomes "▁{"); then
+        the text is encoded after a newline and the newline's tokens dropped."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
-        return self.tokenizer.encode(text, add_bos=False)
+        ids = self.tokenizer.encode(text, add_bos=False)
+        if b"".join(self.tokens[i] for i in ids) == text.encode("utf-8"):
+            return ids
+        after = self.tokenizer.encode("\n" + text, add_bos=False)
+        spelled = b""
+        for n, i in enumerate(after[:3]):
+            spelled += self.tokens[i]
+            if spelled in (b"\n", b" \n"):
+                return after[n + 1:]
+        return ids
 
 
 class Constraint:
