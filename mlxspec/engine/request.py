@@ -96,7 +96,7 @@ def _array_ids(array: mx.array | np.ndarray) -> list[int]:
 def _encode(tokenizer: Tokenizer | None, prompt: str | list[Message], chat: bool, context: int | None) -> list[int]:
     if tokenizer is None:
         raise InputError("a text prompt needs a tokenizer (or pass token ids)")
-    text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
+    text = prompt if isinstance(prompt, str) else "".join(m.get("content") or "" for m in prompt)
     size = len(text.encode("utf-8"))
     if context is not None and size > (context + 16) * tokenizer.max_piece_bytes:
         raise ContextError(f"prompt of {size} bytes cannot fit in the model's context of {context} tokens "
@@ -154,14 +154,14 @@ class StepText:
         if token in self.eos_ids:
             text = matcher.add(self.detok.finalize()) + matcher.flush()
             stats.finish_reason, self.done = "stop", True
-            return GenerationStep(token, text, stats, from_draft, logprob)
+            return GenerationStep(token, text, stats, from_draft, logprob, "stop")
         text = matcher.add(self.detok.add(token))
         if not matcher.stopped and stats.generation_tokens == self.budget:
             text += matcher.add(self.detok.finalize()) + matcher.flush()
             stats.finish_reason, self.done = "length", True
         if matcher.stopped:
             stats.finish_reason, self.done = "stop", True
-        return GenerationStep(token, text, stats, from_draft, logprob)
+        return GenerationStep(token, text, stats, from_draft, logprob, stats.finish_reason if self.done else None)
 
 
 def steps(tokens: Iterator[tuple[int, bool, TokenLogprob | None]], tokenizer: Tokenizer | None,

@@ -95,10 +95,13 @@ class SpeculativeStats(GenerationStats):
 @dataclass
 class GenerationStep:
     """One generated token: its id, the text it completed, the stats so far, whether the
-    draft proposed it, and (when asked for) its log-probability record."""
+    draft proposed it, (when asked for) its log-probability record, and on the last step
+    only, why the generation ended (`stats` is shared by every step of one generation and
+    updated as it runs: a step read later than it was made sees later stats)."""
 
     token: int
     text: str
     stats: GenerationStats
     from_draft: bool = False
     logprob: TokenLogprob | None = None
+    finish_reason: str | None = None

@@ -192,7 +192,7 @@ class Routes:
                 yield _sse({**oa.chunk(kind, rid, self.model_id, None, "cancelled"), **why})
                 yield "data: [DONE]\n\n"
                 return
-            last, logs, finish = step, self.logprobs(kind, [step]), step.stats.finish_reason
+            last, logs, finish = step, self.logprobs(kind, [step]), step.finish_reason
             if step.text or logs or finish:
                 payload = oa.chunk(kind, rid, self.model_id, step.text, finish, logs)
                 for shaped in live.tools.shape(payload) if live.tools else [payload]:
