@@ -89,7 +89,7 @@ BATTERY = [
     (CHAT, chat(num_draft_tokens="2"), "application/json", 400, "num_draft_tokens"),
     (CHAT, chat(speculative="no"), "application/json", 400, "speculative"),
     (CHAT, chat(user=5), "application/json", 400, "user"),
-    (CHAT, chat(tools=[{"type": "function"}]), "application/json", 400, "tools"),
+    (CHAT, chat(tools=[{"type": "function"}]), "application/json", 400, "tools[0].function"),
     (TEXT, json.dumps({"prompt": [True]}).encode(), "application/json", 400, "prompt"),
     (TEXT, json.dumps({"prompt": {"text": "hi"}}).encode(), "application/json", 400, "prompt"),
     (TEXT, json.dumps({"prompt": [-1]}).encode(), "application/json", 400, "prompt"),

@@ -3,8 +3,9 @@
 Three formats cover the models most run locally:
 - "hermes" (Hermes, Qwen 2.5/3, and the fallback prompt for templates without tools):
   `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, several in a row for parallel calls;
-- "mistral": `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`, or since the v11
-  tokenizers `[TOOL_CALLS]name[ARGS]{...}` (repeated for parallel calls), to the end of the reply;
+- "mistral": `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]` (the list alone where
+  `[TOOL_CALLS]` is a special token, left out of the text), or since the v11 tokenizers
+  `[TOOL_CALLS]name[ARGS]{...}` (repeated for parallel calls), to the end of the reply;
 - "llama" (Llama 3.1-3.3): a reply that is one JSON object `{"name": ..., "parameters": {...}}`
   (several joined by ";"), optionally after `<|python_tag|>`.
 A call's text that does not parse (malformed JSON, no name) is not a call: it stays text.

@@ -45,7 +45,10 @@ def chat_text(template: ChatTemplate, messages: Sequence[Message], tools: list[d
         return template.render(messages)
     if reads_tools(template):
         return template.render([_for_template(m) for m in messages], **({"tools": tools} if tools else {}))
-    return template.render(fallback_messages(messages, tools))
+    text = template.render(fallback_messages(messages, tools))
+    if tools and "</tools>" not in text:  # the template drops system messages (Mistral's instruct format)
+        text = template.render(fallback_messages(messages, tools, in_user_turn=True))
+    return text
 
 
 def _for_template(message: Message) -> Message:
@@ -64,9 +67,11 @@ def _arguments(arguments: Any) -> Any:
         return arguments
 
 
-def fallback_messages(messages: Sequence[Message], tools: list[dict] | None) -> list[Message]:
+def fallback_messages(messages: Sequence[Message], tools: list[dict] | None,
+                      in_user_turn: bool = False) -> list[Message]:
     """The conversation for a template without tools: the tools described in the system
-    message, calls written into the assistant's text, tool results as user turns."""
+    message (or, `in_user_turn`, before the first user turn's text), calls written into the
+    assistant's text, tool results as user turns."""
     out: list[Message] = []
     for m in messages:
         if m.get("role") == "tool":
@@ -84,7 +89,10 @@ def fallback_messages(messages: Sequence[Message], tools: list[dict] | None) -> 
     out = [{k: v for k, v in m.items() if k in ("role", "content")} for m in out]
     if tools:
         described = FALLBACK.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
-        if out[0]["role"] == "system":
+        if in_user_turn:
+            first = next((i for i, m in enumerate(out) if m["role"] == "user"), 0)
+            out[first] = {**out[first], "content": described + "\n\n" + out[first]["content"]}
+        elif out[0]["role"] == "system":
             out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + described}
         else:
             out.insert(0, {"role": "system", "content": described})

@@ -4,8 +4,9 @@ Text streams through until a call's start marker; a tail that may be the start o
 (or whitespace just before one) is held back until the next text says, so half a marker
 never goes out as text. From the marker on the call's text is held until its end marker
 (or the reply's end), then parsed: a call, or, when it does not parse, the held text goes
-out as text after all. A "llama" reply that opens with "{" is held whole: it is a call
-only if all of it parses as one. Whitespace around calls is dropped. The same reader
+out as text after all. A reply that opens the way a format's bare calls do (`BARE`: Llama's
+"{", and Mistral's "[" for tokenizers whose `[TOOL_CALLS]` is a special token, which decoding
+leaves out) is held whole: it is a call only if all of it parses as one. Whitespace around calls is dropped. The same reader
 serves whole replies (`parse_tool_calls`), so both give the same calls and text."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Union
 from .calls import FORMATS, MARKERS, ToolCall, calls_in
 
 Piece = Union[str, ToolCall]
+BARE = {"llama": "{", "mistral": "["}  # how a reply of calls without a start marker opens
 
 
 class ToolCallReader:
@@ -26,9 +28,9 @@ class ToolCallReader:
         self.fmt, self.markers = fmt, MARKERS[fmt]
         self.held = ""  # text not given back yet
         self.in_call = False  # `held` is a call's text, after its start marker
-        self.opening = fmt == "llama"  # nothing but whitespace seen yet: a bare JSON call may come
+        self.opening = fmt in BARE  # nothing but whitespace seen yet: a call without a marker may come
         self.called = False  # a call was given back: whitespace after it is dropped
-        self.bare = False  # the call held began without a marker (llama's bare JSON)
+        self.bare = False  # the call held began without a marker
 
     def feed(self, text: str) -> list[Piece]:
         """What `text` completes: text to give out and calls made."""
@@ -54,12 +56,12 @@ class ToolCallReader:
         return out
 
     def _open(self) -> bool:
-        """Llama's bare JSON: decide, from the first non-space character, whether a call begins."""
-        start = self.held.lstrip()
-        if not start:
+        """Calls without a marker: decide, from the first non-space character, whether they begin."""
+        start, marker = self.held.lstrip(), self.markers.start
+        if not start or (len(start) < len(marker) and marker.startswith(start)):
             return False
         self.opening = False
-        if start.startswith("{"):
+        if start.startswith(BARE[self.fmt]) and not start.startswith(marker):
             self.held, self.in_call, self.bare = start, True, True
         return True
 
