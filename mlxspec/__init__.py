@@ -12,6 +12,8 @@
     options = mlxspec.GenerationOptions(temperature=0.7, top_p=0.9, max_tokens=64)  # one request type everywhere
     text = session.generate("Hello", options, seed=1)                          # its fields as keywords too
     done = session.batch_generate(["Hello", "Bonjour"], max_tokens=32)         # one batch, speculating inside it
+    reply = session.chat(messages, tools=[{"type": "function", "function": {...}}])  # through the chat template
+    content, calls = mlxspec.parse_tool_calls(reply)                           # Hermes/Qwen, Mistral or Llama calls
 """
 
 from .convert.converter import convert  # a plain function; the subpackage stays importable as mlxspec.convert.*
@@ -26,6 +28,7 @@ from .errors import (CheckpointError, ConfigError, ContextError, InputError, Inp
 from .load import load, load_draft, load_pair
 from .models import Model, ModelArgs
 from .text import Tokenizer
+from .tools import ToolCall, parse_tool_calls
 
 __version__ = "0.1.0"
 
@@ -34,5 +37,5 @@ __all__ = [
     "OtherVocabularyDraft",
     "InputError", "InputTypeError", "MlxspecError", "Model", "ModelArgs", "OutputError", "SamplingParams", "Session",
     "SpeculativeStats", "TokenLogprob", "Tokenizer", "TokenizerError", "convert", "generate", "load", "load_draft", "load_pair",
-    "stream_generate",
+    "stream_generate", "ToolCall", "parse_tool_calls",
 ]

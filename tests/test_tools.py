@@ -168,3 +168,32 @@ def test_a_template_that_drops_system_messages_gets_the_tools_in_the_first_user_
     text = chat_text(ChatTemplate(MISTRAL_INSTRUCT, {"bos_token": "<s>", "eos_token": "</s>"}), HISTORY, TOOLS)
     assert text.startswith("<s>[INST] " + FALLBACK.split("<tools>")[0]) and "</tools>" in text
     assert "Weather in Oslo? [/INST]<tool_call>" in text and "[INST] <tool_response>" in text
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "mistral", "llama"])
+def test_a_forced_calls_grammar_compiles_for_each_format_and_its_call_parses(fmt):
+    from mlxspec.tools.grammar import forced_call
+
+    llguidance = pytest.importorskip("llguidance")
+    tools = check_tools(TOOLS)
+    key = "parameters" if fmt == "llama" else "arguments"
+    call = json.dumps({"name": "get_time", key: {"zone": "UTC"}})
+    text = {"hermes": f"<tool_call>\n{call}\n</tool_call>", "mistral": f"[{call}]", "llama": call}[fmt]
+    for choice in ("required", "get_time"):
+        grammar = forced_call(tools, choice, fmt).grammar
+        matcher = llguidance.LLMatcher(llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes())), grammar)
+        assert matcher.consume_tokens(list(text.encode())) and matcher.is_accepting(), (fmt, choice)
+    assert named(parse_tool_calls(text, fmt)[1]) == [("get_time", {"zone": "UTC"})]
+    wrong = forced_call(tools, "get_weather", fmt).grammar
+    matcher = llguidance.LLMatcher(llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes())), wrong)
+    assert not (matcher.consume_tokens(list(text.encode())) and matcher.is_accepting())
+
+
+class _Bytes:
+    """A tokenizer of one token per byte (and EOS 256), for checking text against a grammar."""
+
+    tokens = [bytes([i]) for i in range(256)] + [b""]
+    eos_token_id, bos_token_id, special_token_ids = 256, None, [256]
+
+    def __call__(self, text):
+        return list(text.encode() if isinstance(text, str) else text)

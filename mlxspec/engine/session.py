@@ -228,7 +228,8 @@ class Session:
         results and assistant `tool_calls` as OpenAI writes them), in the model's chat
         template, one step per token (options as in `stream`). `tools` (OpenAI function
         tools) are offered through the template (`mlxspec.tools.prompt`); read the calls out
-        of the reply with `mlxspec.tools.parse_tool_calls`. Send the whole conversation each
+        of the reply with `mlxspec.parse_tool_calls(reply, fmt)`, `fmt` the format the
+        template teaches (`mlxspec.tools.prompt.call_format(tokenizer.chat_format())`). Send the whole conversation each
         turn: the prompt cache prefills only what is new."""
         if tools and self.tokenizer is None:
             raise InputError("tools need the model's tokenizer (the session has none)")

@@ -2,7 +2,8 @@
 or naming one function. The grammar (llguidance's Lark, with each function's JSON embedded
 as `%json {schema}`) accepts exactly one call in the model's format, its name one of the
 allowed functions and its arguments valid against that function's `parameters` schema;
-generation then ends. Speculation stays exact under it (`mlxspec.structured.constraint`)."""
+generation then ends. Speculation stays exact under it (`mlxspec.structured.constraint`).
+Mistral's call is forced as the bare list `[{...}]`, which the reader takes as calls."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def forced_call(tools: list[dict], choice: str, fmt: str) -> ResponseFormat:
     call = " | ".join(f"call{i}" for i in range(len(functions)))
     if fmt == "hermes":
         start = f'start: {_literal(MARKERS["hermes"].start + chr(10))} ({call}) {_literal(chr(10) + MARKERS["hermes"].end)}'
-    elif fmt == "mistral":
-        start = f'start: {_literal(MARKERS["mistral"].start + "[")} ({call}) "]"'
+    elif fmt == "mistral":  # the list alone: where [TOOL_CALLS] is a special token, text cannot spell it
+        start = f'start: "[" ({call}) "]"'
     else:
         start = f"start: {call}"
     return response_format({"type": "grammar", "grammar": "\n".join([start, *rules])})
