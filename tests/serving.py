@@ -27,13 +27,14 @@ def free_port() -> int:
 class Server:
     """`mlxspec serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, *args: str, cache: Path) -> None:
+    def __init__(self, model: Path | None, *args: str, cache: Path) -> None:
+        """`model` None: the arguments say what to serve (`--demo`)."""
         import openai
 
         self.port = free_port()
         env = dict(os.environ, MLXSPEC_CACHE=str(cache))
-        cmd = [sys.executable, "-m", "mlxspec", "serve", "--model", str(model), "--port", str(self.port),
-               "--name", MODEL, *args]
+        cmd = [sys.executable, "-m", "mlxspec", "serve", *(["--model", str(model)] if model else []), "--port",
+               str(self.port), "--name", MODEL, *args]
         self.log_path = cache / f"server-{self.port}.log"
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_hf_checkpoint
+from conftest import make_hf_checkpoint, smollm2_or_skip
 from mlxspec.tools import check_tools, parse_tool_calls
 from mlxspec.tools.prompt import chat_text
 from serving import MODEL, Server
@@ -147,3 +147,20 @@ def test_the_library_offers_the_tools_through_the_template_and_calls_as_the_serv
     content, (call,) = parse_tool_calls(text)
     served = ask(server, {"type": "function", "function": {"name": "get_weather"}}).choices[0].message.tool_calls[0]
     assert content is None and (call.name, call.arguments) == (served.function.name, json.loads(served.function.arguments))
+
+
+def test_the_demo_server_makes_a_forced_call_streamed_and_not(tmp_path):
+    """SmolLM2's template does not read tools: the fallback prompt, the demo's feature draft."""
+    smollm2_or_skip()
+    demo = Server(None, "--demo", cache=tmp_path)
+    try:
+        kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "What is the time in Paris?"}], tools=TOOLS,
+                      tool_choice={"type": "function", "function": {"name": "get_time"}}, max_tokens=40, temperature=0)
+        whole = demo.client.chat.completions.create(**kwargs)
+        (call,) = whole.choices[0].message.tool_calls
+        assert whole.choices[0].finish_reason == "tool_calls" and whole.usage.speculative["drafted"] > 0
+        calls, finish, content = streamed_calls(list(demo.client.chat.completions.create(**kwargs, stream=True)))
+        assert finish == "tool_calls" and [c[1:] for c in calls] == [("get_time", call.function.arguments)]
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS["get_time"])
+    finally:
+        demo.stop()
