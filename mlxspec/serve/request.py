@@ -86,6 +86,9 @@ def _options(body: dict, defaults: GenerationOptions, chat: bool, vocab: int | N
             continue
         if f.name == "logit_bias":
             _check_logit_bias(body[key], vocab)
+        if f.name == "response_format" and not isinstance(body[key], dict):  # text would name a file to read
+            raise RequestError(f"response_format must be an object such as {{\"type\": \"json_object\"}}, "
+                               f"got {_short(body[key])}", key)
         values[f.name] = _checked(defaults, f.name, body[key], key)
     logprobs = _logprobs(body, chat)
     if logprobs is not None:

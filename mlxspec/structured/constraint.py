@@ -44,16 +44,25 @@ def guided_tokenizer(tokenizer: Tokenizer, vocab: int) -> Any:
 
 
 class _Spelling:
-    """What llguidance's `TokenizerWrapper` reads of a tokenizer."""
+    """What llguidance's `TokenizerWrapper` reads of a tokenizer: each id's bytes, the special
+    ids, and text's ids as they would be in running text. SentencePiece (and HF tokenizers
+    made from it) put a space before text of their own: text is encoded after a line break
+    whose ids are then dropped, so that "a" is the ids of "a" and not of " a"."""
+
+    MARK = "\n"
 
     def __init__(self, tokenizer: Tokenizer, tokens: list[bytes], special: list[int]) -> None:
         self.tokenizer, self.tokens, self.special_token_ids = tokenizer, tokens, special
         self.eos_token_id = min(tokenizer.eos_ids) if tokenizer.eos_ids else None
         self.bos_token_id = tokenizer.bos_id
+        self._mark = tokenizer.encode(self.MARK, add_bos=False)
 
     def __call__(self, text: str | bytes) -> list[int]:
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
+        ids = self.tokenizer.encode(self.MARK + text, add_bos=False)
+        if ids[: len(self._mark)] == self._mark:
+            return ids[len(self._mark):]
         return self.tokenizer.encode(text, add_bos=False)
 
 
