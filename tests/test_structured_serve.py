@@ -93,3 +93,14 @@ def test_a_malformed_format_is_a_400_naming_response_format(server, fmt, needle)
     assert status == 400 and body["error"]["param"] == "response_format", body
     assert needle in body["error"]["message"] and "\n" not in body["error"]["message"]
     assert ask(server, max_tokens=4).choices[0].message.content  # still serving
+
+
+def test_a_logit_bias_of_minus_100_bans_a_token_under_speculation(server, local):
+    free = list(local.stream_chat(MESSAGES, max_tokens=24, speculative=False))
+    banned = max(set(s.token for s in free), key=[s.token for s in free].count)  # its most frequent token
+    bias = {str(banned): -100}
+    expected = list(local.stream_chat(MESSAGES, max_tokens=24, speculative=False, logit_bias=bias))
+    assert banned not in [s.token for s in expected]
+    answer = ask(server, max_tokens=24, logit_bias=bias)
+    assert answer.usage.speculative["drafted"] > 0
+    assert answer.choices[0].message.content == "".join(s.text for s in expected) != "".join(s.text for s in free)
