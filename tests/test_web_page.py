@@ -62,6 +62,7 @@ def test_the_page_and_the_files_it_references_are_served_from_the_package(server
         assert status == 404 and json.loads(body)["error"]["code"] == "not_found", path
     status, _, body = fetch(server, "/nowhere")
     assert status == 404 and "/ (a chat page)" in json.loads(body)["error"]["message"]
+    assert f"a chat page at {server.url}/" in server.log()  # the start line says where to point a browser
 
 
 def test_streamed_chunks_say_which_tokens_the_draft_proposed(server):
