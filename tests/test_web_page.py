@@ -3,7 +3,8 @@ from the package with their types; streamed chat chunks say which tokens came fr
 and the `openai` client still parses them; and in a real headless Chromium (the OS packages'
 chromium and chromedriver, driven by selenium) a typed message gets, turn after turn, exactly
 the text the API answers greedily to the same conversation and settings, the draft's tokens
-in their own colour; a refused request shows the server's message, and Stop ends an answer."""
+in their own colour; a refused request shows the server's message, Stop ends an answer, and
+New chat clears the conversation."""
 
 from __future__ import annotations
 
@@ -168,3 +169,5 @@ def test_a_refused_request_shows_the_servers_message_and_stop_ends_an_answer(ser
     text, state = page.answer(1)
     assert state == "stopped" and text and page.find("#send").is_enabled()
     assert not page.find("#error").is_displayed()
+    page.find("#clear").click()  # a new chat
+    assert not page.find(".message", every=True) and page.text(page.find("#from-draft")) == "–"

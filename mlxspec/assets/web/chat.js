@@ -35,13 +35,17 @@ function addMessage(role, text) {
   return { item, content };
 }
 
+function clearStats() {
+  for (const id of ["tps", "from-draft", "acceptance", "per-round"]) $(id).textContent = "–";
+}
+
 // Live speed of one answer: tokens per second since its first token, and the draft's share.
 class Meter {
   constructor() {
     this.tokens = 0;
     this.fromDraft = 0;
     this.first = 0;
-    for (const id of ["tps", "from-draft", "acceptance", "per-round"]) $(id).textContent = "–";
+    clearStats();
   }
 
   add(fromDraft) {
@@ -161,7 +165,7 @@ function clearChat() {
   chat.messages = [];
   $("conversation").replaceChildren();
   showError("");
-  new Meter();
+  clearStats();
 }
 
 async function showModel() {
