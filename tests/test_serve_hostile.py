@@ -99,7 +99,7 @@ BATTERY = [
     (TEXT, text(best_of=2), "application/json", 400, "best_of"),
 ]
 WRONG_ROUTES = [("GET", CHAT, 405), ("PUT", TEXT, 405), ("DELETE", "/health", 405), ("POST", "/v1/models", 405),
-                ("GET", "/v1/nothing", 404), ("POST", "/", 404)]
+                ("GET", "/v1/nothing", 404), ("POST", "/", 405), ("GET", "/web/nothing.js", 404)]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ row leaves the batch at the engine's next step; at shutdown (`Routes.close`) eve
 in flight ends at once: a stream with a final chunk (finish_reason "cancelled", and an
 error saying why) and [DONE], a whole answer with a 503. An unknown path or method gets a
 JSON 404/405, and a fault of the server's own a JSON 500 (the only errors logged with a
-traceback)."""
+traceback). `/` is a chat page (`web.py`)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from .body import BodyLimits, ClientLeft, read_json
 from .engine import Closing, Engine, QueueFull
 from .errors import RequestError, error
 from .request import Asked, asked, chat_prompt, completion_prompt
+from .web import WebPage
 
 SHUTDOWN = "the server is shutting down"
 
@@ -187,7 +188,7 @@ class Routes:
                 return
             last, logs, finish = step, self.logprobs(kind, [step]), step.stats.finish_reason
             if step.text or logs or finish:
-                yield _sse(oa.chunk(kind, rid, self.model_id, step.text, finish, logs))
+                yield _sse(oa.chunk(kind, rid, self.model_id, step.text, finish, logs, from_draft=step.from_draft))
         if usage:
             done = oa.chunk(kind, rid, self.model_id, None)
             done["choices"], done["usage"] = [], oa.usage(last.stats if last else None, len(live.row.prompt))
@@ -211,7 +212,7 @@ def create_app(engine: Engine, model_id: str, defaults: GenerationOptions | None
         finally:
             engine.stop(timeout=3)
 
-    app = Starlette(routes=[Route("/health", routes.health), Route("/v1/models", routes.models),
+    app = Starlette(routes=[*WebPage().routes(), Route("/health", routes.health), Route("/v1/models", routes.models),
                             Route("/v1/chat/completions", routes.chat, methods=["POST"]),
                             Route("/v1/completions", routes.completions, methods=["POST"])],
                     exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
@@ -236,7 +237,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
         return fail(404, f"Invalid URL ({where}): this server answers /v1/chat/completions, /v1/completions, "
-                         "/v1/models and /health", code="not_found")
+                         "/v1/models, /health and / (a chat page)", code="not_found")
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         return fail(405, f"Method not allowed ({where}); allowed: {allowed}", code="method_not_allowed",

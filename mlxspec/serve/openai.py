@@ -1,5 +1,8 @@
 """OpenAI's response shapes: steps to completions, chunks, usage and logprobs (requests are
-`request.py`'s, errors `errors.py`'s). Responses add a `speculative` object to `usage`."""
+`request.py`'s, errors `errors.py`'s). Two extensions, which OpenAI's clients ignore (they keep
+unknown fields): responses add a `speculative` object to `usage`, and each streamed chunk of a
+token adds `"mlxspec": {"from_draft": bool}`, whether the draft proposed that token (the target
+accepted it) or the target sampled it (the chat page colours the draft's)."""
 
 from __future__ import annotations
 
@@ -75,8 +78,8 @@ def completion(kind: str, rid: str, model: str, text: str, finish: str | None, s
 
 
 def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None = None,
-          logprobs: dict | None = None, role: bool = False) -> dict:
-    """One streamed chunk."""
+          logprobs: dict | None = None, role: bool = False, from_draft: bool | None = None) -> dict:
+    """One streamed chunk; that of a token says whether it came from the draft (`from_draft`)."""
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
     if kind == "chat":
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
@@ -85,5 +88,8 @@ def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None 
         choice["delta"] = delta
     else:
         choice["text"] = text or ""
-    return {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-            "created": int(time.time()), "model": model, "choices": [choice]}
+    out = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+           "created": int(time.time()), "model": model, "choices": [choice]}
+    if from_draft is not None:
+        out["mlxspec"] = {"from_draft": from_draft}
+    return out
