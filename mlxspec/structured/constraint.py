@@ -121,7 +121,8 @@ class Constraint:
     def draft_mask(self, logits: mx.array, support: mx.array | None) -> mx.array:
         """A draft's logits masked after its own proposals so far this round."""
         allowed = self.allowed()
-        self._seen.setdefault(tuple(self._trail), allowed)
+        if self._ahead == len(self._trail):  # the matcher stands after every proposal so far
+            self._seen[tuple(self._trail)] = allowed
         return self.masked(logits, allowed, support)
 
     def drafted(self, token: int) -> None:
@@ -140,7 +141,7 @@ class Constraint:
         rows, consumed = [], 0
         for j in range(len(drafts) + 1):
             if j > consumed:
-                ended = drafts[consumed] in self.eos and self._allows(rows[consumed], drafts[consumed])
+                ended = drafts[consumed] in self.eos and bool(rows[consumed][drafts[consumed]])
                 rows.append(self._only_end() if ended else np.ones(self.vocab, dtype=bool))
                 continue
             seen = self._seen.get(tuple(drafts[:j]))
@@ -154,9 +155,6 @@ class Constraint:
         """Consume one token the grammar allows here (never an end of sequence: llguidance
         does not roll one back); False, consuming nothing, otherwise."""
         return token not in self.eos and not self.done and self.matcher.try_consume_tokens([token]) == 1
-
-    def _allows(self, mask: np.ndarray, token: int) -> bool:
-        return bool(mask[token])
 
     def _only_end(self) -> np.ndarray:
         only = np.zeros(self.vocab, dtype=bool)
