@@ -19,11 +19,11 @@ from mlxspec.errors import InputError
 from mlxspec.serve import request as rq
 from test_speculative import FixedTimings, tiny
 
-COMMANDS = {"generate": (), "chat": (), "serve": ("logprobs",), "demo": ("logprobs",),
-            "bench": ("temperature", "seed", "stop", "logprobs")}  # what makes no sense for each
+COMMANDS = {"generate": (), "chat": ("n",), "serve": ("logprobs", "n"), "demo": ("logprobs", "n"),
+            "bench": ("temperature", "seed", "stop", "logprobs", "n")}  # what makes no sense for each
 GOOD = {"max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 3, "min_p": 0.1, "repetition_penalty": 1.1,
         "repetition_context": 8, "presence_penalty": 0.5, "frequency_penalty": 0.25, "logit_bias": {"3": 2.0},
-        "seed": 7, "stop": ["xyz"], "logprobs": 2}
+        "seed": 7, "stop": ["xyz"], "logprobs": 2, "n": 3}
 # a wrong value per field: (as the library and the JSON give it, as a command line gives it, the message)
 BAD = {"max_tokens": (-1, "-1", "max_tokens must be >= 0, got -1"),
        "temperature": (-1.0, "-1", "temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
@@ -37,7 +37,8 @@ BAD = {"max_tokens": (-1, "-1", "max_tokens must be >= 0, got -1"),
        "logit_bias": ({"5": 500}, "5=500", "logit_bias: the bias of token 5 must be a number in -100..100, got 500.0"),
        "seed": (-5, "-5", "seed must be in 0..2**64-1 (or -1 for a random one), got -5"),
        "stop": ([""], "", "a stop string is empty"),
-       "logprobs": (50, "50", "logprobs must be in 0..20, got 50")}
+       "logprobs": (50, "50", "logprobs must be in 0..20, got 50"),
+       "n": (0, "0", "n must be an integer in 1..16, got 0")}
 
 
 def test_the_table_covers_every_field():

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from ..errors import InputError, InputTypeError
 from ..text.stops import check_stops
 from ..validate import int_text, is_int, is_real
+from .choices import MAX_CHOICES, check_choices
 from .logprobs import check_logprobs
 from .sampling import SamplingParams, check_seed
 
@@ -44,6 +45,9 @@ class GenerationOptions:
     seed: int | None = option(None, "Random seed: the same seed and prompt give the same text (-1: random).")
     stop: tuple = option((), "Stop before this text (never printed); repeat for several.")
     logprobs: int | None = option(None, "Report each token's log-probability and this many alternatives (0..20).")
+    n: int = option(1, f"Choices to generate for the prompt (1..{MAX_CHOICES}): it is prefilled once and each choice "
+                       "draws with its own random stream (with --seed: choice 0 from the seed, the others from seeds "
+                       "derived from it).", "--n", "-N")
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen: normalised once, here
@@ -51,6 +55,7 @@ class GenerationOptions:
         set_field(self, "logit_bias", logit_bias_pairs(self.logit_bias))
         set_field(self, "seed", check_seed(self.seed))
         set_field(self, "logprobs", check_logprobs(self.logprobs))
+        set_field(self, "n", check_choices(self.n))
         if not is_int(self.max_tokens):
             raise InputTypeError(f"max_tokens must be an integer, got {self.max_tokens!r}")
         if self.max_tokens < 0:
