@@ -21,8 +21,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:the draft .* is not smaller")
 
 
 def session_with(draft: str | None, seed: int = 40) -> Session:
-    target = tiny(seed, window=None)
-    kind = {"model": lambda: perturbed(target, 0.05, seed + 1), "ngram": lambda: "ngram", None: lambda: None}[draft]()
+    from test_feature_draft import feature_draft, one_block_target
+
+    target = one_block_target(seed, window=None) if draft == "feature" else tiny(seed, window=None)
+    kind = {"model": lambda: perturbed(target, 0.05, seed + 1), "ngram": lambda: "ngram", None: lambda: None,
+            "feature": lambda: feature_draft(target, seed + 1, oracle=True)}[draft]()
     return Session(target, None, kind, num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
 
 
@@ -30,7 +33,7 @@ def alone(session: Session, prompt: list[int], **options) -> list[int]:
     return [s.token for s in session.stream(prompt, **options)]
 
 
-@pytest.mark.parametrize("draft", [None, "model", "ngram"])
+@pytest.mark.parametrize("draft", [None, "model", "ngram", "feature"])
 def test_a_seeded_requests_choice_0_is_its_n1_answer_and_the_choices_reproduce(draft):
     session = session_with(draft)
     options = dict(max_tokens=24, temperature=1.0, seed=11)
@@ -56,8 +59,10 @@ def test_sampled_choices_differ_and_greedy_ones_are_equal():
     assert [c.tokens for c in greedy] == [alone(session, PROMPT, max_tokens=16)] * 3
 
 
-def test_the_prompt_is_prefilled_once_for_every_choice():
-    session = session_with("model")
+@pytest.mark.parametrize("draft", ["model", "feature"])
+def test_the_prompt_is_prefilled_once_for_every_choice(draft):
+    """A feature draft (which takes nothing from the prompt cache) shares the prefill too."""
+    session = session_with(draft)
     session.prompt_cache.clear()
     request = session.request(PROMPT, n=5, max_tokens=8, temperature=1.0)
     outputs: list[list[int]] = [[] for _ in range(5)]

@@ -31,6 +31,9 @@ class GenerationOptions:
 
     max_tokens: int = option(256, "Most tokens to generate.", "--max-tokens", "-n",
                              json_names=("max_completion_tokens",))
+    n: int = option(1, f"Choices to generate for the prompt (1..{MAX_CHOICES}): it is prefilled once and each choice "
+                       "draws with its own random stream (with --seed: choice 0 from the seed, the others from seeds "
+                       "derived from it).", "--n", "-N")
     temperature: float = option(0.0, "Sampling temperature; 0 is greedy (argmax).", "--temperature", "--temp", "-t")
     top_p: float = option(1.0, "Nucleus sampling: keep the most likely tokens up to this mass (1 disables).")
     top_k: int = option(0, "Keep only the k most likely tokens (0 disables).")
@@ -45,9 +48,6 @@ class GenerationOptions:
     seed: int | None = option(None, "Random seed: the same seed and prompt give the same text (-1: random).")
     stop: tuple = option((), "Stop before this text (never printed); repeat for several.")
     logprobs: int | None = option(None, "Report each token's log-probability and this many alternatives (0..20).")
-    n: int = option(1, f"Choices to generate for the prompt (1..{MAX_CHOICES}): it is prefilled once and each choice "
-                       "draws with its own random stream (with --seed: choice 0 from the seed, the others from seeds "
-                       "derived from it).", "--n", "-N")
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen: normalised once, here
@@ -55,11 +55,11 @@ class GenerationOptions:
         set_field(self, "logit_bias", logit_bias_pairs(self.logit_bias))
         set_field(self, "seed", check_seed(self.seed))
         set_field(self, "logprobs", check_logprobs(self.logprobs))
-        set_field(self, "n", check_choices(self.n))
         if not is_int(self.max_tokens):
             raise InputTypeError(f"max_tokens must be an integer, got {self.max_tokens!r}")
         if self.max_tokens < 0:
             raise InputError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        set_field(self, "n", check_choices(self.n))
         self.sampling  # noqa: B018 -- checks every sampling field
 
     @property
