@@ -7,6 +7,7 @@ client that leaves cancels every row."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import time
 from collections import defaultdict
@@ -86,6 +87,18 @@ def test_seeded_choices_reproduce_choice_0_is_the_n1_answer_and_they_differ(serv
         assert len(set(first)) > 1, (seed, first)
 
 
+def test_requests_whose_choices_do_not_fit_wait_their_turn(server):
+    """Three requests of 3 choices at once: 9 rows for a batch of 8, so one waits whole (its
+    choices join together); each gets the choices it gets alone."""
+    def ask(seed: int) -> list[str]:
+        return [c.message.content for c in chat(server, n=3, temperature=1.0, seed=seed).choices]
+
+    with cf.ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(ask, (21, 22, 23)))
+    assert together == [ask(seed) for seed in (21, 22, 23)]
+    assert server.get("/health")["peak_running"] <= 8
+
+
 def test_the_prompt_is_prefilled_once_for_all_choices(server):
     ask = [{"role": "user", "content": "A question nobody asked before: why are lemons yellow?"}]
     before = server.get("/health")["prefilled_tokens"]
@@ -117,3 +130,4 @@ def test_a_client_that_leaves_cancels_every_choice(server):
         time.sleep(0.2)
     health = server.get("/health")
     assert health["running"] == 0 and health["cancelled"] == cancelled + 3
+

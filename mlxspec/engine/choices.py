@@ -4,8 +4,10 @@ starts from that cache and draws its first token from the same logits (`Batch.ad
 
 Choice i of a seeded request draws from `choice_seed(seed, i)`: choice 0 from the seed
 itself (so it is the answer the same request gets with n = 1), the others from seeds derived
-from (seed, i), so a seeded request with n choices is reproducible. Greedy choices are all
-equal. Only choice 0 returns its cache to the prompt cache (the others would crowd it with
+from (seed, i), so a seeded request with n choices is reproducible. (Speculating, both hold
+where the draft lengths do not depend on the batch: a fixed draft length, not the cost
+policy, which picks them from step times measured as the batch runs.) Greedy choices are
+all equal. Only choice 0 returns its cache to the prompt cache (the others would crowd it with
 the same prompt).
 """
 

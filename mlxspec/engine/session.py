@@ -238,7 +238,9 @@ class Session:
         """`n` completions of one prompt (`session.choices(prompt, n=3, temperature=0.8)`;
         other options as in `request`), decoded together: the prompt is prefilled once and
         each choice draws with its own random stream. With a `seed` they are reproducible and
-        choice 0 is what the same request gives with n=1; greedy choices are all equal."""
+        choice 0 is what the same request gives with n=1, where the draft lengths do not depend
+        on the batch (no draft, or `draft_policy` "fixed"; the "cost" policy picks them from step
+        times measured at each batch size). Greedy choices are all equal."""
         return batch_generate(self, [prompt], options, **values)
 
     def open_batch(self) -> Batch:

@@ -136,12 +136,12 @@ class Engine:
             except queue.Empty:
                 return
             block, self._held = False, None
-            if len(self.batch.rows) + len(rows) > self.max_rows:
-                self._held = rows  # first in line once rows leave
-                return
             for row in (r for r in rows if r.cancelled):
                 row.finish()
             rows = [row for row in rows if not row.cancelled]
+            if len(self.batch.rows) + len(rows) > self.max_rows:
+                self._held = rows  # first in line once rows leave
+                return
             try:
                 if rows:
                     self.batch.add(*rows)
