@@ -5,7 +5,8 @@ Options go through the library's own checks (`GenerationOptions`) one field at a
 their messages are the library's and the command line's. Beyond OpenAI's fields a client
 may send every other `GenerationOptions` field (`top_k`, `repetition_penalty`, ...),
 `num_draft_tokens` (the most drafted per step for this request, up to the server's `-k`;
-0: no speculation) and `speculative`. OpenAI fields this server does not implement are
+0: no speculation) and `speculative`. `n` (1..16 choices, at most the server's --max-batch)
+is a `GenerationOptions` field like the others. OpenAI fields this server does not implement are
 refused when they ask for something (`echo`, `best_of` > 1, `tools`, ...); unknown fields
 are ignored."""
 
@@ -60,8 +61,6 @@ def asked(body: dict, defaults: GenerationOptions, chat: bool, k_max: int | None
           vocab: int | None = None) -> Asked:
     """What `body` asks, over the server's `defaults`; `k_max` (the server's `-k`) bounds
     `num_draft_tokens` and `vocab` the token ids of `logit_bias`."""
-    if typed(body, "n", is_int, "an integer", 1) != 1:
-        raise RequestError("'n' must be 1 (one completion per request)", "n")
     for name, asks_nothing in UNSUPPORTED.items():
         if body.get(name) is not None and not asks_nothing(body[name]):
             raise RequestError(f"'{name}' is not supported by this server, got {_short(body[name])}", name)
