@@ -4,6 +4,8 @@
 # Linux: MLX's CPU wheel bundles a reference BLAS that is ~20-40x slower than OpenBLAS
 # for fp32 matmuls, so every command here preloads OpenBLAS (installed with apt-get when
 # missing and running as root; otherwise it warns and runs on the slow BLAS).
+# `make test` also drives the server's chat page in headless Chromium: chromium and
+# chromedriver are installed the same way (without them, that test is skipped, saying why).
 
 PYTHON ?= python3
 EXTRAS ?= test   # CI: EXTRAS=test,oracles also installs llama.cpp (compiled) to check recorded oracles live
@@ -16,12 +18,12 @@ OPENBLAS := /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libblas.so.3
 RUN := env $$([ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS))
 endif
 
-.PHONY: demo test bench blas clean
+.PHONY: demo test bench blas browser clean
 
 demo: $(VENV)/.demo blas
 	$(RUN) $(BIN)/mlxspec demo
 
-test: $(VENV)/.test blas
+test: $(VENV)/.test blas browser
 	$(RUN) $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test blas
@@ -36,6 +38,15 @@ ifeq ($(UNAME),Linux)
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread) >/dev/null; \
 	  else echo "warning: $(OPENBLAS) missing; install libopenblas0-pthread or MLX runs ~30x slower" >&2; fi; \
+	fi
+endif
+
+browser:
+ifeq ($(UNAME),Linux)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; \
+	  else echo "warning: chromium/chromedriver missing; the chat page's browser test will be skipped" >&2; fi; \
 	fi
 endif
 

@@ -57,12 +57,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], port: int) -> subprocess.Popen:
+def start(cmd: list[str], port: int, folder: str = "serve") -> subprocess.Popen:
     import urllib.request
 
-    log = open(RESULTS / "serve" / f"server-{port}.log", "w")
+    log = open(RESULTS / folder / f"server-{port}.log", "w")
     # run outside the repository: `python -m mlxspec` would import the checkout in its working folder
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=RESULTS / "serve")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=RESULTS / folder)
     for _ in range(1200):
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd} exited; see {log.name}")

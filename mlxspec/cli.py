@@ -60,7 +60,7 @@ def generate(
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template ([INST] ... [/INST] for Mistral)."),
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass (default: the sliding window, else 2048)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="On a terminal, colour each token by origin: green = accepted draft token."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text and stats) instead of streaming (with --n: a list of them)."),
     dequantize: Optional[bool] = typer.Option(None, "--dequantize/--keep-quantized", help=DEQUANTIZE_HELP),
     recalibrate: bool = typer.Option(False, "--recalibrate", help=RECALIBRATE_HELP),
     pipeline: bool = typer.Option(False, "--pipeline", help=PIPELINE_HELP),
@@ -71,7 +71,8 @@ def generate(
     kv: Optional[dict] = None,
 ) -> None:
     """Generate text, streaming it to stdout; stats go to stderr. With --draft or --pair,
-    decode speculatively (the output follows the target's distribution exactly)."""
+    decode speculatively (the output follows the target's distribution exactly). With --n,
+    the choices are decoded together and printed when done, each after a header line."""
     check_generation(num_draft_tokens, prefill_chunk)
     check_positive(connect_timeout, "--connect-timeout")
     text = read_prompt(prompt)
@@ -81,7 +82,8 @@ def generate(
     group = connect(connect_timeout) if pipeline else None
     if group is not None and group.rank() > 0:  # this rank serves its blocks to rank 0; only rank 0 prints
         return serve_rank(named_models(model, draft, pair, False)[0], group, weights_dtype(dequant), dequant)
-    check_fit(model, draft, pair, FitRequest(context=len(text.encode()) + options.max_tokens, dequantize=dequant,
+    check_fit(model, draft, pair, FitRequest(context=len(text.encode()) + options.max_tokens, batch=options.n,
+                                             dequantize=dequant,
                                              prefill_chunk=prefill_chunk, draft_tokens=num_draft_tokens, **kv),
               skip=no_fit_check or pipeline, how=", the prompt's bytes + --max-tokens", adapter=adapter)
     target, tokenizer, draft_model = select_models(model, draft, pair, False, dequant,
@@ -91,6 +93,8 @@ def generate(
         session = Session(target, tokenizer, draft_model, num_draft_tokens=num_draft_tokens,
                           draft_policy="cost" if adaptive else "fixed", calibration=calibration_for(recalibrate, as_json),
                           **kv)
+        if options.n > 1:
+            return _print_choices(session.choices(text, options, chat=chat, prefill_chunk=prefill_chunk), as_json)
         steps = session.stream(text, options, chat=chat, prefill_chunk=prefill_chunk)
         _print_generation(steps, as_json, verbose)
 
@@ -127,12 +131,25 @@ def _print_generation(steps, as_json: bool, verbose: bool) -> None:
         typer.echo(stats_line(stats), err=True)
 
 
+def _print_choices(choices: list, as_json: bool) -> None:
+    """Each of `--n` choices after a header line (its stats on stderr), or a JSON list."""
+    if as_json:
+        listed = [{"index": i, "text": c.text, **(c.stats.as_dict() if c.stats else {})} for i, c in enumerate(choices)]
+        typer.echo(json.dumps(listed, indent=2))
+        return
+    for i, choice in enumerate(choices):
+        typer.echo(f"--- choice {i} ---\n{choice.text}")
+        if choice.stats is not None:
+            typer.echo(f"choice {i}: {stats_line(choice.stats)}", err=True)
+
+
 app.command("demo")(friendly_errors(demo_command))
 
 
 @app.command()
 @friendly_errors
-@with_generation_options(exclude=("temperature", "seed", "stop", "logprobs", "response_format"), max_tokens=128)
+@with_generation_options(exclude=("temperature", "seed", "stop", "logprobs", "response_format", "n"),
+                         max_tokens=128)
 @with_kv_options
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target model folder or Hugging Face repo id."),

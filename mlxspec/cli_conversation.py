@@ -25,7 +25,7 @@ from .selection import dequantize_default
 from .text.unicode import check_text
 
 
-@with_generation_options(max_tokens=512)
+@with_generation_options(exclude=("n",), max_tokens=512)
 @with_kv_options
 def chat_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),
@@ -53,7 +53,7 @@ def chat_command(
     chat_loop(session, system, options, colours(sys.stdout, verbose), verbose)
 
 
-@with_generation_options(exclude=("logprobs", "response_format"), max_tokens=512, temperature=1.0)
+@with_generation_options(exclude=("logprobs", "response_format", "n"), max_tokens=512, temperature=1.0)
 @with_kv_options
 def serve_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or Hugging Face repo id."),

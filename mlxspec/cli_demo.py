@@ -21,7 +21,7 @@ from .report import demo_table, render_demo_table
 from .selection import dequantize_default, select_models
 
 
-@with_generation_options(exclude=("logprobs", "response_format"), max_tokens=64)
+@with_generation_options(exclude=("logprobs", "response_format", "n"), max_tokens=64)
 def demo_command(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Your own prompt instead of the built-in chat, code and summary prompts."),
     num_draft_tokens: int = typer.Option(4, "--num-draft-tokens", "-k", help="Most tokens drafted per round."),

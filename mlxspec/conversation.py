@@ -67,8 +67,9 @@ def serve(session: Session, name: str, sock: socket.socket, max_batch: int, max_
     spec = "no draft" if not engine.drafting else "speculating inside the batch" + (
         "" if session.draft.batches else ", each row drafting alone (this kind of draft shares no pass)")
     host, port = sock.getsockname()[:2]
-    typer.echo(f"serving {name} on http://{f'[{host}]' if ':' in host else host}:{port}/v1 ({spec}; "
-               f"batches of up to {max_batch}; device: {mx.default_device()})", err=True)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    typer.echo(f"serving {name} on {url}/v1 ({spec}; batches of up to {max_batch}; device: {mx.default_device()}); "
+               f"a chat page at {url}/", err=True)
     stopped_by = run(app, sock)
     return stopped_by, app.state.routes.cut
 

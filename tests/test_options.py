@@ -19,11 +19,12 @@ from mlxspec.errors import InputError
 from mlxspec.serve import request as rq
 from test_speculative import FixedTimings, tiny
 
-COMMANDS = {"generate": (), "chat": (), "serve": ("logprobs", "response_format"), "demo": ("logprobs", "response_format"),
-            "bench": ("temperature", "seed", "stop", "logprobs", "response_format")}  # what makes no sense for each
+COMMANDS = {"generate": (), "chat": ("n",), "serve": ("logprobs", "response_format", "n"),
+            "demo": ("logprobs", "response_format", "n"),
+            "bench": ("temperature", "seed", "stop", "logprobs", "response_format", "n")}  # what makes no sense for each
 GOOD = {"max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 3, "min_p": 0.1, "repetition_penalty": 1.1,
         "repetition_context": 8, "presence_penalty": 0.5, "frequency_penalty": 0.25, "logit_bias": {"3": 2.0},
-        "seed": 7, "stop": ["xyz"], "logprobs": 2, "response_format": {"type": "json_object"}}
+        "seed": 7, "stop": ["xyz"], "logprobs": 2, "response_format": {"type": "json_object"}, "n": 3}
 # a wrong value per field: (as the library and the JSON give it, as a command line gives it, the message)
 BAD = {"max_tokens": (-1, "-1", "max_tokens must be >= 0, got -1"),
        "temperature": (-1.0, "-1", "temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
@@ -39,7 +40,8 @@ BAD = {"max_tokens": (-1, "-1", "max_tokens must be >= 0, got -1"),
        "stop": ([""], "", "a stop string is empty"),
        "logprobs": (50, "50", "logprobs must be in 0..20, got 50"),
        "response_format": ({"type": "xml"}, '{"type": "xml"}',
-                           "response_format.type must be one of text, json_object, json_schema, grammar, regex, got 'xml'")}
+                           "response_format.type must be one of text, json_object, json_schema, grammar, regex, got 'xml'"),
+       "n": (0, "0", "n must be an integer in 1..16, got 0")}
 
 
 def test_the_table_covers_every_field():

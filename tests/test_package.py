@@ -1,7 +1,7 @@
 """The wheel, as a user gets it: built from a clean copy of the tree without a build warning,
 holding every module of mlxspec/ and of convert/ (installed as `mlxspec.convert`, never as a
-top-level `convert`), the demo drafts and `py.typed`, and nothing else at the top level; then
-installed NON-editable into a fresh venv, where the commands answer and the drafts load.
+top-level `convert`), the demo drafts, the server's chat page and `py.typed`, and nothing else
+at the top level; then installed NON-editable into a fresh venv, where the commands answer and the drafts load.
 Also: the editable install maps convert/ to `mlxspec.convert`, a plain function."""
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def test_the_wheel_holds_every_module_and_nothing_else(wheel):
         shipped = {p.name for p in (ROOT / "mlxspec" / "assets" / draft).iterdir()}
         assert {"config.json", "model.safetensors", "training.json"} <= shipped
         assert {f"mlxspec/assets/{draft}/{name}" for name in shipped} <= names
+    page = {p.name for p in (ROOT / "mlxspec" / "assets" / "web").iterdir()}  # the server's chat page
+    assert {"index.html", "chat.css", "chat.js"} <= page and {f"mlxspec/assets/web/{n}" for n in page} <= names
 
 
 @pytest.fixture(scope="module")

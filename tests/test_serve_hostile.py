@@ -59,7 +59,7 @@ BATTERY = [
     (CHAT, json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(),
      "application/json", 400, "messages[0].content"),
     (CHAT, chat(n="1"), "application/json", 400, "n"),
-    (CHAT, chat(n=3), "application/json", 400, "n"),
+    (CHAT, chat(n=17), "application/json", 400, "n"),
     (CHAT, chat(max_tokens="10"), "application/json", 400, "max_tokens"),
     (CHAT, chat(max_tokens=-1), "application/json", 400, "max_tokens"),
     (CHAT, chat(max_completion_tokens=1.5), "application/json", 400, "max_completion_tokens"),
@@ -99,7 +99,7 @@ BATTERY = [
     (TEXT, text(best_of=2), "application/json", 400, "best_of"),
 ]
 WRONG_ROUTES = [("GET", CHAT, 405), ("PUT", TEXT, 405), ("DELETE", "/health", 405), ("POST", "/v1/models", 405),
-                ("GET", "/v1/nothing", 404), ("POST", "/", 404)]
+                ("GET", "/v1/nothing", 404), ("POST", "/", 405), ("GET", "/web/nothing.js", 404)]
 
 
 @pytest.fixture(scope="module")

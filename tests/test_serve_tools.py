@@ -99,6 +99,21 @@ def test_required_calls_one_of_the_tools_and_speculation_does_not_change_it(serv
     valid("get_weather", named_call.choices[0].message.tool_calls[0].function.arguments)
 
 
+def test_each_of_n_choices_reads_its_own_calls(server):
+    whole = ask(server, "required", n=2)
+    assert [c.finish_reason for c in whole.choices] == ["tool_calls"] * 2
+    for choice in whole.choices:
+        (call,) = choice.message.tool_calls
+        valid(call.function.name, call.function.arguments)
+    chunks = list(ask(server, "required", stream=True, n=2))
+    for index, choice in enumerate(whole.choices):
+        own = [c for c in chunks if c.choices and c.choices[0].index == index]
+        calls, finish, _ = streamed_calls(own)
+        assert finish == "tool_calls"
+        assert [c[1:] for c in calls] == [(choice.message.tool_calls[0].function.name,
+                                           choice.message.tool_calls[0].function.arguments)]
+
+
 def test_a_tool_result_is_answered_in_text(server):
     answer = server.client.chat.completions.create(model=MODEL, messages=HISTORY, tools=TOOLS, max_tokens=8,
                                                    temperature=0)

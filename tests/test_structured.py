@@ -168,6 +168,38 @@ def test_sampled_constrained_speculation_follows_the_constrained_distribution(pa
     assert (outside == 0 and stat < chi2_critical(df)) != broken, (stat, df, outside)
 
 
+def test_generate_takes_a_format_as_text_or_a_file(hf_window_dir, tmp_path):
+    from test_cli import run
+
+    schema = tmp_path / "answer.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                                  "additionalProperties": False}))
+    grammar = tmp_path / "yes-no.gbnf"
+    grammar.write_text('root ::= ("yes" | "no") "!"')
+    for fmt, pattern in ((str(schema), r'\{\s*"ok"\s*:\s*(true|false)\s*\}'), (str(grammar), r"(yes|no)!"),
+                         ('{"type": "regex", "regex": "[0-9]{3}"}', "[0-9]{3}")):
+        res = run("generate", "-m", str(hf_window_dir), "-p", "Answer:", "-n", "30", "-t", "0", "--json",
+                  "--response-format", fmt)
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["finish_reason"] == "stop" and re.fullmatch(pattern, out["text"]), (fmt, out["text"])
+
+
+@pytest.mark.parametrize("fmt, message", [
+    ("absent.json", "response_format: 'absent.json' is not 'json', a JSON object or a file"),
+    ('{"type": "json_schema"', "response_format: not valid JSON"),
+    ('{"type": "regex", "regex": "(a"}', "unclosed group"),
+    ("{\"type\": \"strng\"}", "response_format.type must be one of"),
+])
+def test_a_bad_format_on_the_command_line_is_one_line(hf_window_dir, fmt, message):
+    from test_cli import run
+
+    res = run("generate", "-m", str(hf_window_dir), "-p", "Hi", "--response-format", fmt)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: response_format"), res.stderr
+    assert message in lines[0]
+
+
 @pytest.mark.parametrize("layout", ["tokenizer.json", "tokenizer.model"])
 def test_a_sentencepiece_tokenizer_spells_a_grammars_fixed_text_without_its_leading_space(hf_tokenizer_dir, layout,
                                                                                           tmp_path):

@@ -1,7 +1,8 @@
 """Continuous batching with speculative decoding inside the batch.
 
 Sequences (rows) enter and leave a running batch between steps. A row enters after its
-prompt is prefilled alone (from the prompt cache where it can) and leaves when it ends,
+prompt is prefilled alone (from the prompt cache where it can; the choices of one request
+after one prefill of the prompt they share, `choices`) and leaves when it ends,
 is cancelled, or reaches its budget; its cache goes back to the prompt cache. Each step
 feeds every row the same number of tokens through one target pass over a ragged batch
 cache (`mlxspec.models.batch_cache`):
@@ -32,6 +33,7 @@ from ..structured import Constraint
 from ..text import Tokenizer
 from .batch_policy import BatchCost
 from .batch_row import Emit, Row
+from .choices import choice_seed
 from .decode import Taps, default_chunk_size, forward, prefill
 from .logprobs import TokenLogprob
 from .options import GenerationOptions
@@ -82,6 +84,7 @@ class Batch:
         self.rows: list[Row] = []
         self.cost: BatchCost | None = None
         self.steps = 0
+        self.prefilled = 0  # prompt tokens run through the target (not taken from a cache)
 
     @property
     def features(self) -> Taps:
@@ -93,29 +96,47 @@ class Batch:
         """Whether this batch can speculate (its session's draft batches)."""
         return self.drafter is not None
 
-    def add(self, row: Row) -> None:
-        """Prefill a row alone, draw its first token and let it join the batch."""
-        ids = row.prompt
+    def add(self, row: Row, *choices: Row) -> None:
+        """Prefill a row alone, draw its first token and let it join the batch. `choices`, the
+        same request's other choices (the same prompt), join from that one prefill: each adds
+        a copy of its cache and draws its first token from its logits with its own random
+        stream (their stats count the whole prompt as cached)."""
+        rows, ids = [row, *choices], row.prompt
+        assert all(other.prompt == ids for other in choices), "the choices of one request share its prompt"
         cache, reused = self.session.starting_cache(ids, row.prompt_cache and self.features is None)
         start = time.perf_counter()
         logits, hidden = prefill(self.target, ids[reused:], cache, self.chunk, self.features)
         check_finite(logits, "the target")
+        self.prefilled += len(ids) - reused
+        joined = len(self.rows)
+        try:
+            for i, each in enumerate(rows):
+                self._join(each, logits, hidden, cache, reused if i == 0 else len(ids), start)
+        except BaseException:  # the batch stays as it was
+            self.cache.keep(list(range(joined)))
+            if self.drafter is not None:
+                self.drafter.keep(list(range(joined)))
+            self.rows = self.rows[:joined]
+            raise
+        for each in rows:
+            each.push([(each.last, False)])
+        self.drop_finished()
+
+    def _join(self, row: Row, logits: mx.array, hidden: mx.array | None, cache: list, cached: int,
+              start: float) -> None:
+        """A row whose prompt `cache` holds (its last logits `logits`) draws its first token and
+        becomes the batch's last row (the cache is copied into the batch's)."""
+        ids = row.prompt
         row.sampler.added(ids)
         first = row.sampler.draw(logits).item()
         row.sampler.added([first])
-        row.stats.prompt_tokens, row.stats.prompt_cached_tokens = len(ids), reused
+        row.stats.prompt_tokens, row.stats.prompt_cached_tokens = len(ids), cached
         row.stats.prompt_time = time.perf_counter() - start
         self.cache.add(cache)
         if self.drafter is not None:
-            try:
-                self.drafter.add(ids, hidden, row.sampler.params.greedy)
-            except BaseException:  # the batch stays as it was
-                self.cache.keep(list(range(len(self.rows))))
-                raise
+            self.drafter.add(ids, hidden, row.sampler.params.greedy)
         row.last = first
         self.rows.append(row)
-        row.push([(first, False)])
-        self.drop_finished()
 
     def drop_finished(self) -> None:
         """Rows that ended or were cancelled leave; their caches go to the prompt cache."""
@@ -190,20 +211,21 @@ class Batch:
         return max(done.lengths)
 
 
-def make_row(session: Owner, request: Request, emit: Emit) -> Row:
-    """A batch row for a checked request (`Session.request`)."""
+def make_row(session: Owner, request: Request, emit: Emit, choice: int = 0) -> Row:
+    """A batch row for a checked request (`Session.request`): its choice `choice` (0..n-1),
+    which draws from its own seed (`choice_seed`)."""
     drafting = request.speculative and session.draft is not None
     return Row(request.ids, request.params, request.budget, session.tokenizer, session.target.args.vocab_size,
-               emit, seed=request.seed, stops=request.stops, logprobs=request.logprobs,
+               emit, seed=choice_seed(request.seed, choice), stops=request.stops, logprobs=request.logprobs,
                k_max=request.k_max if drafting else 0,
                estimates=session.acceptance(request.params, request.seed) if drafting else None,
-               drafting=drafting, prompt_cache=request.prompt_cache,
+               drafting=drafting, prompt_cache=request.prompt_cache and choice == 0,
                constraint=session.constraint(request.options))
 
 
 @dataclass
 class Completion:
-    """One prompt's result from `batch_generate`."""
+    """One prompt's result (one choice of it) from `batch_generate`."""
 
     text: str
     tokens: list[int]
@@ -214,17 +236,19 @@ class Completion:
 def batch_generate(session: Owner, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
                    **values: Any) -> list[Completion]:
     """Every prompt decoded together in one batch (options as in `Session.request`, the same
-    for every prompt); results in the order of `prompts`."""
+    for every prompt); results in the order of `prompts`, each prompt's `n` choices in a row
+    (prompt i's choice j at i * n + j), sharing its prefill (see `choices`)."""
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise InputTypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
     if not prompts:
         raise InputError("prompts is empty")
     requests = [session.request(p, options, **values) for p in prompts]  # every one checked before any work
-    steps: list[list[GenerationStep]] = [[] for _ in prompts]
+    n = requests[0].options.n
+    steps: list[list[GenerationStep]] = [[] for _ in range(len(prompts) * n)]
     batch = Batch(session)
-    for request, out in zip(requests, steps):
+    for i, request in enumerate(requests):
         if request.budget > 0:
-            batch.add(make_row(session, request, out.append))
+            batch.add(*(make_row(session, request, steps[i * n + j].append, j) for j in range(n)))
     batch.run()
     return [Completion("".join(s.text for s in out), [s.token for s in out], out[-1].stats if out else None,
                        [s.logprob for s in out]) for out in steps]

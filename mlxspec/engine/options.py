@@ -15,6 +15,7 @@ from ..errors import InputError, InputTypeError
 from ..structured.format import ResponseFormat, response_format
 from ..text.stops import check_stops
 from ..validate import int_text, is_int, is_real
+from .choices import MAX_CHOICES, check_choices
 from .logprobs import check_logprobs
 from .sampling import SamplingParams, check_seed
 
@@ -31,6 +32,9 @@ class GenerationOptions:
 
     max_tokens: int = option(256, "Most tokens to generate.", "--max-tokens", "-n",
                              json_names=("max_completion_tokens",))
+    n: int = option(1, f"Choices to generate for the prompt (1..{MAX_CHOICES}): it is prefilled once and each choice "
+                       "draws with its own random stream (with --seed: choice 0 from the seed, the others from seeds "
+                       "derived from it).", "--n", "-N")
     temperature: float = option(0.0, "Sampling temperature; 0 is greedy (argmax).", "--temperature", "--temp", "-t")
     top_p: float = option(1.0, "Nucleus sampling: keep the most likely tokens up to this mass (1 disables).")
     top_k: int = option(0, "Keep only the k most likely tokens (0 disables).")
@@ -61,6 +65,7 @@ class GenerationOptions:
             raise InputTypeError(f"max_tokens must be an integer, got {self.max_tokens!r}")
         if self.max_tokens < 0:
             raise InputError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        set_field(self, "n", check_choices(self.n))
         self.sampling  # noqa: B018 -- checks every sampling field
 
     @property

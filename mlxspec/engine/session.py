@@ -172,6 +172,9 @@ class Session:
         last step's `stats.finish_reason` says why it ended ("stop" or "length"). Without a
         tokenizer, steps carry ids only."""
         req = self.request(prompt, options, **values)
+        if req.options.n > 1:
+            raise InputError(f"n={req.options.n} asks for several choices and a stream is one: "
+                             "Session.choices (or batch_generate) returns them")
         drafting = req.speculative and req.budget > 0  # nothing to calibrate for 0 tokens
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
         drafter = (make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy, self.kv)
@@ -244,14 +247,25 @@ class Session:
     def batch_generate(self, prompts: Sequence[Prompt], options: GenerationOptions | None = None,
                        **values: Any) -> list[Completion]:
         """Decode several prompts together in one batch, speculating inside it; options as in
-        `request`. Returns a `Completion` (text, tokens, stats) per prompt."""
+        `request`. Returns a `Completion` (text, tokens, stats) per prompt; with `n` > 1, n per
+        prompt, prompt by prompt (see `choices`)."""
         return batch_generate(self, prompts, options, **values)
+
+    def choices(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> list[Completion]:
+        """`n` completions of one prompt (`session.choices(prompt, n=3, temperature=0.8)`;
+        other options as in `request`), decoded together: the prompt is prefilled once and
+        each choice draws with its own random stream. With a `seed` they are reproducible and
+        choice 0 is what the same request gives with n=1, where the draft lengths do not depend
+        on the batch (no draft, or `draft_policy` "fixed"; the "cost" policy picks them from step
+        times measured at each batch size). Greedy choices are all equal."""
+        return batch_generate(self, [prompt], options, **values)
 
     def open_batch(self) -> Batch:
         """An empty running batch of this session's requests: rows (`row`) join it between
         steps and leave when done (what a server runs on its one engine thread)."""
         return Batch(self)
 
-    def row(self, request: Request, emit: Emit) -> Row:
-        """A batch row for a checked request (`request`); its steps go to `emit`."""
-        return make_row(self, request, emit)
+    def row(self, request: Request, emit: Emit, choice: int = 0) -> Row:
+        """A batch row for a checked request (`request`), its choice `choice` (0..n-1; the
+        choices of a request join a batch together: `Batch.add`); its steps go to `emit`."""
+        return make_row(self, request, emit, choice)

@@ -1,12 +1,13 @@
 """The HTTP side: OpenAI-compatible routes on Starlette. Every request is read within limits
 and checked before it is queued (a bad one gets a 4xx and an OpenAI error body naming the
-field, a full queue a 429); steps come back from the engine thread on an asyncio queue.
-A watcher per request cancels its row the moment its client leaves, streamed or not, so the
-row leaves the batch at the engine's next step; at shutdown (`Routes.close`) every response
+field, a full queue a 429); steps come back from the engine thread on an asyncio queue, each
+tagged with its choice (a request with `n` choices streams them interleaved, by index).
+A watcher per request cancels its rows the moment its client leaves, streamed or not, so
+they leave the batch at the engine's next step; at shutdown (`Routes.close`) every response
 in flight ends at once: a stream with a final chunk (finish_reason "cancelled", and an
 error saying why) and [DONE], a whole answer with a 503. An unknown path or method gets a
 JSON 404/405, and a fault of the server's own a JSON 500 (the only errors logged with a
-traceback)."""
+traceback). `/` is a chat page (`web.py`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .engine import Closing, Engine, QueueFull
 from .errors import RequestError, error
 from .request import Asked, asked, chat_prompt, completion_prompt
 from .tools import ToolReply, tool_use, with_tools
+from .web import WebPage
 
 SHUTDOWN = "the server is shutting down"
 
@@ -44,15 +46,16 @@ class End(enum.Enum):
 
 
 class Live:
-    """A request in flight: its row, the queue its steps arrive on, and its disconnect watcher."""
+    """A request in flight: its rows (one per choice), the queue their steps arrive on, and
+    its disconnect watcher."""
 
-    def __init__(self, row: Row, out: asyncio.Queue, request: Request) -> None:
-        self.row, self.out = row, out
-        self.tools: ToolReply | None = None  # reads the reply's tool calls, when tools were offered
+    def __init__(self, rows: list[Row], out: asyncio.Queue, request: Request) -> None:
+        self.rows, self.out = rows, out
+        self.tools: list[ToolReply] | None = None  # per choice, the reply's tool calls, when tools were offered
         self.watcher = asyncio.create_task(self.watch(request))
 
     async def watch(self, request: Request) -> None:
-        """Wait for the client to leave, then cancel the row at once and end the response."""
+        """Wait for the client to leave, then cancel the rows at once and end the response."""
         try:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
@@ -61,8 +64,9 @@ class Live:
         self.end(End.LEFT)
 
     def end(self, why: End) -> None:
-        """Cancel the row (it leaves the batch at the next step) and end the response now."""
-        self.row.cancel()
+        """Cancel the rows (they leave the batch at the next step) and end the response now."""
+        for row in self.rows:
+            row.cancel()
         self.out.put_nowait(why)
 
 
@@ -81,6 +85,7 @@ class Routes:
         return JSONResponse({"status": "closing" if self.closing else "ok", "model": self.model_id,
                              "running": engine.running, "waiting": engine.waiting, "peak_running": engine.peak_rows,
                              "generated_tokens": engine.generated, "cancelled": engine.cancelled,
+                             "prefilled_tokens": engine.prefilled,
                              "speculative": engine.drafting})
 
     async def models(self, request: Request) -> Response:
@@ -127,8 +132,8 @@ class Routes:
             return Response(status_code=400)
         if isinstance(last, BaseException):
             return fail(500, f"generation failed: {last}", "server_error")
-        answer = self.whole(kind, rid, steps, len(live.row.prompt))
-        return JSONResponse(live.tools.shape_whole(answer) if live.tools else answer)
+        answer = self.whole(kind, rid, steps, live)
+        return JSONResponse(ToolReply.shape_whole(answer, live.tools) if live.tools else answer)
 
     async def accept(self, request: Request, kind: str, prompt_of: Callable[[dict], Any]) -> tuple[Asked, Live]:
         """The request read, checked and queued, watched from now on."""
@@ -147,59 +152,78 @@ class Routes:
         use = tool_use(body, session.tokenizer) if kind == "chat" else None
         wants, prompt = with_tools(use, wants, session.tokenizer, prompt)
         out: asyncio.Queue = asyncio.Queue()
-        row = self.engine.submit(wants, prompt, asyncio.get_running_loop(), out)
-        live = Live(row, out, request)
-        live.tools = ToolReply(use.fmt) if use else None
+        rows = self.engine.submit(wants, prompt, asyncio.get_running_loop(), out)
+        live = Live(rows, out, request)
+        live.tools = [ToolReply(use.fmt) for _ in rows] if use else None
         self.live.add(live)
         return wants, live
 
     def logprobs(self, kind: str, steps: list) -> dict | None:
         return (oa.chat_logprobs if kind == "chat" else oa.completion_logprobs)(self.engine.session.tokenizer, steps)
 
-    def whole(self, kind: str, rid: str, steps: list, prompt_tokens: int) -> dict:
-        """A whole completion from its steps."""
-        stats = steps[-1].stats if steps else None
-        return oa.completion(kind, rid, self.model_id, "".join(s.text for s in steps),
-                             stats.finish_reason if stats else "length", stats, self.logprobs(kind, steps),
-                             prompt_tokens)
+    def whole(self, kind: str, rid: str, steps: list[tuple[int, Any]], live: Live) -> dict:
+        """A whole completion from its choices' (index, step) pairs."""
+        per = [[step for i, step in steps if i == index] for index in range(len(live.rows))]
+        choices = [oa.Choice("".join(s.text for s in own), own[-1].stats if own else None, self.logprobs(kind, own))
+                   for own in per]
+        return oa.completion(kind, rid, self.model_id, choices, len(live.rows[0].prompt))
 
     async def steps(self, live: Live) -> AsyncIterator[Any]:
-        """The row's steps; last, if it did not finish, an exception (it failed) or an `End`
-        (handed over once the request is no longer watched, so a caller may stop there)."""
+        """The rows' steps as (choice index, step), as they come; last, if a row did not finish,
+        an exception (it failed) or an `End` (handed over once the request is no longer
+        watched, so a caller may stop there)."""
+        running, item = len(live.rows), None
         try:
-            while (item := await live.out.get()) is not None and not isinstance(item, (BaseException, End)):
+            while running:
+                item = await live.out.get()
+                if isinstance(item, End) or isinstance(item[1], BaseException):
+                    break
+                if item[1] is None:
+                    running -= 1
+                    continue
                 yield item
+            else:
+                item = None
         finally:
             live.watcher.cancel()
             self.live.discard(live)
-            if not live.row.finished:
-                live.row.cancel()
+            for row in live.rows:
+                if not row.finished:
+                    row.cancel()
         if item is not None:
-            yield item
+            yield item if isinstance(item, End) else item[1]
 
     async def events(self, live: Live, kind: str, rid: str, usage: bool) -> AsyncIterator[str]:
-        """Server-sent events: a chunk per step with text, then usage if asked, then [DONE]; a
-        stream cut short ends with a chunk saying why (finish_reason "cancelled") and [DONE]."""
-        last = None
+        """Server-sent events: a chunk per step with text (the choices' chunks interleaved, each
+        with its index), then usage if asked, then [DONE]; a stream cut short ends with a
+        chunk saying why (finish_reason "cancelled" for each choice not done) and [DONE]."""
+        last: dict[int, Any] = {}
         if kind == "chat":
-            yield _sse(oa.chunk(kind, rid, self.model_id, "", role=True))
-        async for step in self.steps(live):
-            if step is End.LEFT:
+            for index in range(len(live.rows)):
+                yield _sse(oa.chunk(kind, rid, self.model_id, "", role=True, index=index))
+        async for item in self.steps(live):
+            if item is End.LEFT:
                 return
-            if isinstance(step, (BaseException, End)):
-                why = error(SHUTDOWN if step is End.CLOSING else f"generation failed: {step}", "server_error",
-                            "server_shutdown" if step is End.CLOSING else None)
-                yield _sse({**oa.chunk(kind, rid, self.model_id, None, "cancelled"), **why})
+            if isinstance(item, (BaseException, End)):
+                why = error(SHUTDOWN if item is End.CLOSING else f"generation failed: {item}", "server_error",
+                            "server_shutdown" if item is End.CLOSING else None)
+                done = [i for i, step in last.items() if step.finish_reason]
+                cut = [oa.chunk(kind, rid, self.model_id, None, "cancelled", index=i)["choices"][0]
+                       for i in range(len(live.rows)) if i not in done]
+                yield _sse({**oa.chunk(kind, rid, self.model_id, None), "choices": cut, **why})
                 yield "data: [DONE]\n\n"
                 return
-            last, logs, finish = step, self.logprobs(kind, [step]), step.finish_reason
+            index, step = item
+            last[index], logs, finish = step, self.logprobs(kind, [step]), step.finish_reason
             if step.text or logs or finish:
-                payload = oa.chunk(kind, rid, self.model_id, step.text, finish, logs)
-                for shaped in live.tools.shape(payload) if live.tools else [payload]:
+                payload = oa.chunk(kind, rid, self.model_id, step.text, finish, logs, index=index,
+                                   from_draft=step.from_draft)
+                for shaped in live.tools[index].shape(payload) if live.tools else [payload]:
                     yield _sse(shaped)
         if usage:
             done = oa.chunk(kind, rid, self.model_id, None)
-            done["choices"], done["usage"] = [], oa.usage(last.stats if last else None, len(live.row.prompt))
+            stats = [last[i].stats if i in last else None for i in range(len(live.rows))]
+            done["choices"], done["usage"] = [], oa.usage(stats, len(live.rows[0].prompt))
             yield _sse(done)
         yield "data: [DONE]\n\n"
 
@@ -220,7 +244,7 @@ def create_app(engine: Engine, model_id: str, defaults: GenerationOptions | None
         finally:
             engine.stop(timeout=3)
 
-    app = Starlette(routes=[Route("/health", routes.health), Route("/v1/models", routes.models),
+    app = Starlette(routes=[*WebPage().routes(), Route("/health", routes.health), Route("/v1/models", routes.models),
                             Route("/v1/chat/completions", routes.chat, methods=["POST"]),
                             Route("/v1/completions", routes.completions, methods=["POST"])],
                     exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
@@ -245,7 +269,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
         return fail(404, f"Invalid URL ({where}): this server answers /v1/chat/completions, /v1/completions, "
-                         "/v1/models and /health", code="not_found")
+                         "/v1/models, /health and / (a chat page)", code="not_found")
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         return fail(405, f"Method not allowed ({where}); allowed: {allowed}", code="method_not_allowed",

@@ -5,7 +5,8 @@ Options go through the library's own checks (`GenerationOptions`) one field at a
 their messages are the library's and the command line's. Beyond OpenAI's fields a client
 may send every other `GenerationOptions` field (`top_k`, `repetition_penalty`, ...),
 `num_draft_tokens` (the most drafted per step for this request, up to the server's `-k`;
-0: no speculation) and `speculative`. OpenAI fields this server does not implement are
+0: no speculation) and `speculative`. `n` (1..16 choices, at most the server's --max-batch)
+is a `GenerationOptions` field like the others. OpenAI fields this server does not implement are
 refused when they ask for something (`echo`, `best_of` > 1, `functions`, a completion's
 `tools`, ...); unknown fields are ignored. A chat's tools are `tools.py`'s; its messages
 may carry tool results (`role: tool`) and an assistant's `tool_calls`."""
@@ -63,8 +64,6 @@ def asked(body: dict, defaults: GenerationOptions, chat: bool, k_max: int | None
           vocab: int | None = None) -> Asked:
     """What `body` asks, over the server's `defaults`; `k_max` (the server's `-k`) bounds
     `num_draft_tokens` and `vocab` the token ids of `logit_bias`."""
-    if typed(body, "n", is_int, "an integer", 1) != 1:
-        raise RequestError("'n' must be 1 (one completion per request)", "n")
     for name, asks_nothing in UNSUPPORTED.items():
         if chat and name in CHAT_TOOLS:
             continue
@@ -91,6 +90,9 @@ def _options(body: dict, defaults: GenerationOptions, chat: bool, vocab: int | N
             continue
         if f.name == "logit_bias":
             _check_logit_bias(body[key], vocab)
+        if f.name == "response_format" and not isinstance(body[key], dict):  # text would name a file to read
+            raise RequestError(f"response_format must be an object such as {{\"type\": \"json_object\"}}, "
+                               f"got {_short(body[key])}", key)
         values[f.name] = _checked(defaults, f.name, body[key], key)
     logprobs = _logprobs(body, chat)
     if logprobs is not None:

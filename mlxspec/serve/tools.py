@@ -61,20 +61,21 @@ def with_tools(use: ToolUse | None, wants: Asked, tokenizer: Tokenizer | None, m
 
 
 class ToolReply:
-    """A reply's calls read out of its text: whole (`shape_whole`) or chunk by chunk (`shape`)."""
+    """A choice's calls read out of its text: whole (`shape_whole`) or chunk by chunk (`shape`)."""
 
     def __init__(self, fmt: str) -> None:
         self.fmt, self.reader, self.calls = fmt, ToolCallReader(fmt), 0
 
-    def shape_whole(self, completion: dict) -> dict:
-        """A whole chat completion with its calls as `message.tool_calls` (content None when
-        there is no other text) and finish_reason "tool_calls"."""
-        choice = completion["choices"][0]
-        content, calls = parse_tool_calls(choice["message"]["content"], self.fmt)
-        if calls:
-            choice["message"] = {"role": "assistant", "content": content,
-                                 "tool_calls": [call.as_openai() for call in calls]}
-            choice["finish_reason"] = _finish(choice["finish_reason"])
+    @staticmethod
+    def shape_whole(completion: dict, replies: list[ToolReply]) -> dict:
+        """A whole chat completion with each choice's calls as `message.tool_calls` (content
+        None when there is no other text) and finish_reason "tool_calls"."""
+        for choice, reply in zip(completion["choices"], replies):
+            content, calls = parse_tool_calls(choice["message"]["content"], reply.fmt)
+            if calls:
+                choice["message"] = {"role": "assistant", "content": content,
+                                     "tool_calls": [call.as_openai() for call in calls]}
+                choice["finish_reason"] = _finish(choice["finish_reason"])
         return completion
 
     def shape(self, chunk: dict) -> list[dict]:

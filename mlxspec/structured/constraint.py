@@ -44,29 +44,26 @@ def guided_tokenizer(tokenizer: Tokenizer, vocab: int) -> Any:
 
 
 class _Spelling:
-    """What llguidance's `TokenizerWrapper` reads of a tokenizer."""
+    """What llguidance's `TokenizerWrapper` reads of a tokenizer: each id's bytes, the special
+    ids, and text's ids as they would be in running text. SentencePiece (and HF tokenizers
+    made from it) put a space before text of their own: text is encoded after a line break
+    whose ids are then dropped, so that "a" is the ids of "a" and not of " a"."""
+
+    MARK = "\n"
 
     def __init__(self, tokenizer: Tokenizer, tokens: list[bytes], special: list[int]) -> None:
         self.tokenizer, self.tokens, self.special_token_ids = tokenizer, tokens, special
         self.eos_token_id = min(tokenizer.eos_ids) if tokenizer.eos_ids else None
         self.bos_token_id = tokenizer.bos_id
+        self._mark = tokenizer.encode(self.MARK, add_bos=False)
 
     def __call__(self, text: str | bytes) -> list[int]:
-        """Token ids that spell exactly `text` (llguidance forces a grammar's fixed text with
-        them). SentencePiece puts a space before the text it encodes ("{" becomes "▁{"); then
-        the text is encoded after a newline and the newline's tokens dropped."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
-        ids = self.tokenizer.encode(text, add_bos=False)
-        if b"".join(self.tokens[i] for i in ids) == text.encode("utf-8"):
-            return ids
-        after = self.tokenizer.encode("\n" + text, add_bos=False)
-        spelled = b""
-        for n, i in enumerate(after[:3]):
-            spelled += self.tokens[i]
-            if spelled in (b"\n", b" \n"):
-                return after[n + 1:]
-        return ids
+        ids = self.tokenizer.encode(self.MARK + text, add_bos=False)
+        if ids[: len(self._mark)] == self._mark:
+            return ids[len(self._mark):]
+        return self.tokenizer.encode(text, add_bos=False)
 
 
 class Constraint:
@@ -124,7 +121,8 @@ class Constraint:
     def draft_mask(self, logits: mx.array, support: mx.array | None) -> mx.array:
         """A draft's logits masked after its own proposals so far this round."""
         allowed = self.allowed()
-        self._seen.setdefault(tuple(self._trail), allowed)
+        if self._ahead == len(self._trail):  # the matcher stands after every proposal so far
+            self._seen[tuple(self._trail)] = allowed
         return self.masked(logits, allowed, support)
 
     def drafted(self, token: int) -> None:
@@ -143,7 +141,7 @@ class Constraint:
         rows, consumed = [], 0
         for j in range(len(drafts) + 1):
             if j > consumed:
-                ended = drafts[consumed] in self.eos and self._allows(rows[consumed], drafts[consumed])
+                ended = drafts[consumed] in self.eos and bool(rows[consumed][drafts[consumed]])
                 rows.append(self._only_end() if ended else np.ones(self.vocab, dtype=bool))
                 continue
             seen = self._seen.get(tuple(drafts[:j]))
@@ -157,9 +155,6 @@ class Constraint:
         """Consume one token the grammar allows here (never an end of sequence: llguidance
         does not roll one back); False, consuming nothing, otherwise."""
         return token not in self.eos and not self.done and self.matcher.try_consume_tokens([token]) == 1
-
-    def _allows(self, mask: np.ndarray, token: int) -> bool:
-        return bool(mask[token])
 
     def _only_end(self) -> np.ndarray:
         only = np.zeros(self.vocab, dtype=bool)
