@@ -24,6 +24,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from ..errors import InputError
 from ..text import Tokenizer
 from .format import ResponseFormat, guidance
 
@@ -73,6 +74,8 @@ class Constraint:
         llg = guidance()
         self.vocab, self.eos = vocab, sorted(tokenizer.eos_ids)
         self.matcher = llg.LLMatcher(guided_tokenizer(tokenizer, vocab), fmt.grammar, log_level=0)
+        if self.matcher.is_error():  # a limit of llguidance's reached with this vocabulary
+            raise InputError(f"response_format: {' '.join(self.matcher.get_error().split())[:300]}")
         self._ahead = 0  # draft tokens the matcher has run ahead over
         self._trail: list[int] = []  # the draft tokens proposed this round
         self._seen: dict[tuple[int, ...], np.ndarray] = {}  # a round's masks, by the drafts before them
