@@ -146,7 +146,7 @@ def test_the_prompt_cache_hands_back_quantized_caches_past_the_window(batched):
     second = [p + tokens + [11, 12] for p, (tokens, _) in zip(first, done)]
     again = run(session, second)
     assert all(cached > WINDOW for _, cached in again)
-    assert all(isinstance(c.keys, tuple) for _, entry in session.prompt_cache._store for c in entry)
+    assert all(isinstance(c.keys, tuple) for _, entry, _ in session.prompt_cache._store for c in entry)
     assert [t for t, _ in again] == [t for t, _ in run(fresh, second)]
 
 

@@ -57,7 +57,8 @@ class Owner(Protocol):
     draft_policy: str
     prompt_cache: PromptCache
 
-    def starting_cache(self, ids: list[int], reuse: bool) -> tuple[list, int]: ...
+    def starting_cache(self, ids: list[int], reuse: bool,
+                       features: bool = False) -> tuple[list, int, mx.array | None]: ...
 
     def timings(self, params: SamplingParams) -> Timings: ...
 
@@ -103,9 +104,11 @@ class Batch:
         stream (their stats count the whole prompt as cached)."""
         rows, ids = [row, *choices], row.prompt
         assert all(other.prompt == ids for other in choices), "the choices of one request share its prompt"
-        cache, reused = self.session.starting_cache(ids, row.prompt_cache and self.features is None)
+        cache, reused, prior = self.session.starting_cache(ids, row.prompt_cache, self.features is not None)
         start = time.perf_counter()
         logits, hidden = prefill(self.target, ids[reused:], cache, self.chunk, self.features)
+        if prior is not None:  # the reused prefix's, kept with its cache
+            hidden = mx.concatenate([prior, hidden], axis=1)
         check_finite(logits, "the target")
         self.prefilled += len(ids) - reused
         joined = len(self.rows)
@@ -135,6 +138,8 @@ class Batch:
         self.cache.add(cache)
         if self.drafter is not None:
             self.drafter.add(ids, hidden, row.sampler.params.greedy)
+        if hidden is not None:
+            row.features.add(hidden)
         row.last = first
         self.rows.append(row)
 
@@ -147,7 +152,7 @@ class Batch:
             caches, row = self.cache.row(b, self.session.k_max), self.rows[b]
             if caches is not None and row.prompt_cache:
                 held = self.cache.layout.offsets[b]  # the text through its newest position
-                self.session.prompt_cache.put(row.sampler.history[:held], caches)
+                self.session.prompt_cache.put(row.sampler.history[:held], caches, row.features.held(held))
             row.finish()
         keep = [b for b in range(len(self.rows)) if b not in done]
         self.cache.keep(keep)
@@ -199,6 +204,8 @@ class Batch:
         for b, (row, token) in enumerate(zip(self.rows, drawn.tolist())):
             if self.drafter is not None:
                 self.drafter.extend(b, [row.last], None if hidden is None else hidden[b : b + 1])
+            if hidden is not None:
+                row.features.add(hidden[b : b + 1])
             row.take_plain(token)
         return 0
 
@@ -208,6 +215,8 @@ class Batch:
         done = speculative_round(self.target, self.cache, self.drafter, self.rows, ks, self.features)
         for b, row in enumerate(self.rows):
             row.take_round(done.raw[b : b + 1], done.lengths[b], done.accepted[b], done.drafted[b], done.nexts[b])
+            if done.hidden is not None:
+                row.features.add(done.hidden[b : b + 1, : done.accepted[b] + 1])
         return max(done.lengths)
 
 

@@ -12,6 +12,7 @@ from ..drafts.protocol import Outlook
 from ..structured import Constraint
 from ..text import Tokenizer
 from .policy import AcceptanceEstimate
+from .prompt_cache import FeatureLog
 from .request import StepText
 from .sampler import Sampler
 from .sampling import RandomKeys, SamplingParams
@@ -41,6 +42,7 @@ class Row:
         self.cancelled = False
         self.finished = False
         self.on_finish: Callable[[], None] | None = None
+        self.features = FeatureLog()  # the target's hidden states a feature draft read, for the prompt cache
         self._outlook: Outlook | None = None
 
     @property

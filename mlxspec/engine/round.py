@@ -52,8 +52,8 @@ class SequenceCache:
 @dataclass
 class Round:
     """What a round did, per row: tokens proposed, accepted, the proposal's tokens and the
-    token drawn after the accepted ones; the target's logits [B, width + 1, vocab]; and the
-    seconds spent until the drafts were ready and after."""
+    token drawn after the accepted ones; the target's logits [B, width + 1, vocab]; the
+    seconds spent until the drafts were ready and after; the hidden states it tapped."""
 
     lengths: list[int]
     accepted: list[int]
@@ -62,6 +62,7 @@ class Round:
     raw: mx.array
     draft_time: float
     target_time: float
+    hidden: mx.array | None = None  # the hidden states a feature draft reads [B, width + 1, D]
 
     def kept(self, b: int) -> list[int]:
         """Row b's new tokens: its accepted drafts, then the token drawn after them."""
@@ -107,4 +108,5 @@ def speculative_round(target: Model, cache: PassCache, drafter: BatchDrafter, ro
     cache.rollback([width - a for a in accepted])
     drafted = [v[2:] for v in values]
     drafter.settle(accepted, drafted, hidden)
-    return Round(lengths, accepted, drafted, [v[1] for v in values], raw, mid - start, time.perf_counter() - mid)
+    return Round(lengths, accepted, drafted, [v[1] for v in values], raw, mid - start, time.perf_counter() - mid,
+                 hidden)

@@ -179,12 +179,12 @@ class Session:
         policy = self.policy(req.params, req.seed, req.k_max) if drafting else Plain()
         drafter = (make_drafter(self.draft, self.target, self.k_max, req.chunk, req.params.greedy, self.kv)
                    if drafting else None)
-        reuse = req.prompt_cache and (drafter is None or drafter.feature_layers is None)
-        cache, reused = self.starting_cache(req.ids, reuse)
+        features = drafter is not None and drafter.feature_layers is not None
+        cache, reused, prior = self.starting_cache(req.ids, req.prompt_cache, features)
         generation = Generation(self.target, drafter, policy, req.params, RandomKeys(req.seed), req.chunk, cache,
-                                reused, req.logprobs, self.constraint(req.options))
+                                reused, req.logprobs, self.constraint(req.options), prior)
         generation.stats.prompt_tokens, generation.stats.prompt_cached_tokens = len(req.ids), reused
-        return self._steps(generation, req.ids, req.budget, req.stops, reuse)
+        return self._steps(generation, req.ids, req.budget, req.stops, req.prompt_cache)
 
     def constraint(self, options: GenerationOptions) -> Constraint | None:
         """What holds a request's output to its `response_format` (None: free text)."""
@@ -194,15 +194,16 @@ class Session:
             raise InputError("response_format needs the model's tokenizer (the session has none)")
         return Constraint(options.response_format, self.tokenizer, self.target.args.vocab_size)
 
-    def starting_cache(self, ids: list[int], reuse: bool) -> tuple[list, int]:
-        """The target cache a request starts from and how many of its prompt tokens it holds:
-        with `reuse`, the prompt cache's longest shared prefix; else (or when none shares
-        one) an empty cache. A feature draft reads every prompt position, so a request
-        drafting with one must not reuse."""
-        cache, reused = self.prompt_cache.take(ids) if reuse else (None, 0)
+    def starting_cache(self, ids: list[int], reuse: bool,
+                       features: bool = False) -> tuple[list, int, mx.array | None]:
+        """The target cache a request starts from, how many of its prompt tokens it holds and,
+        with `features` (a feature draft reads every position), the target's hidden states
+        over those: with `reuse`, the prompt cache's longest shared prefix (one that kept its
+        hidden states, with `features`); else (or when none shares one) an empty cache."""
+        cache, reused, prior = self.prompt_cache.take(ids, features) if reuse else (None, 0, None)
         if cache is None:
             cache = self.target.make_cache(max_rollback=self.k_max, **kv_keyword(self.kv))
-        return cache, reused
+        return cache, reused, prior
 
     def _steps(self, generation: Generation, ids: list[int], budget: int, stops: list[str],
                keep: bool) -> Iterator[GenerationStep]:
@@ -219,7 +220,7 @@ class Session:
     def _keep(self, generation: Generation, keep: bool) -> None:
         """Return a finished generation's cache to the prompt cache."""
         if keep and generation.cache.offset <= len(generation.history):
-            self.prompt_cache.put(generation.cached_tokens(), generation.cache)
+            self.prompt_cache.put(generation.cached_tokens(), generation.cache, generation.features())
 
     def generate(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> str:
         """The whole completion text (as in `stream`)."""

@@ -23,6 +23,7 @@ from ..models import Model, layer_caches
 from ..structured import Constraint
 from .decode import Taps, plain_steps, prefill
 from .policy import DraftPolicy
+from .prompt_cache import FeatureLog
 from .round import SequenceCache, speculative_round
 from .sampler import Sampler
 from .sampling import RandomKeys, SamplingParams
@@ -49,12 +50,14 @@ class Generation:
 
     def __init__(self, target: Model, drafter: BatchDrafter | None, policy: DraftPolicy, params: SamplingParams,
                  keys: RandomKeys, prefill_chunk: int, cache: list | None = None, reused: int = 0,
-                 logprobs: int | None = None, constraint: Constraint | None = None) -> None:
+                 logprobs: int | None = None, constraint: Constraint | None = None,
+                 prior: mx.array | None = None) -> None:
         self.target, self.drafter, self.policy, self.params = target, drafter, policy, params
         self.chunk, self.reused = prefill_chunk, reused
         self.cache = layer_caches(cache) if cache is not None else target.make_cache(max_rollback=policy.k_max)
         self.pass_cache = SequenceCache(self.cache)
         self.sampler = Sampler(params, keys, target.args.vocab_size, logprobs, constraint)
+        self.log = FeatureLog(prior)  # the target's hidden states over the cache, as the drafter read them
         self.last: int | None = None
         self._draft_checked = False
         self.stats: GenerationStats = (GenerationStats() if drafter is None else SpeculativeStats(
@@ -86,6 +89,9 @@ class Generation:
         the drafter catches up lazily); the first new token."""
         self.sampler.added(list(prompt))
         logits, hidden = prefill(self.target, prompt[self.reused:], self.cache, self.chunk, self.keeps_features)
+        if hidden is not None:
+            self.log.add(hidden)
+            hidden = self.log.held(len(prompt))  # with the reused prefix's, kept in the prompt cache
         if self.drafter is not None:
             self.drafter.add(list(prompt), hidden, self.params.greedy)
         check_finite(logits, "the target")
@@ -104,6 +110,8 @@ class Generation:
         self.stats.record(k, n)
         self.policy.observe(k, n)
         self.last = kept[-1]
+        if done.hidden is not None:
+            self.log.add(done.hidden[:, : n + 1])
         if k:
             self.sampler.settle(done.raw, kept)
         else:
@@ -119,6 +127,8 @@ class Generation:
             self.policy.observe(0, 0)
             if self.drafter is not None:
                 self.drafter.extend(0, [self.last], hidden)
+            if hidden is not None:
+                self.log.add(hidden)
             self.last = token
             self.sampler.added([token])
             yield token, False
@@ -131,6 +141,10 @@ class Generation:
         """During plain steps: whether a drafter whose outlook changes token by token now
         has a proposal the policy would draft."""
         return left > 2 and self.policy.next_k(left - 1, self.outlook()) > 0
+
+    def features(self) -> mx.array | None:
+        """The target's hidden states over the tokens its cache holds (None: none were read)."""
+        return self.log.held(self.cache.offset)
 
     def cached_tokens(self) -> list[int]:
         """The tokens the target's cache holds now (a prefix of `history`)."""
