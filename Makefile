@@ -9,6 +9,7 @@
 
 PYTHON ?= python3
 EXTRAS ?= test   # CI: EXTRAS=test,oracles also installs llama.cpp (compiled) to check recorded oracles live
+FULL   ?=        # FULL=1: every parametrization and fuzz example (CI); by default the heaviest are sampled (tests/full_run.py)
 VENV   := .venv
 BIN    := $(VENV)/bin
 UNAME  := $(shell uname -s)
@@ -24,7 +25,7 @@ demo: $(VENV)/.demo blas
 	$(RUN) $(BIN)/mlxspec demo
 
 test: $(VENV)/.test blas browser
-	$(RUN) $(BIN)/python -m pytest -q
+	$(RUN) $(BIN)/python -m pytest -q $(if $(filter-out 0,$(strip $(FULL))),--full)
 
 bench: $(VENV)/.test blas
 	$(RUN) $(BIN)/mlxspec bench --demo --compare-mlx-lm --out benchmarks/results/demo-pair --force

@@ -7,11 +7,13 @@ SentencePiece model that ships in `mistral-common`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+import full_run
 from synthetic import mistral_tokenizer_file
 
 TINY = dict(
@@ -19,6 +21,27 @@ TINY = dict(
     num_key_value_heads=2, vocab_size=32000, max_position_embeddings=512, rms_norm_eps=1e-5,
     rope_theta=10000.0,
 )
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--full", action="store_true",
+                     help=f"run every parametrization and fuzz example (also {full_run.ENV}=1); see tests/full_run.py")
+
+
+def pytest_configure(config) -> None:
+    if config.getoption("full"):
+        os.environ[full_run.ENV] = "1"
+    config.addinivalue_line("markers", f"{full_run.MARK}: a heavy parametrization only the full run takes")
+
+
+def pytest_report_header(config) -> str:
+    if full_run.is_full():
+        return "mlxspec: the full run (every parametrization, every fuzz example)"
+    return "mlxspec: the default run samples the heaviest parametrizations; `make test FULL=1` runs them all"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    full_run.deselect_heavy(config, items)
 
 
 def smollm2_or_skip() -> Path:
