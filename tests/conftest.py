@@ -2,13 +2,15 @@
 
 HF checkpoints are written by transformers' `MistralForCausalLM.save_pretrained` (the
 oracle's own writer) with an HF tokenizer converted from the real Mistral-7B
-SentencePiece model that ships in `mistral-common`."""
+SentencePiece model that ships in `mistral-common`. The hooks here add `--full` (see
+full_run.py: what the default run samples) and restore Ctrl-C for the processes tests start."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,10 @@ def pytest_addoption(parser) -> None:
 
 
 def pytest_configure(config) -> None:
+    # A shell starts a background job (`make test &`, nohup) with SIGINT ignored, and child
+    # processes inherit that: the tests that stop a command with Ctrl-C would see it ignored.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if config.getoption("full"):
         os.environ[full_run.ENV] = "1"
     config.addinivalue_line("markers", f"{full_run.MARK}: a heavy parametrization only the full run takes")
