@@ -9,6 +9,8 @@
 
 PYTHON ?= python3
 EXTRAS ?= test   # CI: EXTRAS=test,oracles also installs llama.cpp (compiled) to check recorded oracles live
+FULL   ?=        # FULL=1: every parametrization and fuzz example (CI); by default the heaviest are sampled (tests/full_run.py)
+JOBS   ?=        # JOBS=2: test files spread over 2 pytest-xdist workers (1.5-1.6x on parts of the suite, 2 cores)
 VENV   := .venv
 BIN    := $(VENV)/bin
 UNAME  := $(shell uname -s)
@@ -24,7 +26,8 @@ demo: $(VENV)/.demo blas
 	$(RUN) $(BIN)/mlxspec demo
 
 test: $(VENV)/.test blas browser
-	$(RUN) $(BIN)/python -m pytest -q
+	$(RUN) $(BIN)/python -m pytest -q $(if $(filter-out 0,$(strip $(FULL))),--full) \
+	  $(if $(filter-out 0 1,$(strip $(JOBS))),-n $(strip $(JOBS)) --dist loadfile)
 
 bench: $(VENV)/.test blas
 	$(RUN) $(BIN)/mlxspec bench --demo --compare-mlx-lm --out benchmarks/results/demo-pair --force

@@ -2,16 +2,20 @@
 
 HF checkpoints are written by transformers' `MistralForCausalLM.save_pretrained` (the
 oracle's own writer) with an HF tokenizer converted from the real Mistral-7B
-SentencePiece model that ships in `mistral-common`."""
+SentencePiece model that ships in `mistral-common`. The hooks here add `--full` (see
+full_run.py: what the default run samples) and restore Ctrl-C for the processes tests start."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
+import full_run
 from synthetic import mistral_tokenizer_file
 
 TINY = dict(
@@ -19,6 +23,31 @@ TINY = dict(
     num_key_value_heads=2, vocab_size=32000, max_position_embeddings=512, rms_norm_eps=1e-5,
     rope_theta=10000.0,
 )
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--full", action="store_true",
+                     help=f"run every parametrization and fuzz example (also {full_run.ENV}=1); see tests/full_run.py")
+
+
+def pytest_configure(config) -> None:
+    # A shell starts a background job (`make test &`, nohup) with SIGINT ignored, and child
+    # processes inherit that: the tests that stop a command with Ctrl-C would see it ignored.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if config.getoption("full"):
+        os.environ[full_run.ENV] = "1"
+    config.addinivalue_line("markers", f"{full_run.MARK}: a heavy parametrization only the full run takes")
+
+
+def pytest_report_header(config) -> str:
+    if full_run.is_full():
+        return "mlxspec: the full run (every parametrization, every fuzz example)"
+    return "mlxspec: the default run samples the heaviest parametrizations; `make test FULL=1` runs them all"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    full_run.deselect_heavy(config, items)
 
 
 def smollm2_or_skip() -> Path:

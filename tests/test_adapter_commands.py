@@ -18,6 +18,7 @@ from mlxspec.load import load_model
 from mlxspec.models import ModelArgs
 from adapter_training import mlx_lm_with_adapter, train_adapter
 from conftest import make_hf_checkpoint
+from full_run import full_only
 from synthetic import write_mistral_checkpoint_from_hf, write_random_hf_checkpoint
 
 FOLDED = 5e-4  # logits of weights with an adapter folded in vs mlx-lm's unfused layers: float rounding
@@ -38,7 +39,7 @@ def lora(tmp_path_factory, base):
     return train_adapter(base, tmp_path_factory.mktemp("lora") / "lora", "lora", num_layers=-1)
 
 
-@pytest.mark.parametrize("kind", ["dora", "full"])
+@pytest.mark.parametrize("kind", [full_only("dora"), "full"])
 def test_a_mistral_layout_checkpoint_takes_the_adapter_of_its_hf_twin(tmp_path, sp_model_file, kind):
     """Loaded, its q/k rows stay in RoPE's interleaved order: the adapter's follow them.
     Converted, they are put in HF's order: the adapter folds in as it is."""

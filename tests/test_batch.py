@@ -14,6 +14,7 @@ from mlxspec import Session
 from mlxspec.drafts import LookupAndModel
 from mlxspec.engine.batch import Batch, make_row
 from mlxspec.models.batch_cache import BatchCache
+from full_run import full_only
 from test_speculative import FixedTimings, chi2_critical, chi2_stat, exact_joint, perturbed, tiny
 
 PROMPTS = [list(range(3, 13)), [5, 9, 2], list(range(20, 60, 3)), [7] * 5 + [8, 9] * 4, [11, 12, 13, 14, 11, 12], [6]]
@@ -159,7 +160,7 @@ def resample_from_p(p_lp, q_lp, draft_tokens, greedy=False, support=None, key=No
 
 
 @pytest.mark.parametrize("kind, broken", [("model", False), ("model", True), ("feature", False), ("ngram", False),
-                                          ("ngram", True), ("lookup+model", False)])
+                                          full_only("ngram", True), full_only("lookup+model", False)])
 def test_sampled_rows_in_a_batch_have_the_target_distribution(kind, broken, monkeypatch):
     """Rows sampled together, other rows with other prompts beside them, every draft kind:
     the 2nd and 3rd tokens (drafted at k = 2 and verified in the first round; every token of

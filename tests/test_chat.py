@@ -15,6 +15,7 @@ from mlxspec.engine.penalties import penalize, recent_windows
 from mlxspec.engine.sampling import SamplingParams, process_logits
 from mlxspec.errors import InputError, InputTypeError
 from mlxspec.text.stops import StopMatcher
+from full_run import full_only
 from test_speculative import FixedTimings, chi2_critical, chi2_stat, new_generation, perturbed, tiny
 
 
@@ -52,8 +53,8 @@ def exact_joint_penalized(model, prompt: list[int], params: SamplingParams, n: i
     return dist
 
 
-@pytest.mark.parametrize("params", [SamplingParams(1.0, min_p=0.2, repetition_penalty=1.8),
-                                    SamplingParams(0.8, repetition_penalty=0.6, repetition_context=2),
+@pytest.mark.parametrize("params", [full_only(SamplingParams(1.0, min_p=0.2, repetition_penalty=1.8)),
+                                    full_only(SamplingParams(0.8, repetition_penalty=0.6, repetition_context=2)),
                                     SamplingParams(1.0, presence_penalty=1.5, frequency_penalty=0.7,
                                                    repetition_context=3, logit_bias=((2, 1.5), (4, -2.0)))])
 def test_sampled_speculation_with_min_p_and_penalties_has_the_target_distribution(params):

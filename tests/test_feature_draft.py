@@ -18,6 +18,7 @@ from mlxspec.errors import ConfigError, InputError
 from mlxspec.load import load_draft
 from mlxspec.models import Model
 from mlxspec.models.config import ModelArgs
+from full_run import full_only
 from test_speculative import PROMPT, chi2_critical, new_generation, sampled_chi2, tiny, tokens
 
 
@@ -120,7 +121,7 @@ def test_feature_cache_equals_a_fresh_pass_over_verified_pairs(name):
     assert mx.abs(fresh - cached).max().item() < 1e-4
 
 
-@pytest.mark.parametrize("params", [SamplingParams(1.0), SamplingParams(0.7, top_p=0.9)])
+@pytest.mark.parametrize("params", [SamplingParams(1.0), full_only(SamplingParams(0.7, top_p=0.9))])
 def test_sampled_feature_speculation_has_the_target_distribution(params):
     target = one_block_target(12, vocab=6, window=None)
     draft = feature_draft(target, 13, head_vocab=4)  # two tokens it can never propose

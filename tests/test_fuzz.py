@@ -26,6 +26,7 @@ from mlxspec.errors import MlxspecError
 from mlxspec.load import read_weights
 from mlxspec.models import ModelArgs
 
+from full_run import fewer
 from synthetic import write_random_hf_checkpoint
 
 TINY = ModelArgs(hidden_size=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=4,
@@ -197,7 +198,7 @@ CONFIG_KEYS = st.sampled_from([
     "head_vocab_size", "architectures"])
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=fewer(400, 4))
 @given(changes=st.lists(st.tuples(CONFIG_KEYS, JSON | st.just(DELETE)), min_size=1, max_size=3))
 def test_config_values(changes, hf_base, tmp_path):
     def edit(src: Path) -> None:
@@ -232,7 +233,7 @@ def mutate_safetensors(raw: bytes, mutation: tuple) -> bytes:
     return join_safetensors(json.dumps(header, allow_nan=True).encode(), raw[8 + n:])
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=fewer(500, 4))
 @given(mutation=st.tuples(st.just("entries"), ENTRY_EDITS) | st.tuples(st.just("bytes"), BYTE_EDITS))
 def test_safetensors_headers(mutation, hf_base, tmp_path):
     def edit(src: Path) -> None:
@@ -284,7 +285,7 @@ def mutate_gguf(kv: list, records: list, data: bytes, mutation: tuple) -> bytes:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # bytes that were never weights decode to inf/NaN
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=fewer(1000, 4))
 @given(kind=st.sampled_from(["gpt2", "llama"]), mutation=GGUF_MUTATIONS)
 def test_gguf_headers(kind, mutation, tmp_path):
     with tempfile.TemporaryDirectory(dir=tmp_path) as work:

@@ -16,6 +16,7 @@ from mlxspec.drafts.ngram import NGramIndex, match_key, point_mass
 from mlxspec.engine import FixedK, Generation, RandomKeys, Timings
 from mlxspec.engine.sampling import SamplingParams
 from mlxspec.errors import InputError
+from full_run import full_only
 from test_speculative import WINDOW, chi2_critical, chi2_stat, exact_joint, tiny, tokens
 
 TARGET = tiny(0)
@@ -129,7 +130,7 @@ class HalfSureDrafter(NGramDrafter):
 SMALL_PROMPT = [2, 0, 5, 1, 2, 0]
 
 
-@pytest.mark.parametrize("params", [SamplingParams(1.0), SamplingParams(0.8, top_p=0.9)], ids=["T=1", "top-p"])
+@pytest.mark.parametrize("params", [SamplingParams(1.0), full_only(SamplingParams(0.8, top_p=0.9))], ids=["T=1", "top-p"])
 def test_sampled_lookup_has_the_target_distribution_and_a_misstated_q_fails(params):
     target = tiny(10, vocab=6, window=None, layers=1)
     draft = NGramDraft(max_ngram=2)

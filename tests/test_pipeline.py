@@ -21,6 +21,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from conftest import make_hf_checkpoint
+from full_run import full_only
 from mlxspec import stream_generate
 from mlxspec.load import load_model
 from mlxspec.models import ModelArgs
@@ -95,7 +96,7 @@ def generate_json(*args: str, pipeline: bool, cache: Path) -> dict:
     return json.loads(done.stdout[done.stdout.index("{"):])
 
 
-@pytest.mark.parametrize("draft", ["none", "model", "model-adaptive", "ngram"])
+@pytest.mark.parametrize("draft", [full_only("none"), "model", full_only("model-adaptive"), full_only("ngram")])
 def test_two_ranks_give_the_tokens_of_one_process(models, draft, tmp_path):
     target, draft_dir = models
     options = {"none": [], "model": ["--draft", str(draft_dir), "-k", "3", "--no-adaptive"],
@@ -144,7 +145,7 @@ def last_error_line(stderr: str) -> str:
     return [line for line in stderr.splitlines() if line.strip()][-1]
 
 
-@pytest.mark.parametrize("victim", [1, 0])
+@pytest.mark.parametrize("victim", [1, full_only(0)])
 def test_a_rank_killed_mid_run_ends_the_other_within_seconds(models, tmp_path, victim):
     target, _ = models
     command = ["-m", "mlxspec", "generate", "--pipeline", "--model", str(target), "--prompt", "Go on", "-n", "100000"]

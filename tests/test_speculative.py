@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from full_run import full_only
 from mlxspec import Session, stream_generate
 from mlxspec.drafts import make_drafter
 from mlxspec.engine import FixedK, Generation, RandomKeys, Timings
@@ -184,7 +185,7 @@ def exact_joint(model: Model, prompt: list[int], params: SamplingParams, n: int)
     return dist
 
 
-@pytest.mark.parametrize("params, length, k", [(SamplingParams(1.0), 2, 2), (SamplingParams(0.7, top_p=0.9), 3, 2)])
+@pytest.mark.parametrize("params, length, k", [full_only(SamplingParams(1.0), 2, 2), (SamplingParams(0.7, top_p=0.9), 3, 2)])
 def test_sampled_speculative_output_has_the_target_distribution(params, length, k):
     """End to end through both models and caches: the first `length` tokens."""
     target, draft = tiny(10, vocab=6, window=None, layers=1), tiny(11, vocab=6, window=None, layers=1)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from char_tokenizer import CharTokenizer
+from full_run import full_only
 from mlxspec import Session
 from mlxspec.drafts import make_drafter
 from mlxspec.engine import FixedK, Generation, RandomKeys
@@ -141,7 +142,7 @@ def sampled_output(target, draft, prompt, fmt, params, seed: int) -> tuple[int, 
 
 
 @pytest.mark.parametrize("params, broken", [(SamplingParams(1.0), False), (SamplingParams(1.0), True),
-                                            (SamplingParams(0.8, top_k=4, top_p=0.9), False)])
+                                            full_only(SamplingParams(0.8, top_k=4, top_p=0.9), False)])
 def test_sampled_constrained_speculation_follows_the_constrained_distribution(params, broken, monkeypatch):
     """Whole outputs of a small grammar (k = 2, a draft that half agrees) against their exact
     probabilities; the broken variant verifies against the target without the mask (the
