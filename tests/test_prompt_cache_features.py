@@ -11,6 +11,7 @@ import pytest
 
 from mlxspec import Session
 from test_kv_decoding import PROMPT, pair as kinds
+from mlxspec.engine import Timings
 from test_speculative import FixedTimings
 
 OPTIONS = dict(num_draft_tokens=3, calibration=FixedTimings(), draft_policy="fixed")
@@ -66,3 +67,30 @@ def test_a_plain_request_leaves_no_hidden_states_so_a_drafting_one_prefills_all(
     nxt = run(session, [PROMPT + plain[0][0] + [5]], False)
     assert nxt[0][1].prompt_cached_tokens == 0
     assert run(session, [PROMPT + plain[0][0] + [5, 6]], False, speculative=False)[0][1].prompt_cached_tokens > 0
+
+
+class CostlyDrafts:
+    """Round times under which drafting never pays: the cost policy decodes plainly, with
+    its pipelined steps (one token fed ahead of the ones read back)."""
+
+    def timings(self, target, draft, k_max, params, **kv) -> Timings:
+        return Timings({0: 1.0, 1: 9.0, 2: 9.5, 3: 10.0})
+
+
+def test_an_answer_decoded_in_pipelined_plain_steps_is_reused_too():
+    """Read only part of a plainly decoded answer (as at an end-of-sequence token): the step
+    queued ahead fed one more token than the draft was handed; the entry still keeps them."""
+    target, draft = pair("feature", None)
+    session = Session(target, None, draft, num_draft_tokens=3, calibration=CostlyDrafts())
+    fresh = Session(target, None, draft, num_draft_tokens=3, calibration=CostlyDrafts(), prompt_cache_entries=0)
+    stream, tokens = session.stream(PROMPT, max_tokens=30), []
+    for step in stream:
+        tokens.append(step.token)
+        if len(tokens) == 10:
+            break
+    stream.close()
+    assert step.stats.drafted == 0  # plain steps only
+    second = [PROMPT + tokens + [5, 6]]
+    again = run(session, second, False)
+    assert again[0][1].prompt_cached_tokens >= len(PROMPT) + len(tokens) - 1
+    assert again[0][0] == run(fresh, second, False)[0][0]

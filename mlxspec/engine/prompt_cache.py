@@ -88,6 +88,9 @@ class FeatureLog:
         """Hidden states [1, n, D] of the next n positions."""
         self.pieces.append(hidden)
 
+    def __len__(self) -> int:
+        return sum(piece.shape[1] for piece in self.pieces)
+
     def held(self, n: int) -> mx.array | None:
         """The first n positions' [1, n, D] (None when fewer were logged)."""
         if not self.pieces:

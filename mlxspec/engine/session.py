@@ -220,7 +220,8 @@ class Session:
     def _keep(self, generation: Generation, keep: bool) -> None:
         """Return a finished generation's cache to the prompt cache."""
         if keep and generation.cache.offset <= len(generation.history):
-            self.prompt_cache.put(generation.cached_tokens(), generation.cache, generation.features())
+            features = generation.features()  # first: it may roll the cache back to what was logged
+            self.prompt_cache.put(generation.cached_tokens(), generation.cache, features)
 
     def generate(self, prompt: Prompt, options: GenerationOptions | None = None, **values: Any) -> str:
         """The whole completion text (as in `stream`)."""

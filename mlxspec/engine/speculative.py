@@ -143,7 +143,14 @@ class Generation:
         return left > 2 and self.policy.next_k(left - 1, self.outlook()) > 0
 
     def features(self) -> mx.array | None:
-        """The target's hidden states over the tokens its cache holds (None: none were read)."""
+        """The target's hidden states over the tokens its cache holds (None: none were read).
+        A pipelined plain step may have fed one more token than were logged: the cache is
+        rolled back to the logged ones first."""
+        ahead = self.cache.offset - len(self.log)
+        if self.keeps_features is None or not 0 <= ahead <= self.cache.max_rollback:
+            return None
+        if ahead:
+            self.cache.rollback(ahead)
         return self.log.held(self.cache.offset)
 
     def cached_tokens(self) -> list[int]:
