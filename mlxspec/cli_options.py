@@ -16,8 +16,8 @@ DEQUANTIZE_HELP = ("Load weights in float32, expanding quantized ones (default: 
 DRAFT_HELP = ("Draft for speculative decoding: a draft model's folder or Hub id (the target's tokenizer or another), "
               "a draft folder made for this target whose config.json names its kind (\"draft_type\" "
               + KINDS.help(folders=True) + "), or a kind by name: " + KINDS.help() + ".")
-LOOKUP_HELP = ("With a draft model: prompt lookup proposes where the text repeats itself (a match running 3+ tokens "
-               "back), the draft model elsewhere.")
+LOOKUP_HELP = ("With a draft model or a feature draft: prompt lookup proposes where the text repeats itself (a match "
+               "running 3+ tokens back), the draft elsewhere.")
 MAX_NGRAM_HELP = "With --draft ngram or --lookup: the longest n-gram looked up (1..64)."
 MIN_NGRAM_HELP = "With --draft ngram or --lookup: the shortest n-gram looked up (1..64)."
 ADAPTIVE_HELP = ("Choose the draft length per round from a cost model measured on this device (k=0 = plain decoding "

@@ -167,6 +167,3 @@ def test_lookup_in_front_of_a_draft_model_equals_plain_and_uses_both(monkeypatch
         session = Session(TARGET, None, draft, num_draft_tokens=4, draft_policy=policy, calibration=CheapRounds())
         assert [s.token for s in session.stream(PROMPT, max_tokens=60)] == expected
     assert {"NGramDrafter", "ModelDrafter"} <= set(used), used
-    with pytest.raises(InputError, match="not with a feature draft"):
-        from mlxspec.drafts import FeatureDraft, check_draft
-        check_draft(TARGET, LookupAndModel(FeatureDraft.__new__(FeatureDraft)), 4)

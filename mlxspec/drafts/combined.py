@@ -1,7 +1,9 @@
-"""Prompt lookup where the text repeats itself, a draft model elsewhere: each round the
-lookup's match decides which of the two proposes, and the other follows the verified text.
-A long match is nearly always right and costs nothing to draft; a short one is mostly
-chance, where a draft model predicts better."""
+"""Prompt lookup where the text repeats itself, a draft model or a feature draft elsewhere:
+each round the lookup's match decides which of the two proposes, and the other follows the
+verified text. A long match is nearly always right and costs nothing to draft; a short one
+is mostly chance, where a draft predicts better. A feature draft catches up from the hidden
+states the verification pass computed anyway over the tokens lookup proposed (no extra
+target pass)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from ..errors import InputError
 from ..models import KVQuantization, Model, is_model, kv_keyword
 from .kind import DraftKind, DraftSettings
 from .model_draft import ModelDraft
@@ -19,19 +20,23 @@ from .protocol import MODEL_OUTLOOK, Drafter, Outlook, Pick, Proposal
 
 @dataclass(frozen=True)
 class LookupAndModel:
-    """A draft model (same or other vocabulary) with prompt lookup in front of it: lookup
-    proposes where its match runs at least `min_match` tokens back."""
+    """A draft model (same or other vocabulary) or a feature draft with prompt lookup in front
+    of it: lookup proposes where its match runs at least `min_match` tokens back."""
 
-    model: DraftKind  # a draft model, of the target's vocabulary or another
+    model: DraftKind  # a draft model, of the target's vocabulary or another, or a feature draft
     lookup: NGramDraft = field(default_factory=NGramDraft)
     min_match: int = 3
 
     batches = False
-    reads_features = False
 
     def __post_init__(self) -> None:
         if is_model(self.model):  # a draft model as loaded
             object.__setattr__(self, "model", ModelDraft(self.model))
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether the draft behind lookup reads the target's hidden states."""
+        return self.model.reads_features
 
     @property
     def args(self):
@@ -50,8 +55,6 @@ class LookupAndModel:
         raise NotImplementedError("prompt lookup in front of a draft model does not batch")
 
     def check(self, target: Model, num_draft_tokens: int) -> None:
-        if self.model.reads_features:
-            raise InputError("prompt lookup combines with a draft model, not with a feature draft")
         self.model.check(target, num_draft_tokens)
 
     def vocabulary(self, target: Model) -> int:
@@ -74,12 +77,12 @@ class LookupAndModel:
 class LookupAndModelDrafter:
     """Both drafters kept on the verified text; the outlook picks which one proposes."""
 
-    mode = "prompt lookup + draft model"
-    feature_layers = None
     varies = True
 
     def __init__(self, draft: LookupAndModel, model: Drafter) -> None:
         self.lookup, self.model = NGramDrafter(draft.lookup), model
+        self.mode = f"prompt lookup + {model.mode}"
+        self.feature_layers = model.feature_layers  # a feature draft's: the target hands them over
         self.threshold = match_prior(draft.min_match)
         self.chosen: Drafter = model
         self.last: int | None = None
@@ -101,9 +104,10 @@ class LookupAndModelDrafter:
     def settle(self, accepted: int, drafted: list[int], features: mx.array | None = None) -> None:
         self.chosen.settle(accepted, drafted, features)
         other = self.model if self.chosen is self.lookup else self.lookup
-        other.extend([self.last, *drafted[:accepted]])
+        # the pass fed the newest token and the drafts: its hidden states pair with what was kept
+        other.extend([self.last, *drafted[:accepted]], None if features is None else features[:, : accepted + 1])
 
 
 def with_lookup(draft: DraftKind, settings: DraftSettings) -> LookupAndModel:
-    """Prompt lookup with the command line's settings in front of a draft model."""
+    """Prompt lookup with the command line's settings in front of a draft model or a feature draft."""
     return LookupAndModel(draft, NGramDraft(settings.max_ngram, settings.min_ngram), settings.min_match)
