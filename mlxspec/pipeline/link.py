@@ -89,7 +89,7 @@ class RemoteCache:
     nbytes = 0  # (on this rank)
 
     def __init__(self, link: Link, max_rollback: int) -> None:
-        self.link, self.offset = link, 0
+        self.link, self.offset, self.max_rollback = link, 0, max_rollback
         self.id = link.new_cache(max_rollback)
         weakref.finalize(self, link.release, self.id)
 
