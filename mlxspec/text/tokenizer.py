@@ -187,10 +187,20 @@ class HFTokenizer(Tokenizer):
     def pieces(self) -> list[str]:
         return [self._tok.id_to_token(i) for i in range(self.vocab_size)]
 
+    def _spec(self) -> dict:
+        """tokenizer.json as the tokenizers library holds it (parsed when asked, not kept: it
+        may be megabytes; what is made of it is kept instead, e.g. `token_bytes`)."""
+        return json.loads(self._tok.to_str())
+
+    @staticmethod
+    def _added(spec: dict) -> dict[int, dict]:
+        """The added tokens (special ones too), by id."""
+        return {a["id"]: a for a in spec.get("added_tokens", []) if isinstance(a, dict) and "id" in a}
+
     def _spelled_tokens(self) -> list[bytes | None]:
-        spec = json.loads(self._tok.to_str())
+        spec = self._spec()
         byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
-        added = {a["id"]: a for a in spec.get("added_tokens", []) if isinstance(a, dict) and "id" in a}
+        added = self._added(spec)
         out: list[bytes | None] = []
         for i, piece in enumerate(self.pieces()):
             if piece is None:
@@ -202,9 +212,7 @@ class HFTokenizer(Tokenizer):
         return out
 
     def special_ids(self) -> set[int]:
-        spec = json.loads(self._tok.to_str())
-        added = {a["id"] for a in spec.get("added_tokens", []) if isinstance(a, dict) and a.get("special")}
-        return super().special_ids() | added
+        return super().special_ids() | {i for i, a in self._added(self._spec()).items() if a.get("special")}
 
     def specials(self) -> dict[str, str]:
         return dict(self._specials)
