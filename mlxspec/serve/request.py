@@ -101,12 +101,12 @@ def _options(body: dict, defaults: GenerationOptions, chat: bool, vocab: int | N
 
 
 def _checked(defaults: GenerationOptions, name: str, value: Any, key: str) -> Any:
-    """`value` for option `name` as the library checks it, the error naming the body's `key`."""
+    """`value` for option `name` as the library checks and normalises it (a response format
+    compiled once, here), the error naming the body's `key`."""
     try:
-        defaults.with_values({name: value})
+        return getattr(defaults.with_values({name: value}), name)
     except InputError as e:
         raise RequestError(str(e), key) from None
-    return value
 
 
 def _logprobs(body: dict, chat: bool) -> tuple[Any, str] | None:
